@@ -1,0 +1,130 @@
+"""Text output: generators of lines, readelf-like (aligned columns, hex, binary units)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from .inspection import Inspection
+from .model import ElfImage
+from .ranges import BranchForm
+from .report import flags_text
+from .units import format_size
+
+
+def table(
+    rows: Iterable[tuple[str, ...]], header: tuple[str, ...], indent: str = "  "
+) -> Iterator[str]:
+    """Columns padded to their widest cell; the last column is not padded."""
+    all_rows = [header, *rows]
+    widths = [max(len(row[i]) for row in all_rows) for i in range(len(header))]
+    for row in all_rows:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
+        yield (indent + "  ".join([*cells, row[-1]])).rstrip()
+
+
+def image_lines(image: ElfImage) -> Iterator[str]:
+    endian = "little" if image.little_endian else "big"
+    yield f"File:        {image.path}"
+    yield (f"Format:      ELF{image.bits} {endian}-endian, {image.arch} "
+           f"(e_machine {image.e_machine}), {image.e_type}, entry {image.entry:#x}")
+    yield f"Load model:  {image.load_kind.describe()}"
+    if image.interpreter:
+        yield f"Interpreter: {image.interpreter}"
+    if image.soname:
+        yield f"SONAME:      {image.soname}"
+    if image.needed:
+        yield f"Needed:      {', '.join(image.needed)}"
+    yield f"Build ID:    {image.build_id or '(none)'}"
+    symtab = "yes" if image.has_symtab else "no (stripped)"
+    yield f"Symbols:     .symtab {symtab}, .dynsym {'yes' if image.has_dynsym else 'no'}"
+    if image.comment:
+        yield f"Comment:     {' | '.join(image.comment)}"
+    yield ""
+    yield "Program headers:"
+    yield from table(
+        ((seg.type, f"{seg.offset:#08x}", f"{seg.vaddr:#018x}", f"{seg.filesz:#08x}",
+          f"{seg.memsz:#08x}", flags_text(seg), f"{seg.align:#x}") for seg in image.segments),
+        ("Type", "Offset", "VirtAddr", "FileSiz", "MemSiz", "Flg", "Align"),
+    )
+
+
+def inspection_lines(result: Inspection, *, default_note: str | None = None) -> Iterator[str]:
+    if default_note:
+        yield default_note
+        yield ""
+    yield from image_lines(result.image)
+    yield ""
+    kernel = result.kernel
+    if result.bias:
+        yield (f"Placement:   load bias {result.bias:#x} ({result.bias_how}); "
+               "the addresses below are run-time addresses")
+    else:
+        yield f"Placement:   {result.bias_how}"
+    yield (f"Kernel:      {kernel.arch} VA bits {kernel.va_bits}, user space "
+           f"[{kernel.mmap_min_addr:#x}, {kernel.user_top:#x}) (mmap_min_addr to TASK_SIZE)")
+    code = result.image.code_segments
+    for seg in code:
+        span = seg.span
+        yield (f"Code:        [{span.start + result.bias:#x}, {span.end + result.bias:#x}) "
+               f"{format_size(span.size)}")
+    anchor, runtime = result.anchor, result.runtime_anchor
+    where = (f"{runtime.start:#x}" if runtime.size == 1
+             else f"[{runtime.start:#x}, {runtime.end:#x})")
+    yield f"Anchor:      {anchor.name} at {where} ({anchor.how_found}: {anchor.detail})"
+    yield ""
+    yield "Reach windows (where code can lie and still reach the anchor):"
+    yield from table(
+        (
+            (
+                r.form.name,
+                r.form.kind.value,
+                f"-{r.below:#x}",
+                f"+{r.above:#x}",
+                f"[{r.window.start:#x}, {r.window.end:#x})" if r.window else "none",
+                format_size(r.window.size) if r.window else "0 B",
+                _clip_note(r.clipped_below, r.clipped_above),
+            )
+            for r in result.reach
+        ),
+        ("Form", "Kind", "Below", "Above", "Window", "Size", "Clipped"),
+    )
+    yield ""
+    yield verdict(result)
+
+
+def _clip_note(below: int, above: int) -> str:
+    parts = []
+    if below:
+        parts.append(f"{format_size(below)} below mmap_min_addr")
+    if above:
+        parts.append(f"{format_size(above)} above TASK_SIZE")
+    return ", ".join(parts) or "-"
+
+
+def verdict(result: Inspection) -> str:
+    direct = result.reach[0]
+    full = direct.below + direct.above
+    size = direct.window.size if direct.window else 0
+    lost = direct.clipped_below + direct.clipped_above
+    name = direct.form.name
+    if direct.window is None:
+        return f"Verdict: no {name} window: the anchor span is wider than the branch reach"
+    if lost:
+        share = 100 * size // max(full, 1)
+        return (f"Verdict: the {name} window is cut to {format_size(size)} of "
+                f"{format_size(full)} ({share}%) by the edges of user space")
+    return f"Verdict: the full {format_size(size)} {name} window lies inside user space"
+
+
+def forms_lines(forms: Iterable[BranchForm]) -> Iterator[str]:
+    rows = []
+    for form in forms:
+        if form.wraps:
+            back, fwd = "all", "all"
+        elif form.region:
+            back, fwd = "region", f"{format_size(form.region)} aligned"
+        else:
+            back, fwd = f"{-form.disp_min:#x}", f"{form.disp_max:#x}"
+        rows.append((form.arch, form.name, form.kind.value, back, fwd,
+                     format_size(form.reach), str(form.granule), form.note or "-"))
+    yield from table(rows, ("Arch", "Form", "Kind", "Back", "Forward", "Reach", "Align", "Note"))
