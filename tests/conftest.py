@@ -30,3 +30,17 @@ def oracle(binary: Path, kind: str) -> str:
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+def require(tool: str) -> str:
+    """The path of ``tool``; skips without it, except in CI (LAYOUTKIT_REQUIRE_ALL=1),
+    where a missing tool is a failure: a silently skipped test proves nothing."""
+    import os
+    import shutil
+
+    path = shutil.which(tool)
+    if path is None:
+        if os.environ.get("LAYOUTKIT_REQUIRE_ALL"):
+            pytest.fail(f"{tool} is not installed (scripts/debian-packages.txt installs it)")
+        pytest.skip(f"{tool} is not installed")
+    return path
