@@ -34,7 +34,8 @@ class MappingKind(enum.Enum):
 
 _KERNEL_AREAS = frozenset({"[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]", "[vectors]",
                            "[sigpage]", "[uprobes]"})
-_LIBRARY = re.compile(r"(^|/)(ld-[^/]*|lib[^/]*|[^/]*\.so(\.[0-9.]+)?)$")
+# A shared object by name: "*.so", "*.so.N[.N...]" (sonames), or the loader "ld-*".
+_LIBRARY = re.compile(r"(^|/)([^/]*\.so(\.[0-9]+)*|ld-[^/]*)$")
 _LINE = re.compile(
     r"(?P<start>[0-9a-fA-F]{1,16})-(?P<end>[0-9a-fA-F]{1,16}) "
     r"(?P<perms>[r-][w-][x-][psPS]) "
