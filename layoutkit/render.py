@@ -78,8 +78,8 @@ def inspection_lines(result: Inspection, *, default_note: str | None = None) -> 
             (
                 r.form.name,
                 r.form.kind.value,
-                f"-{r.below:#x}",
-                f"+{r.above:#x}",
+                f"-{r.below:#x}" if r.window else "-",
+                f"+{r.above:#x}" if r.window else "-",
                 f"[{r.window.start:#x}, {r.window.end:#x})" if r.window else "none",
                 format_size(r.window.size) if r.window else "0 B",
                 _clip_note(r.clipped_below, r.clipped_above),
