@@ -33,6 +33,8 @@ _MODES: dict[str, tuple[int, int]] = {
 # Mnemonics that form an address from the pc without being branches.
 _PC_REFERENCES = frozenset({"adr", "adrp", "ldr", "ldrsw", "prfm", "auipc"})
 _BRANCH_GROUPS = (capstone.CS_GRP_JUMP, capstone.CS_GRP_CALL, capstone.CS_GRP_BRANCH_RELATIVE)
+# Calls capstone 5 puts in no jump/call group: MIPS jal/jalx/bal, s390x brasl/bras.
+_UNGROUPED_CALLS = frozenset({"jal", "jalx", "bal", "brasl", "bras"})
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def _target(arch: Arch, insn: capstone.CsInsn) -> int | None:
         for op in insn.operands:
             if op.type == capstone.x86.X86_OP_MEM and op.mem.base == capstone.x86.X86_REG_RIP:
                 return int(insn.address + insn.size + op.mem.disp)
-    if not (is_branch or insn.mnemonic in _PC_REFERENCES):
+    if not (is_branch or insn.mnemonic in _PC_REFERENCES or insn.mnemonic in _UNGROUPED_CALLS):
         return None
     imms = [op.imm for op in insn.operands if op.type == capstone.CS_OP_IMM]
     if not imms:

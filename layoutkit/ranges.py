@@ -111,7 +111,7 @@ REACH: tuple[BranchForm, ...] = (
                note="RIP-relative data reference, 7-byte form"),
     # i386: rel32 arithmetic is modulo 2^32 (SDM vol. 2A, JMP: "EIP <- EIP + rel32",
     # truncated to 32 bits), so every address of a 32-bit process is reachable.
-    BranchForm("i386", "jmp/call rel32", D, -(2**31), 2**31 - 1, wraps=True),
+    BranchForm("i386", "jmp/call rel32", D, 5 - 2**31, 5 + 2**31 - 1, wraps=True),
     BranchForm("i386", "jmp/jcc rel8", C, 2 - 128, 2 + 127),
     # Arm ARM DDI 0487 (A64): B/BL imm26*4; B.cond/CBZ/CBNZ/LDR (literal) imm19*4;
     # TBZ/TBNZ imm14*4; ADR imm21 (bytes); ADRP imm21*4096 from pc & ~0xfff.

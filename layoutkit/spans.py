@@ -51,7 +51,8 @@ class Span:
         return self.start <= other.start and other.end <= self.end
 
     def overlaps(self, other: Span) -> bool:
-        return self.start < other.end and other.start < self.end
+        """True when the spans share an address (an empty span shares none)."""
+        return max(self.start, other.start) < min(self.end, other.end)
 
     def intersect(self, other: Span) -> Span | None:
         """The common part, or None when the spans do not overlap."""
@@ -124,7 +125,7 @@ def largest(spans: Iterable[Span]) -> Span | None:
     """The biggest span (the lowest one among equals), or None for no spans."""
     best: Span | None = None
     for span in spans:
-        if best is None or span.size > best.size:
+        if best is None or (span.size, -span.start) > (best.size, -best.start):
             best = span
     return best
 
