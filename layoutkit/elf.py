@@ -26,7 +26,7 @@ from .model import ElfImage, LoadKind, Perm, Section, Segment, Symbol
 
 # What pyelftools (and the struct module under it) raise on damaged input.
 _PARSE_ERRORS = (_PyElfError, struct.error, EOFError, ValueError, KeyError, IndexError,
-                 AssertionError, UnicodeDecodeError, OverflowError)
+                 AssertionError, UnicodeDecodeError, OverflowError, OSError)
 
 # Caps on what is read whole from a file (anything larger is not a sane ELF).
 _MAX_INTERP = 4096  # PATH_MAX
@@ -34,6 +34,7 @@ _MAX_NOTES = 1 << 20
 _MAX_DYNAMIC = 1 << 20
 _MAX_STRING = 4096
 _MAX_COMMENT = 1 << 16
+_MAX_ALIGN = 1 << 30  # real images use 4 KiB to 64 KiB (2 MiB for huge-page builds)
 
 # Header sizes by ELF class (System V gABI): e_ehsize, e_phentsize, e_shentsize, sym size.
 _SIZES = {32: (52, 32, 40, 16), 64: (64, 56, 64, 24)}
@@ -75,6 +76,9 @@ def open_binary(path: str | os.PathLike[str]) -> BinaryIO:
     """Open ``path`` for reading, turning OS errors into :class:`InputError`."""
     name = os.fspath(path)
     try:
+        # stat before open: opening a FIFO or a device could block forever.
+        if os.path.exists(name) and not os.path.isdir(name) and not os.path.isfile(name):
+            raise InputError("not a regular file", path=name)
         stream = open(name, "rb")  # noqa: SIM115 (owned by the caller)
     except FileNotFoundError:
         raise InputError("no such file", path=name) from None
@@ -234,7 +238,8 @@ class ElfReader:
         return int.from_bytes(raw, "little" if self._elf.little_endian else "big")
 
     def _segments(self) -> Iterator[Segment]:
-        limit = 1 << self._elf.elfclass
+        # No kernel has user space above 2^57 (x86-64 LA57; arm64 52-bit; riscv Sv57).
+        limit = 1 << min(self._elf.elfclass, 57)
         for index in range(self._elf.num_segments()):
             header = self._elf._get_segment_header(index)
             ptype = header["p_type"]
@@ -253,9 +258,12 @@ class ElfReader:
                 if segment.vaddr + segment.memsz > limit:
                     raise self._fail(
                         f"PT_LOAD #{index} at {segment.vaddr:#x} of {segment.memsz:#x} bytes "
-                        f"runs past the {self._elf.elfclass}-bit address space")
+                        f"runs past any user address space")
                 if segment.filesz > segment.memsz:
                     raise self._fail(f"PT_LOAD #{index} has p_filesz > p_memsz")
+                if segment.align > _MAX_ALIGN:
+                    raise self._fail(f"PT_LOAD #{index} has p_align {segment.align:#x}: "
+                                     "no kernel loads an image aligned beyond 1 GiB")
             yield segment
 
     def _sections(self) -> Iterator[Section]:
@@ -347,7 +355,7 @@ class ElfReader:
 
     def symbols(self, name: str) -> list[Symbol]:
         """Every entry called ``name`` in ``.symtab`` and ``.dynsym`` (LOCAL and HIDDEN too)."""
-        return list(self._guard(lambda: self._lookup(name)))
+        return self._guard(lambda: list(self._lookup(name)))
 
     def symbol(self, name: str) -> Symbol | None:
         """The defined symbol ``name`` (``.symtab`` preferred), or None."""

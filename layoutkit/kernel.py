@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from .arches import Arch, GiB
-from .errors import UsageError
+from .errors import ElfError, UsageError
 from .model import ElfImage, LoadKind
 from .spans import Span, align_down
 
@@ -143,15 +143,18 @@ class KernelConfig:
         of the mmap area, as the loader puts the first shared object.
         """
         first = min(seg.vaddr for seg in image.loads)
+        span = image.image_span
+        if span is not None and span.size >= self.user_top - self.mmap_min_addr:
+            raise ElfError(f"the image spans {span.size:#x} bytes: more than {self.arch} "
+                           f"user space with {self.va_bits}-bit VA", path=image.path)
         align = max(PAGE, image.max_align)
         if image.load_kind is LoadKind.EXEC:
             return 0, "link address (fixed)"
         if image.load_kind is LoadKind.PIE:
             base = self.pie_base(image.max_align)
             return base - align_down(first, PAGE), "ELF_ET_DYN_BASE, ASLR off"
-        span = image.image_span
         size = span.size if span else 0
-        base = align_down(self.mmap_base - size, align)
+        base = align_down(max(0, self.mmap_base - size), align)
         return base - align_down(first, PAGE), "top of the mmap area, ASLR off"
 
 

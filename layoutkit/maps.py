@@ -80,7 +80,7 @@ class Mapping:
         head = (f"{self.start:08x}-{self.end:08x} {perms} {self.offset:08x} "
                 f"{self.device} {self.inode}")
         path = self.path + (_DELETED if self.deleted else "")
-        return f"{head:<72} {path}".rstrip() if path else head
+        return f"{head:<72} {path}" if path else head
 
     def __repr__(self) -> str:
         return f"Mapping({self.start:#x}-{self.end:#x} {self.perms.rwx()} {self.path!r})"
@@ -148,12 +148,14 @@ def _guess_executable(rows: list[tuple[str, bool, int]]) -> str | None:
 def parse_maps(text: str, *, source: str = "maps", executable: str | None = None) -> ProcessMaps:
     """Parse a maps listing. Errors name ``source`` and the 1-based line number."""
     parsed: list[tuple[int, int, str, int, str, int, str, bool]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Split on "\n" only: the kernel escapes a newline in a path as \012, but any other
+    # control character (\r, \f, \x1c, U+2028, ...) appears as it is.
+    for number, line in enumerate(text.split("\n"), start=1):
         if number > MAX_LINES:
             raise MapsError(f"more than {MAX_LINES} lines: not a maps listing", path=source)
         if not line.strip():
             continue
-        match = _LINE.fullmatch(line.rstrip("\n"))
+        match = _LINE.fullmatch(line)
         if match is None:
             shown = line if len(line) <= 60 else line[:57] + "..."
             raise MapsError(f"not a maps line: {shown!r}", path=source, line=number)
@@ -166,7 +168,11 @@ def parse_maps(text: str, *, source: str = "maps", executable: str | None = None
             raise MapsError(
                 f"{start:#x}-{end:#x} {what} the previous mapping "
                 f"(the kernel lists mappings sorted and disjoint)", path=source, line=number)
-        path = (match["path"] or "").rstrip()
+        # The path keeps its trailing blanks; a "path" of blanks only is the padding
+        # the kernel (and qemu-user) print after an anonymous mapping.
+        path = match["path"] or ""
+        if not path.strip(" "):
+            path = ""
         deleted = path.endswith(_DELETED)
         if deleted:
             path = path[: -len(_DELETED)]
@@ -197,6 +203,9 @@ def parse_maps(text: str, *, source: str = "maps", executable: str | None = None
 
 def read_maps_file(path: str) -> ProcessMaps:
     """Parse a saved maps listing."""
+    # stat before open: opening a FIFO could block forever.
+    if os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):
+        raise MapsError("not a regular file", path=path)
     try:
         with open(path, "rb") as stream:
             data = stream.read(256 << 20)  # ~2.5M lines: far beyond any real listing
