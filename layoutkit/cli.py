@@ -14,12 +14,23 @@ from typing import Any, TypeVar
 import click
 
 from . import arches, report
-from .errors import EXIT_FINDINGS, EXIT_INPUT, EXIT_PROBE, EXIT_USAGE, LayoutkitError
+from .errors import (
+    EXIT_FINDINGS,
+    EXIT_INPUT,
+    EXIT_PROBE,
+    EXIT_USAGE,
+    LayoutkitError,
+    UsageError,
+)
 from .inspection import inspect_binary
+from .layout import DEFAULT_HEAP
+from .maps import read_maps_file, read_process_maps
+from .procview import analyse_maps
+from .profiles import PROFILES
 from .ranges import REACH, forms
-from .render import forms_lines, inspection_lines
+from .render import forms_lines, inspection_lines, maps_lines
 from .samples import default_binary
-from .units import parse_address
+from .units import parse_address, parse_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,6 +57,34 @@ def kernel_options(func: F) -> F:
         "--va-bits", "va_bits", type=int, default=None,
         help="User VA size of the kernel (arm64: 39/42/47/48/52; x86-64: 47/57).",
     )(func)
+
+
+def jit_options(func: F) -> F:
+    """The JIT profile and the demand placed on its window."""
+    options = [
+        click.option("--svg", "svg_path", metavar="FILE", default=None,
+                     help="Also draw the address space around the anchor as SVG."),
+        click.option("--mcode", metavar="SIZE", default=None,
+                     help="Code per JIT state (default: the profile's maxmcode, 512K "
+                          "for LuaJIT 2.1)."),
+        click.option("--states", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="How many JIT states (threads with their own lua_State) compete."),
+        click.option("--heap", metavar="SIZE", default=None,
+                     help="How far the brk heap grows beyond its start (default 64M: "
+                          "one glibc arena, HEAP_MAX_SIZE)."),
+        click.option("--form", metavar="NAME", default=None,
+                     help="Branch form for --jit generic (default: the direct branch)."),
+        click.option("--jit", "jit", type=click.Choice(sorted(PROFILES)), default=None,
+                     help="JIT allocator profile (default: detected from the binary)."),
+    ]
+    for option in options:
+        func = option(func)
+    return func
+
+
+def _sizes(heap: str | None, mcode: str | None) -> tuple[int, int | None]:
+    heap_bytes = DEFAULT_HEAP if heap is None else parse_size(heap)
+    return heap_bytes, None if mcode is None else parse_size(mcode)
 
 
 def _emit(lines: Iterable[str]) -> None:
@@ -83,11 +122,13 @@ def cli(debug: bool) -> None:
 @click.option("--anchor", metavar="SYMBOL|ADDR",
               help="What the JIT must reach (default: lj_vm_exit_handler, lj_vm_asm_begin, "
                    "else the executable segment).")
+@jit_options
 @kernel_options
 @output_options
 @_handled
-def inspect(binary: str | None, anchor: str | None, va_bits: int | None,
-            mmap_min_addr: str | None, fmt: str) -> None:
+def inspect(binary: str | None, anchor: str | None, jit: str | None, form: str | None,
+            heap: str | None, states: int, mcode: str | None, svg_path: str | None,
+            va_bits: int | None, mmap_min_addr: str | None, fmt: str) -> None:
     """The ELF's layout, its JIT anchor and the reach window of every branch form.
 
     With no BINARY, inspects a bundled AArch64 non-PIE executable linked at 0x400000.
@@ -97,9 +138,11 @@ def inspect(binary: str | None, anchor: str | None, va_bits: int | None,
         binary = str(default_binary())
         note = (f"No BINARY given: inspecting the bundled sample {binary}\n"
                 "(AArch64, non-PIE, GNU ld default base, LuaJIT-like anchor).")
+    heap_bytes, mcode_bytes = _sizes(heap, mcode)
     result = inspect_binary(
         binary, anchor=anchor, va_bits=va_bits,
         mmap_min_addr=None if mmap_min_addr is None else parse_address(mmap_min_addr),
+        jit=jit, form=form, heap=heap_bytes, states=states, mcode=mcode_bytes,
     )
     if fmt == "json":
         doc = report.inspection_json(result)
@@ -107,6 +150,51 @@ def inspect(binary: str | None, anchor: str | None, va_bits: int | None,
         click.echo(report.dumps(doc))
     else:
         _emit(inspection_lines(result, default_note=note))
+
+
+@cli.command(name="maps", epilog=EXIT_CODES)
+@click.argument("target", metavar="PID|FILE")
+@click.option("--anchor", metavar="SYMBOL|ADDR",
+              help="What the JIT must reach: a symbol of a mapped object, or a run-time "
+                   "address (default: lj_vm_exit_handler, lj_vm_asm_begin, else the "
+                   "executable mappings of the JIT's object).")
+@click.option("--arch", "arch_name", metavar="ARCH", default=None,
+              help="Architecture, when the mapped files cannot be read here.")
+@click.option("--path-map", "path_map", metavar="OLD=NEW", multiple=True,
+              help="Read mapped files under NEW instead of OLD (a listing from elsewhere).")
+@jit_options
+@kernel_options
+@output_options
+@_handled
+def maps_command(target: str, anchor: str | None, arch_name: str | None,
+                 path_map: tuple[str, ...], jit: str | None, form: str | None,
+                 heap: str | None, states: int, mcode: str | None, svg_path: str | None,
+                 va_bits: int | None, mmap_min_addr: str | None, fmt: str) -> None:
+    """The JIT window against a live process (PID) or a saved /proc/PID/maps (FILE).
+
+    Finds the object holding the anchor and its load bias, the JIT code already mapped,
+    every occupant of the window, the free slots and the capacity verdict.
+    """
+    pairs = []
+    for item in path_map:
+        old, sep, new = item.partition("=")
+        if not sep or not old or not new:
+            raise UsageError(f"--path-map {item!r}: write OLD=NEW")
+        pairs.append((old, new))
+    maps = (read_process_maps(int(target)) if target.isdigit()
+            else read_maps_file(target))
+    heap_bytes, mcode_bytes = _sizes(heap, mcode)
+    result = analyse_maps(
+        maps, anchor=anchor, arch_name=arch_name, jit=jit, form=form, va_bits=va_bits,
+        mmap_min_addr=None if mmap_min_addr is None else parse_address(mmap_min_addr),
+        heap=heap_bytes, states=states, mcode=mcode_bytes, path_map=tuple(pairs),
+    )
+    if fmt == "json":
+        click.echo(report.dumps(report.maps_json(result)))
+    else:
+        _emit(maps_lines(result))
+    if result.accounting.capacity.verdict != "ok":
+        sys.exit(EXIT_FINDINGS)
 
 
 @cli.command(epilog=EXIT_CODES)

@@ -8,7 +8,15 @@ from dataclasses import dataclass
 from .anchor import Anchor, find_anchor
 from .elf import ElfReader
 from .kernel import KernelConfig
+from .layout import DEFAULT_HEAP, Prediction, predict
 from .model import ElfImage
+from .profiles import (
+    Generation,
+    JitWindow,
+    choose_profile,
+    detect_generation,
+    window_for_span,
+)
 from .ranges import BranchForm, forms
 from .spans import Span
 
@@ -37,6 +45,11 @@ class Inspection:
     bias_how: str
     anchor: Anchor  # link-time
     reach: tuple[ReachWindow, ...]
+    generation: Generation | None
+    profile: str
+    jit: JitWindow
+    prediction: Prediction
+    notes: tuple[str, ...]
 
     @property
     def runtime_anchor(self) -> Span:
@@ -63,13 +76,30 @@ def inspect_binary(
     anchor: str | None = None,
     va_bits: int | None = None,
     mmap_min_addr: int | None = None,
+    jit: str | None = None,
+    form: str | None = None,
+    heap: int = DEFAULT_HEAP,
+    states: int = 1,
+    mcode: int | None = None,
 ) -> Inspection:
-    """Read ``path`` and work out its anchor and reach windows under a kernel config."""
+    """Read ``path``; work out its anchor, reach windows and JIT window accounting."""
     with ElfReader(path) as reader:
         image = reader.image()
         found = find_anchor(reader, anchor)
+        generation = None
+        if jit is None:
+            with open(reader.path, "rb") as stream:
+                generation = detect_generation(
+                    stream, image.file_size,
+                    luajit_symbols=found.how_found == "symbol" and found.name.startswith("lj_"),
+                    needs_libluajit=any("luajit" in n for n in image.needed))
     kernel = KernelConfig.for_arch(image.arch, va_bits=va_bits, mmap_min_addr=mmap_min_addr)
     bias, how = kernel.nominal_bias(image)
     runtime = Span(found.span.start + bias, found.span.end + bias)
-    windows = tuple(reach_window(form, runtime, kernel.user_space) for form in forms(image.arch))
-    return Inspection(image, kernel, bias, how, found, windows)
+    windows = tuple(reach_window(f, runtime, kernel.user_space) for f in forms(image.arch))
+    profile, note = choose_profile(image.arch, jit, generation)
+    window = window_for_span(profile, image.arch, runtime, kernel.user_space, form_name=form)
+    prediction = predict(image, kernel, window, bias, heap=heap, states=states, mcode=mcode)
+    notes = (*((note,) if note else ()), *prediction.notes)
+    return Inspection(image, kernel, bias, how, found, windows, generation, profile, window,
+                      prediction, notes)

@@ -159,3 +159,37 @@ class KernelConfig:
 
 
 MMAP_GAP_MIN = 128 << 20  # mm/util.c: MIN_GAP (128 MiB)
+
+
+@dataclass(frozen=True)
+class Aslr:
+    """Per-arch randomisation ranges (bytes) of a 64-bit (or native 32-bit) task."""
+
+    mmap_rnd: int  # range of arch_mmap_rnd(): PIE load bias and mmap_base offset
+    brk_rnd: int  # range of arch_randomize_brk()
+
+
+# mmap: (1 << mmap_rnd_bits) pages. Debian's defaults: x86-64 CONFIG_ARCH_MMAP_RND_BITS=28
+# (arch/x86/Kconfig min 28); arm64 18 (measured in Debian's cloud-arm64 6.1 guest,
+# /proc/sys/vm/mmap_rnd_bits, facts.md §7); riscv64 18 (arch/riscv/Kconfig min);
+# ppc64 14 with 64 KiB pages (arch/powerpc/Kconfig min) = 1 GiB; others [check].
+# brk: arch_randomize_brk() randomize_page(mm->brk, SZ_1G) on 64-bit (arm64
+# process.c, mm/util.c generic, x86 process.c since v6.9; x86 used SZ_32M before);
+# SZ_32M for 32-bit tasks; ppc64 brk_rnd() 1 GiB.
+_ASLR: dict[str, Aslr] = {
+    "x86_64": Aslr((1 << 28) * PAGE, 1 << 30),
+    "i386": Aslr((1 << 8) * PAGE, 32 << 20),
+    "aarch64": Aslr((1 << 18) * PAGE, 1 << 30),
+    "arm": Aslr((1 << 8) * PAGE, 32 << 20),
+    "ppc64le": Aslr((1 << 14) * 65536, 1 << 30),
+    "ppc64": Aslr((1 << 14) * 65536, 1 << 30),
+    "riscv64": Aslr((1 << 18) * PAGE, 1 << 30),
+    "mips64el": Aslr((1 << 18) * PAGE, 1 << 30),
+    "mips64": Aslr((1 << 18) * PAGE, 1 << 30),
+    "s390x": Aslr((1 << 18) * PAGE, 1 << 30),
+    "loongarch64": Aslr((1 << 18) * PAGE, 1 << 30),
+}
+
+
+def aslr(arch: Arch) -> Aslr:
+    return _ASLR[arch.name]

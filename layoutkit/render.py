@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from .accounting import Accounting
 from .inspection import Inspection
 from .model import ElfImage
+from .procview import MapsAnalysis
+from .profiles import Generation
 from .ranges import BranchForm
 from .report import flags_text
+from .spans import Span
 from .units import format_size
 
 
@@ -89,7 +93,10 @@ def inspection_lines(result: Inspection, *, default_note: str | None = None) -> 
         ("Form", "Kind", "Below", "Above", "Window", "Size", "Clipped"),
     )
     yield ""
+    yield from prediction_lines(result)
+    yield ""
     yield verdict(result)
+    yield accounting_verdict(result.prediction.worst)
 
 
 def _clip_note(below: int, above: int) -> str:
@@ -108,12 +115,12 @@ def verdict(result: Inspection) -> str:
     lost = direct.clipped_below + direct.clipped_above
     name = direct.form.name
     if direct.window is None:
-        return f"Verdict: no {name} window: the anchor span is wider than the branch reach"
+        return f"Reach: no {name} window: the anchor span is wider than the branch reach"
     if lost:
         share = 100 * size // max(full, 1)
-        return (f"Verdict: the {name} window is cut to {format_size(size)} of "
+        return (f"Reach: the {name} window is cut to {format_size(size)} of "
                 f"{format_size(full)} ({share}%) by the edges of user space")
-    return f"Verdict: the full {format_size(size)} {name} window lies inside user space"
+    return f"Reach: the full {format_size(size)} {name} window lies inside user space"
 
 
 def forms_lines(forms: Iterable[BranchForm]) -> Iterator[str]:
@@ -128,3 +135,90 @@ def forms_lines(forms: Iterable[BranchForm]) -> Iterator[str]:
         rows.append((form.arch, form.name, form.kind.value, back, fwd,
                      format_size(form.reach), str(form.granule), form.note or "-"))
     yield from table(rows, ("Arch", "Form", "Kind", "Back", "Forward", "Reach", "Align", "Note"))
+
+
+def _span(span: Span | None) -> str:
+    return f"[{span.start:#x}, {span.end:#x})" if span else "none"
+
+
+def window_lines(acc: Accounting, *, best: Accounting | None = None,
+                 generation: Generation | None = None) -> Iterator[str]:
+    jit = acc.jit
+    evidence = (f"; generation: {generation.evidence} ({generation.confidence})"
+                if generation else "")
+    yield (f"JIT window ({jit.profile.name}, {jit.profile.summary}{evidence}):")
+    yield (f"  window {_span(jit.window)} {format_size(jit.window.size)} around target "
+           f"{jit.target:#x}; usable {_span(jit.usable)}, {acc.slots} slots of "
+           f"{format_size(jit.slot)}")
+    label = "worst case over ASLR" if best is not None else "as mapped"
+    yield ""
+    yield f"Occupants ({label}):"
+    if acc.occupants:
+        yield from table(
+            ((o.kind, f"{o.span.start:#x}", f"{o.span.end:#x}",
+              format_size(o.overlap(jit.window)), o.path or "-") for o in acc.occupants),
+            ("Kind", "Start", "End", "In window", "Path"),
+        )
+    else:
+        yield "  (none)"
+    yield ""
+    share = f"{100 * acc.free_share:.1f}%"
+    yield (f"Free: {acc.free_slots} of {acc.slots} slots ({share}), "
+           f"{format_size(acc.free_bytes)}; largest free run {_span(acc.largest_free)} "
+           f"{format_size(acc.largest_free.size) if acc.largest_free else ''}".rstrip())
+    if best is not None:
+        yield (f"      best case over ASLR: {best.free_slots} of {best.slots} slots "
+               f"({100 * best.free_share:.1f}%)")
+    if acc.miss_probability is not None:
+        yield (f"Probing: {jit.random_probes} random hints per area; chance that all miss a "
+               f"free slot: {acc.miss_probability:.3g} ({jit.profile.on_failure})")
+    cap = acc.capacity
+    per = max(1, -(-cap.mcode_per_state // cap.area_size))
+    yield (f"Capacity: {cap.states_requested} state(s) x {format_size(cap.mcode_per_state)} "
+           f"= {format_size(cap.demand)}; {cap.areas_free} free areas of "
+           f"{format_size(cap.area_size)} / {per} per state = {cap.states_fit} state(s) fit: "
+           f"{cap.verdict}")
+
+
+def accounting_verdict(acc: Accounting) -> str:
+    cap = acc.capacity
+    if cap.verdict == "ok":
+        return (f"Verdict: ok: {cap.states_fit} state(s) of {format_size(cap.mcode_per_state)} "
+                f"fit, {cap.states_requested} requested")
+    return (f"Verdict: insufficient: {cap.states_requested} state(s) of "
+            f"{format_size(cap.mcode_per_state)} requested, {cap.states_fit} fit")
+
+
+def prediction_lines(result: Inspection) -> Iterator[str]:
+    pred = result.prediction
+    yield from window_lines(pred.worst, best=pred.best, generation=result.generation)
+    for note in result.notes:
+        yield f"Note: {note}"
+
+
+def maps_lines(result: MapsAnalysis) -> Iterator[str]:
+    maps, acc = result.maps, result.accounting
+    yield f"Source:      {maps.source} ({len(maps.mappings)} mappings)"
+    yield f"Executable:  {maps.executable or '(unknown)'}"
+    kernel = result.kernel
+    yield (f"Kernel:      {kernel.arch} VA bits {kernel.va_bits}, user space "
+           f"[{kernel.mmap_min_addr:#x}, {kernel.user_top:#x})")
+    anchor = result.anchor
+    where = (f"{anchor.span.start:#x}" if anchor.span.size == 1 else _span(anchor.span))
+    yield f"Anchor:      {anchor.name} at {where} ({anchor.how_found}: {anchor.detail})"
+    yield ""
+    total = sum(a.span.size for a in result.jit_areas)
+    yield f"JIT code: {len(result.jit_areas)} area(s), {format_size(total)}"
+    if result.jit_areas:
+        yield from table(
+            ((f"{a.span.start:#x}", f"{a.span.end:#x}", format_size(a.span.size),
+              f"{a.distance:+#x}", "inside" if acc.jit.window.contains(a.span) else "OUTSIDE")
+             for a in result.jit_areas),
+            ("Start", "End", "Size", "Distance", "Window"),
+        )
+    yield ""
+    yield from window_lines(acc, generation=result.generation)
+    for note in result.notes:
+        yield f"Note: {note}"
+    yield ""
+    yield accounting_verdict(acc)

@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .accounting import Accounting
 from .inspection import Inspection, ReachWindow
 from .model import ElfImage, Segment
+from .procview import MapsAnalysis
+from .profiles import Generation
 from .ranges import BranchForm
 from .spans import Span
 
@@ -132,4 +135,110 @@ def inspection_json(result: Inspection) -> dict[str, Any]:
             "detail": anchor.detail,
         },
         "reach": [reach_json(r) for r in result.reach],
+        **prediction_json(result),
+    })
+
+
+def window_json(acc: Accounting) -> dict[str, Any]:
+    jit = acc.jit
+    big = acc.largest_free
+    return {
+        "profile": jit.profile.name,
+        "form": jit.form.name,
+        "target": hexa(jit.target),
+        "start": hexa(jit.window.start),
+        "end": hexa(jit.window.end),
+        "usable_start": hexa(jit.usable.start),
+        "usable_end": hexa(jit.usable.end),
+        "free_bytes": acc.free_bytes,
+        "slot_size": jit.slot,
+        "slots": acc.slots,
+        "free_slots": acc.free_slots,
+        "free_percent": round(100 * acc.free_share, 2),
+        "largest_free": span_json(big),
+        "random_probes": jit.random_probes,
+        "miss_probability": acc.miss_probability,
+    }
+
+
+def occupants_json(acc: Accounting) -> list[dict[str, Any]]:
+    return [
+        {"kind": o.kind, "start": hexa(o.span.start), "end": hexa(o.span.end),
+         "overlap": o.overlap(acc.jit.window), "path": o.path}
+        for o in acc.occupants
+    ]
+
+
+def capacity_json(acc: Accounting) -> dict[str, Any]:
+    cap = acc.capacity
+    return {
+        "states_requested": cap.states_requested,
+        "mcode_per_state": cap.mcode_per_state,
+        "area_size": cap.area_size,
+        "areas_free": cap.areas_free,
+        "states_fit": cap.states_fit,
+        "demand": cap.demand,
+        "verdict": cap.verdict,
+    }
+
+
+def generation_json(profile: str, generation: Generation | None) -> dict[str, Any]:
+    return {
+        "profile": profile,
+        "detected": generation.profile if generation else None,
+        "evidence": generation.evidence if generation else None,
+        "confidence": generation.confidence if generation else None,
+    }
+
+
+def prediction_json(result: Inspection) -> dict[str, Any]:
+    pred = result.prediction
+    return {
+        "window": window_json(pred.worst),
+        "window_best": window_json(pred.best),
+        "occupants": occupants_json(pred.worst),
+        "capacity": capacity_json(pred.worst),
+        "generation": generation_json(result.profile, result.generation),
+        "aslr": {
+            "bias_min": hexa(pred.bias_range[0]),
+            "bias_max": hexa(pred.bias_range[1]),
+            "heap_start_min": hexa(pred.heap_start[0]) if pred.heap_start else None,
+            "heap_start_max": hexa(pred.heap_start[1]) if pred.heap_start else None,
+            "heap_reserve": pred.heap_reserve,
+        },
+        "notes": list(result.notes),
+    }
+
+
+def maps_json(result: MapsAnalysis) -> dict[str, Any]:
+    acc = result.accounting
+    return document("maps", {
+        "source": result.maps.source,
+        "arch": result.arch.name,
+        "executable": result.maps.executable,
+        "kernel": {
+            "va_bits": result.kernel.va_bits,
+            "user_top": hexa(result.kernel.user_top),
+            "mmap_min_addr": hexa(result.kernel.mmap_min_addr),
+        },
+        "anchor": {
+            "name": result.anchor.name,
+            "address": hexa(result.anchor.address),
+            "end": hexa(result.anchor.span.end),
+            "how_found": result.anchor.how_found,
+            "detail": result.anchor.detail,
+            "object": result.anchor_object,
+            "bias": hexa(result.bias),
+        },
+        "window": window_json(acc),
+        "occupants": occupants_json(acc),
+        "jit_areas": [
+            {"start": hexa(a.span.start), "end": hexa(a.span.end), "size": a.span.size,
+             "distance": a.distance}
+            for a in result.jit_areas
+        ],
+        "jit_bytes": sum(a.span.size for a in result.jit_areas),
+        "capacity": capacity_json(acc),
+        "generation": generation_json(result.profile, result.generation),
+        "notes": list(result.notes),
     })
