@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from . import arches
+from . import arches, stubs
 from .accounting import STACK_GUARD_GAP, Accounting, Occupant, account
 from .anchor import DEFAULT_ANCHORS, Anchor
 from .arches import Arch
@@ -159,9 +159,11 @@ def analyse_maps(
                 raise InputError("no anchor: no LuaJIT symbols and no executable mapping of "
                                  "the program; give --anchor", path=maps.source)
             span = Span(min(s.start for s in code), max(s.end for s in code))
-            found = Anchor("executable segment", span, "executable-segment",
-                           f"no LuaJIT VM symbol in the mapped objects; the window must "
-                           f"reach all of {holder}'s code")
+            found = _from_jit_code(maps, span, readable, holder, notes)
+            if found is None:
+                found = Anchor("executable segment", span, "executable-segment",
+                               f"no LuaJIT VM symbol in the mapped objects; the window "
+                               f"must reach all of {holder}'s code")
         holder_reader = next((r for p, r, _ in readable if p == holder), None)
         if arch is None and holder_reader is not None:
             arch = holder_reader.image().arch
@@ -199,6 +201,28 @@ def analyse_maps(
     acc = account(window, occupants, states=states, mcode=mcode)
     return MapsAnalysis(maps, arch, kernel, found, holder, bias, generation, profile, areas,
                         tuple(ignored), acc, tuple(notes))
+
+
+def _from_jit_code(maps: ProcessMaps, code: Span, readable: list[tuple[str, ElfReader,
+                   int | None]], holder: str | None, notes: list[str]) -> Anchor | None:
+    """``lj_vm_exit_handler`` recovered from the exit stubs in a live process's JIT code."""
+    if not maps.source.startswith("pid "):
+        return None
+    reader = next((r for p, r, _ in readable if p == holder), None)
+    if reader is None or not stubs.supported(reader.image().arch):
+        return None
+    spans, _ = _jit_areas(maps)
+    if not spans:
+        return None
+    data, why = stubs.read_memory(int(maps.source.split()[1]), spans)
+    if why:
+        notes.append(f"exit handler not recovered from JIT code: {why}")
+    found = stubs.recover(reader.image().arch, data, code)
+    if found is None:
+        return None
+    return Anchor("lj_vm_exit_handler", Span(found.address, found.address + 1), "jit-code",
+                  f"recovered from {found.votes} of {found.candidates} exit stubs in the JIT "
+                  f"code ({found.pattern}); the binary is stripped")
 
 
 def _occupants(maps: ProcessMaps, jit: list[Span], ignored: list[Mapping],
