@@ -84,7 +84,10 @@ def jit_options(func: F) -> F:
 
 def _sizes(heap: str | None, mcode: str | None) -> tuple[int, int | None]:
     heap_bytes = DEFAULT_HEAP if heap is None else parse_size(heap)
-    return heap_bytes, None if mcode is None else parse_size(mcode)
+    mcode_bytes = None if mcode is None else parse_size(mcode)
+    if mcode_bytes == 0:
+        raise UsageError("--mcode 0: a JIT state needs some code space")
+    return heap_bytes, mcode_bytes
 
 
 def _emit(lines: Iterable[str]) -> None:
