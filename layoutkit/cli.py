@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from . import arches, report
+from .advise import advise as advise_layout
 from .errors import (
     EXIT_FINDINGS,
     EXIT_INPUT,
@@ -24,11 +25,12 @@ from .errors import (
 )
 from .inspection import inspect_binary
 from .layout import DEFAULT_HEAP
+from .linkers import LINKERS
 from .maps import read_maps_file, read_process_maps
 from .procview import analyse_maps
 from .profiles import PROFILES
 from .ranges import REACH, forms
-from .render import forms_lines, inspection_lines, maps_lines
+from .render import advice_lines, forms_lines, inspection_lines, maps_lines
 from .samples import default_binary
 from .units import parse_address, parse_size
 
@@ -198,6 +200,39 @@ def maps_command(target: str, anchor: str | None, arch_name: str | None,
         _emit(maps_lines(result))
     if result.accounting.capacity.verdict != "ok":
         sys.exit(EXIT_FINDINGS)
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.argument("binary", required=False)
+@click.option("--arch", "arch_name", metavar="ARCH", default=None,
+              help="Architecture (required without BINARY; checked against it otherwise).")
+@click.option("--linker", type=click.Choice(list(LINKERS)), default=None,
+              help="Linker to advise for (default: the one that made BINARY, else bfd).")
+@click.option("--anchor", metavar="SYMBOL|ADDR", help="What the JIT must reach.")
+@jit_options
+@kernel_options
+@output_options
+@_handled
+def advise(binary: str | None, arch_name: str | None, linker: str | None,
+           anchor: str | None, jit: str | None, form: str | None, heap: str | None,
+           states: int, mcode: str | None, svg_path: str | None, va_bits: int | None,
+           mmap_min_addr: str | None, fmt: str) -> None:
+    """Linker flags (or a runtime change) that widen the JIT window, with before/after
+    figures (worst case over ASLR), best first.
+
+    Without BINARY, advises on the default link of --arch, as a calculator. Exit 1 when
+    no change makes the requested states fit.
+    """
+    heap_bytes, mcode_bytes = _sizes(heap, mcode)
+    result = advise_layout(
+        binary, arch_name=arch_name, linker=linker, jit=jit, form=form, anchor=anchor,
+        heap=heap_bytes, states=states, mcode=mcode_bytes, va_bits=va_bits,
+        mmap_min_addr=None if mmap_min_addr is None else parse_address(mmap_min_addr),
+    )
+    if fmt == "json":
+        click.echo(report.dumps(report.advice_json(result)))
+    else:
+        _emit(advice_lines(result))
 
 
 @cli.command(epilog=EXIT_CODES)

@@ -16,7 +16,7 @@ from .accounting import Accounting, Occupant, account
 from .kernel import PAGE, KernelConfig, aslr
 from .model import ElfImage, LoadKind
 from .profiles import JitWindow
-from .spans import Span, align_down, align_up
+from .spans import Span, align_down, align_up, normalize
 
 # Default growth reserve of the brk heap: 64 MiB, what glibc reserves for one malloc
 # arena on 64-bit (HEAP_MAX_SIZE, malloc/arena.c), so the main heap is budgeted like
@@ -40,6 +40,13 @@ def image_span(image: ElfImage, bias: int) -> Span:
     return Span(span.start + bias, span.end + bias)
 
 
+def image_occupants(image: ElfImage, bias: int) -> list[Occupant]:
+    """The pages each PT_LOAD maps (a gap between segments, as -Tbss makes, stays free)."""
+    spans = normalize(Span(seg.page_span(PAGE).start + bias, seg.page_span(PAGE).end + bias)
+                      for seg in image.loads if seg.memsz)
+    return [Occupant("image", span, image.path) for span in spans]
+
+
 def _candidates(lo: int, hi: int, edges: list[int], h0: int, heap: int) -> list[int]:
     """Heap offsets in [lo, hi] where the accounting can change its trend."""
     picks = {lo, hi}
@@ -57,7 +64,7 @@ def predict(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int, *,
     rnd = aslr(kernel.arch)
     notes: list[str] = []
     img = Occupant("image", image_span(image, bias), image.path)
-    fixed: list[Occupant] = [img]
+    fixed: list[Occupant] = image_occupants(image, bias)
     if image.load_kind is LoadKind.EXEC:
         bias_range = (0, 0)
     elif image.load_kind is LoadKind.PIE:

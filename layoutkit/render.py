@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from . import linkers
 from .accounting import Accounting
+from .advise import Advice
 from .inspection import Inspection
 from .model import ElfImage
 from .procview import MapsAnalysis
@@ -222,3 +224,45 @@ def maps_lines(result: MapsAnalysis) -> Iterator[str]:
         yield f"Note: {note}"
     yield ""
     yield accounting_verdict(acc)
+
+
+def _figures(acc: Accounting) -> str:
+    big = acc.largest_free
+    return (f"{acc.free_slots}/{acc.slots} slots free ({100 * acc.free_share:.1f}%), "
+            f"{format_size(acc.free_bytes)}, largest run {format_size(big.size) if big else '0 B'}"
+            f", {acc.capacity.states_fit} state(s) fit: {acc.capacity.verdict}")
+
+
+def advice_lines(advice: Advice) -> Iterator[str]:
+    what = "default link" if advice.synthetic else advice.image.path
+    yield f"Binary:      {what} ({advice.arch})"
+    yield f"Linker:      {advice.linker} ({advice.linker_evidence})"
+    yield f"JIT profile: {advice.profile}"
+    kernel = advice.kernel
+    yield (f"Kernel:      VA bits {kernel.va_bits}, mmap_min_addr {kernel.mmap_min_addr:#x}")
+    for note in advice.notes:
+        yield f"Note: {note}"
+    yield ""
+    current = advice.current.worst
+    yield (f"Now (worst case over ASLR): window {_span(current.jit.window)}: "
+           f"{_figures(current)}")
+    yield ""
+    for number, rec in enumerate(advice.recommendations, start=1):
+        yield f"{number}. {rec.kind} ({rec.linker})"
+        if rec.flags:
+            yield f"   flags:  {' '.join(rec.flags)}"
+        if rec.worst is not None:
+            yield f"   after:  window {_span(rec.worst.jit.window)}: {_figures(rec.worst)}"
+        for reason in rec.reasons:
+            yield f"   why:    {reason}"
+        if rec.flags:
+            for system, text in linkers.snippets(list(rec.flags)).items():
+                yield f"   {system + ':':<7} {text}"
+        yield ""
+    top = next((r for r in advice.recommendations if r.worst is not None), None)
+    if top is not None and top.worst is not None:
+        yield (f"Verdict: {top.kind} with {top.linker}: {current.free_slots} -> "
+               f"{top.worst.free_slots} free slots (worst case), "
+               f"{top.worst.capacity.states_fit} state(s) fit")
+    else:
+        yield "Verdict: nothing to change at link time"

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from . import linkers
 from .accounting import Accounting
+from .advise import Advice, Recommendation
 from .inspection import Inspection, ReachWindow
 from .model import ElfImage, Segment
 from .procview import MapsAnalysis
@@ -241,4 +243,37 @@ def maps_json(result: MapsAnalysis) -> dict[str, Any]:
         "capacity": capacity_json(acc),
         "generation": generation_json(result.profile, result.generation),
         "notes": list(result.notes),
+    })
+
+
+def advice_json(advice: Advice) -> dict[str, Any]:
+    def rec_json(rec: Recommendation) -> dict[str, Any]:
+        worst = rec.worst
+        return {
+            "kind": rec.kind,
+            "linker": rec.linker,
+            "flags": list(rec.flags),
+            "base": hexa(rec.base),
+            "bss": hexa(rec.bss),
+            "window": window_json(worst) if worst else None,
+            "capacity": capacity_json(worst) if worst else None,
+            "reasons": list(rec.reasons),
+            "snippets": linkers.snippets(list(rec.flags)) if rec.flags else {},
+        }
+
+    return document("advise", {
+        "arch": advice.arch.name,
+        "binary": None if advice.synthetic else advice.image.path,
+        "linker": advice.linker,
+        "linker_evidence": advice.linker_evidence,
+        "profile": advice.profile,
+        "kernel": {
+            "va_bits": advice.kernel.va_bits,
+            "user_top": hexa(advice.kernel.user_top),
+            "mmap_min_addr": hexa(advice.kernel.mmap_min_addr),
+        },
+        "current": {"window": window_json(advice.current.worst),
+                    "capacity": capacity_json(advice.current.worst)},
+        "recommendations": [rec_json(r) for r in advice.recommendations],
+        "notes": list(advice.notes),
     })
