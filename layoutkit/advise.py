@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from . import linkers
+from . import linkers, refs, relocate
 from .accounting import Accounting
 from .anchor import find_anchor
 from .arches import Arch, GiB
@@ -27,7 +27,7 @@ from .elf import ElfReader
 from .errors import NoFitError, UsageError
 from .kernel import PAGE, KernelConfig
 from .layout import DEFAULT_HEAP, Prediction, predict
-from .model import ElfImage, LoadKind, Perm, Segment
+from .model import ElfImage, LoadKind, Perm, Section, Segment
 from .profiles import (
     Generation,
     JitWindow,
@@ -35,6 +35,7 @@ from .profiles import (
     detect_generation,
     window_for_span,
 )
+from .ranges import FormKind, forms
 from .spans import Span, align_up
 from .units import format_size
 
@@ -228,22 +229,21 @@ def advise(
         has_bss = any(s.memsz > s.filesz for s in image.loads) if synthetic else bss is not None
         if has_bss and linkers.separate_bss_supported(chosen):
             bss_at = align_up(pred.worst.jit.window.end + 0x10000, page)
-            reach = _DATA_REACH.get(arch.name, 2 * GiB)
-            if bss_at + 2 * GiB < reach + base or (bss_at - base) < reach - image_span.size:
-                split = _split_bss(moved, bss_at)
-                if not (arch.name in _LOW_2G and bss_at + 2 * GiB > 2 * GiB + 2 * GiB):
-                    pred_b = evaluate(split, moved_anchor)
-                    recs.append(Recommendation(
-                        "relocate-text", chosen,
-                        (*linkers.fuse_ld(chosen), *linkers.base_flags(chosen, base),
-                         f"-Wl,-Tbss={bss_at:#x}"),
-                        base, bss_at, pred_b,
-                        (f".bss gets its own PT_LOAD at {bss_at:#x}, above the window, so the "
-                         "brk heap that starts after it cannot grow into the window",
-                         f"code reaches .bss {format_size(bss_at - base)} away: within the "
-                         f"{format_size(reach)} of {arch}'s PC-relative data references",
-                         "GNU ld and gold only: lld 14 moves every later section after "
-                         ".bss, mold 1.10 stretches the RW segment over the gap")))
+            ok, why = _bss_move_ok(binary, bss, bss_at, delta, arch, base)
+            if ok:
+                pred_b = evaluate(_split_bss(moved, bss_at), moved_anchor)
+                recs.append(Recommendation(
+                    "relocate-text", chosen,
+                    (*linkers.fuse_ld(chosen), *linkers.base_flags(chosen, base),
+                     f"-Wl,-Tbss={bss_at:#x}"),
+                    base, bss_at, pred_b,
+                    (f".bss gets its own PT_LOAD at {bss_at:#x}, above the window, so the "
+                     "brk heap that starts after it cannot grow into the window",
+                     why,
+                     "GNU ld and gold only: lld 14 moves every later section after .bss, "
+                     "mold 1.10 stretches the RW segment over the gap")))
+            else:
+                notes.append(f"no separate .bss: {why}")
     if image.load_kind is not LoadKind.PIE:
         pie = _shift(image, -image_span.start, LoadKind.PIE)
         pie = replace(pie, interpreter=pie.interpreter or "(interpreter)")
@@ -256,6 +256,12 @@ def advise(
              "the stack; the link address stops mattering",
              "compile every object with -fPIE as well",
              "its brk heap still follows the image (the worst case counts it)")))
+    # A change that leaves less room than there is now is no advice.
+    for rec in [r for r in recs if r.worst and r.worst.free_slots < current.worst.free_slots]:
+        recs.remove(rec)
+        notes.append(f"no {rec.kind} with {rec.linker}: the current layout already leaves "
+                     f"{current.worst.free_slots} free slots, the change would leave "
+                     f"{rec.worst.free_slots if rec.worst else 0}")
     recs.sort(key=lambda r: (-(r.worst.free_slots if r.worst else 0),
                              r.kind != "relocate-text"))
     best = (recs[0].worst if recs else None) or current.worst
@@ -263,6 +269,9 @@ def advise(
     recs.extend(runtime)
     if best.capacity.verdict != "ok":
         alternatives = "; ".join(r.reasons[0] for r in runtime) or "none"
+        far = next((f for f in forms(arch) if f.kind is FormKind.FAR), None)
+        if profile == "generic" and far is not None and form != far.name:
+            alternatives += f"; a JIT that calls through {far.name}: --form {far.name}"
         raise NoFitError(
             f"{states} JIT state(s) of {format_size(best.capacity.mcode_per_state)} do not "
             f"fit the {profile} window of {arch} even after the best change "
@@ -270,6 +279,43 @@ def advise(
             f"runtime alternatives: {alternatives}")
     return Advice(arch, image, synthetic, chosen, evidence, profile, kernel, current,
                   tuple(recs), tuple(notes))
+
+
+def _bss_move_ok(binary: str | None, bss: Section | None, bss_at: int, delta: int,
+                 arch: Arch, base: int) -> tuple[bool, str]:
+    """Whether every reference from the code into .bss still reaches at ``bss_at``.
+
+    With a binary: its PC-relative references, decoded (refs.py), as difference
+    constraints (relocate.py). Without one: the arch's data-reference reach.
+    """
+    bss_size = bss.size if bss is not None else 0
+    if arch.name in _LOW_2G and bss_at + bss_size > 2 * GiB:
+        # Non-PIE code addresses .bss with sign-extended 32-bit absolutes (R_X86_64_32S,
+        # R_RISCV_HI20): all of it must end below 2 GiB, not just start there.
+        return False, (f".bss of {format_size(bss_size)} at {bss_at:#x} would end above the "
+                       f"2 GiB a non-PIE {arch} image's absolute references reach")
+    if binary is None or bss is None:
+        reach = _DATA_REACH.get(arch.name, 2 * GiB)
+        if bss_at - base >= reach:
+            return False, f".bss {format_size(bss_at - base)} from the code is beyond {reach}"
+        return True, (f"code reaches .bss {format_size(bss_at - base)} away: within the "
+                      f"{format_size(reach)} of {arch}'s PC-relative data references")
+    with ElfReader(binary) as reader:
+        pairs = refs.scan(reader)
+    try:
+        allowed = relocate.move_range(pairs, [bss.name])
+    except relocate.Infeasible as e:
+        return False, str(e)
+    offset = bss_at - (bss.addr + delta)
+    count = sum(p.count for p in pairs if ".bss" in (p.src, p.dst))
+    if allowed.allows(offset):
+        return True, (f"all {count} PC-relative references into .bss (decoded) still reach: "
+                      f".bss may move by [{allowed.lo:#x}, {allowed.hi:#x}], this moves it "
+                      f"{offset:#x}")
+    limit = allowed.limit_hi if offset > allowed.hi else allowed.limit_lo
+    who = (f"{limit.form} at {limit.pc:#x} -> {limit.target:#x}" if limit else "a reference")
+    return False, (f"moving .bss by {offset:#x} breaks {who}: .bss may only move by "
+                   f"[{allowed.lo:#x}, {allowed.hi:#x}]")
 
 
 def _runtime(profile: str, acc: Accounting, states: int, mcode: int | None) -> list[Recommendation]:

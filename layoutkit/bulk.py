@@ -75,3 +75,48 @@ def match_u32(
         fields = np.frombuffer(data, dtype=dtype)["field"]
         hits.extend(int(i) + first for i in np.flatnonzero(np.isin(fields, keys)))
     return hits
+
+
+# A64 PC-relative encodings (Arm ARM DDI 0487, C4.1): (name, mask, value, immediate
+# layout). Each decodes to a byte displacement from the instruction's address.
+A64_FORMS = ("b/bl", "b.cond/cbz/ldr-literal", "tbz/tbnz", "adr", "adrp+add")
+
+
+def _sext(values: np.ndarray, bits: int) -> np.ndarray:
+    values = values.astype(np.int64)
+    sign = np.int64(1) << np.int64(bits - 1)
+    result: np.ndarray = (values ^ sign) - sign
+    return result
+
+
+def a64_pcrel(stream: BinaryIO, offset: int, size: int, vaddr: int,
+              ) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Every A64 PC-relative branch or reference in a code region, vectorised.
+
+    Returns, per chunk and form, (instruction addresses, target addresses, form index
+    into A64_FORMS). ADRP's target is the page it names (pc & ~0xfff plus the offset).
+    """
+    out: list[tuple[np.ndarray, np.ndarray, int]] = []
+    step = CHUNK - CHUNK % 4
+    for pos in range(0, size - size % 4, step):
+        length = min(step, size - size % 4 - pos)
+        words = np.frombuffer(_read_exact(stream, offset + pos, length), dtype="<u4")
+        pcs = np.arange(length // 4, dtype=np.int64) * 4 + (vaddr + pos)
+        w = words.astype(np.int64)
+        # B, BL: 0b?00101 imm26
+        m = (words & 0x7C000000) == 0x14000000
+        out.append((pcs[m], pcs[m] + _sext(w[m] & 0x3FFFFFF, 26) * 4, 0))
+        # B.cond (0x54, bit 4 clear), CBZ/CBNZ (0b?011010), LDR literal (0b??011?00): imm19
+        m = ((words & 0xFF000010) == 0x54000000) | ((words & 0x7E000000) == 0x34000000) | \
+            ((words & 0x3B000000) == 0x18000000)
+        out.append((pcs[m], pcs[m] + _sext((w[m] >> 5) & 0x7FFFF, 19) * 4, 1))
+        # TBZ/TBNZ: 0b?011011 imm14
+        m = (words & 0x7E000000) == 0x36000000
+        out.append((pcs[m], pcs[m] + _sext((w[m] >> 5) & 0x3FFF, 14) * 4, 2))
+        # ADR (op 0) and ADRP (op 1): immhi (bits 5-23) : immlo (bits 29-30)
+        imm = _sext((((w >> 5) & 0x7FFFF) << 2) | ((w >> 29) & 3), 21)
+        m = (words & 0x9F000000) == 0x10000000
+        out.append((pcs[m], pcs[m] + imm[m], 3))
+        m = (words & 0x9F000000) == 0x90000000
+        out.append((pcs[m], (pcs[m] & ~0xFFF) + imm[m] * 4096, 4))
+    return out

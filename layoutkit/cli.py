@@ -8,12 +8,14 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import click
 
-from . import arches, report
+from . import arches, picture, report
+from .accounting import Accounting
 from .advise import advise as advise_layout
 from .errors import (
     EXIT_FINDINGS,
@@ -32,6 +34,7 @@ from .profiles import PROFILES
 from .ranges import REACH, forms
 from .render import advice_lines, forms_lines, inspection_lines, maps_lines
 from .samples import default_binary
+from .spans import Span
 from .units import parse_address, parse_size
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -92,6 +95,20 @@ def _sizes(heap: str | None, mcode: str | None) -> tuple[int, int | None]:
     return heap_bytes, mcode_bytes
 
 
+def _write_svg(path: str, acc: Accounting, anchor: Span, title: str,
+               jit_areas: tuple[Span, ...] = ()) -> None:
+    """Write the picture atomically: a temporary file in the same folder, then rename."""
+    text = picture.svg(acc, anchor, title=title, jit_areas=jit_areas)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".layoutkit-", suffix=".svg", dir=folder)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UsageError(f"--svg {path}: {e.strerror}") from None
+
+
 def _emit(lines: Iterable[str]) -> None:
     click.echo("\n".join(lines))
 
@@ -149,6 +166,9 @@ def inspect(binary: str | None, anchor: str | None, jit: str | None, form: str |
         mmap_min_addr=None if mmap_min_addr is None else parse_address(mmap_min_addr),
         jit=jit, form=form, heap=heap_bytes, states=states, mcode=mcode_bytes,
     )
+    if svg_path:
+        _write_svg(svg_path, result.prediction.worst, result.runtime_anchor,
+                   f"{os.path.basename(binary)}: {result.profile} window, worst case over ASLR")
     if fmt == "json":
         doc = report.inspection_json(result)
         doc["bundled_default"] = note is not None
@@ -194,6 +214,10 @@ def maps_command(target: str, anchor: str | None, arch_name: str | None,
         mmap_min_addr=None if mmap_min_addr is None else parse_address(mmap_min_addr),
         heap=heap_bytes, states=states, mcode=mcode_bytes, path_map=tuple(pairs),
     )
+    if svg_path:
+        _write_svg(svg_path, result.accounting, result.anchor.span,
+                   f"{maps.source}: {result.profile} window as mapped",
+                   tuple(a.span for a in result.jit_areas))
     if fmt == "json":
         click.echo(report.dumps(report.maps_json(result)))
     else:

@@ -17,6 +17,7 @@ from .kernel import PAGE, KernelConfig, aslr
 from .model import ElfImage, LoadKind
 from .profiles import JitWindow
 from .spans import Span, align_down, align_up, normalize
+from .units import format_size
 
 # Default growth reserve of the brk heap: 64 MiB, what glibc reserves for one malloc
 # arena on 64-bit (HEAP_MAX_SIZE, malloc/arena.c), so the main heap is budgeted like
@@ -83,10 +84,12 @@ def predict(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int, *,
         for r in _candidates(lo, hi, edges, h0, heap):
             heap_occ = Occupant("heap-reserve", Span(h0 + r, h0 + r + heap), "[heap]")
             results.append(account(jit, [*fixed, heap_occ], states=states, mcode=mcode))
-        heap_start: tuple[int, int] | None = (h0 + lo, h0 + hi)
-        notes.append(f"brk heap starts in [{h0:#x}, {h0 + hi:#x}] (after the bss, randomised "
-                     f"by up to {rnd.brk_rnd >> 20} MiB) and is given {heap >> 20} MiB "
-                     "to grow (--heap)")
+        # Run-time range: the image itself moves over the bias range (PIE), the heap with it.
+        spread = bias_range[1] - bias_range[0]
+        heap_start: tuple[int, int] | None = (h0 + lo, h0 + hi + spread)
+        notes.append(f"brk heap starts {format_size(0)}..{format_size(hi)} after the bss "
+                     f"(randomised by up to {format_size(rnd.brk_rnd)}) and is given "
+                     f"{format_size(heap)} to grow (--heap)")
     else:
         # A library (or static PIE) sits at the top of the mmap area: what was mapped
         # before it (the loader, earlier libraries) lies above, later mappings below.

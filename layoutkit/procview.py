@@ -165,6 +165,8 @@ def analyse_maps(
                                f"no LuaJIT VM symbol in the mapped objects; the window "
                                f"must reach all of {holder}'s code")
         holder_reader = next((r for p, r, _ in readable if p == holder), None)
+        if bias is None:
+            bias = next((b for p, _, b in readable if p == holder), None)
         if arch is None and holder_reader is not None:
             arch = holder_reader.image().arch
         if arch is None and readable:

@@ -18,8 +18,10 @@ JIT_P_maxmcode defaults), per generation (facts.md §2):
   width 2^JR - 64 KiB centred on the exact lj_vm_exit_handler, mcmin clamped to >= 0x10000;
   MIPS: the whole 256 MiB region (JR 28). Up to 16 attempts; when all fail the area goes
   anywhere and calls back to the VM go through a register: slower, not an abort.
-- ``generic``: any other JIT: the full mutual-reach window of one branch form (width =
-  the form's reach, centred on the anchor), first-fit placement.
+- ``generic``: any other JIT: the mutual-reach window of one branch form (every
+  instruction in it can branch to every other and to the anchor: the width is the
+  one-way reach, centred on the anchor; MIPS j/jal: the anchor's 256 MiB region),
+  first-fit placement.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ PROFILES: dict[str, Profile] = {
         64 * KiB, 2048 * KiB, "16 probes, each redrawn until in range",
         "the area goes anywhere; calls to the VM become indirect (slower)"),
     "generic": Profile(
-        "generic", "any JIT: full mutual-reach window of one branch form, first fit",
+        "generic", "any JIT: mutual-reach window of one branch form, first fit",
         64 * KiB, 512 * KiB, "first fit", "no room: the JIT must fall back to far calls"),
 }
 
@@ -134,24 +136,41 @@ def jit_window(name: str, arch: Arch, anchor: int, limit: Span, *,
             if found is None:
                 raise UsageError(f"no branch form {form_name!r} for {arch}")
             form = found
-        half = form.reach // 2
-        window = _clip(anchor - half, anchor + half, limit)
+        if form.region:
+            lo, hi = form.sources_to(anchor)  # MIPS j/jal: the anchor's 256 MiB region
+        elif form.wraps:
+            lo, hi = limit.start, limit.end
+        else:
+            # Mutual reach: any two instructions in the window (and the anchor) must reach
+            # each other, so the width is the one-way reach, not the whole span of targets:
+            # width - granule <= disp_max and -(width - granule) >= disp_min.
+            width = min(form.disp_max + form.granule, form.granule - form.disp_min)
+            lo = anchor - width // 2
+            hi = lo + width
+        window = _clip(lo, hi, limit)
         usable = window.aligned_inward(slot) or Span(window.start, window.start)
         return JitWindow(prof, form, anchor, window, usable, 0, 0, slot, 0)
     form = default_form(arch)
     jr = _jumprange(arch, name)
     if name == "luajit-2025":
+        # mcode_setrange (68354f44), in uintptr_t arithmetic: mcmin rounded up to 64 KiB
+        # and mcmax = mcmin + MCODE_RANGE64 computed before mcmin is clamped to 0x10000.
+        mask = (1 << 64) - 1
+        range64 = (1 << jr) - SLOT
         if arch.name.startswith("mips"):
-            lo = align_down(anchor, 1 << 28)
-            hi = lo + (1 << 28)
+            mcmin = anchor & ~((1 << jr) - 1)
+            mcmax = mcmin + (1 << jr)
         else:
-            half = ((1 << jr) - SLOT) // 2
-            lo, hi = max(anchor - half, 0x10000), anchor + half
-        window = _clip(lo, hi, limit)
+            mcmin = ((anchor - (range64 >> 1) + 0xFFFF) & mask) & ~0xFFFF
+            mcmax = (mcmin + range64) & mask
+        if anchor < mcmin or not mcmin:
+            mcmin = 0x10000
+        if anchor > mcmax:
+            mcmax = (1 << 64) - SLOT
+        window = _clip(mcmin, mcmax, limit)
         usable = window.aligned_inward(slot) or Span(window.start, window.start)
-        # [check] the 2025 allocator draws in-range hints; modelled as uniform slots.
-        lo_aligned = -(-lo // slot) * slot
-        return JitWindow(prof, form, anchor, window, usable, lo_aligned, hi + 1, slot, 16)
+        # Hints mcmin + (prng & MCODE_RANGE64), redrawn until mcode_inrange: p + sz <= mcmax.
+        return JitWindow(prof, form, anchor, window, usable, mcmin, mcmax + 1, slot, 16)
     if arch.name.startswith("mips"):
         target = align_down(anchor, 1 << 28) + 0x08000000  # middle of the 256 MiB region
     else:

@@ -9,6 +9,7 @@ from .accounting import Accounting
 from .advise import Advice
 from .inspection import Inspection
 from .model import ElfImage
+from .picture import terminal_view
 from .procview import MapsAnalysis
 from .profiles import Generation
 from .ranges import BranchForm
@@ -194,6 +195,9 @@ def accounting_verdict(acc: Accounting) -> str:
 def prediction_lines(result: Inspection) -> Iterator[str]:
     pred = result.prediction
     yield from window_lines(pred.worst, best=pred.best, generation=result.generation)
+    yield ""
+    yield "Picture (worst case; --svg FILE draws it to scale):"
+    yield from ("  " + line for line in terminal_view(pred.worst, result.runtime_anchor))
     for note in result.notes:
         yield f"Note: {note}"
 
@@ -220,6 +224,10 @@ def maps_lines(result: MapsAnalysis) -> Iterator[str]:
         )
     yield ""
     yield from window_lines(acc, generation=result.generation)
+    yield ""
+    yield "Picture (--svg FILE draws it to scale):"
+    yield from ("  " + line for line in terminal_view(
+        acc, result.anchor.span, jit_areas=[a.span for a in result.jit_areas]))
     for note in result.notes:
         yield f"Note: {note}"
     yield ""
