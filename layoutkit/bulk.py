@@ -100,23 +100,97 @@ def a64_pcrel(stream: BinaryIO, offset: int, size: int, vaddr: int,
     step = CHUNK - CHUNK % 4
     for pos in range(0, size - size % 4, step):
         length = min(step, size - size % 4 - pos)
-        words = np.frombuffer(_read_exact(stream, offset + pos, length), dtype="<u4")
-        pcs = np.arange(length // 4, dtype=np.int64) * 4 + (vaddr + pos)
-        w = words.astype(np.int64)
-        # B, BL: 0b?00101 imm26
-        m = (words & 0x7C000000) == 0x14000000
-        out.append((pcs[m], pcs[m] + _sext(w[m] & 0x3FFFFFF, 26) * 4, 0))
-        # B.cond (0x54, bit 4 clear), CBZ/CBNZ (0b?011010), LDR literal (0b??011?00): imm19
-        m = ((words & 0xFF000010) == 0x54000000) | ((words & 0x7E000000) == 0x34000000) | \
-            ((words & 0x3B000000) == 0x18000000)
-        out.append((pcs[m], pcs[m] + _sext((w[m] >> 5) & 0x7FFFF, 19) * 4, 1))
-        # TBZ/TBNZ: 0b?011011 imm14
-        m = (words & 0x7E000000) == 0x36000000
-        out.append((pcs[m], pcs[m] + _sext((w[m] >> 5) & 0x3FFF, 14) * 4, 2))
-        # ADR (op 0) and ADRP (op 1): immhi (bits 5-23) : immlo (bits 29-30)
-        imm = _sext((((w >> 5) & 0x7FFFF) << 2) | ((w >> 29) & 3), 21)
-        m = (words & 0x9F000000) == 0x10000000
-        out.append((pcs[m], pcs[m] + imm[m], 3))
-        m = (words & 0x9F000000) == 0x90000000
-        out.append((pcs[m], (pcs[m] & ~0xFFF) + imm[m] * 4096, 4))
+        data = _read_exact(stream, offset + pos, length)
+        words = np.frombuffer(data, dtype="<u4")
+        # Classify by the top byte alone (one byte per word: cheap), then widen and
+        # decode only the candidates.
+        top = np.ascontiguousarray(np.frombuffer(data, dtype=np.uint8)[3::4])
+        masks = ((top & 0x7C) == 0x14,  # B, BL
+                 (top == 0x54) | ((top & 0x7E) == 0x34) | ((top & 0x3B) == 0x18),
+                 (top & 0x7E) == 0x36,  # TBZ/TBNZ
+                 (top & 0x9F) == 0x10,  # ADR
+                 (top & 0x9F) == 0x90)  # ADRP
+        base = vaddr + pos
+        for form, mask in enumerate(masks):
+            sel = np.flatnonzero(mask)
+            w = words[sel].astype(np.int64)
+            if form == 1:  # B.cond must have bit 4 clear (bit 4 set is BC.cond/reserved)
+                keep = ((w >> 24) != 0x54) | ((w & 0x10) == 0)
+                sel, w = sel[keep], w[keep]
+            pcs = sel.astype(np.int64) * 4 + base
+            if form == 0:  # B, BL: imm26
+                out.append((pcs, pcs + _sext(w & 0x3FFFFFF, 26) * 4, 0))
+            elif form == 1:  # B.cond, CBZ/CBNZ, LDR (literal): imm19
+                out.append((pcs, pcs + _sext((w >> 5) & 0x7FFFF, 19) * 4, 1))
+            elif form == 2:  # TBZ/TBNZ: imm14
+                out.append((pcs, pcs + _sext((w >> 5) & 0x3FFF, 14) * 4, 2))
+            else:  # ADR, ADRP: immhi (bits 5-23) : immlo (bits 29-30)
+                imm = _sext((((w >> 5) & 0x7FFFF) << 2) | ((w >> 29) & 3), 21)
+                if form == 3:
+                    out.append((pcs, pcs + imm, 3))
+                else:
+                    out.append((pcs, (pcs & ~0xFFF) + imm * 4096, 4))
     return out
+
+
+def a64_section_refs(
+    stream: BinaryIO, offset: int, size: int, vaddr: int, starts: list[int], ends: list[int],
+    limits: list[tuple[int, int]], *, own: int, sample: int = 32,
+) -> tuple[dict[tuple[int, int], list[int]], list[tuple[int, int]]]:
+    """A64 PC-relative references from a code region into other sections, aggregated.
+
+    ``starts``/``ends`` are the sorted sections' bounds, ``own`` the index of the code's
+    own section (references within it are skipped), ``limits[form]`` the (disp_min,
+    disp_max) of each form of A64_FORMS. Returns, per (form, target section index),
+    ``[count, up, up_pc, up_target, down, down_pc, down_target]`` with ``up`` the least
+    ``disp_max - d`` and ``down`` the least ``d - disp_min``, and a sample of (pc, target)
+    pairs to confirm with a real decoder. ADRP names a page: it counts against every
+    section that page overlaps.
+    """
+    lo_arr = np.asarray(starts, dtype=np.int64)
+    hi_arr = np.asarray(ends, dtype=np.int64)
+    result: dict[tuple[int, int], list[int]] = {}
+    picked: list[tuple[int, int]] = []
+    own_lo, own_hi = starts[own], ends[own]
+    for all_pcs, all_targets, form in a64_pcrel(stream, offset, size, vaddr):
+        if not len(all_pcs):
+            continue
+        picked.extend(zip(all_pcs[:sample].tolist(), all_targets[:sample].tolist(), strict=True))
+        pcs, targets = all_pcs, all_targets
+        span = 4096 if A64_FORMS[form] == "adrp+add" else 1
+        # Most branches stay inside their own section: drop those first (cheap).
+        away = (targets < own_lo) | (targets + (span - 1) >= own_hi)
+        if not away.all():
+            pcs, targets = pcs[away], targets[away]
+        if not len(pcs):
+            continue
+        first = np.searchsorted(lo_arr, targets, side="right") - 1
+        last = np.searchsorted(lo_arr, targets + (span - 1), side="right") - 1
+        dmin, dmax = limits[form]
+        disp = targets - pcs
+        for shift in range(int((last - first).max(initial=0)) + 1):
+            idx = first + shift
+            ok = (idx >= 0) & (idx <= last) & (idx != own) & (idx < len(lo_arr))
+            safe = np.clip(idx, 0, len(lo_arr) - 1)
+            # The section overlaps [target, target + span): the byte or the ADRP page.
+            ok &= (hi_arr[safe] > targets) & (lo_arr[safe] < targets + span)
+            if not ok.any():
+                continue
+            for dst in np.unique(idx[ok]).tolist():
+                sel = ok & (idx == dst)
+                up = dmax - disp[sel]
+                down = disp[sel] - dmin
+                iu, idn = int(up.argmin()), int(down.argmin())
+                sel_pcs, sel_tg = pcs[sel], targets[sel]
+                entry = result.get((form, dst))
+                new = [int(sel.sum()), int(up[iu]), int(sel_pcs[iu]), int(sel_tg[iu]),
+                       int(down[idn]), int(sel_pcs[idn]), int(sel_tg[idn])]
+                if entry is None:
+                    result[(form, dst)] = new
+                else:
+                    entry[0] += new[0]
+                    if new[1] < entry[1]:
+                        entry[1:4] = new[1:4]
+                    if new[4] < entry[4]:
+                        entry[4:7] = new[4:7]
+    return result, picked

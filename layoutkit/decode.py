@@ -8,6 +8,8 @@ RIP-relative addressing).
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -55,6 +57,7 @@ def supported(arch: Arch) -> bool:
     return arch.name in _MODES
 
 
+@functools.lru_cache(maxsize=32)
 def _disassembler(arch: Arch, thumb: bool) -> capstone.Cs:
     try:
         cs_arch, mode = _MODES[arch.name]
@@ -109,3 +112,32 @@ def decode(arch: Arch, code: bytes, address: int, *, thumb: bool = False) -> Ite
 def decode_one(arch: Arch, code: bytes, address: int, *, thumb: bool = False) -> Decoded | None:
     """The first instruction of ``code``, or None when it does not decode."""
     return next(decode(arch, code, address, thumb=thumb), None)
+
+
+_RIP = re.compile(r"\[rip ([+-]) (0x[0-9a-f]+|[0-9]+)\]")
+
+
+def x86_pcrel(code: bytes, address: int, *,
+              bits: int = 64) -> tuple[list[tuple[int, int, int]], int]:
+    """PC-relative branches and RIP-relative operands in ``code``, fast.
+
+    Uses capstone's detail-free ``disasm_lite`` (about 1 us per instruction, against
+    tens with operand details) and reads the target from the operand text. Returns
+    ``(pc, size, target)`` triples and how many bytes were decoded before capstone
+    stopped (at the end, or at bytes it cannot decode).
+    """
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64 if bits == 64
+                     else capstone.CS_MODE_32)
+    found: list[tuple[int, int, int]] = []
+    end = 0
+    for pc, size, mnemonic, op_str in md.disasm_lite(code, address):
+        end = pc + size - address
+        if "rip" in op_str:
+            match = _RIP.search(op_str)
+            if match:
+                disp = int(match.group(2), 0)
+                found.append((pc, size, pc + size + (disp if match.group(1) == "+" else -disp)))
+        elif op_str.startswith("0x") and (mnemonic[0] == "j" or mnemonic.startswith("call")
+                                         or mnemonic.startswith("loop")):
+            found.append((pc, size, int(op_str, 16)))
+    return found, end

@@ -16,19 +16,22 @@ capstone in chunks, so memory stays bounded on a 100 MB text.
 from __future__ import annotations
 
 import bisect
+import os
 import random
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from . import bulk
 from .arches import Arch
-from .decode import decode, decode_one
+from .decode import decode, decode_one, x86_pcrel
 from .elf import ElfReader
 from .errors import ElfError
 from .model import Section
 from .ranges import form_by_name, forms
 
 CONFIRM = 2000  # prescanned references re-decoded with capstone
+PARALLEL_MIN = 4 << 20  # x86 text bytes per worker process before splitting pays
 _DECODE_CHUNK = 1 << 16
 
 
@@ -93,6 +96,28 @@ class _Collector:
         if down < entry[2].slack:  # type: ignore[attr-defined]
             entry[2] = Bound(down, pc, target, form)
 
+    def add_pair(self, src: str, dst: str, count: int, up: Bound, down: Bound) -> None:
+        self.add_bound(src, dst, up, True)
+        self.add_bound(src, dst, down, False)
+        entry = self.pairs[(src, dst)]
+        entry[0] = int(entry[0]) + count - 2  # type: ignore[call-overload]
+
+    def merge(self, pairs: dict[tuple[str, str], list[object]]) -> None:
+        for (src, dst), (count, up, down) in pairs.items():
+            assert isinstance(up, Bound) and isinstance(down, Bound)
+            for bound in (up, down):
+                self.add_bound(src, dst, bound, up is bound)
+            entry = self.pairs[(src, dst)]
+            entry[0] = int(entry[0]) + int(count) - 2  # type: ignore[call-overload]
+
+    def add_bound(self, src: str, dst: str, bound: Bound, upper: bool) -> None:
+        entry = self.pairs.setdefault((src, dst), [0, Bound(1 << 62, 0, 0, ""),
+                                                   Bound(1 << 62, 0, 0, "")])
+        entry[0] = int(entry[0]) + 1  # type: ignore[call-overload]
+        slot = 1 if upper else 2
+        if bound.slack < entry[slot].slack:  # type: ignore[attr-defined]
+            entry[slot] = bound
+
     def result(self) -> list[PairRefs]:
         return [PairRefs(s, d, int(e[0]), e[1], e[2])  # type: ignore[arg-type,call-overload]
                 for (s, d), e in sorted(self.pairs.items())]
@@ -110,6 +135,8 @@ def scan(reader: ElfReader) -> list[PairRefs]:
                 raise ElfError(f"{section.name} lies outside the file", path=image.path)
             if image.arch.name == "aarch64":
                 _scan_a64(stream, section, index, collector, image.arch)
+            elif image.arch.name in ("x86_64", "i386"):
+                _scan_x86(stream, section, index, collector, image.arch)
             else:
                 _scan_capstone(stream, section, index, collector, image.arch)
     return collector.result()
@@ -117,27 +144,31 @@ def scan(reader: ElfReader) -> list[PairRefs]:
 
 def _scan_a64(stream: BinaryIO, section: Section, index: _Index, out: _Collector,
               arch: Arch) -> None:
-    found = bulk.a64_pcrel(stream, section.offset, section.size, section.addr)
-    sample: list[tuple[int, int]] = []
-    for pcs, targets, kind in found:
-        form = form_by_name(arch, bulk.A64_FORMS[kind])
-        assert form is not None  # A64_FORMS names rows of the reach table
-        # ADRP names a page: whatever section the page overlaps may be the real target.
-        span = 4096 if form.page > 1 else 1
-        for pc, target in zip(pcs.tolist(), targets.tolist(), strict=True):
-            sample.append((pc, target))
-            for dst in index.overlapping(target, target + span):
-                if dst != section.name:
-                    out.add(section.name, dst, pc, target, form.disp_min, form.disp_max,
-                            form.name)
+    rows = []
+    for name in bulk.A64_FORMS:
+        row = form_by_name(arch, name)
+        assert row is not None  # A64_FORMS names rows of the reach table
+        rows.append(row)
+    own = next(i for i, s in enumerate(index.sections) if s.name == section.name
+               and s.addr == section.addr)
+    found, sample = bulk.a64_section_refs(
+        stream, section.offset, section.size, section.addr, index.starts,
+        [s.addr + s.size for s in index.sections], [(r.disp_min, r.disp_max) for r in rows],
+        own=own)
+    for (form, dst), (count, up, up_pc, up_t, down, down_pc, down_t) in found.items():
+        name, row = index.sections[dst].name, rows[form]
+        out.add_pair(section.name, name, count, Bound(up, up_pc, up_t, row.name),
+                     Bound(down, down_pc, down_t, row.name))
     # Confirm the vectorised decoding against capstone on a sample.
     rng = random.Random(0)
-    for pc, target in rng.sample(sample, min(CONFIRM, len(sample))):
+    checks = sorted(rng.sample(sample, min(CONFIRM, len(sample))))
+    stream.seek(section.offset)
+    for pc, target in checks:
         stream.seek(section.offset + pc - section.addr)
         insn = decode_one(arch, stream.read(4), pc)
         if insn is None or insn.target != target:
             raise ElfError(f"pre-scan and capstone disagree at {pc:#x}: "
-                           f"{target:#x} vs {insn}", path=stream.name)
+                           f"{target:#x} vs {insn}", path=str(stream.name))
 
 
 def _limits(arch: Arch, mnemonic: str, size: int, rip: bool) -> tuple[int, int, str] | None:
@@ -156,6 +187,59 @@ def _limits(arch: Arch, mnemonic: str, size: int, rip: bool) -> tuple[int, int, 
     # Unknown mnemonic: the narrowest form, so the move range errs on the safe side.
     row = min(rows, key=lambda r: r.disp_max - r.disp_min)
     return row.disp_min, row.disp_max, row.name
+
+
+def _scan_x86(stream: BinaryIO, section: Section, index: _Index, out: _Collector,
+              arch: Arch) -> None:
+    """Split a large text over the machine's cores; each part decodes on its own."""
+    workers = min(os.cpu_count() or 1, max(1, section.size // PARALLEL_MIN))
+    if workers == 1:
+        _scan_x86_part(stream, section, index, out, arch, 0, section.size)
+        return
+    step = -(-section.size // workers)
+    parts = [(str(stream.name), section, index, arch, lo, min(lo + step, section.size))
+             for lo in range(0, section.size, step)]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for pairs in pool.map(_x86_worker, parts):
+            out.merge(pairs)
+
+
+def _x86_worker(args: tuple[str, Section, _Index, Arch, int, int]) -> dict[tuple[str, str],
+                                                                           list[object]]:
+    path, section, index, arch, lo, hi = args
+    part = _Collector()
+    with open(path, "rb") as stream:
+        _scan_x86_part(stream, section, index, part, arch, lo, hi)
+    return part.pairs
+
+
+def _scan_x86_part(stream: BinaryIO, section: Section, index: _Index, out: _Collector,
+                   arch: Arch, lo: int, hi: int) -> None:
+    """References from instructions starting in [lo, hi) of ``section``.
+
+    A part after the first starts decoding 64 bytes early: x86 decoding falls back into
+    step with the real instruction boundaries within a few instructions.
+    """
+    pos = max(0, lo - 64)
+    while pos < hi:
+        stream.seek(section.offset + pos)
+        chunk = stream.read(min(_DECODE_CHUNK, section.size - pos))
+        found, last_end = x86_pcrel(chunk, section.addr + pos, bits=arch.bits)
+        for pc, size, target in found:
+            if not lo <= pc - section.addr < hi:
+                continue
+            dst = index.find(target)
+            if dst is not None and dst != section.name:
+                # rel32/disp32 count from the next instruction; rel8 only reaches 127.
+                if size >= 5:
+                    out.add(section.name, dst, pc, target, size - 2**31, size + 2**31 - 1,
+                            "rel32/disp32")
+                else:
+                    out.add(section.name, dst, pc, target, size - 128, size + 127, "rel8")
+        if last_end == 0 or last_end < len(chunk) - 15:
+            pos += last_end + 1  # step over bytes capstone cannot decode
+        else:
+            pos += last_end
 
 
 def _scan_capstone(stream: BinaryIO, section: Section, index: _Index, out: _Collector,
