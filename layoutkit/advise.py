@@ -340,3 +340,61 @@ def _runtime(profile: str, acc: Accounting, states: int, mcode: int | None) -> l
              "window then costs speed (calls through a register), not trace aborts",
              "the 2025 allocator also centres a 2^JR - 64 KiB window on the exact anchor")))
     return out
+
+
+@dataclass(frozen=True)
+class RelocationCheck:
+    """Whether (and how far) some sections can move while the rest stays."""
+
+    sections: tuple[str, ...]
+    address: int  # where the first of them is now
+    allowed: relocate.MoveRange
+    requested: int | None  # the address asked for, if any
+    references: int  # PC-relative references between the group and the rest
+
+    @property
+    def feasible(self) -> bool:
+        return self.requested is None or self.allowed.allows(self.requested - self.address)
+
+
+def check_move(binary: str, sections: list[str], address: int | None) -> RelocationCheck:
+    """Decode the PC-relative references of ``binary`` and bound a move of ``sections``.
+
+    With an ``address`` the move is what ``--section-start`` does with GNU ld (checked
+    with real links here): the section and every allocated section after it move
+    together, the sections before it stay. The references (refs.py) become difference
+    constraints (relocate.py); an address outside the feasible range is a
+    :class:`NoFitError` naming the reference that would break. x86-64 and riscv64
+    non-PIE code must also stay below 2 GiB.
+    """
+    with ElfReader(binary) as reader:
+        image = reader.image()
+        present = {s.name: s for s in image.sections if s.alloc}
+        missing = [name for name in sections if name not in present]
+        if missing:
+            raise UsageError(f"--move: no allocated section {', '.join(missing)} in {binary}")
+        if address is not None and len(sections) == 1:
+            start = present[sections[0]].addr
+            sections = [s.name for s in image.sections if s.alloc and s.addr >= start]
+        pairs = refs.scan(reader)
+    try:
+        allowed = relocate.move_range(pairs, sections)
+    except relocate.Infeasible as e:
+        raise NoFitError(str(e), path=binary) from None
+    first = min(present[name].addr for name in sections)
+    if image.arch.name in _LOW_2G and image.load_kind is LoadKind.EXEC:
+        end = max(present[name].addr + present[name].size for name in sections)
+        allowed = replace(allowed, hi=min(allowed.hi, 2 * GiB - end))
+    moved = set(sections)
+    count = sum(p.count for p in pairs if (p.src in moved) != (p.dst in moved))
+    check = RelocationCheck(tuple(sections), first, allowed, address, count)
+    if not check.feasible and address is not None:
+        offset = address - first
+        limit = allowed.limit_hi if offset > allowed.hi else allowed.limit_lo
+        who = (f"the {limit.form} at {limit.pc:#x} to {limit.target:#x}" if limit
+               else "a reference")
+        raise NoFitError(
+            f"moving {', '.join(sections)} from {first:#x} to {address:#x} breaks {who}: "
+            f"they can go from {max(0, first + allowed.lo):#x} to {first + allowed.hi:#x}",
+            path=binary)
+    return check

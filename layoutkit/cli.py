@@ -17,6 +17,7 @@ import click
 from . import arches, picture, report
 from .accounting import Accounting
 from .advise import advise as advise_layout
+from .advise import check_move
 from .errors import (
     EXIT_FINDINGS,
     EXIT_INPUT,
@@ -32,7 +33,7 @@ from .maps import read_maps_file, read_process_maps
 from .procview import analyse_maps
 from .profiles import PROFILES
 from .ranges import REACH, forms
-from .render import advice_lines, forms_lines, inspection_lines, maps_lines
+from .render import advice_lines, forms_lines, inspection_lines, maps_lines, move_lines
 from .samples import default_binary
 from .spans import Span
 from .units import parse_address, parse_size
@@ -233,20 +234,36 @@ def maps_command(target: str, anchor: str | None, arch_name: str | None,
 @click.option("--linker", type=click.Choice(list(LINKERS)), default=None,
               help="Linker to advise for (default: the one that made BINARY, else bfd).")
 @click.option("--anchor", metavar="SYMBOL|ADDR", help="What the JIT must reach.")
+@click.option("--move", "move", metavar="SECTION[,SECTION...][=ADDR]", default=None,
+              help="Check moving these sections (the rest stays): the feasible range from "
+                   "the decoded PC-relative references, or which reference breaks at ADDR.")
 @jit_options
 @kernel_options
 @output_options
 @_handled
 def advise(binary: str | None, arch_name: str | None, linker: str | None,
-           anchor: str | None, jit: str | None, form: str | None, heap: str | None,
-           states: int, mcode: str | None, svg_path: str | None, va_bits: int | None,
-           mmap_min_addr: str | None, fmt: str) -> None:
+           anchor: str | None, move: str | None, jit: str | None, form: str | None,
+           heap: str | None, states: int, mcode: str | None, svg_path: str | None,
+           va_bits: int | None, mmap_min_addr: str | None, fmt: str) -> None:
     """Linker flags (or a runtime change) that widen the JIT window, with before/after
     figures (worst case over ASLR), best first.
 
     Without BINARY, advises on the default link of --arch, as a calculator. Exit 1 when
     no change makes the requested states fit.
     """
+    if move is not None:
+        if binary is None:
+            raise UsageError("--move needs a BINARY: its references decide the range")
+        names, _, where = move.partition("=")
+        sections = [n for n in names.split(",") if n]
+        if not sections:
+            raise UsageError(f"--move {move!r}: name a section, e.g. --move .text=0x7f000000")
+        check = check_move(binary, sections, parse_address(where) if where else None)
+        if fmt == "json":
+            click.echo(report.dumps(report.move_json(check)))
+        else:
+            _emit(move_lines(check))
+        return
     heap_bytes, mcode_bytes = _sizes(heap, mcode)
     result = advise_layout(
         binary, arch_name=arch_name, linker=linker, jit=jit, form=form, anchor=anchor,

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 
 from . import linkers
 from .accounting import Accounting
-from .advise import Advice
+from .advise import Advice, RelocationCheck
 from .inspection import Inspection
 from .model import ElfImage
 from .picture import terminal_view
@@ -274,3 +274,26 @@ def advice_lines(advice: Advice) -> Iterator[str]:
                f"{top.worst.capacity.states_fit} state(s) fit")
     else:
         yield "Verdict: nothing to change at link time"
+
+
+def move_lines(check: RelocationCheck) -> Iterator[str]:
+    allowed = check.allowed
+    names = ", ".join(check.sections)
+    yield (f"Moving {names} (now at {check.address:#x}) while the rest stays: "
+           f"{check.references} PC-relative references cross the cut (decoded)")
+    lo, hi = max(0, check.address + allowed.lo), check.address + allowed.hi
+    yield f"  feasible: [{lo:#x}, {hi:#x}] (offsets {allowed.lo:+#x} to {allowed.hi:+#x})"
+    for label, bound in (("lowest", allowed.limit_lo), ("highest", allowed.limit_hi)):
+        if bound is not None:
+            yield (f"  {label} set by the {bound.form} at {bound.pc:#x} -> {bound.target:#x}")
+    if check.requested is not None:
+        flags = f"-Wl,--section-start={check.sections[0]}={check.requested:#x}"
+        yield f"  requested {check.requested:#x}: feasible"
+        if check.sections:
+            yield f"  flags (GNU ld, gold): {flags} (the sections after it move too)"
+            yield "  lld and mold: not offered (their --section-start was not verified here)"
+        else:
+            yield "  several sections move as one: place them with a linker script"
+    yield ("  note: AArch64, ARM and PPC linkers add range-extension veneers for a B/BL "
+           "beyond reach: past this range calls still link, through a stub")
+    yield f"Verdict: {names} can move within [{lo:#x}, {hi:#x}]"

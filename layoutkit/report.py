@@ -11,12 +11,13 @@ from typing import Any
 
 from . import linkers
 from .accounting import Accounting
-from .advise import Advice, Recommendation
+from .advise import Advice, Recommendation, RelocationCheck
 from .inspection import Inspection, ReachWindow
 from .model import ElfImage, Segment
 from .procview import MapsAnalysis
 from .profiles import Generation
 from .ranges import BranchForm
+from .refs import Bound
 from .spans import Span
 
 SCHEMA_VERSION = 1
@@ -276,4 +277,26 @@ def advice_json(advice: Advice) -> dict[str, Any]:
                     "capacity": capacity_json(advice.current.worst)},
         "recommendations": [rec_json(r) for r in advice.recommendations],
         "notes": list(advice.notes),
+    })
+
+
+def move_json(check: RelocationCheck) -> dict[str, Any]:
+    def bound(b: Bound | None) -> dict[str, Any] | None:
+        if b is None:
+            return None
+        return {"form": b.form, "pc": hexa(b.pc), "target": hexa(b.target), "slack": b.slack}
+
+    allowed = check.allowed
+    return document("advise-move", {
+        "sections": list(check.sections),
+        "address": hexa(check.address),
+        "references": check.references,
+        "offset_min": allowed.lo,
+        "offset_max": allowed.hi,
+        "address_min": hexa(max(0, check.address + allowed.lo)),
+        "address_max": hexa(check.address + allowed.hi),
+        "limit_low": bound(allowed.limit_lo),
+        "limit_high": bound(allowed.limit_hi),
+        "requested": hexa(check.requested),
+        "feasible": check.feasible,
     })
