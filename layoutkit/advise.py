@@ -244,6 +244,9 @@ def advise(
                      "mold 1.10 stretches the RW segment over the gap")))
             else:
                 notes.append(f"no separate .bss: {why}")
+    if image.load_kind is not LoadKind.EXEC:
+        notes.append(f"{image.load_kind.describe()}: the kernel ignores the link address, so "
+                     "no rebase flag would change anything")
     if image.load_kind is not LoadKind.PIE:
         pie = _shift(image, -image_span.start, LoadKind.PIE)
         pie = replace(pie, interpreter=pie.interpreter or "(interpreter)")
@@ -256,6 +259,14 @@ def advise(
              "the stack; the link address stops mattering",
              "compile every object with -fPIE as well",
              "its brk heap still follows the image (the worst case counts it)")))
+    pie_rec = next((r for r in recs if r.kind == "pie"), None)
+    rebase = next((r for r in recs if r.kind == "rebase"), None)
+    if pie_rec and pie_rec.worst and (rebase is None or (
+            rebase.worst and pie_rec.worst.free_slots >= rebase.worst.free_slots)):
+        pie_rec = replace(pie_rec, reasons=(*pie_rec.reasons, (
+            f"on {arch} with {kernel.va_bits}-bit VA a PIE gets as much room as any rebase "
+            "and needs no address picked: prefer it where the code can be built -fPIE")))
+        recs = [pie_rec if r.kind == "pie" else r for r in recs]
     # A change that leaves less room than there is now is no advice.
     for rec in [r for r in recs if r.worst and r.worst.free_slots < current.worst.free_slots]:
         recs.remove(rec)
