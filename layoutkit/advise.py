@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 from . import linkers, refs, relocate
 from .accounting import Accounting
-from .anchor import find_anchor
+from .anchor import find_anchor, luajit_generation
 from .arches import Arch, GiB
 from .elf import ElfReader
 from .errors import NoFitError, UsageError
@@ -32,7 +32,6 @@ from .profiles import (
     Generation,
     JitWindow,
     choose_profile,
-    detect_generation,
     window_for_span,
 )
 from .ranges import FormKind, forms
@@ -145,11 +144,7 @@ def advise(
         with ElfReader(binary) as reader:
             image = reader.image()
             found = find_anchor(reader, anchor)
-            with open(reader.path, "rb") as stream:
-                generation = detect_generation(
-                    stream, image.file_size,
-                    luajit_symbols=found.how_found == "symbol" and found.name.startswith("lj_"),
-                    needs_libluajit=any("luajit" in n for n in image.needed))
+            generation = luajit_generation(image, found)
         if arch_name is not None and image.arch.name != arch_name:
             from .arches import by_name
             if by_name(arch_name) is not image.arch:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from .elf import ElfReader
 from .errors import InputError, UsageError
 from .model import ElfImage, Perm, Symbol
+from .profiles import Generation, detect_generation
 from .spans import Span
 from .units import parse_address
 
@@ -85,6 +86,17 @@ def find_anchor(reader: ElfReader, spec: str | None = None) -> Anchor:
     why = "stripped: no .symtab" if not image.has_symtab else "no LuaJIT VM symbols"
     return Anchor("executable segment", span, "executable-segment",
                   f"{why}; the window must reach the whole code span")
+
+
+def luajit_generation(image: ElfImage, anchor: Anchor) -> Generation | None:
+    """The LuaJIT allocator generation of ``image``: its version string (streamed), else
+    the evidence of its VM symbols or of DT_NEEDED on libluajit; None for no LuaJIT."""
+    with open(image.path, "rb") as stream:
+        return detect_generation(
+            stream, image.file_size,
+            luajit_symbols=anchor.how_found in ("symbol", "jit-code")
+            and anchor.name.startswith("lj_"),
+            needs_libluajit=any("luajit" in name for name in image.needed))
 
 
 def _from_symbol(reader: ElfReader, symbol: Symbol) -> Anchor:

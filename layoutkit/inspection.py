@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .anchor import Anchor, find_anchor
+from .anchor import Anchor, find_anchor, luajit_generation
 from .elf import ElfReader
 from .kernel import KernelConfig
 from .layout import DEFAULT_HEAP, Prediction, predict
@@ -14,7 +14,6 @@ from .profiles import (
     Generation,
     JitWindow,
     choose_profile,
-    detect_generation,
     window_for_span,
 )
 from .ranges import BranchForm, forms
@@ -88,11 +87,7 @@ def inspect_binary(
         found = find_anchor(reader, anchor)
         generation = None
         if jit is None:
-            with open(reader.path, "rb") as stream:
-                generation = detect_generation(
-                    stream, image.file_size,
-                    luajit_symbols=found.how_found == "symbol" and found.name.startswith("lj_"),
-                    needs_libluajit=any("luajit" in n for n in image.needed))
+            generation = luajit_generation(image, found)
     kernel = KernelConfig.for_arch(image.arch, va_bits=va_bits, mmap_min_addr=mmap_min_addr)
     bias, how = kernel.nominal_bias(image)
     runtime = Span(found.span.start + bias, found.span.end + bias)

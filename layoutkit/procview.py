@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from . import arches, stubs
 from .accounting import STACK_GUARD_GAP, Accounting, Occupant, account
-from .anchor import DEFAULT_ANCHORS, Anchor
+from .anchor import DEFAULT_ANCHORS, Anchor, luajit_generation
 from .arches import Arch
 from .elf import ElfReader
 from .errors import InputError, LayoutkitError, UsageError
@@ -22,7 +22,7 @@ from .kernel import KernelConfig
 from .layout import DEFAULT_HEAP
 from .maps import Mapping, MappingKind, ProcessMaps
 from .model import Perm
-from .profiles import Generation, choose_profile, detect_generation, window_for_span
+from .profiles import Generation, choose_profile, window_for_span
 from .spans import Span, normalize
 from .units import parse_address
 
@@ -175,11 +175,7 @@ def analyse_maps(
             raise UsageError(f"{maps.source}: the mapped files are not readable here; "
                              "give --arch")
         if jit is None and holder_reader is not None:
-            img = holder_reader.image()
-            with open(holder_reader.path, "rb") as stream:
-                generation = detect_generation(
-                    stream, img.file_size, luajit_symbols=found.how_found == "symbol",
-                    needs_libluajit=any("luajit" in n for n in img.needed))
+            generation = luajit_generation(holder_reader.image(), found)
     finally:
         for _, reader, _ in readable:
             reader.close()
