@@ -245,7 +245,8 @@ def read_process_maps(pid: int) -> ProcessMaps:
                         path=source) from e
     if not data:
         # A zombie or a process that exited after open() reads as empty.
-        raise MapsError("the process has no address space (exited, or a zombie)", path=source)
+        raise MapsError("the process has no user address space (a kernel thread, a zombie, "
+                        "or it exited)", path=source)
     try:
         executable: str | None = os.readlink(f"{base}/exe")
     except OSError:

@@ -53,6 +53,15 @@ class MapsAnalysis:
     notes: tuple[str, ...]
 
 
+def _host_arch() -> Arch | None:
+    machine = os.uname().machine
+    try:
+        return arches.by_name({"i686": "i386", "armv7l": "arm", "armv8l": "arm"}.get(
+            machine, machine))
+    except UsageError:
+        return None
+
+
 def _local_path(maps: ProcessMaps, path: str, path_map: tuple[tuple[str, str], ...]) -> str:
     """Where to read a mapped file: through /proc/PID/root for a live process, or where
     ``--path-map OLD=NEW`` says (a listing saved on another machine)."""
@@ -171,6 +180,8 @@ def analyse_maps(
             arch = holder_reader.image().arch
         if arch is None and readable:
             arch = readable[0][1].image().arch
+        if arch is None and maps.source.startswith("pid "):
+            arch = _host_arch()  # a live process here runs on this machine's arch
         if arch is None:
             raise UsageError(f"{maps.source}: the mapped files are not readable here; "
                              "give --arch")

@@ -451,7 +451,7 @@ def test_zombie() -> None:
             time.sleep(0.005)
         with pytest.raises(MapsError) as info:
             read_process_maps(proc.pid)
-        assert_line_error(info.value, f"pid {proc.pid}", None, "no address space")
+        assert_line_error(info.value, f"pid {proc.pid}", None, "no user address space")
     finally:
         proc.wait()
 
