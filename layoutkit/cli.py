@@ -294,6 +294,152 @@ def ranges(arch_names: tuple[str, ...], fmt: str) -> None:
         _emit(forms_lines(rows))
 
 
+CHECK_EXIT_CODES = f"""Exit codes: 0 ok, every JIT-hosting binary passes; {EXIT_FINDINGS} at
+least one fails; {EXIT_USAGE} usage error (an unknown config key too); {EXIT_INPUT} an input
+could not be analysed and nothing failed (the others are still checked and reported)."""
+
+
+def _config_size(value: object) -> int | None:
+    if value is None:
+        return None
+    return value if isinstance(value, int) else parse_size(str(value))
+
+
+@cli.command(epilog=CHECK_EXIT_CODES)
+@click.argument("paths", metavar="PATH...", nargs=-1, required=True)
+@click.option("--min-window", "min_window", metavar="SIZE", default=None,
+              help="Free bytes the JIT window must keep, worst case over ASLR (default 0).")
+@click.option("--min-free-slots", "min_free_slots", type=click.IntRange(min=0), default=None,
+              help="Free 64 KiB slots the window must keep (default 0).")
+@click.option("--states", type=click.IntRange(min=1), default=None,
+              help="JIT states that must fit in the free runs (default 1).")
+@click.option("--mcode", metavar="SIZE", default=None,
+              help="Code per JIT state (default: the profile's maxmcode).")
+@click.option("--heap", metavar="SIZE", default=None,
+              help="brk heap growth reserve (default 64M).")
+@click.option("--jit", "jit", type=click.Choice(sorted(PROFILES)), default=None,
+              help="JIT allocator profile (default: detected per binary).")
+@click.option("--arch", "arch_names", multiple=True, metavar="ARCH",
+              help="Judge only binaries of these architectures (the rest are n/a).")
+@click.option("--config", "config_path", metavar="FILE", default=None,
+              help="Settings file (default: layoutkit.toml or pyproject.toml "
+                   "[tool.layoutkit] in the current directory).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="Worker processes (default: one per core).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "junit", "sarif"]),
+              default="text", show_default=True, help="Report format (one for the run).")
+@kernel_options
+@_handled
+def check(paths: tuple[str, ...], min_window: str | None, min_free_slots: int | None,
+          states: int | None, mcode: str | None, heap: str | None, jit: str | None,
+          arch_names: tuple[str, ...], config_path: str | None, jobs: int | None, fmt: str,
+          va_bits: int | None, mmap_min_addr: str | None) -> None:
+    """The pre-release gate: judge every binary under PATH (ELF files, directories,
+    Debian .deb packages) that embeds or links a JIT target against thresholds.
+
+    LuaJIT evidence (VM symbols, a version string, DT_NEEDED on libluajit) makes a
+    binary judged, worst case over ASLR; the others are n/a. Settings come from
+    [tool.layoutkit] in pyproject.toml or layoutkit.toml; the options override them.
+    On GitHub Actions (GITHUB_ACTIONS=true) failures are also printed as ::error
+    annotations.
+    """
+    from . import gatereport
+    from .config import load_config
+    from .gate import Settings, check_paths, resolve_arches
+
+    cfg = load_config(config_path)
+
+    def pick(value: Any, key: str) -> Any:
+        return value if value is not None else cfg.get(key)
+
+    profile = pick(jit, "jit")
+    if profile is not None and profile not in PROFILES:
+        raise UsageError(f"{cfg.source}: jit {profile!r} is not one of "
+                         f"{', '.join(sorted(PROFILES))}")
+    arch_cfg = cfg.get("arch")
+    names = arch_names or ((arch_cfg,) if isinstance(arch_cfg, str) else tuple(arch_cfg or ()))
+    address = pick(mmap_min_addr, "mmap_min_addr")
+    mcode_bytes = _config_size(pick(mcode, "mcode"))
+    if mcode_bytes == 0:
+        raise UsageError("--mcode 0: a JIT state needs some code space")
+    settings = Settings(
+        min_window=_config_size(pick(min_window, "min_window")) or 0,
+        min_free_slots=pick(min_free_slots, "min_free_slots") or 0,
+        states=pick(states, "states") or 1,
+        mcode=mcode_bytes,
+        jit=profile,
+        heap=_config_size(pick(heap, "heap")) or DEFAULT_HEAP,
+        va_bits=pick(va_bits, "va_bits"),
+        mmap_min_addr=(None if address is None else address if isinstance(address, int)
+                       else parse_address(str(address))),
+        arches=resolve_arches(names),
+    )
+    tty = sys.stderr.isatty()
+    done = [0]
+
+    def progress(_result: object) -> None:
+        done[0] += 1
+        if tty:
+            click.echo(f"\rlayoutkit check: {done[0]} paths checked", err=True, nl=False)
+
+    summary = check_paths(list(paths), settings, jobs=jobs, on_result=progress)
+    if tty and done[0]:
+        click.echo("", err=True)
+    click.echo(gatereport.render(summary, settings, fmt))
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        for line in gatereport.github_annotations(summary):
+            click.echo(line, err=fmt != "text")
+    if summary.exit_code:
+        sys.exit(summary.exit_code)
+
+
+@cli.command(name="probe", epilog=EXIT_CODES)
+@click.option("--arch", "arch_name", metavar="ARCH", default=None,
+              help="Architecture of the probe (default: this machine's).")
+@click.option("--runner", type=click.Choice(["native", "qemu-user"]), default="native",
+              show_default=True, help="Where the probe runs: this kernel, or qemu-user "
+                                      "(quick; its infidelities are stated in the output).")
+@click.option("--jit", "jit", type=click.Choice(sorted(PROFILES)), default="luajit-2.1",
+              show_default=True, help="JIT allocator profile: its window and, with "
+                                      "--threads, its probe sequence.")
+@click.option("--anchor", metavar="ADDR", default=None,
+              help="Run-time address the window is around (default: a function of the "
+                   "probe's own code, reported; 'stack': the probe's main stack).")
+@click.option("--radius", metavar="SIZE", default=None,
+              help="Scan +-SIZE around the anchor instead of the profile's window.")
+@click.option("--threads", type=click.IntRange(min=0, max=1024), default=0,
+              show_default=True, help="Replay the allocator with N threads (0: scan).")
+@click.option("--areas", type=click.IntRange(min=0, max=4096), default=8, show_default=True,
+              help="Areas each replay thread allocates.")
+@click.option("--seed", type=int, default=1, show_default=True,
+              help="Seed of the replay's hint generator.")
+@output_options
+@_handled
+def probe_command(arch_name: str | None, runner: str, jit: str, anchor: str | None,
+                  radius: str | None, threads: int, areas: int, seed: int, fmt: str) -> None:
+    """Ask a real kernel which slots of the JIT window are free (MAP_FIXED_NOREPLACE,
+    never MAP_FIXED), or replay the allocator with N threads, in the probe's own process.
+
+    Everything the probe maps it unmaps before it reports. Exit 1 when the window has
+    no free slot or an allocation failed; 4 when no compiler or qemu is available.
+    """
+    from . import native
+
+    result = native.run_probe(
+        arch_name, runner=runner, mode="replay" if threads else "scan", jit=jit,
+        anchor=anchor if anchor in (None, "stack") else parse_address(anchor or ""),
+        radius=None if radius is None else parse_size(radius),
+        threads=max(threads, 1), areas=areas, seed=seed)
+    if fmt == "json":
+        click.echo(report.dumps(native.result_json(result)))
+    else:
+        _emit(native.result_lines(result))
+    failed = (result.verdict in ("full", "rlimit_as") if isinstance(result, native.ScanResult)
+              else bool(result.failed_allocations) or result.threads_started < result.threads)
+    if failed:
+        sys.exit(EXIT_FINDINGS)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="layoutkit")

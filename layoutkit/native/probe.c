@@ -1,0 +1,599 @@
+/* layoutkit native probe: where can a JIT map code in *this* process?
+ *
+ * Plain C11 + pthreads, no third-party code. Built by layoutkit.native for the target
+ * architecture and run natively or under qemu-user. Prints one JSON object on stdout.
+ *
+ * Modes:
+ *   scan    every slot of [start, end) is asked for with
+ *           mmap(addr, slot, PROT_NONE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED_NOREPLACE)
+ *           and unmapped at once when it was granted. Never MAP_FIXED: that would
+ *           replace whatever is there.
+ *   replay  N threads each allocate `areas` areas with a JIT allocator's own probe
+ *           sequence (plain mmap hints, as LuaJIT does), then unmap everything.
+ *
+ * Arguments (all addresses and sizes hex or decimal, strtoull base 0):
+ *   --mode scan|replay --start A --end A --slot N --area N --profile NAME
+ *   --threads N --areas N --seed N --jr N --target A --range N --hint-lo A --hint-hi A
+ *   --linear      scan one slot per request (default: bisect runs, same result)
+ *   --rlimit-as N  set the soft RLIMIT_AS to N bytes first (as `ulimit -v` would)
+ *   --as-headroom N  lower RLIMIT_AS to VmSize + N first (a process that has used up
+ *                 its address-space limit)
+ *   --handshake   print {"anchor": ...} and one newline first, then read
+ *                 "start end target range hint_lo hint_hi" (one line) from stdin: the
+ *                 caller computes the window around the anchor this process reports.
+ *
+ * Safety: the probe only unmaps what mmap returned to it; everything is unmapped
+ * before the report. /proc/self/maps is captured before and after the probing into
+ * static buffers (no allocation in between), so the caller can check that nothing
+ * leaked.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Linux uapi value: include/uapi/asm-generic/mman-common.h
+ * "#define MAP_FIXED_NOREPLACE 0x100000" (the same on every arch, Linux 4.17+). */
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+
+#define MAPS_MAX (1u << 20)
+#define THREADS_MAX 1024
+#define AREAS_MAX 4096
+#define STACK_SIZE (256u * 1024u)
+
+enum outcome { FREE = '.', EEXIST_ = 'X', EPERM_ = 'P', ENOMEM_ = 'M', MOVED = 'm', OTHER = '?' };
+
+static char maps_before[MAPS_MAX];
+static char maps_during[MAPS_MAX];
+static char maps_after[MAPS_MAX];
+static char out_buf[1u << 16];
+static char status_buf[1u << 14];
+static unsigned long long vm_size;  /* VmSize before the probing, bytes */
+
+/* The anchor a caller may use: an address inside this program's own code. */
+__attribute__((noinline)) int probe_anchor(int x) { return x * 3 + 1; }
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Read a whole /proc file with read(2) into a static buffer: no allocation. */
+static size_t slurp(const char *path, char *buf, size_t cap) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    size_t used = 0;
+    if (fd < 0) { buf[0] = 0; return 0; }
+    for (;;) {
+        ssize_t n = read(fd, buf + used, cap - 1 - used);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        used += (size_t)n;
+        if (used == cap - 1) break;
+    }
+    close(fd);
+    buf[used] = 0;
+    return used;
+}
+
+static void json_str(const char *s) {
+    putchar('"');
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\') printf("\\%c", *p);
+        else if (*p == '\n') fputs("\\n", stdout);
+        else if (*p < 0x20 || *p == 0x7f) printf("\\u%04x", *p);
+        else putchar(*p);
+    }
+    putchar('"');
+}
+
+static void json_rlim(rlim_t v) {
+    if (v == RLIM_INFINITY) fputs("null", stdout);
+    else printf("%llu", (unsigned long long)v);
+}
+
+/* VmSize from /proc/self/status (kB there), in bytes; 0 when unknown. */
+static unsigned long long read_vm_size(void) {
+    slurp("/proc/self/status", status_buf, sizeof status_buf);
+    const char *p = strstr(status_buf, "VmSize:");
+    return p ? strtoull(p + 7, NULL, 10) * 1024u : 0;
+}
+
+/* ---------------------------------------------------------------- arguments */
+
+struct args {
+    const char *mode, *profile;
+    uintptr_t start, end, target, range, hint_lo, hint_hi;
+    size_t slot, area;
+    unsigned threads, areas, jr;
+    uint64_t seed;
+    int handshake, linear;
+    long long as_headroom;  /* >= 0: lower RLIMIT_AS to VmSize + this before probing */
+    unsigned long long rlimit_as;  /* non-zero: set the soft RLIMIT_AS first (ulimit -v) */
+};
+
+static uint64_t num(const char *s, const char *name) {
+    char *end;
+    errno = 0;
+    uint64_t v = strtoull(s, &end, 0);
+    if (errno || *end || end == s) {
+        fprintf(stderr, "probe: bad number for %s: %s\n", name, s);
+        exit(2);
+    }
+    return v;
+}
+
+static void parse_args(int argc, char **argv, struct args *a) {
+    memset(a, 0, sizeof *a);
+    a->mode = "scan";
+    a->profile = "luajit-2.1";
+    a->slot = a->area = 0x10000;
+    a->threads = 1;
+    a->areas = 8;
+    a->seed = 1;
+    a->jr = 27;
+    a->as_headroom = -1;
+    for (int i = 1; i < argc; i++) {
+        const char *k = argv[i];
+        if (!strcmp(k, "--handshake")) { a->handshake = 1; continue; }
+        if (!strcmp(k, "--linear")) { a->linear = 1; continue; }
+        if (i + 1 >= argc) { fprintf(stderr, "probe: %s needs a value\n", k); exit(2); }
+        const char *v = argv[++i];
+        if (!strcmp(k, "--mode")) a->mode = v;
+        else if (!strcmp(k, "--profile")) a->profile = v;
+        else if (!strcmp(k, "--start")) a->start = (uintptr_t)num(v, k);
+        else if (!strcmp(k, "--end")) a->end = (uintptr_t)num(v, k);
+        else if (!strcmp(k, "--target")) a->target = (uintptr_t)num(v, k);
+        else if (!strcmp(k, "--range")) a->range = (uintptr_t)num(v, k);
+        else if (!strcmp(k, "--hint-lo")) a->hint_lo = (uintptr_t)num(v, k);
+        else if (!strcmp(k, "--hint-hi")) a->hint_hi = (uintptr_t)num(v, k);
+        else if (!strcmp(k, "--slot")) a->slot = (size_t)num(v, k);
+        else if (!strcmp(k, "--area")) a->area = (size_t)num(v, k);
+        else if (!strcmp(k, "--threads")) a->threads = (unsigned)num(v, k);
+        else if (!strcmp(k, "--areas")) a->areas = (unsigned)num(v, k);
+        else if (!strcmp(k, "--seed")) a->seed = num(v, k);
+        else if (!strcmp(k, "--jr")) a->jr = (unsigned)num(v, k);
+        else if (!strcmp(k, "--as-headroom")) a->as_headroom = (long long)num(v, k);
+        else if (!strcmp(k, "--rlimit-as")) a->rlimit_as = num(v, k);
+        else { fprintf(stderr, "probe: unknown argument %s\n", k); exit(2); }
+    }
+}
+
+static int check_args(const struct args *a) {
+    long page = sysconf(_SC_PAGESIZE);
+    if (!a->slot || a->slot % (size_t)page || !a->area || a->area % (size_t)page)
+        return fprintf(stderr, "probe: slot and area must be page multiples\n"), 0;
+    if (a->end < a->start || a->start % a->slot || a->end % a->slot)
+        return fprintf(stderr, "probe: the window must be slot-aligned [start, end)\n"), 0;
+    if (!a->threads || a->threads > THREADS_MAX || a->areas > AREAS_MAX)
+        return fprintf(stderr, "probe: 1..%d threads, at most %d areas\n", THREADS_MAX,
+                       AREAS_MAX), 0;
+    if (a->jr < 17 || a->jr > 40)
+        return fprintf(stderr, "probe: --jr must be in 17..40\n"), 0;
+    return 1;
+}
+
+/* Called right before the "before" snapshot: lower RLIMIT_AS when asked to. */
+static void prepare(const struct args *a) {
+    if (a->rlimit_as) {
+        struct rlimit as;
+        getrlimit(RLIMIT_AS, &as);
+        as.rlim_cur = (rlim_t)a->rlimit_as;
+        if (as.rlim_max != RLIM_INFINITY && as.rlim_cur > as.rlim_max) as.rlim_cur = as.rlim_max;
+        if (setrlimit(RLIMIT_AS, &as))
+            fprintf(stderr, "probe: setrlimit(RLIMIT_AS): %s\n", strerror(errno));
+    }
+    vm_size = read_vm_size();
+    if (a->as_headroom >= 0 && vm_size) {
+        struct rlimit as;
+        getrlimit(RLIMIT_AS, &as);
+        rlim_t want = (rlim_t)(vm_size + (unsigned long long)a->as_headroom);
+        if (as.rlim_max == RLIM_INFINITY || want < as.rlim_max) as.rlim_cur = want;
+        if (setrlimit(RLIMIT_AS, &as))
+            fprintf(stderr, "probe: setrlimit(RLIMIT_AS): %s\n", strerror(errno));
+    }
+}
+
+/* ---------------------------------------------------------------- scan */
+
+struct scan {
+    char *slots;  /* one outcome character per slot */
+    size_t n;
+    uint64_t ns;
+    unsigned long calls;  /* mmap requests made */
+    unsigned long counts[6];
+};
+
+/* One request for slots [i, j): the outcome character, unmapping what was granted. */
+static char try_slots(const struct args *a, struct scan *s, size_t i, size_t j) {
+    uintptr_t addr = a->start + i * a->slot;
+    size_t len = (j - i) * a->slot;
+    void *p = mmap((void *)addr, len, PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    s->calls++;
+    if (p == MAP_FAILED) {
+        switch (errno) {
+        case EEXIST: return EEXIST_;
+        case EPERM: case EACCES: return EPERM_;  /* below mmap_min_addr */
+        case ENOMEM: return ENOMEM_;  /* RLIMIT_AS, vm.max_map_count, above TASK_SIZE */
+        default: return OTHER;
+        }
+    }
+    munmap(p, len);
+    /* Another address: the flag was ignored (qemu-user, kernels before 4.17) and the
+     * kernel put the mapping elsewhere. It was ours and is gone; the slot counts as
+     * occupied. */
+    return (uintptr_t)p == addr ? FREE : MOVED;
+}
+
+/* Bisection: a whole run that maps is free slot by slot (MAP_FIXED_NOREPLACE fails
+ * iff any page of it is taken); a run that does not is split until single slots,
+ * whose outcome is recorded. Same per-slot result as asking slot by slot, with far
+ * fewer system calls when the window is mostly free. */
+static void scan_range(const struct args *a, struct scan *s, size_t i, size_t j) {
+    char o = try_slots(a, s, i, j);
+    if (o == FREE || j - i == 1) {
+        memset(s->slots + i, o, j - i);
+        return;
+    }
+    size_t mid = i + (j - i) / 2;
+    scan_range(a, s, i, mid);
+    scan_range(a, s, mid, j);
+}
+
+static void scan(const struct args *a, struct scan *s) {
+    uint64_t t0 = now_ns();
+    if (a->linear) {
+        for (size_t i = 0; i < s->n; i++) s->slots[i] = try_slots(a, s, i, i + 1);
+    } else if (s->n) {
+        scan_range(a, s, 0, s->n);
+    }
+    s->ns = now_ns() - t0;
+}
+
+/* ---------------------------------------------------------------- replay */
+
+struct area { uintptr_t p; size_t sz; };
+
+struct worker {
+    const struct args *a;
+    pthread_barrier_t *barrier;
+    uint64_t prng;
+    struct area *areas;
+    unsigned done, failed_allocs, fallbacks;
+    unsigned long attempts, failed_attempts;
+    uint64_t ns_total, ns_max;
+};
+
+/* splitmix64: not LuaJIT's Tausworthe PRNG, but uniform over the same hint values. */
+static uint64_t prng_next(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15u);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
+    return z ^ (z >> 31);
+}
+
+/* lj_mcode.c mcode_validptr: non-NULL and below 1 << 47 (LJ_64), below 0xffff0000
+ * otherwise. */
+static int validptr(uintptr_t p) {
+#if UINTPTR_MAX > 0xffffffffu
+    return p != 0 && (uint64_t)p < ((uint64_t)1 << 47);
+#else
+    return p != 0 && p < 0xffff0000u;
+#endif
+}
+
+static uintptr_t try_at(struct worker *w, uintptr_t hint, size_t sz) {
+    /* lj_mcode.c mcode_alloc_at: a plain hint, MCPROT_GEN = PROT_READ|PROT_WRITE. */
+    void *p = mmap((void *)hint, sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
+    w->attempts++;
+    return p == MAP_FAILED ? 0 : (uintptr_t)p;
+}
+
+/* LuaJIT 2.1 (2017-03-08 .. 2025-11-06) mcode_alloc, src/lj_mcode.c. */
+static uintptr_t alloc_luajit21(struct worker *w, uintptr_t last, size_t sz) {
+    const struct args *a = w->a;
+    uintptr_t target = a->target, range = a->range;
+    uintptr_t hint = last ? last - sz : 0;
+    for (unsigned i = 0; i < a->jr; i++) {
+        if (validptr(hint)) {
+            uintptr_t p = try_at(w, hint, sz);
+            if (validptr(p) && (p + sz - target < range || target - p < range)) return p;
+            w->failed_attempts++;
+            if (p) munmap((void *)p, sz);
+        }
+        do {
+            hint = (uintptr_t)(prng_next(&w->prng) & (((uint64_t)1 << a->jr) - 0x10000));
+        } while (!(hint + sz < range + range));
+        hint = target + hint - range;
+    }
+    return 0;
+}
+
+/* LuaJIT since 68354f44 (2025-11-06), as facts.md §2 describes it: below the last
+ * area, then up to 16 attempts, each drawing up to 15 hints until one is in
+ * [mcmin, mcmax); when all fail the area goes anywhere (mmap(NULL), a fallback). */
+static uintptr_t alloc_luajit2025(struct worker *w, uintptr_t last, size_t sz) {
+    const struct args *a = w->a;
+    uintptr_t mcmin = a->hint_lo, mcmax = a->hint_hi - 1;
+    uint64_t mask = ((uint64_t)1 << a->jr) - 0x10000;
+    uintptr_t hint = last ? last - sz : 0;
+    for (unsigned i = 0; i < 16; i++) {
+        if (hint >= mcmin && hint + sz <= mcmax) {
+            uintptr_t p = try_at(w, hint, sz);
+            if (p >= mcmin && p + sz <= mcmax) return p;
+            w->failed_attempts++;
+            if (p) munmap((void *)p, sz);
+        }
+        for (unsigned j = 0; j < 15; j++) {
+            hint = mcmin + (uintptr_t)(prng_next(&w->prng) & mask);
+            if (hint + sz <= mcmax) break;
+        }
+    }
+    uintptr_t p = try_at(w, 0, sz);
+    if (p) w->fallbacks++;
+    return p;
+}
+
+/* First fit: ask for each slot of the window in turn (plain hints), lowest first. */
+static uintptr_t alloc_first_fit(struct worker *w, size_t sz) {
+    const struct args *a = w->a;
+    for (uintptr_t hint = a->start; hint + sz <= a->end; hint += a->slot) {
+        uintptr_t p = try_at(w, hint, sz);
+        if (p == hint) return p;
+        w->failed_attempts++;
+        if (p) munmap((void *)p, sz);
+    }
+    return 0;
+}
+
+static void *worker_main(void *arg) {
+    struct worker *w = arg;
+    const struct args *a = w->a;
+    uintptr_t last = 0;
+    pthread_barrier_wait(w->barrier);
+    for (unsigned k = 0; k < a->areas; k++) {
+        uint64_t t0 = now_ns();
+        uintptr_t p;
+        if (!strcmp(a->profile, "luajit-2025")) p = alloc_luajit2025(w, last, a->area);
+        else if (!strcmp(a->profile, "generic")) p = alloc_first_fit(w, a->area);
+        else p = alloc_luajit21(w, last, a->area);
+        uint64_t dt = now_ns() - t0;
+        w->ns_total += dt;
+        if (dt > w->ns_max) w->ns_max = dt;
+        if (!p) { w->failed_allocs++; continue; }
+        w->areas[w->done].p = p;
+        w->areas[w->done].sz = a->area;
+        w->done++;
+        last = p;
+    }
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- output */
+
+static void print_head(const struct args *a) {
+    struct rlimit as;
+    char min_addr[64];
+    slurp("/proc/sys/vm/mmap_min_addr", min_addr, sizeof min_addr);
+    getrlimit(RLIMIT_AS, &as);
+    printf("{\"probe\":1,\"mode\":\"%s\",\"profile\":", a->mode);
+    json_str(a->profile);
+    printf(",\"anchor\":\"%#llx\",\"page_size\":%ld", (unsigned long long)(uintptr_t)&probe_anchor,
+           sysconf(_SC_PAGESIZE));
+    printf(",\"pointer_bits\":%d", (int)(sizeof(void *) * 8));
+    printf(",\"window\":[\"%#llx\",\"%#llx\"],\"slot\":%zu,\"area\":%zu",
+           (unsigned long long)a->start, (unsigned long long)a->end, a->slot, a->area);
+    fputs(",\"rlimit_as\":{\"soft\":", stdout);
+    json_rlim(as.rlim_cur);
+    fputs(",\"hard\":", stdout);
+    json_rlim(as.rlim_max);
+    printf("},\"vm_size\":%llu,\"mmap_min_addr\":", vm_size);
+    if (min_addr[0]) printf("%llu", strtoull(min_addr, NULL, 10));
+    else fputs("null", stdout);
+}
+
+static void print_maps(void) {
+    fputs(",\"maps_before\":", stdout);
+    json_str(maps_before);
+    fputs(",\"maps_after\":", stdout);
+    json_str(maps_after);
+}
+
+static int run_scan(const struct args *a) {
+    struct scan s;
+    memset(&s, 0, sizeof s);
+    s.n = (a->end - a->start) / a->slot;
+    s.slots = malloc(s.n + 1);
+    if (!s.slots) return fprintf(stderr, "probe: out of memory\n"), 3;
+    memset(s.slots, 0, s.n + 1);
+    prepare(a);
+    slurp("/proc/self/maps", maps_before, sizeof maps_before);
+    scan(a, &s);
+    slurp("/proc/self/maps", maps_after, sizeof maps_after);
+    print_head(a);
+    const char kinds[] = {FREE, EEXIST_, EPERM_, ENOMEM_, MOVED, OTHER};
+    const char *names[] = {"free", "eexist", "eperm", "enomem", "moved", "other"};
+    for (size_t i = 0; i < s.n; i++)
+        for (int k = 0; k < 6; k++)
+            if (s.slots[i] == kinds[k]) s.counts[k]++;
+    printf(",\"slots\":%zu,\"counts\":{", s.n);
+    for (int k = 0; k < 6; k++) printf("%s\"%s\":%lu", k ? "," : "", names[k], s.counts[k]);
+    printf("},\"strategy\":\"%s\",\"mmap_calls\":%lu", a->linear ? "linear" : "bisect",
+           s.calls);
+    printf(",\"probe_ns\":%llu,\"ns_per_slot\":%.1f", (unsigned long long)s.ns,
+           s.n ? (double)s.ns / (double)s.n : 0.0);
+    fputs(",\"free_runs\":[", stdout);
+    int first = 1;
+    for (size_t i = 0; i < s.n;) {
+        if (s.slots[i] != FREE) { i++; continue; }
+        size_t j = i;
+        while (j < s.n && s.slots[j] == FREE) j++;
+        printf("%s[\"%#llx\",\"%#llx\"]", first ? "" : ",",
+               (unsigned long long)(a->start + i * a->slot),
+               (unsigned long long)(a->start + j * a->slot));
+        first = 0;
+        i = j;
+    }
+    fputs("],\"outcomes\":", stdout);
+    json_str(s.slots);
+    print_maps();
+    puts("}");
+    free(s.slots);
+    return 0;
+}
+
+static int run_replay(const struct args *a) {
+    static struct worker workers[THREADS_MAX];
+    static pthread_t tids[THREADS_MAX];
+    static void *stacks[THREADS_MAX];
+    pthread_barrier_t barrier;
+    size_t per = a->areas ? a->areas : 1;
+    struct area *all = calloc((size_t)a->threads * per, sizeof *all);
+    if (!all) return fprintf(stderr, "probe: out of memory\n"), 3;
+    pthread_barrier_init(&barrier, NULL, a->threads);
+    prepare(a);
+    slurp("/proc/self/maps", maps_before, sizeof maps_before);
+    /* Thread stacks are our own mappings, so they are unmapped (glibc would cache them). */
+    unsigned started = 0;
+    for (unsigned t = 0; t < a->threads; t++) {
+        void *st = mmap(NULL, STACK_SIZE, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+        if (st == MAP_FAILED) break;
+        stacks[t] = st;
+        workers[t] = (struct worker){.a = a, .barrier = &barrier,
+                                     .prng = a->seed * 0x100000001b3u + t,
+                                     .areas = all + (size_t)t * per};
+        started++;
+    }
+    int spawn_error = 0;
+    if (started == a->threads) {
+        for (unsigned t = 0; t < a->threads; t++) {
+            pthread_attr_t attr;
+            pthread_attr_init(&attr);
+            pthread_attr_setstack(&attr, stacks[t], STACK_SIZE);
+            int rc = pthread_create(&tids[t], &attr, worker_main, &workers[t]);
+            pthread_attr_destroy(&attr);
+            if (rc) { spawn_error = rc; fprintf(stderr, "probe: pthread_create: %s\n",
+                                                strerror(rc)); exit(3); }
+        }
+    } else {
+        spawn_error = ENOMEM;
+    }
+    uint64_t t0 = now_ns();
+    if (!spawn_error)
+        for (unsigned t = 0; t < a->threads; t++) pthread_join(tids[t], NULL);
+    uint64_t wall = now_ns() - t0;
+    slurp("/proc/self/maps", maps_during, sizeof maps_during);
+    for (unsigned t = 0; t < started; t++) {
+        for (unsigned k = 0; k < workers[t].done; k++)
+            munmap((void *)workers[t].areas[k].p, workers[t].areas[k].sz);
+        munmap(stacks[t], STACK_SIZE);
+    }
+    slurp("/proc/self/maps", maps_after, sizeof maps_after);
+    pthread_barrier_destroy(&barrier);
+
+    print_head(a);
+    unsigned long attempts = 0, failed_attempts = 0, failed = 0, done = 0, fallbacks = 0;
+    uint64_t ns_total = 0, ns_max = 0;
+    for (unsigned t = 0; t < started; t++) {
+        attempts += workers[t].attempts;
+        failed_attempts += workers[t].failed_attempts;
+        failed += workers[t].failed_allocs;
+        fallbacks += workers[t].fallbacks;
+        done += workers[t].done;
+        ns_total += workers[t].ns_total;
+        if (workers[t].ns_max > ns_max) ns_max = workers[t].ns_max;
+    }
+    unsigned long allocs = done + failed;
+    printf(",\"threads_started\":%u", spawn_error ? 0u : started);
+    printf(",\"threads\":%u,\"areas_per_thread\":%u,\"jr\":%u,\"seed\":%llu", a->threads,
+           a->areas, a->jr, (unsigned long long)a->seed);
+    printf(",\"target\":\"%#llx\",\"range\":%llu,\"hint_lo\":\"%#llx\",\"hint_hi\":\"%#llx\"",
+           (unsigned long long)a->target, (unsigned long long)a->range,
+           (unsigned long long)a->hint_lo, (unsigned long long)a->hint_hi);
+    printf(",\"allocations\":%lu,\"failed_allocations\":%lu,\"fallbacks\":%lu", allocs, failed,
+           fallbacks);
+    printf(",\"attempts\":%lu,\"failed_attempts\":%lu", attempts, failed_attempts);
+    printf(",\"ns_per_allocation\":%.1f,\"ns_max\":%llu,\"wall_ns\":%llu",
+           allocs ? (double)ns_total / (double)allocs : 0.0, (unsigned long long)ns_max,
+           (unsigned long long)wall);
+    fputs(",\"per_thread\":[", stdout);
+    for (unsigned t = 0; t < started; t++) {
+        const struct worker *w = &workers[t];
+        printf("%s{\"attempts\":%lu,\"failed_attempts\":%lu,\"failed_allocations\":%u,"
+               "\"ns\":%llu,\"areas\":[", t ? "," : "", w->attempts, w->failed_attempts,
+               w->failed_allocs, (unsigned long long)w->ns_total);
+        for (unsigned k = 0; k < w->done; k++)
+            printf("%s\"%#llx\"", k ? "," : "", (unsigned long long)w->areas[k].p);
+        fputs("]}", stdout);
+    }
+    fputs("],\"maps_during\":", stdout);
+    json_str(maps_during);
+    print_maps();
+    puts("}");
+    free(all);
+    return 0;  /* a thread that could not start is reported (threads_started), not fatal */
+}
+
+/* One line "start end target range hint_lo hint_hi" from stdin, read with read(2).
+ * Printed first: the address of the probe's own code and one of its main stack. */
+static int handshake(struct args *a) {
+    char line[512];
+    size_t used = 0;
+    printf("{\"anchor\":\"%#llx\",\"stack\":\"%#llx\",\"page_size\":%ld}\n",
+           (unsigned long long)(uintptr_t)&probe_anchor,
+           (unsigned long long)(uintptr_t)&used, sysconf(_SC_PAGESIZE));
+    fflush(stdout);
+    while (used < sizeof line - 1) {
+        ssize_t n = read(0, line + used, 1);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0 || line[used] == '\n') break;
+        used++;
+    }
+    line[used] = 0;
+    unsigned long long v[6];
+    char *cur = line;
+    for (int i = 0; i < 6; i++) {
+        char *end;
+        errno = 0;
+        v[i] = strtoull(cur, &end, 0);  /* unsigned: a hint below 0 wraps, as in C */
+        if (errno || end == cur) {
+            fprintf(stderr, "probe: bad handshake line: %s\n", line);
+            return 0;
+        }
+        cur = end;
+    }
+    a->start = (uintptr_t)v[0];
+    a->end = (uintptr_t)v[1];
+    a->target = (uintptr_t)v[2];
+    a->range = (uintptr_t)v[3];
+    a->hint_lo = (uintptr_t)v[4];
+    a->hint_hi = (uintptr_t)v[5];
+    return 1;
+}
+
+int main(int argc, char **argv) {
+    struct args a;
+    /* A static stdout buffer: printing never allocates (or maps) anything. */
+    setvbuf(stdout, out_buf, _IOFBF, sizeof out_buf);
+    parse_args(argc, argv, &a);
+    if (a.handshake && !handshake(&a)) return 2;
+    if (!check_args(&a)) return 2;
+    (void)probe_anchor(0);
+    if (!strcmp(a.mode, "scan")) return run_scan(&a);
+    if (!strcmp(a.mode, "replay")) return run_replay(&a);
+    fprintf(stderr, "probe: unknown mode %s\n", a.mode);
+    return 2;
+}
