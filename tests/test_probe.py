@@ -101,9 +101,11 @@ def test_tiny_rlimit_as_is_reported_as_rlimit_not_occupied() -> None:
     assert limited.context.rlimit_as == limited.context.vm_size
     assert limited.counts.free == 0
     assert limited.counts.enomem > 0
-    # Occupied slots still say EEXIST: the kernel checks overlap before the limit.
-    assert limited.counts.eexist == free.counts.eexist
-    assert limited.counts.enomem == free.counts.free
+    # Occupied slots still say EEXIST: the kernel checks overlap before the limit. The
+    # two runs are different processes (ASLR moves their heaps), so compare totals.
+    assert limited.counts.eexist > 0
+    assert limited.counts.eexist + limited.counts.enomem == \
+        free.counts.eexist + free.counts.free
     assert limited.verdict == "rlimit_as"
     assert not limited.context.leaked
 
