@@ -440,6 +440,59 @@ def probe_command(arch_name: str | None, runner: str, jit: str, anchor: str | No
         sys.exit(EXIT_FINDINGS)
 
 
+@cli.command(name="verify", epilog=EXIT_CODES)
+@click.argument("binary")
+@click.option("--arch", "arch_name", metavar="ARCH", default=None,
+              help="Architecture (checked against BINARY).")
+@click.option("--runner", type=click.Choice(["native", "qemu-user", "qemu-system"]),
+              default="native", show_default=True,
+              help="Where the twin runs: this kernel, qemu-user (its infidelities are "
+                   "stated), or qemu-system (only where that runner is installed).")
+@click.option("--runs", type=click.IntRange(min=1, max=100), default=3, show_default=True,
+              help="Runs of the twin (each under fresh ASLR).")
+@click.option("--advice", type=click.Choice(["rebase", "relocate-text", "pie"]), default=None,
+              help="Verify the layout that advise's recommendation of this kind gives.")
+@click.option("--base", metavar="ADDR", default=None,
+              help="Verify the non-PIE image rebased to ADDR (as -Ttext-segment moves it).")
+@click.option("--anchor", metavar="SYMBOL|ADDR", default=None,
+              help="What the JIT must reach (default: lj_vm_exit_handler, lj_vm_asm_begin; "
+                   "a stripped binary needs it).")
+@click.option("--jit", "jit", type=click.Choice(sorted(PROFILES)), default=None,
+              help="JIT allocator profile (default: detected from the binary).")
+@click.option("--states", type=click.IntRange(min=1), default=1, show_default=True,
+              help="JIT states that must fit (the capacity verdict).")
+@click.option("--mcode", metavar="SIZE", default=None,
+              help="Code per JIT state (default: the profile's maxmcode).")
+@click.option("--heap", metavar="SIZE", default=None,
+              help="brk heap growth reserve of the model (default 64M).")
+@output_options
+@_handled
+def verify_command(binary: str, arch_name: str | None, runner: str, runs: int,
+                   advice: str | None, base: str | None, anchor: str | None, jit: str | None,
+                   states: int, mcode: str | None, heap: str | None, fmt: str) -> None:
+    """Measure BINARY's JIT window without running it: its layout twin (the probe linked
+    so that its PT_LOAD segments are the target's) runs on the runner, and each run is
+    compared with the accounting of its own /proc/self/maps (slot for slot) and with the
+    kernel model's range over ASLR.
+
+    Exit 0 when both hold and the capacity verdict is ok, 1 when not, 4 when the runner
+    or the cross compiler is not available (the message says what to install).
+    """
+    from .verify import verification_json, verification_lines, verify
+
+    heap_bytes, mcode_bytes = _sizes(heap, mcode)
+    result = verify(binary, arch_name=arch_name, runner=runner, runs=runs, advice=advice,
+                    base=None if base is None else parse_address(base), anchor_spec=anchor,
+                    jit=jit,
+                    heap=heap_bytes, states=states, mcode=mcode_bytes)
+    if fmt == "json":
+        click.echo(report.dumps(verification_json(result)))
+    else:
+        _emit(verification_lines(result))
+    if result.exit_code:
+        sys.exit(result.exit_code)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="layoutkit")

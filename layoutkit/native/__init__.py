@@ -325,13 +325,15 @@ def _jr(jit: JitWindow) -> int:
 def run_probe(arch: Arch | str | None = None, *, runner: str = "native", mode: str = "scan",
               jit: str = "luajit-2.1", anchor: int | str | None = None, radius: int | None = None,
               threads: int = 1, areas: int = 8, seed: int = 1, linear: bool = False,
-              rlimit_as: int | None = None, as_headroom: int | None = None) -> ProbeResult:
+              rlimit_as: int | None = None, as_headroom: int | None = None,
+              executable: Path | None = None) -> ProbeResult:
     """Build and run the probe; the window is ``jit``'s around ``anchor`` (default: the
     probe's own code; ``"stack"``: the probe's main stack), or +-``radius`` around it.
 
     ``rlimit_as`` sets the probe's soft RLIMIT_AS (bytes, as ``ulimit -v``);
     ``as_headroom`` lowers it to the probe's VmSize plus that many bytes (a process that
     has used up its limit). Both act before the "before" maps snapshot.
+    ``executable`` runs that build of the probe instead (a layout twin, twin.py).
     """
     arch = host_arch() if arch is None else (arch if isinstance(arch, Arch)
                                              else arches.by_name(arch))
@@ -341,7 +343,7 @@ def run_probe(arch: Arch | str | None = None, *, runner: str = "native", mode: s
         raise UsageError("replay knows luajit-2.1, luajit-2025 and generic (first fit)")
     if not 1 <= threads <= 1024 or not 0 <= areas <= 4096:
         raise UsageError("--threads must be 1..1024 and --areas 0..4096")
-    command = _command(arch, runner, build_probe(arch, runner))
+    command = _command(arch, runner, executable or build_probe(arch, runner))
     limit = Span(0, KernelConfig.for_arch(arch).user_top)
     # The window depends on the anchor, known only once the probe runs (ASLR): the probe
     # prints it, then reads the window from stdin.
