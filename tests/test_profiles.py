@@ -599,7 +599,12 @@ def test_cli_256_states_on_the_moved_arm64_image() -> None:
 def test_cli_maps_exits_1_when_capacity_is_insufficient() -> None:
     capture = MAPS_DIR / "aarch64-nopie-jit4.maps"
     fixtures = str(ELF_DIR.parent)
-    args = ["maps", str(capture), "--path-map", f"/work/main/fixtures={fixtures}",
+    # The capture names the fixture where it was captured: map that folder to ours.
+    meta = json.loads(capture.with_name("aarch64-nopie-jit4.meta.json").read_text())
+    binary = str(meta["fixture_binary"])
+    recorded = next(str(c) for c in meta["command"] if str(c).endswith(binary))
+    where = recorded[: -len(binary)].rstrip("/")
+    args = ["maps", str(capture), "--path-map", f"{where}={fixtures}",
             "--heap", "0", "--format", "json"]
     # Usable [0x10000, 0x41f0000) (mmap_min_addr 4096, target 0x400000); taken: the JIT
     # areas 0x3c0000-0x400000, the image 0x400000-0x421000 and the anonymous rw-p
