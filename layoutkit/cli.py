@@ -393,7 +393,8 @@ def check(paths: tuple[str, ...], min_window: str | None, min_free_slots: int | 
         sys.exit(summary.exit_code)
 
 
-@cli.command(name="probe", epilog=EXIT_CODES)
+@cli.command(name="probe", epilog=EXIT_CODES,
+             context_settings={"allow_interspersed_args": False})
 @click.option("--arch", "arch_name", metavar="ARCH", default=None,
               help="Architecture of the probe (default: this machine's).")
 @click.option("--runner", type=click.Choice(["native", "qemu-user"]), default="native",
@@ -402,9 +403,11 @@ def check(paths: tuple[str, ...], min_window: str | None, min_free_slots: int | 
 @click.option("--jit", "jit", type=click.Choice(sorted(PROFILES)), default="luajit-2.1",
               show_default=True, help="JIT allocator profile: its window and, with "
                                       "--threads, its probe sequence.")
-@click.option("--anchor", metavar="ADDR", default=None,
+@click.option("--anchor", metavar="ADDR|SYMBOL", default=None,
               help="Run-time address the window is around (default: a function of the "
-                   "probe's own code, reported; 'stack': the probe's main stack).")
+                   "probe's own code, reported; 'stack': the probe's main stack). With "
+                   "CMD: a symbol or address in CMD (default: lj_vm_exit_handler, "
+                   "lj_vm_asm_begin, recovered from JIT code when stripped).")
 @click.option("--radius", metavar="SIZE", default=None,
               help="Scan +-SIZE around the anchor instead of the profile's window.")
 @click.option("--threads", type=click.IntRange(min=0, max=1024), default=0,
@@ -413,17 +416,40 @@ def check(paths: tuple[str, ...], min_window: str | None, min_free_slots: int | 
               help="Areas each replay thread allocates.")
 @click.option("--seed", type=int, default=1, show_default=True,
               help="Seed of the replay's hint generator.")
+@click.option("--when", default="start", show_default=True,
+              help="With CMD: when the probe forks: start, ms:N, or signal:USR1|USR2.")
+@click.option("--object", "object_name", metavar="NAME", default=None,
+              help="With CMD: scan around the mapped object whose name contains NAME "
+                   "(default: the program itself).")
+@click.option("--kill-after", is_flag=True, default=False,
+              help="With CMD: terminate it once the report is in (default: let it finish).")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @output_options
 @_handled
 def probe_command(arch_name: str | None, runner: str, jit: str, anchor: str | None,
-                  radius: str | None, threads: int, areas: int, seed: int, fmt: str) -> None:
+                  radius: str | None, threads: int, areas: int, seed: int, when: str,
+                  object_name: str | None, kill_after: bool, command: tuple[str, ...],
+                  fmt: str) -> None:
     """Ask a real kernel which slots of the JIT window are free (MAP_FIXED_NOREPLACE,
     never MAP_FIXED), or replay the allocator with N threads, in the probe's own process.
 
     Everything the probe maps it unmaps before it reports. Exit 1 when the window has
     no free slot or an allocation failed; 4 when no compiler or qemu is available.
+
+    With ``-- CMD ARGS...`` (a dynamically linked program): CMD runs with a preloaded
+    probe that forks at ``--when``; the copy scans around CMD's code and reports, CMD is
+    never disturbed. Then CMD runs to completion (its stdin and stderr are layoutkit's;
+    its stdout goes to stderr with --format json), or is terminated with --kill-after.
+    A static CMD exits 4 (use ``layoutkit verify``, the layout twin).
     """
     from . import native
+
+    if command:
+        if threads or radius or arch_name or runner != "native":
+            raise UsageError("with CMD the probe scans natively around CMD's code: "
+                             "--arch, --runner, --radius and --threads do not apply")
+        _probe_program(command, jit, anchor, when, object_name, kill_after, fmt)
+        return
 
     result = native.run_probe(
         arch_name, runner=runner, mode="replay" if threads else "scan", jit=jit,
@@ -437,6 +463,27 @@ def probe_command(arch_name: str | None, runner: str, jit: str, anchor: str | No
     failed = (result.verdict in ("full", "rlimit_as") if isinstance(result, native.ScanResult)
               else bool(result.failed_allocations) or result.threads_started < result.threads)
     if failed:
+        sys.exit(EXIT_FINDINGS)
+
+
+def _probe_program(command: tuple[str, ...], jit: str, anchor: str | None, when: str,
+                   object_name: str | None, kill_after: bool, fmt: str) -> None:
+    from .native import preload
+
+    run = preload.start_program(command, when=when, jit=jit, anchor=anchor,
+                                object_name=object_name,
+                                stdout=2 if fmt == "json" else None)
+    try:
+        result = run.wait_report()
+    except LayoutkitError:
+        run.finish(kill=True)
+        raise
+    status = run.finish(kill=kill_after)
+    if fmt == "json":
+        click.echo(report.dumps(preload.program_json(result, status)))
+    else:
+        _emit(preload.program_lines(result, status))
+    if not result.measured[1] or not result.jit_inside:
         sys.exit(EXIT_FINDINGS)
 
 

@@ -120,7 +120,10 @@ def analyse_maps(
     states: int = 1,
     mcode: int | None = None,
     path_map: tuple[tuple[str, str], ...] = (),
+    jit_code: tuple[tuple[int, bytes], ...] | None = None,
 ) -> MapsAnalysis:
+    """``jit_code`` (address, bytes) is the JIT code already read (the preload probe's
+    child copies its own); without it a live process's code is read from /proc/PID/mem."""
     notes: list[str] = []
     found: Anchor | None = None
     holder: str | None = None
@@ -168,7 +171,7 @@ def analyse_maps(
                 raise InputError("no anchor: no LuaJIT symbols and no executable mapping of "
                                  "the program; give --anchor", path=maps.source)
             span = Span(min(s.start for s in code), max(s.end for s in code))
-            found = _from_jit_code(maps, span, readable, holder, notes)
+            found = _from_jit_code(maps, span, readable, holder, notes, jit_code)
             if found is None:
                 found = Anchor("executable segment", span, "executable-segment",
                                f"no LuaJIT VM symbol in the mapped objects; the window "
@@ -213,9 +216,10 @@ def analyse_maps(
 
 
 def _from_jit_code(maps: ProcessMaps, code: Span, readable: list[tuple[str, ElfReader,
-                   int | None]], holder: str | None, notes: list[str]) -> Anchor | None:
+                   int | None]], holder: str | None, notes: list[str],
+                   jit_code: tuple[tuple[int, bytes], ...] | None = None) -> Anchor | None:
     """``lj_vm_exit_handler`` recovered from the exit stubs in a live process's JIT code."""
-    if not maps.source.startswith("pid "):
+    if jit_code is None and not maps.source.startswith("pid "):
         return None
     reader = next((r for p, r, _ in readable if p == holder), None)
     if reader is None or not stubs.supported(reader.image().arch):
@@ -223,7 +227,10 @@ def _from_jit_code(maps: ProcessMaps, code: Span, readable: list[tuple[str, ElfR
     spans, _ = _jit_areas(maps)
     if not spans:
         return None
-    data, why = stubs.read_memory(int(maps.source.split()[1]), spans)
+    if jit_code is not None:
+        data, why = list(jit_code), None
+    else:
+        data, why = stubs.read_memory(int(maps.source.split()[1]), spans)
     if why:
         notes.append(f"exit handler not recovered from JIT code: {why}")
     found = stubs.recover(reader.image().arch, data, code)

@@ -31,6 +31,7 @@ from .kernel import PAGE, KernelConfig, defaults
 from .layout import DEFAULT_HEAP, Prediction, predict
 from .maps import ProcessMaps
 from .model import ElfImage, LoadKind, Perm
+from .native import qemu_system
 from .profiles import choose_profile, window_for_span
 from .spans import Span, largest
 from .twin import Twin, TwinSpec, build_twin
@@ -146,6 +147,22 @@ def _image_holes(maps: ProcessMaps, image: ElfImage, bias: int) -> list[Span]:
             and any(m.span.overlaps(g) for g in gaps) and m.size > PAGE]
 
 
+def _guest_runs(twin: Twin, profile: str, runs: int) -> qemu_system.GuestResult:
+    """``runs`` scans by the twin in one boot of the guest (qemu-system runner).
+
+    The guest's programs read no stdin, so the window is computed beforehand around the
+    anchor's link address: only a non-PIE twin (whose anchor ASLR does not move) can be
+    measured there."""
+    if twin.spec.kind is not LoadKind.EXEC:
+        raise UsageError("the qemu-system runner verifies non-PIE executables only (the "
+                         "window of a PIE is known only once it is loaded); use --runner "
+                         "native or qemu-user")
+    args = qemu_system.probe_scan_args(twin.path, twin.spec.arch, jit=profile)
+    programs = [(twin.path, [*args, "--seed", str(seed)]) for seed in range(1, runs + 1)]
+    return qemu_system.run_in_guest(twin.spec.arch.name, programs,
+                                    timeout=60 + 30 * runs)
+
+
 def _capacity(runs: Sequence[Span], profile_area: int, per_state: int) -> int:
     areas = sum(r.size // profile_area for r in runs)
     return areas // max(1, -(-per_state // profile_area))
@@ -189,13 +206,9 @@ def verify(path: str, *, arch_name: str | None = None, runner: str = "native",
            jit: str | None = None, heap: int = DEFAULT_HEAP, states: int = 1,
            mcode: int | None = None) -> Verification:
     """Build the twin of ``path`` (as advised), run it ``runs`` times, compare."""
-    if runner not in native.RUNNERS:
-        if runner == "qemu-system":
-            raise ProbeError("the qemu-system runner is not available in this layoutkit "
-                             f"(runners: {', '.join(native.RUNNERS)}); a real foreign kernel "
-                             "needs qemu-system-<arch> (apt-get install qemu-system-arm "
-                             "qemu-system-ppc) and runner support for it")
-        raise UsageError(f"unknown runner {runner!r} (known: {', '.join(native.RUNNERS)})")
+    if runner not in (*native.RUNNERS, qemu_system.RUNNER):
+        raise UsageError(f"unknown runner {runner!r} (known: "
+                         f"{', '.join((*native.RUNNERS, qemu_system.RUNNER))})")
     if advice is not None and advice not in ADVICE_KINDS:
         raise UsageError(f"--advice {advice!r}: one of {', '.join(ADVICE_KINDS)}")
     if not 1 <= runs <= 100:
@@ -222,10 +235,15 @@ def verify(path: str, *, arch_name: str | None = None, runner: str = "native",
     if note:
         notes.append(note)
     done: list[Run] = []
+    guest = _guest_runs(twin, profile, runs) if runner == qemu_system.RUNNER else None
     for seed in range(1, runs + 1):
-        result = native.run_probe(image.arch, runner=runner, jit=profile, seed=seed,
-                                  executable=twin.path)
-        assert isinstance(result, native.ScanResult)
+        if guest is not None:
+            result = qemu_system.scan_result(guest.runs[seed - 1], image.arch, jit=profile)
+        else:
+            found_result = native.run_probe(image.arch, runner=runner, jit=profile,
+                                            seed=seed, executable=twin.path)
+            assert isinstance(found_result, native.ScanResult)
+            result = found_result
         ctx = result.context
         bias = ctx.self_anchor - anchor
         if bias % ctx.page_size or (spec.kind is LoadKind.EXEC and bias):
@@ -237,7 +255,13 @@ def verify(path: str, *, arch_name: str | None = None, runner: str = "native",
                         predicted.capacity.mcode_per_state)
         done.append(Run(result, predicted, measured, tuple(native.differences(result)), fit))
     first = done[0].result.context
-    kernel_seen = _runner_kernel(first.maps(), spec, runner, first.mmap_min_addr)
+    if guest is not None:
+        kernel_seen = RunnerKernel(guest.facts.release, guest.facts.va_bits,
+                                   guest.facts.mmap_min_addr,
+                                   f"the guest kernel: {guest.kernel.package} "
+                                   f"{guest.kernel.version} under qemu-system")
+    else:
+        kernel_seen = _runner_kernel(first.maps(), spec, runner, first.mmap_min_addr)
     kernel = KernelConfig.for_arch(image.arch, va_bits=kernel_seen.va_bits,
                                    mmap_min_addr=kernel_seen.mmap_min_addr)
     bias, _ = kernel.nominal_bias(laid)

@@ -39,6 +39,7 @@ def guest() -> tuple[qs.GuestResult, Path]:
         (probe, qs.probe_scan_args(probe, "aarch64", radius=RADIUS)),
         (probe, qs.probe_scan_args(probe, "aarch64")),  # luajit-2.1's whole window
         (probe, ["--mode", "nonsense"]),
+        (ELF_DIR / "aarch64" / "nopie", []),  # dynamic: loader and libc from the sysroot
     ]
     return qs.run_in_guest("aarch64", programs, timeout=60), probe
 
@@ -59,7 +60,7 @@ def test_guest_boots_and_reads_the_kernel_facts(guest: tuple[qs.GuestResult, Pat
     assert facts.mmap_min_addr == 4096
     assert facts.randomize_va_space == 2
     assert facts.mmap_rnd_bits == 18
-    assert len(result.runs) == 3
+    assert len(result.runs) == 4
     assert 0 < result.boot_s < result.total_s < 30
 
 
@@ -112,6 +113,14 @@ def test_guest_reports_a_failing_program(guest: tuple[qs.GuestResult, Path]) -> 
     assert "probe: unknown mode nonsense" in run.stderr
     with pytest.raises(ProbeError, match="status 2"):
         qs.scan_result(run, "aarch64")
+
+
+def test_guest_runs_a_dynamic_program(guest: tuple[qs.GuestResult, Path]) -> None:
+    result, _ = guest
+    run = result.runs[3]
+    assert run.argv == ("/bin/1-nopie",)
+    assert (run.status, run.stderr) == (0, "")
+    assert run.stdout.split() == ["lj_vm_exit_handler", "0x403dd0"]
 
 
 def test_kernel_is_cached_by_package_version(guest: tuple[qs.GuestResult, Path]) -> None:
@@ -187,12 +196,33 @@ def test_parse_console_rejects_cut_output() -> None:
         qs.parse_console("Kernel panic - not syncing: No working init found\n")
 
 
-def test_unknown_arch_and_dynamic_program_are_refused() -> None:
+def test_unknown_arch_and_non_elf_program_are_refused(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no qemu-system guest is known for riscv64"):
         qs.system_for("riscv64")
-    dynamic = ELF_DIR / "aarch64" / "nopie"
-    with pytest.raises(UsageError, match="dynamically linked"):
-        qs.run_in_guest("aarch64", [(dynamic, [])], timeout=1)
+    script = tmp_path / "run.sh"
+    script.write_text("#!/bin/sh\n")
+    with pytest.raises(UsageError, match="not a program the guest can run"):
+        qs.run_in_guest("aarch64", [(script, [])], timeout=1)
+
+
+def test_runtime_files_of_a_dynamic_program(tmp_path: Path) -> None:
+    """The loader at its PT_INTERP path, DT_NEEDED (transitively) in /lib/<triplet>, a
+    library beside the program before the sysroot's; nothing for a static program."""
+    sysroot = Path("/usr/aarch64-linux-gnu/lib")
+    if not (sysroot / "libc.so.6").is_file():
+        pytest.skip("no arm64 cross sysroot (libc6-arm64-cross)")
+    assert qs.runtime_files("aarch64", ELF_DIR / "aarch64" / "static") == {}
+    files = qs.runtime_files("aarch64", ELF_DIR / "aarch64" / "uselib")
+    assert files["/lib/ld-linux-aarch64.so.1"] == sysroot / "ld-linux-aarch64.so.1"
+    assert files["/lib/aarch64-linux-gnu/libc.so.6"] == sysroot / "libc.so.6"
+    assert files["/lib/aarch64-linux-gnu/libanchor.so"] == ELF_DIR / "aarch64" / "libanchor.so"
+    prog = tmp_path / "prog"
+    prog.write_bytes(b"PROGRAM")
+    lib = tmp_path / "libx.so"
+    lib.write_bytes(b"LIB")
+    entries = _cpio_entries(qs.initramfs(prog, [(prog, [])], {"/lib/a/libx.so": lib}))
+    assert entries["lib"][0] == entries["lib/a"][0] == 0o040755
+    assert entries["lib/a/libx.so"] == (0o100755, 0, 0, b"LIB")
 
 
 def test_ppc64le_guest_scan_agrees_with_accounting() -> None:

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from layoutkit import native
 from layoutkit.cli import cli
-from layoutkit.errors import EXIT_FINDINGS, EXIT_PROBE, EXIT_USAGE
+from layoutkit.errors import EXIT_FINDINGS, EXIT_USAGE
 from layoutkit.verify import verify
 
 from .conftest import ELF_DIR, require
@@ -114,10 +114,49 @@ def test_qemu_user_image_holes_are_named_and_fail() -> None:
     assert any(n.startswith("qemu-user reserves the holes") for n in doc["notes"])
 
 
-def test_qemu_system_runner_is_not_there() -> None:
-    code, _, err = run(str(ELF_DIR / "aarch64/nopie"), "--runner", "qemu-system")
-    assert code == EXIT_PROBE
-    assert "qemu-system runner is not available" in err
+def test_aarch64_nopie_on_qemu_system() -> None:
+    """The twin (dynamic: loader, libc, liblkprobe.so in the initramfs) on Debian's arm64
+    kernel: a real kernel answers EEXIST and EPERM, so only page 0 differs."""
+    require("qemu-system-aarch64")
+    require("aarch64-linux-gnu-gcc")
+    require("apt-get")
+    code, out, _ = run(str(ELF_DIR / "aarch64/nopie"), "--arch", "arm64", "--runner",
+                       "qemu-system", "--runs", "2", "--format", "json")
+    assert code == 0, out
+    default = json.loads(out)
+    code, out, _ = run(str(ELF_DIR / "aarch64/nopie"), "--arch", "arm64", "--runner",
+                       "qemu-system", "--runs", "2", "--advice", "rebase", "--format", "json")
+    assert code == 0, out
+    advised = json.loads(out)
+    for doc in (default, advised):
+        assert doc["runner"] == "qemu-system"
+        assert doc["verdict"] == "ok"
+        assert doc["checks"] == {"agrees": True, "within_model": True, "capacity": True,
+                                 "states": 1}
+        assert doc["infidelities"] == []
+        assert doc["kernel"]["release"].endswith("-cloud-arm64")
+        assert (doc["kernel"]["va_bits"], doc["kernel"]["mmap_min_addr"]) == (48, "0x1000")
+        assert doc["difference"]["unexplained"] == 0
+        assert doc["model"]["worst"] <= doc["measured"]["free_slots"] <= doc["model"]["best"]
+        for r in doc["runs"]:
+            assert r["counts"]["moved"] == 0 and r["counts"]["eexist"] > 0
+            assert not r["leaked_mappings"]
+    # The image at 0x400000: page 0 is refused (EPERM, uid 65534), the model counts it.
+    assert [(d["run"], d["slot"], d["reason"]) for d in default["difference"]["slots"]] == [
+        (1, "0x0", "below mmap_min_addr"), (2, "0x0", "below mmap_min_addr")]
+    assert [r["counts"]["eperm"] for r in default["runs"]] == [1, 1]
+    assert default["measured"]["free_slots"] == default["predicted"]["free_slots"] - 1
+    assert [r["anchor"] for r in default["runs"]] == ["0x403dd0", "0x403dd0"]
+    assert advised["advice"] == "rebase: -Wl,-Ttext-segment=0x4020000"
+    assert advised["measured"] == advised["predicted"]
+    assert advised["measured"]["free_slots"] > default["measured"]["free_slots"]
+
+
+def test_qemu_system_runner_refuses_a_pie() -> None:
+    require("aarch64-linux-gnu-gcc")
+    code, _, err = run(str(ELF_DIR / "aarch64/pie"), "--runner", "qemu-system")
+    assert code == EXIT_USAGE
+    assert "non-PIE executables only" in err
 
 
 def test_stripped_binary_needs_an_anchor() -> None:

@@ -1,10 +1,11 @@
-"""The ``qemu-system`` runner: static programs run on a real foreign kernel.
+"""The ``qemu-system`` runner: programs run on a real foreign kernel.
 
 qemu-user is quick but is not a kernel (``QEMU_USER_INFIDELITIES``). Here Debian's own
 kernel for the arch boots under ``qemu-system-<arch>`` (TCG) with an initramfs written
-from Python: ``/init`` (``init.c``, static), the programs to run (static executables)
-and their arguments. ``/init`` prints the kernel facts, runs each program as uid/gid
-65534 and prints its stdout, then powers the guest off (facts.md §7).
+from Python: ``/init`` (``init.c``, static), the programs to run (static, or dynamic
+with their loader and libraries from the cross sysroot) and their arguments. ``/init``
+prints the kernel facts, runs each program as uid/gid 65534 and prints its stdout, then
+powers the guest off (facts.md §7).
 
 - Kernels come from Debian (``apt-get download`` through a private apt state for the
   guest's Debian arch; the meta package names the versioned image package) and are
@@ -26,7 +27,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ from . import (
 )
 
 INIT_SOURCE = Path(__file__).with_name("init.c")
+MAPSWATCH_SOURCE = Path(__file__).with_name("mapswatch.c")
 STATIC_CFLAGS = ("-std=c11", "-O2", "-Wall", "-Wextra", "-pthread", "-static")
 NOBODY = 65534
 APT_REFRESH = 24 * 3600.0  # seconds between `apt-get update`s of a private apt state
@@ -85,6 +87,7 @@ SYSTEMS: dict[str, GuestSystem] = {
 _BLOCK = re.compile(r"@@LAYOUTKIT-(FACTS|RUN)@@\n(.*?)\n@@LAYOUTKIT-END@@", re.S)
 _ERROR = re.compile(r"@@LAYOUTKIT-ERROR@@ (.*)")
 _DONE = "@@LAYOUTKIT-DONE@@"
+_MAPS = re.compile(r"@@LAYOUTKIT-MAPS@@\n(.*?)@@LAYOUTKIT-MAPS-END@@\n", re.S)
 
 
 # --- results ----------------------------------------------------------------------------
@@ -294,12 +297,24 @@ def _newc(name: str, mode: int, data: bytes = b"", ino: int = 0,
     return head + data + b"\0" * (-len(data) % 4)
 
 
-def initramfs(init: Path, programs: Sequence[tuple[Path, Sequence[str]]]) -> bytes:
-    """A newc initramfs: /init, /dev/console, each program under /bin, /layoutkit.conf."""
+def initramfs(init: Path, programs: Sequence[tuple[Path, Sequence[str]]],
+              files: Mapping[str, Path] | None = None) -> bytes:
+    """A newc initramfs: /init, /dev/console, each program under /bin, /layoutkit.conf,
+    and ``files`` (guest path -> host file: a dynamic program's loader and libraries)."""
     entries = [("dev", 0o040755, b"", (0, 0)), ("dev/console", 0o020600, b"", (5, 1)),
                ("dev/null", 0o020666, b"", (1, 3)), ("proc", 0o040555, b"", (0, 0)),
                ("tmp", 0o041777, b"", (0, 0)), ("bin", 0o040755, b"", (0, 0)),
                ("init", 0o100755, init.read_bytes(), (0, 0))]
+    folders = {"dev", "proc", "tmp", "bin"}
+    extra = files or {}
+    for guest in sorted(extra):
+        parts = guest.strip("/").split("/")
+        for i in range(1, len(parts)):
+            folder = "/".join(parts[:i])
+            if folder not in folders:
+                folders.add(folder)
+                entries.append((folder, 0o040755, b"", (0, 0)))
+        entries.append(("/".join(parts), 0o100755, extra[guest].read_bytes(), (0, 0)))
     conf = [b"layoutkit-guest-1"]
     placed: dict[Path, str] = {}
     for path, args in programs:
@@ -315,15 +330,48 @@ def initramfs(init: Path, programs: Sequence[tuple[Path, Sequence[str]]]) -> byt
     return out + _newc("TRAILER!!!", 0)
 
 
-def _check_static(path: Path) -> None:
+def _elf(path: Path) -> tuple[str | None, tuple[str, ...]]:
+    """``path``'s PT_INTERP and DT_NEEDED."""
     try:
         with ElfReader(path) as reader:
-            interp = reader.image().interpreter
+            image = reader.image()
     except LayoutkitError as e:
         raise UsageError(f"{path}: not a program the guest can run: {e}") from e
-    if interp is not None:
-        raise UsageError(f"{path} is dynamically linked ({interp}): the guest runs static "
-                         "executables only")
+    return image.interpreter, image.needed
+
+
+def runtime_files(arch: Arch | str, program: Path) -> dict[str, Path]:
+    """What ``program`` needs in the guest (guest path -> host file): for a dynamic one,
+    its loader at its PT_INTERP path and its DT_NEEDED libraries, transitively, in
+    ``/lib/<triplet>`` (on the loader's default search path). A library is taken from
+    the program's own folder first (liblkprobe.so beside a twin), then from the cross
+    sysroot ``/usr/<triplet>/lib``. Nothing for a static program."""
+    arch = arch if isinstance(arch, Arch) else arches.by_name(arch)
+    interp, needed = _elf(program)
+    if interp is None:
+        return {}
+    target = TARGETS.get(arch.name)
+    if target is None:
+        raise ProbeError(f"no cross sysroot is known for {arch}")
+    sysroot = Path("/usr") / target.triplet / "lib"
+    folders = [program.resolve().parent, sysroot]
+
+    def find(name: str) -> Path:
+        for folder in folders:
+            if (folder / name).is_file():
+                return folder / name
+        raise ProbeError(f"{program} needs {name}, found neither beside it nor in {sysroot} "
+                         f"(apt-get install {target.compiler_package})")
+
+    files = {interp: find(Path(interp).name)}
+    todo = list(needed)
+    while todo:
+        name = todo.pop()
+        guest = f"/lib/{target.triplet}/{name}"
+        if guest not in files:
+            files[guest] = find(name)
+            todo += _elf(files[guest])[1]
+    return files
 
 
 # --- boot -------------------------------------------------------------------------------
@@ -406,17 +454,26 @@ def _boot(command: list[str], timeout: float) -> tuple[str, float, float]:
 
 
 def run_in_guest(arch: str, programs: list[tuple[Path, list[str]]], *,
-                 timeout: float) -> GuestResult:
-    """Boot Debian's kernel for ``arch`` once and run each static program in turn (as
-    uid/gid 65534) with its arguments; the kernel facts and each program's output.
+                 timeout: float, files: Mapping[str, Path] | None = None) -> GuestResult:
+    """Boot Debian's kernel for ``arch`` once and run each program in turn (as uid/gid
+    65534) with its arguments; the kernel facts and each program's output. A dynamic
+    program gets its loader and libraries (:func:`runtime_files`) in the initramfs.
+    ``files`` (guest path -> host file) are put into the initramfs as well (an ELF among
+    them with its loader and libraries): programs run by another program, their data.
 
     Raises :class:`ProbeError` when qemu, the cross compiler or the kernel is missing,
     and when the guest has not powered off after ``timeout`` seconds (it is killed).
     """
     system = system_for(arch)
     target = arches.by_name(system.arch)
+    needed: dict[str, Path] = {}
     for path, _ in programs:
-        _check_static(path)
+        needed.update(runtime_files(target, path))
+    for guest, path in (files or {}).items():
+        needed[guest] = path
+        with path.open("rb") as f:
+            if f.read(4) == b"\x7fELF":
+                needed.update(runtime_files(target, path))
     qemu = shutil.which(system.qemu)
     if qemu is None:
         raise ProbeError(f"{system.qemu} not found: apt-get install {system.qemu_package}")
@@ -424,7 +481,7 @@ def run_in_guest(arch: str, programs: list[tuple[Path, list[str]]], *,
     kernel = fetch_kernel(target)
     with tempfile.TemporaryDirectory(prefix="layoutkit-guest-") as tmp:
         ramfs = Path(tmp) / "initramfs.cpio"
-        ramfs.write_bytes(initramfs(init, programs))
+        ramfs.write_bytes(initramfs(init, programs, needed))
         command = [qemu, *system.machine, "-m", "1024", "-nographic", "-no-reboot",
                    "-nic", "none",
                    "-kernel", str(kernel.path), "-initrd", str(ramfs),
@@ -435,6 +492,22 @@ def run_in_guest(arch: str, programs: list[tuple[Path, list[str]]], *,
         raise ProbeError(f"the guest stopped after {len(runs)} of {len(programs)} runs")
     return GuestResult(arch=target, kernel=kernel, facts=facts, runs=runs, boot_s=booted,
                        total_s=total, console=console)
+
+
+def build_mapswatch(arch: Arch | str) -> Path:
+    """``mapswatch.c`` built static: ``mapswatch MARKER PROGRAM ARG...`` prints the
+    program's /proc/PID/maps when it writes the line MARKER, while it waits on stdin."""
+    return build_static(MAPSWATCH_SOURCE, arch, "mapswatch")
+
+
+def watched_maps(run: GuestRun) -> tuple[str, str]:
+    """A mapswatch run's output split in two: the program's own stdout, and the maps
+    listing it printed at the marker."""
+    found = _MAPS.search(run.stdout)
+    if found is None:
+        raise ProbeError(f"{' '.join(run.argv[2:3])} printed no maps in the guest (status "
+                         f"{run.status}, signal {run.signal}): {run.stderr.strip()[-300:]}")
+    return run.stdout[:found.start()] + run.stdout[found.end():], found.group(1)
 
 
 # --- the probe in the guest -------------------------------------------------------------
@@ -488,6 +561,7 @@ def scan_result(run: GuestRun, arch: Arch | str, *, jit: str = "luajit-2.1",
 
 __all__: Sequence[str] = (
     "SYSTEMS", "GuestKernel", "GuestResult", "GuestRun", "GuestSystem", "KernelImage",
-    "build_guest_probe", "build_static", "fetch_kernel", "initramfs",
-    "parse_console", "probe_scan_args", "run_in_guest", "scan_result", "system_for",
+    "build_guest_probe", "build_mapswatch", "build_static", "fetch_kernel", "initramfs",
+    "parse_console", "probe_scan_args", "run_in_guest", "runtime_files", "scan_result",
+    "system_for", "watched_maps",
 )

@@ -1,0 +1,373 @@
+"""The probe inside a running program: ``preload.c`` as an LD_PRELOAD library.
+
+``start_program`` runs CMD with the library preloaded. At the chosen moment (``start``,
+``ms:N`` after start, or ``signal:NAME`` sent to CMD) the library forks; the forked copy
+(single-threaded, the program's address space as it was) scans slot by slot with
+MAP_FIXED_NOREPLACE, as the probe does, and writes a JSON report to a file of its own.
+The program itself goes on undisturbed: the copy never writes into its memory.
+
+The anchor is known only once the program has mapped its objects, so the copy scans
+``[holder's lowest code - R, highest code + R)`` (R: half the profile's window; the
+holder is the main program or ``object``), and Python then finds the anchor in the
+copy's maps with :func:`layoutkit.procview.analyse_maps` (symbols with the load bias;
+a stripped LuaJIT: ``lj_vm_exit_handler`` recovered from the exit stubs in the JIT
+code, which the copy reports from its own memory) and clips the scan to the window.
+
+Dynamically linked programs only: a static program never runs the dynamic loader, so
+preloading cannot work; its layout twin (``layoutkit verify``) measures it instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import IO, Any
+
+from .. import report
+from ..elf import ElfReader
+from ..errors import LayoutkitError, ProbeError, UsageError
+from ..kernel import KernelConfig
+from ..maps import parse_maps
+from ..procview import MapsAnalysis, analyse_maps
+from ..profiles import jit_window
+from ..spans import Span, align_up, largest
+from ..units import format_size
+from . import (
+    ProbeContext,
+    ScanCounts,
+    ScanResult,
+    _compiler,
+    cache_dir,
+    differences,
+    host_arch,
+)
+
+SOURCE = Path(__file__).with_name("preload.c")
+CFLAGS = ("-std=c11", "-O2", "-Wall", "-Wextra", "-shared", "-fPIC")
+TIMEOUT = 30.0  # seconds to wait for the report once the moment has come
+_POLL = 0.02
+
+
+def build_preload() -> Path:
+    """The preload library for this machine, built once with ``cc -shared -fPIC``."""
+    arch = host_arch()
+    command, package = _compiler(arch, "native")
+    compiler = shutil.which(command)
+    if compiler is None:
+        raise ProbeError(f"no C compiler ({command} not found): apt-get install {package}")
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                                 check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ProbeError(f"{compiler} --version failed: {e}") from e
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), compiler.encode(), version.encode(),
+                                     " ".join(CFLAGS).encode()])).hexdigest()[:20]
+    folder = cache_dir() / f"{arch.name}-preload-{key}"
+    lib = folder / "liblayoutkit-probe.so"
+    if lib.is_file():
+        return lib
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".preload-", dir=folder)
+        os.close(fd)
+    except OSError as e:
+        raise ProbeError(f"cannot write the build cache {folder}: {e.strerror}") from e
+    try:
+        done = subprocess.run([compiler, *CFLAGS, "-o", tmp, str(SOURCE)],
+                              capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            tail = done.stderr.strip().splitlines()[-3:]
+            raise ProbeError(f"building the preload probe with {compiler} failed: "
+                             f"{' / '.join(tail)}")
+        os.replace(tmp, lib)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return lib
+
+
+def _check_when(when: str) -> str:
+    if when == "start":
+        return when
+    if when.startswith("ms:") and when[3:].isdigit():
+        return when
+    if when.startswith("signal:"):
+        name = when[7:].upper().removeprefix("SIG")
+        if name in ("USR1", "USR2"):
+            return f"signal:{name}"
+    raise UsageError(f"--when {when!r}: start, ms:N or signal:USR1|USR2")
+
+
+def _check_dynamic(program: str) -> str:
+    """The program's path; a static one raises :class:`ProbeError` with the twin hint."""
+    path = program if os.sep in program else shutil.which(program)
+    if path is None or not os.path.isfile(path):
+        raise UsageError(f"{program}: no such program")
+    try:
+        with ElfReader(path) as reader:
+            interpreter = reader.image().interpreter
+    except LayoutkitError:
+        return path  # a script or another format: its interpreter is what runs
+    if interpreter is None:
+        raise ProbeError(f"{path} is statically linked (no PT_INTERP): the dynamic loader "
+                         "never runs, so a preloaded probe cannot work. Measure its layout "
+                         f"twin instead: layoutkit verify {path}")
+    return path
+
+
+@dataclass
+class ProgramRun:
+    """CMD running with the preload probe; ``process`` is the program itself."""
+
+    process: subprocess.Popen[bytes]
+    command: tuple[str, ...]
+    when: str
+    jit: str
+    anchor: str | None
+    folder: tempfile.TemporaryDirectory[str]
+
+    @property
+    def out(self) -> Path:
+        return Path(self.folder.name) / "report.json"
+
+    def signal(self) -> None:
+        """Send the ``signal:NAME`` trigger to the program."""
+        if not self.when.startswith("signal:"):
+            raise UsageError("the probe was not set to wait for a signal")
+        self.process.send_signal(getattr(signal, "SIG" + self.when[7:]))
+
+    def wait_report(self, timeout: float = TIMEOUT) -> ProgramResult:
+        """Wait for the forked copy's report (the program may have exited meanwhile)."""
+        deadline = time.monotonic() + timeout
+        exited_at: float | None = None
+        while not self.out.exists():
+            now = time.monotonic()
+            if self.process.poll() is not None:
+                exited_at = exited_at or now
+                claimed = (Path(self.folder.name) / "report.json.claim").exists()
+                if not claimed or now - exited_at > 2.0:
+                    raise ProbeError(
+                        f"{self.command[0]} exited (status {self.process.returncode}) "
+                        + ("before the probe's moment came" if claimed else
+                           "without loading the probe (statically linked, or LD_PRELOAD "
+                           "ignored: setuid?)"))
+            if now > deadline:
+                raise ProbeError(f"no probe report within {timeout:.0f} s "
+                                 f"(--when {self.when})")
+            time.sleep(_POLL)
+        return _result(self, _load(self.out))
+
+    def finish(self, kill: bool = False, timeout: float | None = None) -> int | None:
+        """Let the program run to completion (or terminate it); its exit status."""
+        if kill and self.process.poll() is None:
+            self.process.terminate()
+        try:
+            status = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        finally:
+            self.folder.cleanup()
+        return status
+
+
+def start_program(command: Sequence[str], *, when: str = "start", jit: str = "luajit-2.1",
+                  anchor: str | None = None, object_name: str | None = None,
+                  stdin: int | IO[Any] | None = None, stdout: int | IO[Any] | None = None,
+                  stderr: int | IO[Any] | None = None) -> ProgramRun:
+    """Run ``command`` with the preload probe set to fire at ``when``."""
+    if not command:
+        raise UsageError("no command to run (layoutkit probe [options] -- CMD ARGS...)")
+    when = _check_when(when)
+    path = _check_dynamic(command[0])
+    arch = host_arch()
+    limit = Span(0, KernelConfig.for_arch(arch).user_top)
+    guess = jit_window(jit, arch, limit.end // 2, limit)
+    radius = align_up(max(guess.target - guess.window.start, guess.window.end - guess.target),
+                      guess.slot)
+    lib = build_preload()
+    folder = tempfile.TemporaryDirectory(prefix="layoutkit-preload-")
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = " ".join(p for p in (str(lib), env.get("LD_PRELOAD", "")) if p)
+    env.update({
+        "LAYOUTKIT_PROBE_OUT": str(Path(folder.name) / "report.json"),
+        "LAYOUTKIT_PROBE_WHEN": when,
+        "LAYOUTKIT_PROBE_RADIUS": str(radius),
+        "LAYOUTKIT_PROBE_SLOT": str(guess.slot),
+    })
+    if object_name:
+        env["LAYOUTKIT_PROBE_OBJECT"] = object_name
+    else:
+        env.pop("LAYOUTKIT_PROBE_OBJECT", None)
+    try:
+        process = subprocess.Popen([path, *command[1:]], env=env, stdin=stdin, stdout=stdout,
+                                   stderr=stderr)
+    except OSError as e:
+        folder.cleanup()
+        raise ProbeError(f"cannot start {command[0]}: {e.strerror}") from e
+    return ProgramRun(process, tuple(command), when, jit, anchor, folder)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ProbeError(f"the preload probe's report is unreadable: {e}") from e
+    if not isinstance(doc, dict):
+        raise ProbeError("the preload probe's report is not a JSON object")
+    if "error" in doc:
+        raise ProbeError(f"the preload probe failed: {doc['error']}")
+    return doc
+
+
+@dataclass(frozen=True)
+class ProgramResult:
+    """The forked copy's scan, clipped to the profile's window around the anchor."""
+
+    command: tuple[str, ...]
+    when: str
+    program_pid: int
+    child_pid: int
+    scanned: Span  # what the copy scanned (holder's code +- R)
+    scan: ScanResult  # the scan clipped to the window's usable span
+    analysis: MapsAnalysis  # analyse_maps on the copy's maps (anchor, JIT areas, model)
+    mmap_calls: int
+    probe_ns: int
+    notes: tuple[str, ...]  # analyse_maps' notes, and whether the scan covers the window
+
+    @property
+    def measured(self) -> tuple[int, int, Span | None]:
+        """free_bytes, free_slots, largest_free in the window, as the kernel said."""
+        runs = self.scan.free_runs
+        return (sum(r.size for r in runs), sum(r.size // self.scan.slot for r in runs),
+                largest(runs))
+
+    @property
+    def jit_inside(self) -> bool:
+        usable = self.analysis.accounting.jit.usable
+        return all(usable.contains(a.span) for a in self.analysis.jit_areas)
+
+
+def _runs(start: int, slot: int, outcomes: str) -> tuple[Span, ...]:
+    runs: list[Span] = []
+    for i, o in enumerate(outcomes):
+        if o != ".":
+            continue
+        s = start + i * slot
+        if runs and runs[-1].end == s:
+            runs[-1] = Span(runs[-1].start, s + slot)
+        else:
+            runs.append(Span(s, s + slot))
+    return tuple(runs)
+
+
+def _result(run: ProgramRun, doc: dict[str, Any]) -> ProgramResult:
+    slot = int(doc["slot"])
+    start, end = int(doc["start"], 16), int(doc["end"], 16)
+    child = int(doc["pid"])
+    pid = run.process.pid
+    maps = parse_maps(doc["maps_before"], source=f"pid {pid} (copy in preload child {child})")
+    code = tuple((int(c["start"], 16), bytes.fromhex(c["hex"])) for c in doc["jit_code"])
+    analysis = analyse_maps(maps, anchor=run.anchor, jit=run.jit, jit_code=code)
+    window = analysis.accounting.jit
+    lo, hi = max(window.usable.start, start), min(window.usable.end, end)
+    i, j = (lo - start) // slot, max((lo - start) // slot, (hi - start) // slot)
+    outcomes = doc["outcomes"][i:j]
+    clipped = Span(start + i * slot, start + j * slot)
+    ctx = ProbeContext(
+        arch=analysis.arch, runner="preload", jit=replace(window, usable=clipped),
+        anchor=analysis.anchor.span.start, anchor_source=analysis.anchor.how_found,
+        self_anchor=analysis.anchor.span.start, page_size=int(doc["page_size"]),
+        rlimit_as=None, vm_size=0, mmap_min_addr=analysis.kernel.mmap_min_addr,
+        maps_before=doc["maps_before"], maps_after=doc["maps_after"], infidelities=())
+    counts = ScanCounts(free=outcomes.count("."), eexist=outcomes.count("X"),
+                        eperm=outcomes.count("P"), enomem=outcomes.count("M"),
+                        moved=outcomes.count("m"), other=outcomes.count("?"))
+    scan = ScanResult(context=ctx, window=clipped, slot=slot, outcomes=outcomes,
+                      counts=counts, free_runs=_runs(clipped.start, slot, outcomes),
+                      probe_ns=int(doc["probe_ns"]), mmap_calls=int(doc["mmap_calls"]),
+                      strategy="bisect")
+    notes = list(analysis.notes)
+    if clipped != window.usable:
+        notes.append(f"the scan around the holder's code covers only {clipped} of the usable "
+                     f"window {window.usable}: give --object for the object holding the anchor")
+    return ProgramResult(run.command, run.when, pid, child, Span(start, end), scan, analysis,
+                         int(doc["mmap_calls"]), int(doc["probe_ns"]), tuple(notes))
+
+
+# --- output -----------------------------------------------------------------------------
+
+def program_json(result: ProgramResult, status: int | None) -> dict[str, Any]:
+    """The ``probe -- CMD`` JSON document."""
+    a = result.analysis
+    jit = result.scan.context.jit
+    free_bytes, free_slots, big = result.measured
+    return report.document("probe", {
+        "mode": "program", "command": list(result.command), "when": result.when,
+        "pid": result.program_pid, "arch": a.arch.name, "profile": jit.profile.name,
+        "anchor": {"name": a.anchor.name, "address": report.hexa(a.anchor.span.start),
+                   "source": a.anchor.how_found, "detail": a.anchor.detail},
+        "anchor_object": a.anchor_object, "bias": report.hexa(a.bias),
+        "window": report.span_json(jit.window), "usable": report.span_json(jit.usable),
+        "scanned": report.span_json(result.scanned), "slot": result.scan.slot,
+        "measured": {"free_bytes": free_bytes, "free_slots": free_slots,
+                     "largest_free": report.span_json(big)},
+        "model": report.window_json(a.accounting),
+        "jit_areas": [{**(report.span_json(j.span) or {}), "distance": j.distance,
+                       "inside_window": a.accounting.jit.usable.contains(j.span)}
+                      for j in a.jit_areas],
+        "mmap_calls": result.mmap_calls, "probe_ns": result.probe_ns,
+        "model_differences": [
+            {"slot": report.hexa(d.slot), "probe": d.probe, "model_free": d.model_free,
+             "reason": d.reason} for d in differences(result.scan)],
+        "notes": list(result.notes), "program_status": status,
+        "maps": result.scan.context.maps_before,
+    })
+
+
+def program_lines(result: ProgramResult, status: int | None) -> Iterator[str]:
+    """The ``probe -- CMD`` text output, verdict last."""
+    a = result.analysis
+    jit = result.scan.context.jit
+    free_bytes, free_slots, big = result.measured
+    yield (f"Program:     {' '.join(result.command)} (pid {result.program_pid}, "
+           f"--when {result.when})")
+    yield (f"Probe:       {a.arch} preload copy (pid {result.child_pid}), "
+           f"profile {jit.profile.name}")
+    yield (f"Anchor:      {a.anchor.name} {a.anchor.span.start:#x} ({a.anchor.how_found}: "
+           f"{a.anchor.detail})")
+    yield f"Window:      {jit.window}  usable {jit.usable} ({format_size(jit.usable.size)})"
+    yield (f"Probing:     {result.scanned} scanned, {result.mmap_calls} mmap calls, "
+           f"{result.probe_ns / 1e6:.3f} ms")
+    yield (f"Measured:    {format_size(free_bytes)} free in {free_slots} slots; largest free "
+           f"run {big if big else '-'}")
+    yield f"JIT areas:   {len(a.jit_areas)}"
+    for area in a.jit_areas:
+        inside = "inside" if a.accounting.jit.usable.contains(area.span) else "OUTSIDE"
+        yield (f"  {area.span.start:#x}-{area.span.end:#x}  {format_size(area.span.size)}  "
+               f"distance {area.distance:+#x}  {inside} the window")
+    for note in result.notes:
+        yield f"Note:        {note}"
+    diffs = differences(result.scan)
+    unexplained = [d for d in diffs if d.reason == "unexplained"]
+    yield (f"Model:       {len(diffs)} slot(s) differ from layoutkit's accounting of the "
+           f"same maps ({len(unexplained)} unexplained)")
+    yield f"Program:     {'still running' if status is None else f'exit status {status}'}"
+    verdict = f"ok: {format_size(free_bytes)} free" if free_slots else "window full"
+    if not result.jit_inside:
+        verdict += "; JIT code outside the window"
+    yield f"Verdict:     {verdict}"
+
+
+__all__: Sequence[str] = (
+    "ProgramResult", "ProgramRun", "build_preload", "program_json", "program_lines",
+    "start_program",
+)
