@@ -56,6 +56,10 @@ _HEAD = (".interp", ".note.gnu.property", ".note.gnu.build-id", ".note.ABI-tag",
          ".hash", ".gnu.hash", ".dynsym", ".dynstr", ".gnu.version", ".gnu.version_d",
          ".gnu.version_r", ".rela.dyn", ".rela.plt", ".rel.dyn", ".rel.plt")
 _CODE = (".init", ".plt", ".plt.got", ".plt.sec", ".iplt", ".text", ".fini")
+# On PPC64 .plt and .iplt are tables of addresses the loader writes (SHT_NOBITS, flags
+# WA: binutils ld/emulparams/elf64ppc.sh puts them after .got), not code: in the R E
+# segment ld.so faults writing them.
+_WRITABLE_PLT = {"ppc64le": (".plt", ".iplt"), "ppc64": (".plt", ".iplt")}
 _RODATA = (".rodata", ".eh_frame_hdr", ".eh_frame", ".gcc_except_table")
 _BSS = (".sbss", ".bss")
 
@@ -202,6 +206,8 @@ def linker_script(spec: TwinSpec) -> str:
             start(i)
         if i == code:
             for name in _CODE:
+                if name in _WRITABLE_PLT.get(spec.arch.name, ()):
+                    continue  # a data table there: it goes with the GOT below
                 out(name, [name], i, keep=name in (".init", ".fini"))
             lines.append(f"  . = {spec.anchor:#x};")
             out(ANCHOR_SECTION, [ANCHOR_SECTION], i, keep=True)
@@ -216,7 +222,8 @@ def linker_script(spec: TwinSpec) -> str:
             out(".data.rel.ro", [".data.rel.ro"], i)
             out(".dynamic", [".dynamic"], i, extra=" :lk_dynamic")
         if i == rw:
-            for name in (".got", ".got.plt", ".toc", ".opd", ".branch_lt"):
+            for name in (".got", ".got.plt", ".toc", ".opd", ".branch_lt",
+                         *_WRITABLE_PLT.get(spec.arch.name, ())):
                 out(name, [name], i)
             out(".data", [".data", ".sdata", ".tm_clone_table"], i)
             out(".bss", [*_BSS, "COMMON"], i, noload=True)
