@@ -110,8 +110,10 @@ def _compiler(arch: Arch, runner: str) -> tuple[str, str]:
     return f"{target.triplet}-gcc", target.compiler_package
 
 
-def build_probe(arch: Arch, runner: str = "native") -> Path:
-    """The probe executable for ``arch``, built (once, cached) with the right compiler."""
+def cached_build(arch: Arch, source: Path, flags: tuple[str, ...] | list[str], name: str,
+                 *, tag: str, what: str, runner: str = "native") -> Path:
+    """Compile ``source`` for ``arch`` once: cached under cache_dir(), keyed by the
+    source, the compiler and its version, and the flags; written atomically."""
     command, package = _compiler(arch, runner)
     compiler = shutil.which(command)
     if compiler is None:
@@ -122,31 +124,36 @@ def build_probe(arch: Arch, runner: str = "native") -> Path:
                                  check=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise ProbeError(f"{compiler} --version failed: {e}") from e
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, compiler.encode(), version.encode(),
-                                     " ".join(CFLAGS).encode()])).hexdigest()[:20]
-    folder = cache_dir() / f"{arch.name}-{key}"
-    exe = folder / "probe"
-    if exe.is_file() and os.access(exe, os.X_OK):
-        return exe
+    key = hashlib.sha256(b"\0".join([source.read_bytes(), compiler.encode(), version.encode(),
+                                     " ".join(flags).encode()])).hexdigest()[:20]
+    folder = cache_dir() / f"{arch.name}-{tag}{key}"
+    product = folder / name
+    if product.is_file() and os.access(product, os.R_OK):
+        return product
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".probe-", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}-", dir=folder)
         os.close(fd)
     except OSError as e:
         raise ProbeError(f"cannot write the build cache {folder}: {e.strerror}") from e
     try:
-        done = subprocess.run([compiler, *CFLAGS, "-o", tmp, str(SOURCE)],
+        done = subprocess.run([compiler, *flags, "-o", tmp, str(source)],
                               capture_output=True, text=True, timeout=120, check=False)
         if done.returncode != 0:
             tail = done.stderr.strip().splitlines()[-3:]
-            raise ProbeError(f"building the probe for {arch} with {compiler} failed "
+            raise ProbeError(f"building {what} for {arch} with {compiler} failed "
                              f"(is {package} installed?): {' / '.join(tail)}")
-        os.replace(tmp, exe)  # atomic: a concurrent build leaves one complete file
+        os.replace(tmp, product)  # atomic: a concurrent build leaves one complete file
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return exe
+    return product
+
+
+def build_probe(arch: Arch, runner: str = "native") -> Path:
+    """The probe executable for ``arch``, built (once, cached) with the right compiler."""
+    return cached_build(arch, SOURCE, CFLAGS, "probe", tag="", what="the probe",
+                        runner=runner)
 
 
 def _command(arch: Arch, runner: str, exe: Path) -> list[str]:

@@ -19,7 +19,6 @@ preloading cannot work; its layout twin (``layoutkit verify``) measures it inste
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -45,8 +44,7 @@ from . import (
     ProbeContext,
     ScanCounts,
     ScanResult,
-    _compiler,
-    cache_dir,
+    cached_build,
     differences,
     host_arch,
 )
@@ -59,40 +57,8 @@ _POLL = 0.02
 
 def build_preload() -> Path:
     """The preload library for this machine, built once with ``cc -shared -fPIC``."""
-    arch = host_arch()
-    command, package = _compiler(arch, "native")
-    compiler = shutil.which(command)
-    if compiler is None:
-        raise ProbeError(f"no C compiler ({command} not found): apt-get install {package}")
-    try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
-                                 check=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError) as e:
-        raise ProbeError(f"{compiler} --version failed: {e}") from e
-    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), compiler.encode(), version.encode(),
-                                     " ".join(CFLAGS).encode()])).hexdigest()[:20]
-    folder = cache_dir() / f"{arch.name}-preload-{key}"
-    lib = folder / "liblayoutkit-probe.so"
-    if lib.is_file():
-        return lib
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".preload-", dir=folder)
-        os.close(fd)
-    except OSError as e:
-        raise ProbeError(f"cannot write the build cache {folder}: {e.strerror}") from e
-    try:
-        done = subprocess.run([compiler, *CFLAGS, "-o", tmp, str(SOURCE)],
-                              capture_output=True, text=True, timeout=120, check=False)
-        if done.returncode != 0:
-            tail = done.stderr.strip().splitlines()[-3:]
-            raise ProbeError(f"building the preload probe with {compiler} failed: "
-                             f"{' / '.join(tail)}")
-        os.replace(tmp, lib)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return lib
+    return cached_build(host_arch(), SOURCE, CFLAGS, "liblayoutkit-probe.so", tag="preload-",
+                        what="the preload probe")
 
 
 def _check_when(when: str) -> str:
