@@ -262,7 +262,7 @@ def build_twin(spec: TwinSpec) -> Twin:
                                  check=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise ProbeError(f"{cc} --version failed: {e}") from e
-    source = native.SOURCE.read_bytes()
+    source = native.source_bytes(native.SOURCE)
     script = linker_script(spec)  # the layout, and how it is reproduced
     key = hashlib.sha256(b"\0".join([source, STUB.encode(), cc.encode(), version.encode(),
                                      script.encode()])).hexdigest()[:20]

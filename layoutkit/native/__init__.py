@@ -42,6 +42,12 @@ from ..spans import Span, align_down
 from ..units import format_size
 
 SOURCE = Path(__file__).with_name("probe.c")
+HEADER = Path(__file__).with_name("lk_io.h")  # included by probe.c, preload.c and init.c
+
+
+def source_bytes(source: Path) -> bytes:
+    """What a build of ``source`` depends on, for cache keys: it and the shared header."""
+    return source.read_bytes() + b"\0" + HEADER.read_bytes()
 CFLAGS = ("-std=c11", "-O2", "-Wall", "-Wextra", "-pthread")
 RUNNERS = ("native", "qemu-user")
 MODES = ("scan", "replay")
@@ -124,7 +130,7 @@ def cached_build(arch: Arch, source: Path, flags: tuple[str, ...] | list[str], n
                                  check=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise ProbeError(f"{compiler} --version failed: {e}") from e
-    key = hashlib.sha256(b"\0".join([source.read_bytes(), compiler.encode(), version.encode(),
+    key = hashlib.sha256(b"\0".join([source_bytes(source), compiler.encode(), version.encode(),
                                      " ".join(flags).encode()])).hexdigest()[:20]
     folder = cache_dir() / f"{arch.name}-{tag}{key}"
     product = folder / name

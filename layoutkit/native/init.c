@@ -40,6 +40,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lk_io.h"
+
 #define NOBODY 65534
 #define CONF_MAX (1u << 16)
 #define ARGS_MAX 256
@@ -47,27 +49,6 @@
 
 static char conf[CONF_MAX];
 static char captured[OUT_MAX];
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static size_t slurp(const char *path, char *buf, size_t cap) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    size_t used = 0;
-    if (fd < 0) { buf[0] = 0; return 0; }
-    while (used < cap - 1) {
-        ssize_t n = read(fd, buf + used, cap - 1 - used);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break;
-        used += (size_t)n;
-    }
-    close(fd);
-    buf[used] = 0;
-    return used;
-}
 
 static void json_bytes(const char *s, size_t n) {
     putchar('"');

@@ -40,6 +40,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lk_io.h"
+
 #ifndef MAP_FIXED_NOREPLACE
 #define MAP_FIXED_NOREPLACE 0x100000
 #endif
@@ -131,22 +133,6 @@ static void put_str(const char *s) {
     put("\"", 1);
 }
 
-static size_t slurp(const char *path, char *buf, size_t cap) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    size_t used = 0;
-    if (fd < 0) { buf[0] = 0; return 0; }
-    for (;;) {
-        ssize_t n = read(fd, buf + used, cap - 1 - used);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break;
-        used += (size_t)n;
-        if (used == cap - 1) break;
-    }
-    close(fd);
-    buf[used] = 0;
-    return used;
-}
-
 static uintptr_t parse_hex(const char **p) {
     uintptr_t v = 0;
     for (;; (*p)++) {
@@ -224,12 +210,6 @@ static void scan_range(size_t i, size_t j) {
     size_t mid = i + (j - i) / 2;
     scan_range(i, mid);
     scan_range(mid, j);
-}
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 static void put_jit_code(void) {

@@ -40,6 +40,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lk_io.h"
+
 /* Linux uapi value: include/uapi/asm-generic/mman-common.h
  * "#define MAP_FIXED_NOREPLACE 0x100000" (the same on every arch, Linux 4.17+). */
 #ifndef MAP_FIXED_NOREPLACE
@@ -62,29 +64,6 @@ static unsigned long long vm_size;  /* VmSize before the probing, bytes */
 
 /* The anchor a caller may use: an address inside this program's own code. */
 __attribute__((noinline)) int probe_anchor(int x) { return x * 3 + 1; }
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-/* Read a whole /proc file with read(2) into a static buffer: no allocation. */
-static size_t slurp(const char *path, char *buf, size_t cap) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    size_t used = 0;
-    if (fd < 0) { buf[0] = 0; return 0; }
-    for (;;) {
-        ssize_t n = read(fd, buf + used, cap - 1 - used);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break;
-        used += (size_t)n;
-        if (used == cap - 1) break;
-    }
-    close(fd);
-    buf[used] = 0;
-    return used;
-}
 
 static void json_str(const char *s) {
     putchar('"');

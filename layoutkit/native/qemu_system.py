@@ -51,6 +51,7 @@ from . import (
     _json,
     _window,
     cache_dir,
+    source_bytes,
 )
 
 INIT_SOURCE = Path(__file__).with_name("init.c")
@@ -267,7 +268,7 @@ def build_static(source: Path, arch: Arch | str, name: str) -> Path:
         raise ProbeError(f"no C compiler for {arch} ({command} not found): "
                          f"apt-get install {target.compiler_package}")
     version = _run([compiler, "--version"], f"{compiler} --version", timeout=30)
-    key = hashlib.sha256(b"\0".join([source.read_bytes(), compiler.encode(), version.encode(),
+    key = hashlib.sha256(b"\0".join([source_bytes(source), compiler.encode(), version.encode(),
                                      " ".join(STATIC_CFLAGS).encode()])).hexdigest()[:20]
     folder = guest_cache() / "build" / f"{arch.name}-{name}-{key}"
     exe = folder / name
