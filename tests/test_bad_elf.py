@@ -611,7 +611,8 @@ def test_unreadable_file(tmp_path: Path) -> None:
     elif os.access(path, os.R_OK):
         pytest.skip("chmod 000 does not restrict this user")
     script = ("import sys\nfrom layoutkit.elf import read_elf\n"
-              "try:\n    read_elf(sys.argv[1])\nexcept Exception as e:\n"
+              "from layoutkit.errors import LayoutkitError\n"
+              "try:\n    read_elf(sys.argv[1])\nexcept LayoutkitError as e:\n"
               "    print(type(e).__name__); print(e); sys.exit(3)\n")
     lib = subprocess.run([*prefix, sys.executable, "-c", script, str(path)],
                          capture_output=True, text=True, env=_cli_env(), timeout=60, check=False)

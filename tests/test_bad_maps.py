@@ -384,7 +384,8 @@ def test_file_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     path = tmp_path / "pipe.maps"
     os.mkfifo(path)
     script = ("import sys\nfrom layoutkit.maps import read_maps_file\n"
-              "try:\n    read_maps_file(sys.argv[1])\nexcept Exception as e:\n"
+              "from layoutkit.errors import LayoutkitError\n"
+              "try:\n    read_maps_file(sys.argv[1])\nexcept LayoutkitError as e:\n"
               "    print(type(e).__name__); print(e)\n")
     try:
         done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
@@ -479,7 +480,8 @@ def test_another_users_process() -> None:
     sleeper = subprocess.Popen(["sleep", "30"])
     try:
         script = ("import sys\nfrom layoutkit.maps import read_process_maps\n"
-                  "try:\n    read_process_maps(int(sys.argv[1]))\nexcept Exception as e:\n"
+              "from layoutkit.errors import LayoutkitError\n"
+                  "try:\n    read_process_maps(int(sys.argv[1]))\nexcept LayoutkitError as e:\n"
                   "    print(type(e).__name__); print(e)\nelse:\n    print('read it')\n")
         env = {k: v for k, v in os.environ.items() if k != "LAYOUTKIT_DEBUG"}
         done = subprocess.run(
