@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from layoutkit.gate import Item, walk
+from layoutkit.commands.check import Item, walk
 
 DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/bin")
 

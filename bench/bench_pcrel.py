@@ -34,7 +34,7 @@ _SCAN = """
 import json, resource, sys, time
 t0 = time.perf_counter()
 from layoutkit.elf import ElfReader
-from layoutkit.refs import scan
+from layoutkit.read.refs import scan
 t1 = time.perf_counter()
 with ElfReader(sys.argv[1]) as reader:
     pairs = scan(reader)

@@ -1,9 +1,11 @@
 """layoutkit: address-space layout analysis for programs that generate code at run time."""
 
-from .anchor import Anchor, find_anchor
-from .arches import ARCHES, Arch
-from .elf import ElfReader, read_elf
-from .errors import (
+from layoutkit.commands.inspect import Inspection, inspect_binary
+from layoutkit.core.arches import ARCHES, Arch
+from layoutkit.core.model import ElfImage, LoadKind, Perm, Section, Segment, Symbol
+from layoutkit.core.spans import Span
+from layoutkit.elf import ElfReader, read_elf
+from layoutkit.errors import (
     ElfError,
     InputError,
     LayoutkitError,
@@ -13,12 +15,17 @@ from .errors import (
     UnsupportedArchError,
     UsageError,
 )
-from .inspection import Inspection, inspect_binary
-from .kernel import KernelConfig
-from .maps import Mapping, MappingKind, ProcessMaps, parse_maps, read_maps_file, read_process_maps
-from .model import ElfImage, LoadKind, Perm, Section, Segment, Symbol
-from .ranges import REACH, BranchForm, FormKind
-from .spans import Span
+from layoutkit.ranges import REACH, BranchForm, FormKind
+from layoutkit.read.maps import (
+    Mapping,
+    MappingKind,
+    ProcessMaps,
+    parse_maps,
+    read_maps_file,
+    read_process_maps,
+)
+from layoutkit.window.anchor import Anchor, find_anchor
+from layoutkit.window.kernel import KernelConfig
 
 __all__ = [
     "ARCHES",

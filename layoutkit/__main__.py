@@ -1,3 +1,3 @@
-from .cli import main
+from layoutkit.cli import main
 
 main()

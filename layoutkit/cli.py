@@ -14,11 +14,16 @@ from typing import Any, TypeVar
 
 import click
 
-from . import arches, picture, report
-from .accounting import Accounting
-from .advise import advise as advise_layout
-from .advise import check_move
-from .errors import (
+from layoutkit.advice.advise import advise as advise_layout
+from layoutkit.advice.advise import check_move
+from layoutkit.advice.linkers import LINKERS
+from layoutkit.commands.inspect import inspect_binary
+from layoutkit.commands.maps import analyse_maps
+from layoutkit.commands.samples import default_binary
+from layoutkit.core import arches
+from layoutkit.core.spans import Span
+from layoutkit.core.units import parse_address, parse_size
+from layoutkit.errors import (
     EXIT_FINDINGS,
     EXIT_INPUT,
     EXIT_PROBE,
@@ -26,17 +31,20 @@ from .errors import (
     LayoutkitError,
     UsageError,
 )
-from .inspection import inspect_binary
-from .layout import DEFAULT_HEAP
-from .linkers import LINKERS
-from .maps import read_maps_file, read_process_maps
-from .procview import analyse_maps
-from .profiles import PROFILES
-from .ranges import REACH, forms
-from .render import advice_lines, forms_lines, inspection_lines, maps_lines, move_lines
-from .samples import default_binary
-from .spans import Span
-from .units import parse_address, parse_size
+from layoutkit.output import document as report
+from layoutkit.output import picture
+from layoutkit.output.text import (
+    advice_lines,
+    forms_lines,
+    inspection_lines,
+    maps_lines,
+    move_lines,
+)
+from layoutkit.ranges import REACH, forms
+from layoutkit.read.maps import read_maps_file, read_process_maps
+from layoutkit.window.accounting import Accounting
+from layoutkit.window.layout import DEFAULT_HEAP
+from layoutkit.window.profiles import PROFILES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -343,9 +351,9 @@ def check(paths: tuple[str, ...], min_window: str | None, min_free_slots: int | 
     On GitHub Actions (GITHUB_ACTIONS=true) failures are also printed as ::error
     annotations.
     """
-    from . import gatereport
-    from .config import load_config
-    from .gate import Settings, check_paths, resolve_arches
+    from layoutkit.commands.check import Settings, check_paths, resolve_arches
+    from layoutkit.config import load_config
+    from layoutkit.output import checkreport as gatereport
 
     cfg = load_config(config_path)
 
@@ -442,7 +450,7 @@ def probe_command(arch_name: str | None, runner: str, jit: str, anchor: str | No
     its stdout goes to stderr with --format json), or is terminated with --kill-after.
     A static CMD exits 4 (use ``layoutkit verify``, the layout twin).
     """
-    from . import native
+    from layoutkit import native
 
     if command:
         if threads or radius or arch_name or runner != "native":
@@ -468,7 +476,7 @@ def probe_command(arch_name: str | None, runner: str, jit: str, anchor: str | No
 
 def _probe_program(command: tuple[str, ...], jit: str, anchor: str | None, when: str,
                    object_name: str | None, kill_after: bool, fmt: str) -> None:
-    from .native import preload
+    from layoutkit.native import preload
 
     run = preload.start_program(command, when=when, jit=jit, anchor=anchor,
                                 object_name=object_name,
@@ -525,7 +533,7 @@ def verify_command(binary: str, arch_name: str | None, runner: str, runs: int,
     Exit 0 when both hold and the capacity verdict is ok, 1 when not, 4 when the runner
     or the cross compiler is not available (the message says what to install).
     """
-    from .verify import verification_json, verification_lines, verify
+    from layoutkit.commands.verify import verification_json, verification_lines, verify
 
     heap_bytes, mcode_bytes = _sizes(heap, mcode)
     result = verify(binary, arch_name=arch_name, runner=runner, runs=runs, advice=advice,

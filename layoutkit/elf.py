@@ -1,9 +1,9 @@
-"""ELF files into :mod:`layoutkit.model` values: the only module that imports elftools.
+"""ELF files into :mod:`layoutkit.core.model` values: the only module that imports elftools.
 
 Every pyelftools failure is caught here and re-raised as :class:`ElfError` naming the
 file. Nothing is read in a size taken from the file before that size has been checked
 against the file's real length, so a hostile header cannot make layoutkit allocate
-gigabytes; large tables are scanned in chunks (:mod:`layoutkit.bulk`).
+gigabytes; large tables are scanned in chunks (:mod:`layoutkit.read.bulk`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from elftools.common.utils import struct_parse
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from . import arches, bulk
-from .errors import ElfError, InputError
-from .model import ElfImage, LoadKind, Perm, Section, Segment, Symbol
+from layoutkit.core import arches
+from layoutkit.core.model import ElfImage, LoadKind, Perm, Section, Segment, Symbol
+from layoutkit.errors import ElfError, InputError
+from layoutkit.read import bulk
 
 # What pyelftools (and the struct module under it) raise on damaged input.
 _PARSE_ERRORS = (_PyElfError, struct.error, EOFError, ValueError, KeyError, IndexError,

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from .arches import Arch
-from .spans import Span, align_down, clamp
+from layoutkit.core.arches import Arch
+from layoutkit.core.spans import Span, align_down, clamp
 
 
 class FormKind(Enum):

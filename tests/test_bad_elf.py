@@ -29,10 +29,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from layoutkit.commands.inspect import inspect_binary
+from layoutkit.core.model import Segment
 from layoutkit.elf import ElfReader, read_elf
 from layoutkit.errors import ElfError, InputError, LayoutkitError, UnsupportedArchError
-from layoutkit.inspection import inspect_binary
-from layoutkit.model import Segment
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 ELF_DIR = FIXTURES / "elf"

@@ -12,9 +12,8 @@ import click
 from click.testing import CliRunner
 
 from layoutkit.cli import cli
-from layoutkit.samples import default_binary
-
-from .conftest import ELF_DIR, ROOT, oracle
+from layoutkit.commands.samples import default_binary
+from tests.support import ELF_DIR, ROOT, oracle
 
 
 def run(*args: str) -> tuple[int, str, str]:

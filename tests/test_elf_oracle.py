@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from layoutkit.core.model import LoadKind
 from layoutkit.elf import ElfReader, read_elf
-from layoutkit.model import LoadKind
-
-from .conftest import binary_id, fixture_binaries, oracle
+from tests.support import binary_id, fixture_binaries, oracle
 
 BINARIES = fixture_binaries()
 

@@ -8,8 +8,7 @@ import subprocess
 import pytest
 
 from layoutkit.elf import ElfReader
-
-from .conftest import ELF_DIR, FIXTURES, require
+from tests.support import ELF_DIR, FIXTURES, require
 
 # qemu-user binary and sysroot per fixture arch (Debian's cross sysroots).
 QEMU = {

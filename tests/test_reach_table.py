@@ -3,7 +3,7 @@
 For every row of :data:`layoutkit.ranges.REACH` this file holds an encoder written
 from the ISA manual (not from layoutkit), builds the instruction with the largest and
 the smallest immediate its field holds, places it at a realistic pc and decodes it
-with an independent decoder: capstone through :func:`layoutkit.decode.decode_one`,
+with an independent decoder: capstone through :func:`layoutkit.read.decode.decode_one`,
 and for LoongArch (which capstone 5 lacks) GNU objdump or llvm-objdump. The decoded
 absolute target must equal ``pc + disp_max`` / ``pc + disp_min`` of the row.
 
@@ -30,10 +30,10 @@ from pathlib import Path
 
 import pytest
 
-from layoutkit.arches import by_name
-from layoutkit.decode import decode_one
+from layoutkit.core.arches import by_name
+from layoutkit.core.spans import Span
 from layoutkit.ranges import REACH, BranchForm
-from layoutkit.spans import Span
+from layoutkit.read.decode import decode_one
 
 # Realistic instruction addresses: high enough that every backward extreme stays
 # non-negative. PC32 suits the 32-bit ISAs (and every +-2 GiB-or-less form).

@@ -31,15 +31,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .. import arches, report
-from ..accounting import STACK_GUARD_GAP, Accounting, Occupant, account
-from ..arches import Arch
-from ..errors import ProbeError, UsageError
-from ..kernel import KernelConfig
-from ..maps import MappingKind, ProcessMaps, parse_maps
-from ..profiles import JitWindow, jit_window
-from ..spans import Span, align_down
-from ..units import format_size
+from layoutkit.core import arches
+from layoutkit.core.arches import Arch
+from layoutkit.core.spans import Span, align_down
+from layoutkit.core.units import format_size
+from layoutkit.errors import ProbeError, UsageError
+from layoutkit.output import document as report
+from layoutkit.read.maps import MappingKind, ProcessMaps, parse_maps
+from layoutkit.window.accounting import STACK_GUARD_GAP, Accounting, Occupant, account
+from layoutkit.window.kernel import KernelConfig
+from layoutkit.window.profiles import JitWindow, jit_window
 
 SOURCE = Path(__file__).with_name("probe.c")
 HEADER = Path(__file__).with_name("lk_io.h")  # included by probe.c, preload.c and init.c

@@ -9,7 +9,7 @@ The program itself goes on undisturbed: the copy never writes into its memory.
 The anchor is known only once the program has mapped its objects, so the copy scans
 ``[holder's lowest code - R, highest code + R)`` (R: half the profile's window; the
 holder is the main program or ``object``), and Python then finds the anchor in the
-copy's maps with :func:`layoutkit.procview.analyse_maps` (symbols with the load bias;
+copy's maps with :func:`layoutkit.commands.maps.analyse_maps` (symbols with the load bias;
 a stripped LuaJIT: ``lj_vm_exit_handler`` recovered from the exit stubs in the JIT
 code, which the copy reports from its own memory) and clips the scan to the window.
 
@@ -31,16 +31,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
-from .. import report
-from ..elf import ElfReader
-from ..errors import LayoutkitError, ProbeError, UsageError
-from ..kernel import KernelConfig
-from ..maps import parse_maps
-from ..procview import MapsAnalysis, analyse_maps
-from ..profiles import jit_window
-from ..spans import Span, align_up, largest
-from ..units import format_size
-from . import (
+from layoutkit.commands.maps import MapsAnalysis, analyse_maps
+from layoutkit.core.spans import Span, align_up, largest
+from layoutkit.core.units import format_size
+from layoutkit.elf import ElfReader
+from layoutkit.errors import LayoutkitError, ProbeError, UsageError
+from layoutkit.native import (
     ProbeContext,
     ScanCounts,
     ScanResult,
@@ -48,6 +44,10 @@ from . import (
     differences,
     host_arch,
 )
+from layoutkit.output import document as report
+from layoutkit.read.maps import parse_maps
+from layoutkit.window.kernel import KernelConfig
+from layoutkit.window.profiles import jit_window
 
 SOURCE = Path(__file__).with_name("preload.c")
 CFLAGS = ("-std=c11", "-O2", "-Wall", "-Wextra", "-shared", "-fPIC")

@@ -32,14 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import arches
-from ..arches import Arch
-from ..elf import ElfReader
-from ..errors import LayoutkitError, ProbeError, UsageError
-from ..kernel import KernelConfig
-from ..profiles import jit_window
-from ..spans import Span
-from . import (
+from layoutkit.core import arches
+from layoutkit.core.arches import Arch
+from layoutkit.core.spans import Span
+from layoutkit.elf import ElfReader
+from layoutkit.errors import LayoutkitError, ProbeError, UsageError
+from layoutkit.native import (
     _MASK64,
     SOURCE,
     TARGETS,
@@ -53,6 +51,8 @@ from . import (
     cache_dir,
     source_bytes,
 )
+from layoutkit.window.kernel import KernelConfig
+from layoutkit.window.profiles import jit_window
 
 INIT_SOURCE = Path(__file__).with_name("init.c")
 MAPSWATCH_SOURCE = Path(__file__).with_name("mapswatch.c")
@@ -436,7 +436,7 @@ def _boot(command: list[str], timeout: float) -> tuple[str, float, float]:
                 proc.kill()
                 proc.wait()
                 last = b"".join(chunks).decode("utf-8", "replace").strip().splitlines()[-5:]
-                raise ProbeError(f"the guest did not power off within {timeout:.0f} s and was "
+                raise ProbeError(f"the guest did not power off within {timeout:g} s and was "
                                  f"killed (console ends: {' / '.join(last)})")
             if not sel.select(min(left, 1.0)):
                 continue

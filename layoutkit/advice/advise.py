@@ -1,0 +1,402 @@
+"""``layoutkit advise``: linker flags (or a runtime change) that widen a JIT's window.
+
+Candidates, each predicted with the same kernel model and accounting as ``inspect``
+(worst case over ASLR) and ranked by worst-case free slots, then capacity:
+
+- ``rebase``: move the whole non-PIE image so the window lies wholly in user space,
+  clear of mmap_min_addr (``-Ttext-segment`` for GNU ld and gold, ``--image-base`` for
+  lld and mold), within what the code model links (facts.md §5: x86-64 and riscv64
+  non-PIE executables cannot be linked above 2 GiB with Debian's crt objects);
+- ``pie``: link as a PIE: the kernel puts it at ELF_ET_DYN_BASE (+ ASLR), far from
+  everything but its own heap, and the link address no longer matters;
+- ``relocate-text``: keep the code where it is rebased to, but give .bss its own segment
+  above the window (``-Tbss``, GNU ld and gold only), so the brk heap that follows the
+  bss grows outside the window; only when the code's references to .bss still reach;
+- ``runtime``: what a running LuaJIT can change (maxmcode, the 2025 allocator).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from layoutkit.advice import linkers, relocate
+from layoutkit.core.arches import Arch, GiB
+from layoutkit.core.model import ElfImage, LoadKind, Perm, Section, Segment
+from layoutkit.core.spans import Span, align_up
+from layoutkit.core.units import format_size
+from layoutkit.elf import ElfReader
+from layoutkit.errors import NoFitError, UsageError
+from layoutkit.ranges import FormKind, forms
+from layoutkit.read import refs
+from layoutkit.window.accounting import Accounting
+from layoutkit.window.anchor import find_anchor, luajit_generation
+from layoutkit.window.kernel import PAGE, KernelConfig
+from layoutkit.window.layout import DEFAULT_HEAP, Prediction, predict
+from layoutkit.window.profiles import Generation, JitWindow, choose_profile, window_for_span
+
+# Non-PIE images above 2 GiB do not link on these arches with Debian's crt objects
+# (32-bit absolute relocations overflow with every linker; facts.md §5, fixtures/README).
+_LOW_2G = frozenset({"x86_64", "riscv64"})
+# How far code can reach data PC-relatively (the far form of ranges.REACH): ADRP
+# +-4 GiB, RIP-relative / AUIPC / TOC-relative +-2 GiB, LARL +-4 GiB.
+_DATA_REACH = {"aarch64": 4 * GiB, "x86_64": 2 * GiB, "riscv64": 2 * GiB,
+               "ppc64le": 2 * GiB, "ppc64": 2 * GiB, "s390x": 4 * GiB,
+               "loongarch64": 2 * GiB, "mips64el": 2 * GiB, "mips64": 2 * GiB}
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    kind: str  # "rebase", "pie", "relocate-text", "runtime"
+    linker: str  # "bfd", "gold", "lld", "mold" or "any"
+    flags: tuple[str, ...]  # exactly as they go on a gcc/clang command line
+    base: int | None
+    bss: int | None
+    prediction: Prediction | None  # None for runtime advice
+    reasons: tuple[str, ...]
+
+    @property
+    def worst(self) -> Accounting | None:
+        return self.prediction.worst if self.prediction else None
+
+
+@dataclass(frozen=True)
+class Advice:
+    arch: Arch
+    image: ElfImage
+    synthetic: bool  # True when no binary was given (the default link of the arch)
+    linker: str
+    linker_evidence: str
+    profile: str
+    kernel: KernelConfig
+    current: Prediction
+    recommendations: tuple[Recommendation, ...]
+    notes: tuple[str, ...]
+
+
+def _shift(image: ElfImage, delta: int, kind: LoadKind | None = None) -> ElfImage:
+    segments = tuple(replace(seg, vaddr=seg.vaddr + delta) if seg.type == "PT_LOAD" else seg
+                     for seg in image.segments)
+    return replace(image, segments=segments, load_kind=kind or image.load_kind,
+                   e_type="ET_DYN" if kind in (LoadKind.PIE,) else image.e_type)
+
+
+def _split_bss(image: ElfImage, bss_at: int) -> ElfImage:
+    """The image as GNU ld lays it out with -Tbss: the RW PT_LOAD keeps its file part,
+    the zero-fill part moves into a PT_LOAD of its own at ``bss_at``."""
+    segments: list[Segment] = []
+    for seg in image.segments:
+        if seg.type == "PT_LOAD" and seg.memsz > seg.filesz and Perm.W in seg.flags:
+            segments.append(replace(seg, memsz=max(seg.filesz, 1)))
+            segments.append(replace(seg, vaddr=bss_at, offset=0, filesz=0,
+                                    memsz=seg.memsz - seg.filesz))
+        else:
+            segments.append(seg)
+    return replace(image, segments=tuple(segments))
+
+
+def synthetic_image(arch: Arch, linker: str, *, text: int = 1 << 20,
+                    data: int = 256 << 10) -> ElfImage:
+    """A default non-PIE link of ``arch``: code then data (half of it bss)."""
+    base = linkers.default_base(linker, arch)
+    page = arch.max_page_size
+    code = Segment("PT_LOAD", base, text, 0, text, Perm.R | Perm.X, 5, page)
+    rw_at = align_up(base + text, page) + (base + text) % page
+    rw = Segment("PT_LOAD", rw_at, data, text, data // 2, Perm.R | Perm.W, 6, page)
+    return ElfImage(f"(default {linker} link of {arch})", text + data // 2, arch, arch.bits,
+                    arch.little_endian, arch.e_machine, "ET_EXEC", LoadKind.EXEC, base,
+                    None, (code, rw), (), None, (), None, False, False, ())
+
+
+def _window(profile: str, arch: Arch, anchor: Span, kernel: KernelConfig,
+            form: str | None) -> JitWindow:
+    return window_for_span(profile, arch, anchor, kernel.user_space, form_name=form)
+
+
+def _extent_below(profile: str, arch: Arch, anchor: Span, kernel: KernelConfig,
+                  form: str | None) -> int:
+    """How far the window reaches below the anchor, measured where nothing clips it."""
+    probe = Span(1 << 40, (1 << 40) + anchor.size)
+    jit = window_for_span(profile, arch, probe, Span(0, 1 << 60), form_name=form)
+    return probe.start - jit.window.start + 0x10000  # + LuaJIT's target rounding
+
+
+def advise(
+    binary: str | None,
+    *,
+    arch_name: str | None = None,
+    linker: str | None = None,
+    jit: str | None = None,
+    form: str | None = None,
+    anchor: str | None = None,
+    heap: int = DEFAULT_HEAP,
+    states: int = 1,
+    mcode: int | None = None,
+    va_bits: int | None = None,
+    mmap_min_addr: int | None = None,
+) -> Advice:
+    notes: list[str] = []
+    generation = None
+    if binary is not None:
+        with ElfReader(binary) as reader:
+            image = reader.image()
+            found = find_anchor(reader, anchor)
+            generation = luajit_generation(image, found)
+        if arch_name is not None and image.arch.name != arch_name:
+            from layoutkit.core.arches import by_name
+            if by_name(arch_name) is not image.arch:
+                raise UsageError(f"--arch {arch_name}, but {binary} is {image.arch}")
+        arch = image.arch
+        guess = linkers.detect(image)
+        chosen = linker or guess.name
+        evidence = guess.evidence if linker is None else "given with --linker"
+        anchor_link = found.span
+        synthetic = False
+    else:
+        if arch_name is None:
+            raise UsageError("advise without a BINARY needs --arch")
+        from layoutkit.core.arches import by_name
+        arch = by_name(arch_name)
+        chosen = linker or "bfd"
+        evidence = "the default link (no binary given)"
+        image = synthetic_image(arch, chosen)
+        code = image.code_segments[0]
+        middle = code.vaddr + code.memsz // 2
+        anchor_link = Span(middle, middle + 1)
+        synthetic = True
+        notes.append(f"no binary: a {format_size(code.memsz)} code segment at the "
+                     f"{chosen} default {code.vaddr:#x}, anchor in its middle")
+    linkers.check(chosen, arch)
+    if synthetic and generation is None:
+        generation = Generation("luajit-2.1", "no binary: assuming LuaJIT 2.1", "low")
+    profile, note = choose_profile(arch, jit, generation)
+    if note:
+        notes.append(note)
+    kernel = KernelConfig.for_arch(arch, va_bits=va_bits, mmap_min_addr=mmap_min_addr)
+
+    def evaluate(img: ElfImage, anchor_at: Span) -> Prediction:
+        bias, _ = kernel.nominal_bias(img)
+        runtime = Span(anchor_at.start + bias, anchor_at.end + bias)
+        return predict(img, kernel, _window(profile, arch, runtime, kernel, form), bias,
+                       heap=heap, states=states, mcode=mcode)
+
+    current = evaluate(image, anchor_link)
+    recs: list[Recommendation] = []
+    image_span = image.image_span
+    assert image_span is not None
+    page = max(arch.max_page_size, PAGE)
+    if image.load_kind is LoadKind.EXEC:
+        floor = max(kernel.mmap_min_addr, 0x10000)
+        below = _extent_below(profile, arch, anchor_link, kernel, form)
+        offset = anchor_link.start - image_span.start
+        base = align_up(max(floor + below - offset, floor), page)
+        limit = 2 * GiB if arch.name in _LOW_2G else kernel.user_top
+        clamped = base + image_span.size > limit
+        if clamped:
+            # The whole window cannot lie above mmap_min_addr: go as high as links.
+            base = (limit - image_span.size) // page * page
+            if base < floor:
+                raise NoFitError(f"no base: a {format_size(image_span.size)} {arch} image "
+                                 f"does not fit between {floor:#x} and {limit:#x}")
+        delta = base - image_span.start
+        moved_anchor = Span(anchor_link.start + delta, anchor_link.end + delta)
+        moved = _shift(image, delta)
+        pred = evaluate(moved, moved_anchor)
+        window = pred.worst.jit.window
+        reasons = [(f"the highest base that still links: the window [{window.start:#x}, "
+                    f"{window.end:#x}) keeps what lies above mmap_min_addr") if clamped else
+                   (f"the lowest base that puts the window [{window.start:#x}, "
+                    f"{window.end:#x}) wholly above mmap_min_addr, far below the mmap area"),
+                   f"aligned to the {format_size(page)} max page size of {arch}"]
+        if arch.name in _LOW_2G:
+            reasons.append(f"{arch} non-PIE images must stay below 2 GiB (32-bit absolute "
+                           "relocations in Debian's crt objects)")
+        if chosen in ("lld", "mold") and arch.name != "x86_64":
+            reasons.append(f"with a cross gcc 12, -fuse-ld={chosen} needs -B DIR where DIR "
+                           f"holds an ld.{chosen} link")
+        flags = (*linkers.fuse_ld(chosen), *linkers.base_flags(chosen, base))
+        recs.append(Recommendation("rebase", chosen, flags, base, None, pred, tuple(reasons)))
+        # The brk heap follows the bss: with -Tbss (GNU ld, gold) it starts above the window.
+        bss = image.section(".bss")
+        has_bss = any(s.memsz > s.filesz for s in image.loads) if synthetic else bss is not None
+        if has_bss and linkers.separate_bss_supported(chosen):
+            bss_at = align_up(pred.worst.jit.window.end + 0x10000, page)
+            ok, why = _bss_move_ok(binary, bss, bss_at, delta, arch, base)
+            if ok:
+                pred_b = evaluate(_split_bss(moved, bss_at), moved_anchor)
+                recs.append(Recommendation(
+                    "relocate-text", chosen,
+                    (*linkers.fuse_ld(chosen), *linkers.base_flags(chosen, base),
+                     f"-Wl,-Tbss={bss_at:#x}"),
+                    base, bss_at, pred_b,
+                    (f".bss gets its own PT_LOAD at {bss_at:#x}, above the window, so the "
+                     "brk heap that starts after it cannot grow into the window",
+                     why,
+                     "GNU ld and gold only: lld 14 moves every later section after .bss, "
+                     "mold 1.10 stretches the RW segment over the gap")))
+            else:
+                notes.append(f"no separate .bss: {why}")
+    if image.load_kind is not LoadKind.EXEC:
+        notes.append(f"{image.load_kind.describe()}: the kernel ignores the link address, so "
+                     "no rebase flag would change anything")
+    if image.load_kind is not LoadKind.PIE:
+        pie = _shift(image, -image_span.start, LoadKind.PIE)
+        pie = replace(pie, interpreter=pie.interpreter or "(interpreter)")
+        pie_anchor = Span(anchor_link.start - image_span.start,
+                          anchor_link.end - image_span.start)
+        pred_p = evaluate(pie, pie_anchor)
+        recs.append(Recommendation(
+            "pie", chosen, (*linkers.fuse_ld(chosen), "-fPIE", "-pie"), None, None, pred_p,
+            ("the kernel loads a PIE at ELF_ET_DYN_BASE + ASLR, far from the mmap area and "
+             "the stack; the link address stops mattering",
+             "compile every object with -fPIE as well",
+             "its brk heap still follows the image (the worst case counts it)")))
+    pie_rec = next((r for r in recs if r.kind == "pie"), None)
+    rebase = next((r for r in recs if r.kind == "rebase"), None)
+    if pie_rec and pie_rec.worst and (rebase is None or (
+            rebase.worst and pie_rec.worst.free_slots >= rebase.worst.free_slots)):
+        pie_rec = replace(pie_rec, reasons=(*pie_rec.reasons, (
+            f"on {arch} with {kernel.va_bits}-bit VA a PIE gets as much room as any rebase "
+            "and needs no address picked: prefer it where the code can be built -fPIE")))
+        recs = [pie_rec if r.kind == "pie" else r for r in recs]
+    # A change that leaves less room than there is now is no advice.
+    for rec in [r for r in recs if r.worst and r.worst.free_slots < current.worst.free_slots]:
+        recs.remove(rec)
+        notes.append(f"no {rec.kind} with {rec.linker}: the current layout already leaves "
+                     f"{current.worst.free_slots} free slots, the change would leave "
+                     f"{rec.worst.free_slots if rec.worst else 0}")
+    recs.sort(key=lambda r: (-(r.worst.free_slots if r.worst else 0),
+                             r.kind != "relocate-text"))
+    best = (recs[0].worst if recs else None) or current.worst
+    runtime = _runtime(profile, best, states, mcode)
+    recs.extend(runtime)
+    if best.capacity.verdict != "ok":
+        alternatives = "; ".join(r.reasons[0] for r in runtime) or "none"
+        far = next((f for f in forms(arch) if f.kind is FormKind.FAR), None)
+        if profile == "generic" and far is not None and form != far.name:
+            alternatives += f"; a JIT that calls through {far.name}: --form {far.name}"
+        raise NoFitError(
+            f"{states} JIT state(s) of {format_size(best.capacity.mcode_per_state)} do not "
+            f"fit the {profile} window of {arch} even after the best change "
+            f"({best.capacity.states_fit} fit in {best.free_slots} free slots): "
+            f"runtime alternatives: {alternatives}")
+    return Advice(arch, image, synthetic, chosen, evidence, profile, kernel, current,
+                  tuple(recs), tuple(notes))
+
+
+def _bss_move_ok(binary: str | None, bss: Section | None, bss_at: int, delta: int,
+                 arch: Arch, base: int) -> tuple[bool, str]:
+    """Whether every reference from the code into .bss still reaches at ``bss_at``.
+
+    With a binary: its PC-relative references, decoded (refs.py), as difference
+    constraints (relocate.py). Without one: the arch's data-reference reach.
+    """
+    bss_size = bss.size if bss is not None else 0
+    if arch.name in _LOW_2G and bss_at + bss_size > 2 * GiB:
+        # Non-PIE code addresses .bss with sign-extended 32-bit absolutes (R_X86_64_32S,
+        # R_RISCV_HI20): all of it must end below 2 GiB, not just start there.
+        return False, (f".bss of {format_size(bss_size)} at {bss_at:#x} would end above the "
+                       f"2 GiB a non-PIE {arch} image's absolute references reach")
+    if binary is None or bss is None:
+        reach = _DATA_REACH.get(arch.name, 2 * GiB)
+        if bss_at - base >= reach:
+            return False, f".bss {format_size(bss_at - base)} from the code is beyond {reach}"
+        return True, (f"code reaches .bss {format_size(bss_at - base)} away: within the "
+                      f"{format_size(reach)} of {arch}'s PC-relative data references")
+    with ElfReader(binary) as reader:
+        pairs = refs.scan(reader)
+    try:
+        allowed = relocate.move_range(pairs, [bss.name])
+    except relocate.Infeasible as e:
+        return False, str(e)
+    offset = bss_at - (bss.addr + delta)
+    count = sum(p.count for p in pairs if ".bss" in (p.src, p.dst))
+    if allowed.allows(offset):
+        return True, (f"all {count} PC-relative references into .bss (decoded) still reach: "
+                      f".bss may move by [{allowed.lo:#x}, {allowed.hi:#x}], this moves it "
+                      f"{offset:#x}")
+    limit = allowed.limit_hi if offset > allowed.hi else allowed.limit_lo
+    who = (f"{limit.form} at {limit.pc:#x} -> {limit.target:#x}" if limit else "a reference")
+    return False, (f"moving .bss by {offset:#x} breaks {who}: .bss may only move by "
+                   f"[{allowed.lo:#x}, {allowed.hi:#x}]")
+
+
+def _runtime(profile: str, acc: Accounting, states: int, mcode: int | None) -> list[Recommendation]:
+    out: list[Recommendation] = []
+    if not profile.startswith("luajit"):
+        return out
+    area = acc.capacity.area_size
+    per_state = (acc.free_slots * acc.jit.slot) // max(states, 1) // area * area
+    want = mcode if mcode is not None else acc.jit.profile.maxmcode
+    if 0 < per_state < want:
+        kib = per_state >> 10
+        out.append(Recommendation(
+            "runtime", "any", (), None, None, None,
+            (f"limit each of the {states} JIT state(s) to {kib} KiB of machine code: "
+             f"jit.opt.start(\"maxmcode={kib}\") or luajit -Omaxmcode={kib}",
+             f"{acc.free_slots} free slots of {format_size(acc.jit.slot)} shared by "
+             f"{states} state(s)")))
+    if profile != "luajit-2025":
+        out.append(Recommendation(
+            "runtime", "any", (), None, None, None,
+            ("upgrade to LuaJIT v2.1 at or after commit 68354f44 (2025-11-06): a full "
+             "window then costs speed (calls through a register), not trace aborts",
+             "the 2025 allocator also centres a 2^JR - 64 KiB window on the exact anchor")))
+    return out
+
+
+@dataclass(frozen=True)
+class RelocationCheck:
+    """Whether (and how far) some sections can move while the rest stays."""
+
+    sections: tuple[str, ...]
+    address: int  # where the first of them is now
+    allowed: relocate.MoveRange
+    requested: int | None  # the address asked for, if any
+    references: int  # PC-relative references between the group and the rest
+
+    @property
+    def feasible(self) -> bool:
+        return self.requested is None or self.allowed.allows(self.requested - self.address)
+
+
+def check_move(binary: str, sections: list[str], address: int | None) -> RelocationCheck:
+    """Decode the PC-relative references of ``binary`` and bound a move of ``sections``.
+
+    With an ``address`` the move is what ``--section-start`` does with GNU ld (checked
+    with real links here): the section and every allocated section after it move
+    together, the sections before it stay. The references (refs.py) become difference
+    constraints (relocate.py); an address outside the feasible range is a
+    :class:`NoFitError` naming the reference that would break. x86-64 and riscv64
+    non-PIE code must also stay below 2 GiB.
+    """
+    with ElfReader(binary) as reader:
+        image = reader.image()
+        present = {s.name: s for s in image.sections if s.alloc}
+        missing = [name for name in sections if name not in present]
+        if missing:
+            raise UsageError(f"--move: no allocated section {', '.join(missing)} in {binary}")
+        if address is not None and len(sections) == 1:
+            start = present[sections[0]].addr
+            sections = [s.name for s in image.sections if s.alloc and s.addr >= start]
+        pairs = refs.scan(reader)
+    try:
+        allowed = relocate.move_range(pairs, sections)
+    except relocate.Infeasible as e:
+        raise NoFitError(str(e), path=binary) from None
+    first = min(present[name].addr for name in sections)
+    if image.arch.name in _LOW_2G and image.load_kind is LoadKind.EXEC:
+        end = max(present[name].addr + present[name].size for name in sections)
+        allowed = replace(allowed, hi=min(allowed.hi, 2 * GiB - end))
+    moved = set(sections)
+    count = sum(p.count for p in pairs if (p.src in moved) != (p.dst in moved))
+    check = RelocationCheck(tuple(sections), first, allowed, address, count)
+    if not check.feasible and address is not None:
+        offset = address - first
+        limit = allowed.limit_hi if offset > allowed.hi else allowed.limit_lo
+        who = (f"the {limit.form} at {limit.pc:#x} to {limit.target:#x}" if limit
+               else "a reference")
+        raise NoFitError(
+            f"moving {', '.join(sections)} from {first:#x} to {address:#x} breaks {who}: "
+            f"they can go from {max(0, first + allowed.lo):#x} to {first + allowed.hi:#x}",
+            path=binary)
+    return check

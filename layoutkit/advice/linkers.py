@@ -1,0 +1,104 @@
+"""Linkers: which one made a binary, their defaults, and the flags each accepts.
+
+Facts (facts.md §5, re-measured here by the fixture builds, fixtures/README.md):
+GNU ld (bfd) and gold move a whole non-PIE image with ``-Ttext-segment=ADDR``; lld
+rejects that flag ("use --image-base") and, like mold, takes ``--image-base=ADDR``.
+``-Tbss=ADDR`` gives .bss (and so the brk heap after it) its own PT_LOAD far from the
+code with bfd and gold only: lld 14 moves every later section after .bss too, and
+mold 1.10 stretches the RW segment over the gap (a 1 GiB bss), so neither is advised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from layoutkit.core.arches import Arch
+from layoutkit.core.model import ElfImage
+from layoutkit.errors import UsageError
+
+LINKERS = ("bfd", "gold", "lld", "mold")
+
+# Default non-PIE link address (first PT_LOAD) per linker and arch: GNU ld from its
+# emulation scripts (binutils ld/emulparams/*: TEXT_START_ADDR), checked with the
+# fixtures (s390x is 0x1000000 for bfd, not gold's 0x80000000); lld's default image
+# base (lld/ELF/Arch/*.cpp defaultImageBase); mold 1.10 links at 0x200000 everywhere.
+_GNU_LD_BASE = {
+    "x86_64": 0x400000, "i386": 0x08048000, "aarch64": 0x400000, "arm": 0x10000,
+    "ppc64le": 0x10000000, "ppc64": 0x10000000, "riscv64": 0x10000, "s390x": 0x1000000,
+    "mips64el": 0x120000000, "mips64": 0x120000000, "loongarch64": 0x120000000,
+}
+_LLD_BASE = {
+    "x86_64": 0x200000, "i386": 0x400000, "aarch64": 0x200000, "arm": 0x10000,
+    "ppc64le": 0x10000000, "ppc64": 0x10000000, "riscv64": 0x10000, "mips64el": 0x10000,
+    "mips64": 0x10000,
+}
+# What each linker supports per arch (measured with the Debian 12 toolchains).
+_SUPPORTS = {
+    "bfd": frozenset(_GNU_LD_BASE),
+    "gold": frozenset({"x86_64", "i386", "aarch64", "arm", "ppc64le", "ppc64", "s390x"}),
+    "lld": frozenset({"x86_64", "i386", "aarch64", "arm", "ppc64le", "ppc64", "riscv64",
+                      "mips64el", "mips64", "loongarch64"}),
+    "mold": frozenset({"x86_64", "i386", "aarch64", "arm", "ppc64le", "ppc64", "riscv64",
+                       "s390x", "loongarch64"}),
+}
+
+
+@dataclass(frozen=True)
+class LinkerGuess:
+    name: str
+    evidence: str
+
+
+def detect(image: ElfImage) -> LinkerGuess:
+    """The linker that made ``image``, from the marks linkers leave."""
+    for text in image.comment:
+        if text.startswith("Linker:") and "LLD" in text:
+            return LinkerGuess("lld", f".comment says {text!r}")
+        if text.startswith("mold "):
+            return LinkerGuess("mold", f".comment says {text!r}")
+    if image.section(".note.gnu.gold-version") is not None:
+        return LinkerGuess("gold", "a .note.gnu.gold-version section")
+    return LinkerGuess("bfd", "no lld, mold or gold mark (GNU ld leaves none)")
+
+
+def check(linker: str, arch: Arch) -> None:
+    if linker not in LINKERS:
+        raise UsageError(f"unknown linker {linker!r} (known: {', '.join(LINKERS)})")
+    if arch.name not in _SUPPORTS[linker]:
+        raise UsageError(f"{linker} does not link {arch} (Debian 12 toolchains)")
+
+
+def default_base(linker: str, arch: Arch) -> int:
+    if linker == "mold":
+        return 0x200000
+    if linker == "lld":
+        return _LLD_BASE.get(arch.name, _GNU_LD_BASE[arch.name])
+    return _GNU_LD_BASE[arch.name]
+
+
+def fuse_ld(linker: str) -> list[str]:
+    """How gcc picks the linker (bfd is gcc's default)."""
+    return [] if linker == "bfd" else [f"-fuse-ld={linker}"]
+
+
+def base_flags(linker: str, base: int) -> list[str]:
+    if linker in ("bfd", "gold"):
+        return [f"-Wl,-Ttext-segment={base:#x}"]
+    return [f"-Wl,--image-base={base:#x}"]
+
+
+def separate_bss_supported(linker: str) -> bool:
+    return linker in ("bfd", "gold")
+
+
+def snippets(flags: list[str]) -> dict[str, str]:
+    """The flags for common build systems."""
+    joined = " ".join(flags)
+    quoted = ", ".join(f"'{f}'" for f in flags)
+    dquoted = ", ".join(f'"{f}"' for f in flags)
+    return {
+        "LDFLAGS": f'LDFLAGS="$LDFLAGS {joined}"',
+        "cmake": f"target_link_options(TARGET PRIVATE {joined})",
+        "meson": f"executable(..., link_args : [{quoted}])",
+        "bazel": f"cc_binary(..., linkopts = [{dquoted}])",
+    }

@@ -1,0 +1,501 @@
+"""``layoutkit check``: judge every JIT-hosting binary under some paths against thresholds.
+
+Inputs are ELF files, directories (walked without following symlinks, so a symlink
+loop cannot trap the walk; ELF files picked by magic) and Debian packages (unpacked with
+``dpkg-deb -x`` into a temporary directory, removed afterwards). A binary is judged when
+it embeds or links a JIT target: LuaJIT's VM symbols, a LuaJIT version string, or
+DT_NEEDED on libluajit. The figures are the worst case over ASLR
+(:func:`layoutkit.commands.inspect.inspect_binary`). Everything else is "n/a"; a file that
+cannot be analysed is "error" and the run goes on.
+
+Files are judged in a process pool when there are more than a few; the walk is streamed
+and at most a bounded number of batches is in flight, so a directory of a million files
+costs memory only for its results.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import shutil
+import stat
+import struct
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from layoutkit.commands.inspect import inspect_binary
+from layoutkit.core import arches
+from layoutkit.core.units import format_size
+from layoutkit.elf import ElfReader
+from layoutkit.errors import (
+    EXIT_FINDINGS,
+    EXIT_INPUT,
+    EXIT_OK,
+    LayoutkitError,
+    UnsupportedArchError,
+)
+from layoutkit.output.document import capacity_json, window_json
+from layoutkit.window.anchor import DEFAULT_ANCHORS
+from layoutkit.window.layout import DEFAULT_HEAP
+from layoutkit.window.profiles import detect_generation, has_luajit
+
+ELF_MAGIC = b"\x7fELF"
+# Byte strings without which a file cannot hold LuaJIT evidence: the VM symbol names and
+# DT_NEEDED names with "luajit" (in string tables), the version string (in data). A file
+# that has none of them is "n/a" after one memory-mapped pass, without parsing it.
+_IN_STRINGS: tuple[bytes, ...] = (b"lj_vm_", b"luajit", b"LuaJIT 2.")
+_IN_DATA: tuple[bytes, ...] = (b"LuaJIT 2.",)
+INLINE_MAX = 8  # up to this many files: no process pool
+BATCH = 16  # files per pool task
+WORKER_MEMORY = 4 << 30  # address-space limit of each pool worker (RLIMIT_AS)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a binary is judged against, and how its layout is modelled."""
+
+    min_window: int = 0  # free bytes the worst case must leave in the window
+    min_free_slots: int = 0
+    states: int = 1
+    mcode: int | None = None
+    jit: str | None = None  # profile; None: detected per binary
+    heap: int = DEFAULT_HEAP
+    va_bits: int | None = None
+    mmap_min_addr: int | None = None
+    arches: tuple[str, ...] = ()  # judge only these (canonical names); () = all
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "min_window": self.min_window,
+            "min_free_slots": self.min_free_slots,
+            "states": self.states,
+            "mcode": self.mcode,
+            "jit": self.jit,
+            "heap": self.heap,
+            "va_bits": self.va_bits,
+            "mmap_min_addr": None if self.mmap_min_addr is None else f"{self.mmap_min_addr:#x}",
+            "arch": list(self.arches),
+        }
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The verdict on one path. ``status`` is "pass", "fail", "n/a" or "error"."""
+
+    path: str  # as reported: the path, or PKG.deb:/member for a package member
+    status: str
+    reason: str
+    arch: str | None = None
+    profile: str | None = None
+    evidence: str | None = None
+    failures: tuple[str, ...] = ()  # which thresholds failed: "min_window", ...
+    window: dict[str, Any] | None = None  # report.window_json of the worst case
+    capacity: dict[str, Any] | None = None
+
+    @property
+    def artifact(self) -> str:
+        """The file on disk this result is about (the package for a package member)."""
+        deb, sep, _ = self.path.partition(".deb:/")
+        return deb + ".deb" if sep else self.path
+
+
+@dataclass
+class Summary:
+    results: list[CheckResult] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    @property
+    def exit_code(self) -> int:
+        """1 if anything failed, else 3 if anything could not be analysed, else 0."""
+        if self.count("fail"):
+            return EXIT_FINDINGS
+        if self.count("error"):
+            return EXIT_INPUT
+        return EXIT_OK
+
+
+@dataclass(frozen=True)
+class Item:
+    real: str  # where to read it
+    shown: str  # how to report it
+
+
+# -- judging one file ------------------------------------------------------------------
+
+
+_NOT_LOADED = {1: "a relocatable object", 4: "a core dump"}  # e_type ET_REL, ET_CORE
+SHT_STRTAB, SHT_NOBITS = 3, 8
+SHF_ALLOC, SHF_EXECINSTR = 0x2, 0x4
+NO_JIT = "no JIT target: no LuaJIT VM symbols, version string or libluajit dependency"
+
+
+def _scan_ranges(data: mmap.mmap, size: int) -> list[tuple[int, int, tuple[bytes, ...]]] | None:
+    """File ranges where LuaJIT evidence can lie (with the strings to look for there),
+    or None when the headers are damaged.
+
+    Symbol and DT_NEEDED names live in string tables, the version string in allocated
+    data; machine code (SHF_EXECINSTR), .bss and debug sections are skipped. Without
+    section headers the whole file is scanned. Damaged headers: None (ElfReader says
+    what is wrong).
+    """
+    cls, order = data[4], data[5]
+    if cls not in (1, 2) or order not in (1, 2):
+        return None
+    end = "<" if order == 1 else ">"
+    ehdr = struct.Struct(end + ("HHIIIIIHHHHHH" if cls == 1 else "HHIQQQIHHHHHH"))
+    if size < 16 + ehdr.size:
+        return None
+    (_type, _machine, _version, _entry, phoff, shoff, _flags, _ehsize, phentsize, phnum,
+     shentsize, shnum, _shstrndx) = ehdr.unpack_from(data, 16)
+    if phoff + phnum * phentsize > size or shoff + shnum * shentsize > size:
+        return None
+    if shoff == 0 or shnum == 0:
+        return [(0, size, _IN_STRINGS)]
+    shdr = struct.Struct(end + ("IIIIII" if cls == 1 else "IIQQQQ"))
+    if shentsize < shdr.size:
+        return None
+    ranges: list[tuple[int, int, tuple[bytes, ...]]] = []
+    for index in range(shnum):
+        _name, kind, flags, _addr, offset, length = shdr.unpack_from(
+            data, shoff + index * shentsize)
+        if offset >= size:
+            continue
+        if kind == SHT_STRTAB:
+            ranges.append((offset, min(size, offset + length), _IN_STRINGS))
+        elif kind != SHT_NOBITS and flags & SHF_ALLOC and not flags & SHF_EXECINSTR:
+            ranges.append((offset, min(size, offset + length), _IN_DATA))
+    return ranges
+
+
+def prescan(path: str) -> str | None:
+    """The n/a reason when a file cheaply shows it hosts no JIT target, else None.
+
+    One memory-mapped pass over the string tables and data (memory stays flat); the
+    ELF and section headers are bounds-checked, so a truncated file goes on to the
+    full reader and is reported as an error. None means: read it in full.
+    """
+    with open(path, "rb") as stream:
+        size = os.fstat(stream.fileno()).st_size
+        if size < 64:
+            return None
+        try:
+            data = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            return None  # no room to map it (the worker's limit): the full reader streams
+        with data:
+            if data[:4] != ELF_MAGIC:
+                return None
+            e_type = int.from_bytes(data[16:18], "big" if data[5] == 2 else "little")
+            if e_type in _NOT_LOADED:
+                return f"{_NOT_LOADED[e_type]}: not loaded as it is, so no JIT window to judge"
+            ranges = _scan_ranges(data, size)
+            if ranges is None:
+                return None
+            for start, stop, needles in ranges:
+                if any(data.find(needle, start, stop) != -1 for needle in needles):
+                    return None
+    return NO_JIT
+
+
+def jit_evidence(reader: ElfReader) -> str | None:
+    """Why this binary hosts a LuaJIT JIT, or None when nothing says it does."""
+    image = reader.image()
+    for name in DEFAULT_ANCHORS:
+        if reader.symbol(name) is not None:
+            return f"LuaJIT VM symbol {name}"
+    for needed in image.needed:
+        if "luajit" in needed:
+            return f"DT_NEEDED {needed}"
+    with open(reader.path, "rb") as stream:
+        generation = detect_generation(stream, image.file_size, luajit_symbols=False,
+                                       needs_libluajit=False)
+    return generation.evidence if generation else None
+
+
+def judge(item: Item, settings: Settings) -> CheckResult:
+    """The verdict on one file; any :class:`LayoutkitError` becomes status "error"."""
+    shown = item.shown
+    try:
+        try:
+            why = prescan(item.real)
+            if why is not None:
+                return CheckResult(shown, "n/a", why)
+        except OSError as e:
+            return CheckResult(shown, "error", f"cannot read: {e.strerror or e}")
+        with ElfReader(item.real) as reader:
+            image = reader.image()
+            evidence = jit_evidence(reader)
+        arch = image.arch.name
+        if evidence is None:
+            return CheckResult(shown, "n/a", NO_JIT, arch=arch)
+        if settings.arches and arch not in settings.arches:
+            return CheckResult(shown, "n/a", f"{arch} is not among the checked "
+                               f"architectures ({', '.join(settings.arches)})", arch=arch,
+                               evidence=evidence)
+        if settings.jit is None and not has_luajit(image.arch):
+            # No JIT there (riscv64, ppc64), or one that reaches every address (i386).
+            return CheckResult(shown, "n/a", f"no LuaJIT JIT window on {arch} (no JIT, or "
+                               "every address in reach); --jit generic judges branch reach",
+                               arch=arch, evidence=evidence)
+        result = inspect_binary(
+            item.real, va_bits=settings.va_bits, mmap_min_addr=settings.mmap_min_addr,
+            jit=settings.jit, heap=settings.heap, states=settings.states,
+            mcode=settings.mcode)
+    except UnsupportedArchError as err:
+        return CheckResult(shown, "n/a", f"no JIT target layoutkit knows: {err.message}")
+    except LayoutkitError as err:
+        return CheckResult(shown, "error", err.message)
+    except MemoryError:
+        return CheckResult(shown, "error", "out of memory (worker limit "
+                           f"{format_size(WORKER_MEMORY)})")
+    worst = result.prediction.worst
+    failures: list[str] = []
+    figures: list[str] = []
+    if worst.free_bytes < settings.min_window:
+        failures.append("min_window")
+        figures.append(f"free window {format_size(worst.free_bytes)} "
+                       f"({worst.free_bytes} B) < --min-window "
+                       f"{format_size(settings.min_window)} ({settings.min_window} B)")
+    if worst.free_slots < settings.min_free_slots:
+        failures.append("min_free_slots")
+        figures.append(f"free slots {worst.free_slots} of {worst.slots} < "
+                       f"--min-free-slots {settings.min_free_slots}")
+    cap = worst.capacity
+    if cap.verdict != "ok":
+        failures.append("capacity")
+        figures.append(f"{cap.states_fit} of {cap.states_requested} JIT states fit "
+                       f"({format_size(cap.mcode_per_state)} each)")
+    if failures:
+        reason = "; ".join(figures) + " (worst case over ASLR)"
+    else:
+        reason = (f"free window {format_size(worst.free_bytes)} ({worst.free_bytes} B) >= "
+                  f"{format_size(settings.min_window)}, free slots {worst.free_slots} of "
+                  f"{worst.slots} >= {settings.min_free_slots}, {cap.states_fit} JIT states "
+                  f"fit >= {cap.states_requested} (worst case over ASLR)")
+    return CheckResult(shown, "fail" if failures else "pass", reason, arch=arch,
+                       profile=result.profile, evidence=evidence, failures=tuple(failures),
+                       window=window_json(worst), capacity=capacity_json(worst))
+
+
+def judge_batch(items: Sequence[Item], settings: Settings) -> list[CheckResult]:
+    return [judge(item, settings) for item in items]
+
+
+def _limit_memory() -> None:
+    """Pool worker initializer: bound the worker's address space."""
+    try:
+        import resource
+
+        _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        limit = WORKER_MEMORY if hard == resource.RLIM_INFINITY else min(WORKER_MEMORY, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    except (ImportError, ValueError, OSError):  # pragma: no cover (not Linux)
+        pass
+
+
+# -- collecting files ------------------------------------------------------------------
+
+
+def _is_elf(path: str) -> bool:
+    with open(path, "rb") as stream:
+        return stream.read(4) == ELF_MAGIC
+
+
+def walk(top: str, shown_top: str | None = None) -> Iterator[Item | CheckResult]:
+    """ELF files under directory ``top`` (streamed), and errors for what cannot be read.
+
+    Symlinks are never followed (neither to directories nor to files: a symlinked file
+    is checked where it lives), so loops are impossible; directories already seen
+    (a bind mount of a parent) are skipped by device and inode as well.
+    """
+    seen: set[tuple[int, int]] = set()
+    stack = [top]
+    while stack:
+        folder = stack.pop()
+        try:
+            info = os.stat(folder, follow_symlinks=False)
+            key = (info.st_dev, info.st_ino)
+            if key in seen:
+                continue
+            seen.add(key)
+            entries = os.scandir(folder)
+        except OSError as e:
+            yield CheckResult(_show(folder, top, shown_top), "error",
+                              f"cannot list directory: {e.strerror or e}")
+            continue
+        subdirs: list[str] = []
+        with entries:  # streamed: a directory of a million files is never one list
+            yield from _files(entries, subdirs, top, shown_top)
+        stack.extend(sorted(subdirs, reverse=True))
+
+
+def _files(entries: Iterator[os.DirEntry[str]], subdirs: list[str], top: str,
+           shown_top: str | None) -> Iterator[Item | CheckResult]:
+    """The ELF files among one directory's ``entries``; subdirectories go to ``subdirs``."""
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(entry.path)
+                continue
+            if not entry.is_file(follow_symlinks=False) or not _is_elf(entry.path):
+                continue
+        except OSError as e:
+            yield CheckResult(_show(entry.path, top, shown_top), "error",
+                              f"cannot read: {e.strerror or e}")
+            continue
+        yield Item(entry.path, _show(entry.path, top, shown_top))
+
+
+def _show(path: str, top: str, shown_top: str | None) -> str:
+    if shown_top is None:
+        return path
+    return f"{shown_top}:/{os.path.relpath(path, top)}"
+
+
+def _is_deb(path: str) -> bool:
+    return path.endswith(".deb")
+
+
+def _unpack_deb(path: str, into: str) -> str | None:
+    """Unpack ``path`` with ``dpkg-deb -x``; the reason on failure, else None."""
+    tool = shutil.which("dpkg-deb")
+    if tool is None:
+        return "dpkg-deb is not installed: cannot unpack a Debian package"
+    done = subprocess.run([tool, "-x", path, into], capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        detail = done.stderr.strip().splitlines()
+        why = detail[0] if detail else f"dpkg-deb exited with {done.returncode}"
+        return f"not a Debian package: {why.removeprefix('dpkg-deb: error: ')}"
+    return None
+
+
+# -- running ---------------------------------------------------------------------------
+
+
+class _Runner:
+    """Judges items inline until there are more than INLINE_MAX, then in a pool."""
+
+    def __init__(self, settings: Settings, jobs: int | None) -> None:
+        self.settings = settings
+        self.jobs = jobs if jobs is not None else (os.cpu_count() or 1)
+        self.pool: ProcessPoolExecutor | None = None
+        self.pending: list[Item] = []
+        self.inflight: list[Future[list[CheckResult]]] = []
+
+    def _start_pool(self) -> ProcessPoolExecutor:
+        if self.pool is None:
+            # Memory per worker is bounded by RLIMIT_AS (set in the initializer) and by
+            # streaming every file read; a file that needs more is an error result.
+            self.pool = ProcessPoolExecutor(max_workers=self.jobs, initializer=_limit_memory)
+        return self.pool
+
+    def add(self, item: Item) -> Iterator[CheckResult]:
+        self.pending.append(item)
+        if self.pool is None and (self.jobs <= 1 or len(self.pending) <= INLINE_MAX):
+            if len(self.pending) >= BATCH:  # one worker: judge here, a batch at a time
+                yield from judge_batch(self.pending, self.settings)
+                self.pending = []
+            return
+        pool = self._start_pool()
+        while len(self.pending) >= BATCH:
+            batch, self.pending = self.pending[:BATCH], self.pending[BATCH:]
+            self.inflight.append(pool.submit(judge_batch, batch, self.settings))
+        while len(self.inflight) > 4 * self.jobs:
+            yield from self.inflight.pop(0).result()
+
+    def flush(self) -> Iterator[CheckResult]:
+        """Everything still pending or in flight (before a package's files are removed)."""
+        if self.pool is not None and self.pending:
+            self.inflight.append(self.pool.submit(judge_batch, self.pending, self.settings))
+        elif self.pending:
+            yield from judge_batch(self.pending, self.settings)
+        self.pending = []
+        while self.inflight:
+            yield from self.inflight.pop(0).result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
+def _items(runner: _Runner, found: Iterable[Item | CheckResult]) -> Iterator[CheckResult]:
+    for thing in found:
+        if isinstance(thing, CheckResult):
+            yield thing
+        else:
+            yield from runner.add(thing)
+
+
+def _path_key(result: CheckResult) -> str:
+    return result.path
+
+
+def check_paths(paths: Sequence[str], settings: Settings, *, jobs: int | None = None,
+                on_result: Callable[[CheckResult], None] | None = None) -> Summary:
+    """Judge every binary under ``paths``: results in input order, a directory's (or a
+    package's) sorted by path."""
+    summary = Summary()
+
+    def keep(results: Iterable[CheckResult]) -> None:
+        for result in results:
+            summary.results.append(result)
+            if on_result is not None:
+                on_result(result)
+
+    runner = _Runner(settings, jobs)
+    try:
+        for path in paths:
+            try:
+                info = os.stat(path)  # follows a symlink given by name
+            except OSError as e:
+                keep([CheckResult(path, "error", f"cannot read: {e.strerror or e}")])
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                keep(runner.flush())
+                before = len(summary.results)
+                keep(_items(runner, walk(path)))
+                keep(runner.flush())
+                summary.results[before:] = sorted(summary.results[before:], key=_path_key)
+            elif stat.S_ISREG(info.st_mode) and _is_deb(path):
+                keep(runner.flush())
+                with tempfile.TemporaryDirectory(prefix="layoutkit-deb-") as tmp:
+                    why = _unpack_deb(path, tmp)
+                    if why is not None:
+                        keep([CheckResult(path, "error", why)])
+                        continue
+                    before = len(summary.results)
+                    keep(_items(runner, walk(tmp, path)))
+                    keep(runner.flush())  # the files go away with the directory
+                    summary.results[before:] = sorted(summary.results[before:],
+                                                      key=_path_key)
+                    if len(summary.results) == before:
+                        keep([CheckResult(path, "n/a", "the package holds no ELF file")])
+            elif stat.S_ISREG(info.st_mode):
+                keep(runner.add(Item(path, path)))
+            else:
+                keep([CheckResult(path, "error", "not a regular file or directory")])
+        keep(runner.flush())
+    finally:
+        runner.close()
+    return summary
+
+
+def resolve_arches(names: Iterable[str]) -> tuple[str, ...]:
+    """Canonical names for ``--arch`` values (aliases such as arm64 accepted)."""
+    return tuple(arches.by_name(name).name for name in names)
+
+
+def check_partition(paths: Iterable[str], settings: Settings) -> list[CheckResult]:
+    """Judge one share of a fleet in this process (for a Dask or Ray bag of paths).
+
+    The workers must see the paths (a shared file system); gather the lists into a
+    :class:`Summary` for one report and one exit code.
+    """
+    return check_paths(list(paths), settings, jobs=1).results

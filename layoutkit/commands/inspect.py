@@ -1,0 +1,95 @@
+"""``layoutkit inspect``: a binary's layout, its anchor and the reach windows around it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from layoutkit.core.model import ElfImage
+from layoutkit.core.spans import Span
+from layoutkit.elf import ElfReader
+from layoutkit.ranges import BranchForm, forms
+from layoutkit.window.anchor import Anchor, find_anchor, luajit_generation
+from layoutkit.window.kernel import KernelConfig
+from layoutkit.window.layout import DEFAULT_HEAP, Prediction, predict
+from layoutkit.window.profiles import Generation, JitWindow, choose_profile, window_for_span
+
+
+@dataclass(frozen=True)
+class ReachWindow:
+    """Where code can lie and still branch to the anchor with one form."""
+
+    form: BranchForm
+    below: int  # how far below the anchor's first byte the form reaches (unclipped)
+    above: int  # how far above the anchor's last byte (unclipped)
+    window: Span | None  # run-time addresses, clipped to user space; None if nothing is left
+    clipped_below: int  # bytes of the unclipped window below user space
+    clipped_above: int  # bytes above it
+
+    @property
+    def full(self) -> int:
+        return self.below + self.above + 1
+
+
+@dataclass(frozen=True)
+class Inspection:
+    image: ElfImage
+    kernel: KernelConfig
+    bias: int  # added to link-time addresses to get run-time addresses
+    bias_how: str
+    anchor: Anchor  # link-time
+    reach: tuple[ReachWindow, ...]
+    generation: Generation | None
+    profile: str
+    jit: JitWindow
+    prediction: Prediction
+    notes: tuple[str, ...]
+
+    @property
+    def runtime_anchor(self) -> Span:
+        return Span(self.anchor.span.start + self.bias, self.anchor.span.end + self.bias)
+
+
+def reach_window(form: BranchForm, anchor: Span, limit: Span) -> ReachWindow:
+    lo1, hi1 = form.sources_to(anchor.start)
+    lo2, hi2 = form.sources_to(anchor.end - 1)
+    lo, hi = max(lo1, lo2), min(hi1, hi2)
+    return ReachWindow(
+        form=form,
+        below=max(0, anchor.start - lo),
+        above=max(0, hi - 1 - (anchor.end - 1)),
+        window=form.window(anchor, limit),
+        clipped_below=max(0, min(hi, limit.start) - lo),
+        clipped_above=max(0, hi - max(lo, limit.end)),
+    )
+
+
+def inspect_binary(
+    path: str | os.PathLike[str],
+    *,
+    anchor: str | None = None,
+    va_bits: int | None = None,
+    mmap_min_addr: int | None = None,
+    jit: str | None = None,
+    form: str | None = None,
+    heap: int = DEFAULT_HEAP,
+    states: int = 1,
+    mcode: int | None = None,
+) -> Inspection:
+    """Read ``path``; work out its anchor, reach windows and JIT window accounting."""
+    with ElfReader(path) as reader:
+        image = reader.image()
+        found = find_anchor(reader, anchor)
+        generation = None
+        if jit is None:
+            generation = luajit_generation(image, found)
+    kernel = KernelConfig.for_arch(image.arch, va_bits=va_bits, mmap_min_addr=mmap_min_addr)
+    bias, how = kernel.nominal_bias(image)
+    runtime = Span(found.span.start + bias, found.span.end + bias)
+    windows = tuple(reach_window(f, runtime, kernel.user_space) for f in forms(image.arch))
+    profile, note = choose_profile(image.arch, jit, generation)
+    window = window_for_span(profile, image.arch, runtime, kernel.user_space, form_name=form)
+    prediction = predict(image, kernel, window, bias, heap=heap, states=states, mcode=mcode)
+    notes = (*((note,) if note else ()), *prediction.notes)
+    return Inspection(image, kernel, bias, how, found, windows, generation, profile, window,
+                      prediction, notes)

@@ -1,0 +1,315 @@
+"""The layout twin: the native probe linked so the kernel lays it out like a target.
+
+To measure a binary's JIT window without running the binary, the probe is linked with a
+generated GNU ld script whose ``PHDRS`` reproduce every ``PT_LOAD`` of the target: ELF
+type (``ET_EXEC``, or ``ET_DYN`` with an interpreter for a PIE, whose addresses are
+offsets from the load bias), ``p_vaddr``, ``p_memsz`` and ``p_flags``. The file sizes may
+differ (padding is file-backed in read-only segments and zero-fill in writable ones), but
+every segment ends where the target's ends, so the bss end, and with it the start of the
+brk heap, is the target's. The kernel therefore places the twin's image and heap exactly
+where it would place the target's.
+
+The twin's executable holds only the C runtime start files, a ``main`` that calls the
+probe, and ``probe_anchor``, placed at the target's anchor address: the probe reports
+the address of ``probe_anchor`` as its own code, so the window it scans is the target's,
+under ASLR too. The probe itself (its code and its megabytes of static buffers, which
+no target's bss could hold) lives in ``liblkprobe.so``, loaded from the mmap area, far
+from a non-PIE image; ``probe_anchor`` in the executable interposes the library's.
+
+Twins are cached under ``$XDG_CACHE_HOME/layoutkit/twin``, keyed by the generated linker
+script (the target's type, segments and anchor), the probe source and the compiler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from layoutkit import native
+from layoutkit.core.arches import Arch
+from layoutkit.core.model import ElfImage, LoadKind, Perm, Segment
+from layoutkit.elf import ElfReader
+from layoutkit.errors import ProbeError
+from layoutkit.window.kernel import PAGE
+
+ANCHOR_SECTION = ".lk_anchor"
+
+# The executable's own code: probe_anchor sits in a section of its own so the linker
+# script can put it at the target's anchor; the exported definition interposes the one
+# in liblkprobe.so (probe.c takes its address through the GOT when built -fPIC).
+STUB = """\
+extern int lk_probe_main(int, char **);
+__attribute__((noinline, used, section(".lk_anchor"))) int probe_anchor(int x) {
+    return x * 3 + 1;
+}
+int main(int argc, char **argv) { return lk_probe_main(argc, argv); }
+"""
+
+# Input sections by what they are, as GNU ld's default scripts group them.
+_HEAD = (".interp", ".note.gnu.property", ".note.gnu.build-id", ".note.ABI-tag", ".note*",
+         ".hash", ".gnu.hash", ".dynsym", ".dynstr", ".gnu.version", ".gnu.version_d",
+         ".gnu.version_r", ".rela.dyn", ".rela.plt", ".rel.dyn", ".rel.plt")
+_CODE = (".init", ".plt", ".plt.got", ".plt.sec", ".iplt", ".text", ".fini")
+# On PPC64 .plt and .iplt are tables of addresses the loader writes (SHT_NOBITS, flags
+# WA: binutils ld/emulparams/elf64ppc.sh puts them after .got), not code: in the R E
+# segment ld.so faults writing them.
+_WRITABLE_PLT = {"ppc64le": (".plt", ".iplt"), "ppc64": (".plt", ".iplt")}
+_RODATA = (".rodata", ".eh_frame_hdr", ".eh_frame", ".gcc_except_table")
+_BSS = (".sbss", ".bss")
+
+
+@dataclass(frozen=True)
+class TwinSpec:
+    """The layout a twin reproduces (link-time addresses; a PIE's are offsets)."""
+
+    arch: Arch
+    kind: LoadKind  # EXEC or PIE
+    loads: tuple[Segment, ...]  # the target's PT_LOADs, in address order
+    anchor: int  # link-time address of the anchor
+    source: str  # what the layout comes from (a path, or "path with <advice>")
+
+    @classmethod
+    def of(cls, image: ElfImage, anchor: int, source: str | None = None) -> TwinSpec:
+        """The layout of ``image`` (a real binary or one advise rewrote)."""
+        if image.load_kind not in (LoadKind.EXEC, LoadKind.PIE):
+            raise ProbeError(f"no twin for a {image.load_kind.describe()}: a twin reproduces "
+                             "an executable (ET_EXEC, or a PIE with an interpreter)",
+                             path=image.path)
+        loads = tuple(sorted((s for s in image.loads if s.memsz), key=lambda s: s.vaddr))
+        return cls(image.arch, image.load_kind, loads, anchor, source or image.path)
+
+
+@dataclass(frozen=True)
+class Twin:
+    spec: TwinSpec
+    path: Path  # the twin executable
+    library: Path  # liblkprobe.so beside it
+    image: ElfImage  # the twin as read back
+
+    def mismatches(self) -> list[str]:
+        """PT_LOADs of the twin that differ from the target's (empty when it is exact)."""
+        return load_mismatches(self.spec.loads, self.image.loads, self.spec.kind)
+
+
+def load_mismatches(want: Sequence[Segment], got: Sequence[Segment], kind: LoadKind) -> list[str]:
+    """Differences in ``PT_LOAD`` vaddr, memsz, flags (and count) between two images."""
+    got = sorted((s for s in got if s.memsz), key=lambda s: s.vaddr)
+    found = []
+    if len(want) != len(got):
+        found.append(f"{len(got)} PT_LOAD segment(s), the target has {len(want)}")
+    for i, (w, g) in enumerate(zip(want, got, strict=False)):
+        for what, a, b in (("p_vaddr", w.vaddr, g.vaddr), ("p_memsz", w.memsz, g.memsz),
+                           ("p_flags", w.raw_flags & 7, g.raw_flags & 7)):
+            if a != b:
+                found.append(f"PT_LOAD {i}: {what} {b:#x}, the target's is {a:#x}")
+    return found
+
+
+def cache_dir() -> Path:
+    return native.cache_dir().with_name("twin")
+
+
+def _segment_name(i: int) -> str:
+    return f"lk_load{i}"
+
+
+def _flags_text(seg: Segment) -> str:
+    return (Perm.from_p_flags(seg.raw_flags)).rwx()
+
+
+def linker_script(spec: TwinSpec) -> str:
+    """A GNU ld script whose PT_LOADs are ``spec.loads`` exactly.
+
+    Header material (.interp, dynamic symbols, relocations) goes into the first segment,
+    code into the executable segment that holds the anchor (``probe_anchor`` at the
+    anchor), read-only data into the first read-only segment after it (else the code
+    segment), writable data and bss into the first writable segment. Every segment is
+    then padded to its end; a writable segment's padding is zero-fill (NOLOAD), so its
+    end is the target's bss end.
+    """
+    loads = spec.loads
+    if not loads:
+        raise ProbeError("the target has no PT_LOAD segment", path=spec.source)
+    first = loads[0]
+    if first.vaddr % PAGE:
+        raise ProbeError(f"the first PT_LOAD starts at {first.vaddr:#x}, not on a page: the "
+                         "twin's ELF header could not lie at its start", path=spec.source)
+    code = next((i for i, s in enumerate(loads)
+                 if Perm.X in s.flags and s.vaddr <= spec.anchor < s.vaddr + s.memsz), None)
+    if code is None:
+        raise ProbeError(f"the anchor {spec.anchor:#x} is in no executable PT_LOAD",
+                         path=spec.source)
+    rodata = next((i for i in range(code + 1, len(loads))
+                   if loads[i].flags == Perm.R), code)
+    writable = [i for i, s in enumerate(loads) if Perm.W in s.flags]
+    if not writable:
+        raise ProbeError("the target has no writable PT_LOAD: the twin's .dynamic and .got "
+                         "need one", path=spec.source)
+    # .dynamic and the init arrays go into the first writable segment (lld and mold make
+    # it the small RELRO one), the GOT, .data and .bss into the last with file contents.
+    data = writable[0]
+    rw = next((i for i in reversed(writable) if loads[i].filesz), data)
+    if rodata < code or data < max(code, rodata):
+        raise ProbeError("segment order not supported for a twin (the writable segment "
+                         "must follow the code and read-only data)", path=spec.source)
+
+    def collect(names: Sequence[str], keep: bool = False) -> str:
+        parts = [f"*({n})" if n.endswith("*") or n == "COMMON" else f"*({n} {n}.*)"
+                 for n in names]
+        return " ".join(f"KEEP({p})" if keep else p for p in parts)
+
+    lines = ["ENTRY(_start)", "PHDRS", "{", "  lk_phdr PT_PHDR PHDRS;"]
+    lines.append("  lk_interp PT_INTERP;")
+    for i, seg in enumerate(loads):
+        head = " FILEHDR PHDRS" if i == 0 else ""
+        lines.append(f"  {_segment_name(i)} PT_LOAD{head} FLAGS({seg.raw_flags & 7});")
+    lines += ["  lk_dynamic PT_DYNAMIC;", "  lk_stack PT_GNU_STACK FLAGS(6);", "}",
+              "SECTIONS", "{", f"  . = {first.vaddr:#x} + SIZEOF_HEADERS;"]
+
+    def out(name: str, names: Sequence[str], seg: int, *, extra: str = "",
+            keep: bool = False, noload: bool = False) -> None:
+        kind = " (NOLOAD)" if noload else ""
+        lines.append(f"  {name}{kind} : {{ {collect(names, keep)} }} :{_segment_name(seg)}"
+                     + extra)
+
+    def pad(i: int) -> None:
+        seg = loads[i]
+        end = seg.vaddr + seg.memsz
+        if i not in (0, code, rodata, data, rw):  # nothing of the twin's own: all padding
+            body = (f"{{ . += {seg.memsz:#x}; }}" if Perm.W in seg.flags
+                    else f"{{ . += {seg.memsz - 1:#x}; BYTE(0) }}")
+            kind = " (NOLOAD)" if Perm.W in seg.flags else ""
+            lines.append(f"  .lk_pad{i} {seg.vaddr:#x}{kind} : {body} :{_segment_name(i)}")
+            return
+        # A writable segment ends in zero-fill (its bss); the others in file-backed
+        # bytes, so no read-only segment has memsz > filesz.
+        if Perm.W in seg.flags:
+            lines.append(f"  .lk_pad{i} {end - 1:#x} (NOLOAD) : {{ . += 1; }} "
+                         f":{_segment_name(i)}")
+        else:
+            lines.append(f"  .lk_pad{i} {end - 1:#x} : {{ BYTE(0) }} :{_segment_name(i)}")
+
+    def start(i: int) -> None:
+        lines.append(f"  . = {loads[i].vaddr:#x};")
+
+    out(".interp", [".interp"], 0, extra=" :lk_interp")
+    for name in _HEAD[1:]:  # one output section each: DT_* entries name them
+        out(name.rstrip("*"), [name], 0)
+    for i in range(len(loads)):
+        if i:
+            start(i)
+        if i == code:
+            for name in _CODE:
+                if name in _WRITABLE_PLT.get(spec.arch.name, ()):
+                    continue  # a data table there: it goes with the GOT below
+                out(name, [name], i, keep=name in (".init", ".fini"))
+            lines.append(f"  . = {spec.anchor:#x};")
+            out(ANCHOR_SECTION, [ANCHOR_SECTION], i, keep=True)
+        if i == rodata:
+            for name in _RODATA:
+                out(name, [name], i)
+        if i == data:
+            out(".tdata", [".tdata"], i)
+            out(".tbss", [".tbss"], i)
+            for name in (".preinit_array", ".init_array", ".fini_array"):
+                out(name, [name], i, keep=True)
+            out(".data.rel.ro", [".data.rel.ro"], i)
+            out(".dynamic", [".dynamic"], i, extra=" :lk_dynamic")
+        if i == rw:
+            for name in (".got", ".got.plt", ".toc", ".opd", ".branch_lt",
+                         *_WRITABLE_PLT.get(spec.arch.name, ())):
+                out(name, [name], i)
+            out(".data", [".data", ".sdata", ".tm_clone_table"], i)
+            out(".bss", [*_BSS, "COMMON"], i, noload=True)
+        pad(i)
+    lines += ["  /DISCARD/ : { *(.note.GNU-stack) *(.gnu_debuglink) *(.gnu.lto_*) }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def _run(argv: list[str], what: str) -> None:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ProbeError(f"{what}: {e}") from e
+    if done.returncode != 0:
+        tail = " / ".join(done.stderr.strip().splitlines()[-4:])
+        if "backwards" in done.stderr or "overlap" in done.stderr:
+            raise ProbeError(f"{what}: the twin's own code and data do not fit inside the "
+                             f"target's segments ({tail})")
+        raise ProbeError(f"{what} failed: {tail}")
+
+
+def _compiler(arch: Arch) -> tuple[str, str]:
+    command, package = native._compiler(arch, "native")
+    path = shutil.which(command)
+    if path is None:
+        raise ProbeError(f"no C compiler for {arch} ({command} not found): "
+                         f"apt-get install {package}")
+    return path, package
+
+
+def build_twin(spec: TwinSpec) -> Twin:
+    """The twin of ``spec``, built once and cached; its PT_LOADs are checked."""
+    cc, _ = _compiler(spec.arch)
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True,
+                                 check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ProbeError(f"{cc} --version failed: {e}") from e
+    source = native.source_bytes(native.SOURCE)
+    script = linker_script(spec)  # the layout, and how it is reproduced
+    key = hashlib.sha256(b"\0".join([source, STUB.encode(), cc.encode(), version.encode(),
+                                     script.encode()])).hexdigest()[:20]
+    folder = cache_dir() / f"{spec.arch.name}-{key}"
+    exe, lib = folder / "twin", folder / "liblkprobe.so"
+    if not (exe.is_file() and lib.is_file()):
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            work = Path(tempfile.mkdtemp(prefix=".twin-", dir=folder.parent))
+        except OSError as e:
+            raise ProbeError(f"cannot write the twin cache {folder}: {e.strerror}") from e
+        try:
+            _link(spec, script, cc, work, folder)
+            try:
+                os.replace(work, folder)  # atomic: a concurrent build leaves one whole twin
+            except OSError:
+                if not exe.is_file():
+                    raise
+        finally:
+            if work.exists():
+                shutil.rmtree(work, ignore_errors=True)
+    with ElfReader(exe) as reader:
+        image = reader.image()
+    twin = Twin(spec, exe, lib, image)
+    wrong = twin.mismatches()
+    if wrong:
+        raise ProbeError(f"the twin does not reproduce the target's layout: {'; '.join(wrong)}",
+                         path=spec.source)
+    return twin
+
+
+def _link(spec: TwinSpec, script_text: str, cc: str, work: Path, folder: Path) -> None:
+    """Build liblkprobe.so and the twin in ``work`` (the rpath names ``folder``)."""
+    lib = work / "liblkprobe.so"
+    _run([cc, *native.CFLAGS, "-fPIC", "-shared", "-Dmain=lk_probe_main", "-o", str(lib),
+          str(native.SOURCE)], f"building liblkprobe.so for {spec.arch}")
+    stub = work / "stub.c"
+    stub.write_text(STUB)
+    script = work / "twin.ld"
+    script.write_text(script_text)
+    pie = ["-fPIE", "-pie"] if spec.kind is LoadKind.PIE else ["-fno-pie", "-no-pie"]
+    _run([cc, "-O2", *pie, "-fuse-ld=bfd", "-o", str(work / "twin"), str(stub),
+          "-Wl,-T," + str(script), "-Wl,--build-id=none", "-Wl,-z,norelro",
+          "-Wl,--hash-style=gnu", "-Wl,--no-eh-frame-hdr",
+          f"-L{work}", "-llkprobe", f"-Wl,-rpath,{folder}"],
+         f"linking the twin of {spec.source}")
+
+
+__all__: Sequence[str] = ("Twin", "TwinSpec", "build_twin", "cache_dir", "linker_script",
+                          "load_mismatches")

@@ -1,0 +1,214 @@
+"""Reports of ``layoutkit check``: text, JSON, JUnit XML, SARIF 2.1.0, GitHub annotations.
+
+One report for the whole run. JUnit has one test case per path (failure, error or
+skipped for "n/a"); SARIF one result per failing binary with its figures, and every
+path that could not be analysed as a tool execution notification.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+from urllib.parse import quote
+
+from layoutkit.commands.check import CheckResult, Settings, Summary
+from layoutkit.output.document import document
+
+STATUSES = ("pass", "fail", "error", "n/a")
+SARIF_SCHEMA = ("https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/"
+                "sarif-schema-2.1.0.json")
+RULE_ID = "LK001"
+RULE_NAME = "jit-window-too-small"
+
+
+def _version() -> str:
+    try:
+        return version("layoutkit")
+    except PackageNotFoundError:  # pragma: no cover (run from a source tree)
+        return "0"
+
+
+def counts(summary: Summary) -> dict[str, int]:
+    return {"total": len(summary.results), **{s: summary.count(s) for s in STATUSES}}
+
+
+def verdict(summary: Summary) -> str:
+    c = counts(summary)
+    if c["fail"]:
+        return f"FAIL: {c['fail']} binaries below the thresholds"
+    if c["error"]:
+        return f"ERROR: {c['error']} paths could not be analysed (nothing failed)"
+    return "PASS" if c["pass"] else "PASS (no JIT-hosting binary found)"
+
+
+# -- text ------------------------------------------------------------------------------
+
+
+def text_lines(summary: Summary) -> Iterator[str]:
+    width = max((len(r.path) for r in summary.results), default=4)
+    width = min(width, 72)
+    yield f"{'Status':6}  {'Path':{width}}  Reason"
+    for r in summary.results:
+        yield f"{r.status.upper():6}  {r.path:{width}}  {r.reason}"
+    c = counts(summary)
+    yield ""
+    yield (f"{c['total']} paths: {c['pass']} pass, {c['fail']} fail, {c['error']} error, "
+           f"{c['n/a']} n/a")
+    yield verdict(summary)
+
+
+# -- JSON ------------------------------------------------------------------------------
+
+
+def result_json(r: CheckResult) -> dict[str, Any]:
+    return {
+        "path": r.path,
+        "status": r.status,
+        "reason": r.reason,
+        "arch": r.arch,
+        "profile": r.profile,
+        "evidence": r.evidence,
+        "failures": list(r.failures),
+        "window": r.window,
+        "capacity": r.capacity,
+    }
+
+
+def check_json(summary: Summary, settings: Settings) -> dict[str, Any]:
+    return document("check", {
+        "thresholds": settings.describe(),
+        "summary": {**counts(summary), "exit_code": summary.exit_code},
+        "results": [result_json(r) for r in summary.results],
+    })
+
+
+# -- JUnit XML -------------------------------------------------------------------------
+
+
+def junit_xml(summary: Summary) -> str:
+    c = counts(summary)
+    suites = ET.Element("testsuites", name="layoutkit check", tests=str(c["total"]),
+                        failures=str(c["fail"]), errors=str(c["error"]),
+                        skipped=str(c["n/a"]), time="0")
+    suite = ET.SubElement(suites, "testsuite", name="layoutkit check", tests=str(c["total"]),
+                          failures=str(c["fail"]), errors=str(c["error"]),
+                          skipped=str(c["n/a"]), time="0")
+    for r in summary.results:
+        case = ET.SubElement(suite, "testcase", classname="layoutkit.check", name=r.path,
+                             time="0")
+        if r.status == "fail":
+            node = ET.SubElement(case, "failure", message=r.reason,
+                                 type=",".join(r.failures))
+            node.text = _figures(r)
+        elif r.status == "error":
+            ET.SubElement(case, "error", message=r.reason, type="not-analysed")
+        elif r.status == "n/a":
+            ET.SubElement(case, "skipped", message=r.reason)
+        else:
+            ET.SubElement(case, "system-out").text = r.reason
+    ET.indent(suites)
+    return ET.tostring(suites, encoding="unicode", xml_declaration=True)
+
+
+def _figures(r: CheckResult) -> str:
+    w, cap = r.window or {}, r.capacity or {}
+    return (f"{r.reason}\nprofile {r.profile}, window {w.get('start')}..{w.get('end')}, "
+            f"free {w.get('free_bytes')} B, free slots {w.get('free_slots')} of "
+            f"{w.get('slots')}, JIT states fit {cap.get('states_fit')} of "
+            f"{cap.get('states_requested')}")
+
+
+# -- SARIF 2.1.0 -----------------------------------------------------------------------
+
+
+def _uri(path: str) -> str:
+    """A URI reference: ``file://`` for an absolute path, else relative to the run."""
+    if path.startswith("/"):
+        return "file://" + quote(path, safe="/")
+    return quote(path.removeprefix("./"), safe="/")
+
+
+def sarif(summary: Summary, settings: Settings) -> dict[str, Any]:
+    results = []
+    for r in summary.results:
+        if r.status != "fail":
+            continue
+        location: dict[str, Any] = {"physicalLocation": {
+            "artifactLocation": {"uri": _uri(r.artifact)}}}
+        if r.artifact != r.path:
+            location["logicalLocations"] = [{"fullyQualifiedName": r.path, "kind": "member"}]
+        results.append({
+            "ruleId": RULE_ID,
+            "ruleIndex": 0,
+            "level": "error",
+            "message": {"text": f"{r.path}: {_figures(r)}"},
+            "locations": [location],
+            "properties": {"failures": list(r.failures), "window": r.window,
+                           "capacity": r.capacity, "profile": r.profile},
+        })
+    notes = [{
+        "level": "error",
+        "message": {"text": f"{r.path}: {r.reason}"},
+        "locations": [{"physicalLocation": {"artifactLocation": {"uri": _uri(r.artifact)}}}],
+    } for r in summary.results if r.status == "error"]
+    return {
+        "$schema": SARIF_SCHEMA,
+        "version": "2.1.0",
+        "runs": [{
+            "tool": {"driver": {
+                "name": "layoutkit",
+                "version": _version(),
+                "informationUri": "https://pypi.org/project/layoutkit/",
+                "rules": [{
+                    "id": RULE_ID,
+                    "name": RULE_NAME,
+                    "shortDescription": {"text": "The JIT window is too small"},
+                    "fullDescription": {"text": (
+                        "Worst case over ASLR, the free bytes, free slots or JIT states "
+                        "that fit in the window a JIT can place code in are below the "
+                        "thresholds of layoutkit check.")},
+                    "defaultConfiguration": {"level": "error"},
+                }],
+            }},
+            "invocations": [{
+                "executionSuccessful": summary.count("error") == 0,
+                "toolExecutionNotifications": notes,
+                "properties": {"thresholds": settings.describe()},
+            }],
+            "results": results,
+        }],
+    }
+
+
+# -- GitHub Actions --------------------------------------------------------------------
+
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def github_annotations(summary: Summary) -> Iterator[str]:
+    """``::error file=...::`` workflow commands, one per failing or unanalysable path."""
+    for r in summary.results:
+        if r.status in ("fail", "error"):
+            title = "JIT window too small" if r.status == "fail" else "not analysed"
+            yield (f"::error file={_escape_property(r.artifact)},"
+                   f"title={_escape_property('layoutkit check: ' + title)}::"
+                   f"{_escape_data(r.path + ': ' + r.reason)}")
+
+
+def render(summary: Summary, settings: Settings, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(check_json(summary, settings), indent=2)
+    if fmt == "junit":
+        return junit_xml(summary)
+    if fmt == "sarif":
+        return json.dumps(sarif(summary, settings), indent=2)
+    return "\n".join(text_lines(summary))

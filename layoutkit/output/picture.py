@@ -1,0 +1,735 @@
+"""Pictures of a JIT window: a standalone SVG document and a compact terminal view.
+
+Both draw one :class:`~layoutkit.window.accounting.Accounting`: the window around the anchor,
+the usable span, every occupant by kind, the free runs, optional JIT areas and the
+anchor. Both are pure (text in, text out) and deterministic: the same input gives the
+same bytes.
+
+The SVG is drawn to scale, piecewise: the window is cut at every edge (occupant, free
+run, JIT area, usable span) into stretches, and each stretch is uniform (one thing, or
+nothing). A stretch that would dominate the drawing while small items are squeezed,
+or that is more than :data:`BREAK_RATIO` times the smallest item, is drawn *broken*: a
+fixed width with a zig-zag cut and an "≈ size" label. Every other stretch is linear at
+one scale, except that none is narrower than :data:`MIN_WIDTH` pixels, so a 16 KiB
+image in a 4 GiB window stays visible.
+
+The terminal view is linear (one cell = ``window.size / width`` bytes): each cell shows
+what holds the most bytes in it, and an occupant too small to win any cell takes the
+cell holding its middle (the anchor's occupant first, then the larger ones), so that
+nothing in the window disappears.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from xml.sax.saxutils import escape, quoteattr
+
+from layoutkit.core.spans import Span
+from layoutkit.core.units import format_size
+from layoutkit.window.accounting import Accounting, Occupant
+
+# --- kinds: colours, terminal symbols, legend names ---------------------------------------
+
+# Fill colours (Tableau 10 and its light companions); unknown kinds get NEUTRAL.
+KIND_COLOURS: dict[str, str] = {
+    "image": "#4e79a7",
+    "executable": "#4e79a7",
+    "library": "#76b7b2",
+    "heap": "#f28e2b",
+    "heap-reserve": "#ffbe7d",
+    "stack": "#e15759",
+    "stack-guard": "#ff9d9a",
+    "jit": "#b07aa1",
+    "anonymous": "#9c755f",
+    "file": "#edc948",
+    "deleted": "#d4a6c8",
+    "vdso": "#bab0ac",
+    "mapped-before-and-stack": "#79706e",
+}
+NEUTRAL = "#c7c7c7"
+FREE_COLOUR = "#b5dfa6"
+FREE_EDGE = "#59a14f"
+JIT_AREA_COLOUR = "#d62790"
+ANCHOR_COLOUR = "#c00000"
+
+# Terminal symbols: one ASCII character per kind; unknown kinds show UNKNOWN_SYMBOL.
+KIND_SYMBOLS: dict[str, str] = {
+    "image": "#",
+    "executable": "#",
+    "library": "#",
+    "heap": "h",
+    "heap-reserve": "H",
+    "stack": "s",
+    "stack-guard": "g",
+    "jit": "J",
+    "anonymous": "a",
+    "file": "f",
+    "deleted": "d",
+    "vdso": "v",
+    "mapped-before-and-stack": "m",
+}
+UNKNOWN_SYMBOL = "?"
+FREE_SYMBOL = "."
+UNUSABLE_SYMBOL = "-"
+# Narrowest terminal view: two 64-bit addresses ("0x" and 16 digits) and a blank.
+MIN_COLUMNS = 40
+_SYMBOL_NAMES: dict[str, str] = {
+    FREE_SYMBOL: "free",
+    "#": "image/library",
+    "h": "heap",
+    "H": "heap-reserve",
+    "s": "stack",
+    "g": "stack-guard",
+    "J": "jit",
+    "a": "anonymous",
+    "f": "file",
+    "d": "deleted",
+    "v": "vdso",
+    "m": "mapped-before",
+    UNKNOWN_SYMBOL: "other",
+    UNUSABLE_SYMBOL: "unusable",
+}
+
+# --- SVG geometry (pixels) -----------------------------------------------------------------
+
+PLOT_WIDTH = 1080.0
+MARGIN = 60.0
+CANVAS_WIDTH = PLOT_WIDTH + 2 * MARGIN
+FONT = 11
+CHAR_WIDTH = 0.61 * FONT  # DejaVu Sans Mono advance is 0.602 em; a little slack
+BAR_HEIGHT = 56.0
+MIN_WIDTH = 6.0  # narrowest drawn stretch
+BREAK_WIDTH = 110.0  # width of a broken (not to scale) stretch
+READABLE = 1.0  # an item narrower than this at linear scale is "squeezed"
+BREAK_SHARE = 2 / 3  # ... and a stretch holding this share of the bytes dominates
+BREAK_RATIO = 16384  # a stretch this many times the smallest item is always broken
+MAX_BREAKS = 6
+LABEL_ROWS = 3
+ROW_HEIGHT = 15.0
+TICK_ROWS = 2
+
+_XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _clean(text: str) -> str:
+    """Text safe for XML 1.0: control characters and lone surrogates (maps paths read
+    with surrogateescape) become ``?``."""
+    return _XML_BAD.sub("?", text)
+
+
+def _t(text: str) -> str:
+    return escape(_clean(text))
+
+
+def _a(text: str) -> str:
+    return quoteattr(_clean(text))
+
+
+def _f(value: float) -> str:
+    return f"{value:.1f}"
+
+
+def colour(kind: str) -> str:
+    """Fill colour of an occupant kind (NEUTRAL for kinds this module does not know)."""
+    return KIND_COLOURS.get(kind, NEUTRAL)
+
+
+def symbol(kind: str) -> str:
+    """Terminal symbol of an occupant kind."""
+    return KIND_SYMBOLS.get(kind, UNKNOWN_SYMBOL)
+
+
+def approx_size(size: int) -> str:
+    """About three significant digits in the largest binary unit that gives at least 1:
+    ``1 GiB`` (for 1 GiB - 64 KiB), ``61.8 MiB``, ``3.69 MiB``, ``1000 MiB``."""
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        value = size / scale
+        if value >= 0.9995:
+            decimals = 0 if value >= 99.95 else 1 if value >= 9.995 else 2
+            text = f"{value:.{decimals}f}"
+            if "." in text:
+                text = text.rstrip("0").rstrip(".")
+            return f"{text} {unit}"
+    return f"{size} B"
+
+
+def _percent(share: float) -> str:
+    """One decimal, never rounded to a misleading 0.0% or 100.0%."""
+    text = f"{share * 100:.1f}%"
+    if text == "100.0%" and share < 1:
+        return ">99.9%"
+    if text == "0.0%" and share > 0:
+        return "<0.1%"
+    return text
+
+
+# --- the piecewise scale -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Stretch:
+    span: Span
+    x0: float
+    x1: float
+    broken: bool
+
+
+@dataclass(frozen=True)
+class _Scale:
+    view: Span
+    stretches: tuple[_Stretch, ...]
+    starts: tuple[int, ...]
+    left: float
+    right: float
+
+    def x(self, address: int) -> float:
+        """Pixel position of ``address`` (clamped to the view)."""
+        if not self.stretches:
+            return self.left
+        if address <= self.view.start:
+            return self.left
+        if address >= self.view.end:
+            return self.right
+        i = bisect.bisect_right(self.starts, address) - 1
+        st = self.stretches[i]
+        return st.x0 + (st.x1 - st.x0) * (address - st.span.start) / st.span.size
+
+
+def _fill(sizes: Sequence[int], width: float) -> tuple[float, list[float]]:
+    """The linear scale and widths that give every size at least MIN_WIDTH and sum to
+    ``width`` (more when MIN_WIDTH alone needs more)."""
+    order = sorted(range(len(sizes)), key=lambda i: (sizes[i], i))
+    remaining = sum(sizes)
+    room = width
+    scale = 0.0
+    pinned: set[int] = set()
+    for i in order:
+        scale = room / remaining if remaining and room > 0 else 0.0
+        if sizes[i] * scale >= MIN_WIDTH:
+            break
+        pinned.add(i)
+        remaining -= sizes[i]
+        room -= MIN_WIDTH
+    else:
+        scale = 0.0
+    return scale, [MIN_WIDTH if i in pinned else sizes[i] * scale for i in range(len(sizes))]
+
+
+def _scale(view: Span, edges: Sequence[int], items: Sequence[int]) -> _Scale:
+    cuts = sorted({view.start, view.end, *(e for e in edges if view.start < e < view.end)})
+    spans = [Span(a, b) for a, b in itertools.pairwise(cuts) if b > a]
+    sizes = [s.size for s in spans]
+    smallest = min((size for size in items if size > 0), default=view.size or 1)
+    broken: set[int] = set()
+    for _ in range(MAX_BREAKS):
+        unbroken = [i for i in range(len(spans)) if i not in broken]
+        total = sum(sizes[i] for i in unbroken)
+        if len(unbroken) < 2 or total == 0:
+            break
+        scale = (PLOT_WIDTH - BREAK_WIDTH * len(broken)) / total
+        candidate = max(unbroken, key=lambda i: (sizes[i], -i))
+        if sizes[candidate] * scale < 2 * BREAK_WIDTH:
+            break  # drawing it broken would not save room
+        extreme = sizes[candidate] >= BREAK_RATIO * smallest
+        squeezed = smallest * scale < READABLE
+        dominant = sizes[candidate] >= BREAK_SHARE * total
+        if not (extreme or (squeezed and dominant)):
+            break
+        broken.add(candidate)
+    unbroken = [i for i in range(len(spans)) if i not in broken]
+    _, widths = _fill([sizes[i] for i in unbroken], PLOT_WIDTH - BREAK_WIDTH * len(broken))
+    width_of = dict(zip(unbroken, widths, strict=True))
+    stretches = []
+    x = MARGIN
+    for i, span in enumerate(spans):
+        w = BREAK_WIDTH if i in broken else width_of[i]
+        stretches.append(_Stretch(span, x, x + w, i in broken))
+        x += w
+    return _Scale(view, tuple(stretches), tuple(s.span.start for s in stretches), MARGIN,
+                  max(x, MARGIN))
+
+
+# --- label placement -----------------------------------------------------------------------
+
+
+class _Rows:
+    """Rows of text stacked away from the bar (row 0 nearest), each text tied to the bar
+    by a vertical line at ``x`` that crosses the rows nearer the bar. Text may not
+    overlap text, nor sit on a line that crosses its row."""
+
+    def __init__(self, count: int, pad: float = 6.0) -> None:
+        self.texts: list[list[tuple[float, float]]] = [[] for _ in range(count)]
+        self.lines: list[tuple[float, int]] = []  # (x, rows crossed: 0 .. n-1)
+        self.pad = pad
+
+    def block(self, x: float) -> None:
+        """A line across every row (the anchor's)."""
+        self.lines.append((x, len(self.texts)))
+
+    def fits(self, row: int, lo: float, hi: float, x: float) -> bool:
+        if any(lo < b + self.pad and a < hi + self.pad for a, b in self.texts[row]):
+            return False
+        if any(crossed > row and lo - 3 < lx < hi + 3 for lx, crossed in self.lines):
+            return False
+        return all(not a - 3 < x < b + 3 for r in range(row) for a, b in self.texts[r])
+
+    def place(self, w: float, xs: Sequence[float],
+              width: float) -> tuple[int, float, float] | None:
+        """Take the nearest row where a text ``w`` wide fits, tied by a line at one of
+        ``xs`` (best first), centred on it or beside it: (row, left edge, line x); None
+        when it fits nowhere."""
+        for row in range(len(self.texts)):
+            for x in xs:
+                for wanted in (x - w / 2, x - w - 4, x + 4):
+                    left = min(max(wanted, 4.0), width - 4.0 - w)
+                    if self.fits(row, left, left + w, x):
+                        self.texts[row].append((left, left + w))
+                        self.lines.append((x, row))
+                        return row, left, x
+        return None
+
+
+def _text_span(text: str, centre: float, width: float) -> tuple[float, float]:
+    """Left and right of ``text`` centred on ``centre``, kept inside the canvas."""
+    w = len(text) * CHAR_WIDTH
+    lo = min(max(centre - w / 2, 4.0), width - 4.0 - w)
+    return lo, lo + w
+
+
+# --- SVG -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Touching occupants of one kind and path in one lane: one label for all."""
+
+    kind: str
+    path: str
+    span: Span  # the whole extent, unclipped
+    lane: int
+    count: int
+
+
+def _lanes(occupants: Sequence[Occupant]) -> list[tuple[int, int]]:
+    """(lane, lanes) per occupant: overlapping occupants are drawn one above another,
+    each cluster of overlapping ones sharing the bar's height between its lanes."""
+    placed: list[tuple[int, int]] = []  # (cluster, lane)
+    cluster_lanes: list[int] = []
+    ends: list[int] = []  # per lane of the current cluster: where it becomes free
+    reach = -1
+    for occ in occupants:
+        if occ.span.start >= reach:  # a new cluster
+            cluster_lanes.append(0)
+            ends = []
+        reach = max(reach, occ.span.end)
+        lane = next((i for i, end in enumerate(ends) if end <= occ.span.start), len(ends))
+        if lane == len(ends):
+            ends.append(occ.span.end)
+        else:
+            ends[lane] = occ.span.end
+        cluster_lanes[-1] = max(cluster_lanes[-1], lane + 1)
+        placed.append((len(cluster_lanes) - 1, lane))
+    return [(lane, cluster_lanes[cluster]) for cluster, lane in placed]
+
+
+def _groups(occupants: Sequence[Occupant], lanes: Sequence[tuple[int, int]]) -> list[_Group]:
+    groups: list[_Group] = []
+    for occ, (lane, _) in zip(occupants, lanes, strict=True):
+        last = groups[-1] if groups else None
+        if (last is not None and last.kind == occ.kind and last.path == occ.path
+                and last.lane == lane and last.span.end == occ.span.start):
+            groups[-1] = _Group(last.kind, last.path, Span(last.span.start, occ.span.end), lane,
+                                last.count + 1)
+        else:
+            groups.append(_Group(occ.kind, occ.path, occ.span, lane, 1))
+    return groups
+
+
+def _group_label(group: _Group) -> str:
+    name = group.path.rsplit("/", 1)[-1] if group.path and not group.path.startswith("[") else ""
+    times = f"({group.count} mappings)" if group.count > 1 else ""
+    return " ".join(p for p in (group.kind, name, format_size(group.span.size), times) if p)
+
+
+def _hatch_defs() -> str:
+    return ('<defs><pattern id="lk-hatch" width="6" height="6" patternUnits="userSpaceOnUse" '
+            'patternTransform="rotate(45)"><rect width="6" height="6" fill="#f4f4f4"/>'
+            '<line x1="0" y1="0" x2="0" y2="6" stroke="#b0b0b0" stroke-width="2"/>'
+            '</pattern></defs>')
+
+
+def _zigzag(x: float, top: float, bottom: float, amp: float = 3.0, step: float = 6.0) -> str:
+    points = []
+    y, k = top, 0
+    while y < bottom:
+        points.append(f"{_f(x + (amp if k % 2 else -amp))},{_f(y)}")
+        y += step
+        k += 1
+    points.append(f"{_f(x + (amp if k % 2 else -amp))},{_f(bottom)}")
+    return " ".join(points)
+
+
+def svg(acc: Accounting, anchor: Span, *, title: str, jit_areas: Sequence[Span] = ()) -> str:
+    """A standalone SVG document picturing ``acc`` around ``anchor``."""
+    jit = acc.jit
+    view = jit.window
+    clipped_jit = [a for a in (area.intersect(view) for area in jit_areas) if a is not None]
+    occupants = [o for o in acc.occupants if o.span.overlaps(view)]
+    edges = [jit.usable.start, jit.usable.end]
+    items: list[int] = []
+    for span in [*(o.span for o in occupants), *acc.free, *clipped_jit]:
+        part = span.intersect(view)
+        if part is not None:
+            edges += [part.start, part.end]
+            items.append(part.size)
+    scale = _scale(view, edges, items)
+    width = max(CANVAS_WIDTH, scale.right + MARGIN)
+    out: list[str] = []
+
+    # Header: title, summary, verdict, window facts.
+    y = 26.0
+    out.append(f'<text x="{_f(MARGIN / 3)}" y="{_f(y)}" font-size="16" font-weight="bold" '
+               f'class="title">{_t(title)}</text>')
+    largest = acc.largest_free
+    summary = (f"free {format_size(acc.free_bytes)} in {len(acc.free)} "
+               f"run{'' if len(acc.free) == 1 else 's'} · free slots {acc.free_slots} / "
+               f"{acc.slots} ({_percent(acc.free_share)}) · largest free run "
+               + (f"{format_size(largest.size)} at {largest.start:#x}" if largest else "none"))
+    cap = acc.capacity
+    verdict = (f"capacity: {cap.states_fit} JIT state{'' if cap.states_fit == 1 else 's'} "
+               f"fit, {cap.states_requested} requested ({format_size(cap.mcode_per_state)} "
+               f"each, in areas of {format_size(cap.area_size)}): {cap.verdict}")
+    if acc.miss_probability is not None:
+        verdict = f"miss probability {acc.miss_probability:.3g} · " + verdict
+    facts = (f"{jit.profile.name} · window {view} ({format_size(view.size)}) · usable "
+             f"{jit.usable} · slot {format_size(jit.slot)} · anchor {anchor.start:#x}")
+    for line, cls in ((summary, "summary"), (verdict, "verdict"), (facts, "facts")):
+        y += 17.0
+        out.append(f'<text x="{_f(MARGIN / 3)}" y="{_f(y)}" font-size="12" '
+                   f'class={_a(cls)}>{_t(line)}</text>')
+
+    # Vertical plan, top to bottom: anchor label, item label rows, usable bracket, bar,
+    # JIT areas, tick labels, legend.
+    anchor_y = y + 26.0
+    label_base = anchor_y + 8.0 + LABEL_ROWS * ROW_HEIGHT  # baseline of row 0
+    bracket_y = label_base + 8.0
+    bar_top = bracket_y + 6.0
+    bar_bottom = bar_top + BAR_HEIGHT
+    lane_top = bar_bottom + 5.0
+    lane_bottom = lane_top + (10.0 if jit_areas else 0.0)
+    tick_base = lane_bottom + 17.0
+
+    # The bar: hatched (no whole slot), then free runs, then occupants.
+    out.append(f'<rect class="window" x="{_f(scale.left)}" y="{_f(bar_top)}" '
+               f'width="{_f(scale.right - scale.left)}" height="{_f(BAR_HEIGHT)}" '
+               'fill="url(#lk-hatch)" stroke="#404040" stroke-width="1"/>')
+    for run in acc.free:
+        part = run.intersect(view)
+        if part is None:
+            continue
+        x0, x1 = scale.x(part.start), scale.x(part.end)
+        out.append(f'<rect class="free" x="{_f(x0)}" y="{_f(bar_top)}" width="{_f(x1 - x0)}" '
+                   f'height="{_f(BAR_HEIGHT)}" fill="{FREE_COLOUR}"><title>'
+                   f'{_t(f"free {run} {format_size(run.size)}")}</title></rect>')
+    lanes = _lanes(occupants)
+    for occ, (lane, lane_count) in zip(occupants, lanes, strict=True):
+        part = occ.span.intersect(view)
+        assert part is not None
+        x0, x1 = scale.x(part.start), scale.x(part.end)
+        lane_h = BAR_HEIGHT / lane_count
+        top = bar_top + lane * lane_h
+        tip = f"{occ.kind} {occ.span} {format_size(occ.span.size)}" + (
+            f" {occ.path}" if occ.path else "")
+        out.append(f'<rect class="occupant" data-kind={_a(occ.kind)} x="{_f(x0)}" '
+                   f'y="{_f(top)}" width="{_f(x1 - x0)}" height="{_f(lane_h)}" '
+                   f'fill="{colour(occ.kind)}" stroke="#ffffff" stroke-width="0.5">'
+                   f'<title>{_t(tip)}</title></rect>')
+        mid = top + lane_h / 2
+        if occ.span.start < view.start:  # continues below the window
+            out.append(f'<polygon class="continues" points="{_f(x0 - 7)},{_f(mid)} '
+                       f'{_f(x0 - 1)},{_f(mid - 5)} {_f(x0 - 1)},{_f(mid + 5)}" '
+                       f'fill="{colour(occ.kind)}"/>')
+        if occ.span.end > view.end:  # continues above the window
+            out.append(f'<polygon class="continues" points="{_f(x1 + 7)},{_f(mid)} '
+                       f'{_f(x1 + 1)},{_f(mid - 5)} {_f(x1 + 1)},{_f(mid + 5)}" '
+                       f'fill="{colour(occ.kind)}"/>')
+
+    # Breaks: a white zig-zag band across the bar and the "≈ size" it stands for.
+    breaks = [st for st in scale.stretches if st.broken]
+    for st in breaks:
+        cx = (st.x0 + st.x1) / 2
+        cut_lo = _zigzag(cx - 4, bar_top - 3, bar_bottom + 3)
+        cut_hi = _zigzag(cx + 4, bar_top - 3, bar_bottom + 3)
+        band = " ".join([cut_lo, *reversed(cut_hi.split(" "))])
+        out.append(f'<polygon class="break" points="{band}" fill="#ffffff"/>')
+        out.append(f'<polyline points="{cut_lo}" fill="none" stroke="#404040" stroke-width="1"/>')
+        out.append(f'<polyline points="{cut_hi}" fill="none" stroke="#404040" '
+                   'stroke-width="1"/>')
+        text = f"≈ {approx_size(st.span.size)}"
+        w = len(text) * CHAR_WIDTH + 6
+        mid = (bar_top + bar_bottom) / 2
+        out.append(f'<rect x="{_f(cx - w / 2)}" y="{_f(mid - 8)}" width="{_f(w)}" height="16" '
+                   'rx="3" fill="#ffffff" stroke="#404040" stroke-width="0.5"/>')
+        out.append(f'<text class="break-label" x="{_f(cx)}" y="{_f(mid + 4)}" '
+                   f'text-anchor="middle">{_t(text)}</text>')
+
+    # Usable span bracket above the bar.
+    ux0, ux1 = scale.x(jit.usable.start), scale.x(jit.usable.end)
+    if jit.usable.size:
+        out.append(f'<path class="usable" d="M{_f(ux0)},{_f(bar_top - 1)} V{_f(bracket_y)} '
+                   f'H{_f(ux1)} V{_f(bar_top - 1)}" fill="none" stroke="#202020" '
+                   'stroke-width="1.5"/>')
+
+    # JIT areas lane.
+    for area in clipped_jit:
+        x0, x1 = scale.x(area.start), scale.x(area.end)
+        out.append(f'<rect class="jit-area" x="{_f(x0)}" y="{_f(lane_top)}" '
+                   f'width="{_f(max(x1 - x0, MIN_WIDTH))}" height="10" '
+                   f'fill="{JIT_AREA_COLOUR}" stroke="#ffffff" stroke-width="0.75">'
+                   f'<title>{_t(f"JIT area {area}")}</title></rect>')
+
+    # Anchor: a line through everything, its label on its own row.
+    rows = _Rows(LABEL_ROWS)
+    inside = anchor.start in view
+    ax = scale.x(anchor.start)
+    rows.block(ax)
+    out.append(f'<line class="anchor" x1="{_f(ax)}" y1="{_f(anchor_y + 3)}" x2="{_f(ax)}" '
+               f'y2="{_f(lane_bottom + 3)}" stroke="{ANCHOR_COLOUR}" stroke-width="1.25"/>')
+    if anchor.size > 1 and inside:
+        ax1 = scale.x(min(anchor.end, view.end))
+        out.append(f'<rect class="anchor-span" x="{_f(ax)}" y="{_f(bar_top)}" '
+                   f'width="{_f(max(ax1 - ax, 1.0))}" height="{_f(BAR_HEIGHT)}" fill="none" '
+                   f'stroke="{ANCHOR_COLOUR}" stroke-width="1"/>')
+    where = "" if inside else (" (below the window)" if anchor.start < view.start
+                               else " (above the window)")
+    text = f"anchor {anchor.start:#x}{where}"
+    lo, _ = _text_span(text, ax, width)
+    out.append(f'<text class="anchor-label" x="{_f(lo)}" y="{_f(anchor_y)}" '
+               f'fill="{ANCHOR_COLOUR}" font-weight="bold">{_t(text)}</text>')
+
+    # Item labels: occupants (the anchor's first, then by size), then free runs by size.
+    groups = _groups(occupants, lanes)
+    labelled: list[tuple[tuple[int, int, int], str, Span]] = []
+    for g in groups:
+        holds = 0 if anchor.start in g.span else 1
+        labelled.append(((holds, -g.span.size, g.span.start), _group_label(g), g.span))
+    for run in acc.free:
+        labelled.append(((2, -run.size, run.start), f"free {format_size(run.size)}", run))
+    for _key, text, span in sorted(labelled, key=lambda t: t[0]):
+        part = span.intersect(view)
+        if part is None:
+            continue
+        x0, x1 = scale.x(part.start), scale.x(part.end)
+        # The leader starts in the middle of the item, or elsewhere in a wide one.
+        xs = [(x0 + x1) / 2]
+        if x1 - x0 > 24:
+            xs += [x0 + (x1 - x0) * q for q in (0.25, 0.75, 0.1, 0.9)]
+        placed = rows.place(len(text) * CHAR_WIDTH, xs, width)
+        if placed is None:
+            continue  # no room: the legend and the colour still tell
+        row, left, cx = placed
+        base = label_base - row * ROW_HEIGHT
+        out.append(f'<line class="leader" x1="{_f(cx)}" y1="{_f(base + 3)}" '
+                   f'x2="{_f(cx)}" y2="{_f(bar_top)}" stroke="#808080" stroke-width="0.75"/>')
+        out.append(f'<text class="item-label" x="{_f(left)}" y="{_f(base)}">'
+                   f'{_t(text)}</text>')
+
+    # Address ticks: window and usable ends first, then the edges of the biggest items.
+    ticks: list[int] = [view.start, view.end, jit.usable.start, jit.usable.end]
+    for _key, _text, span in sorted(labelled, key=lambda t: t[0]):
+        ticks += [max(span.start, view.start), min(span.end, view.end)]
+    ticks += [a.start for a in clipped_jit]
+    tick_rows = _Rows(TICK_ROWS, pad=10.0)
+    seen: set[int] = set()
+    for address in ticks:
+        if address in seen or not view.start <= address <= view.end:
+            continue
+        seen.add(address)
+        x = scale.x(address)
+        text = f"{address:#x}"
+        placed = tick_rows.place(len(text) * CHAR_WIDTH, [x], width)
+        if placed is None:
+            continue
+        row, left, _ = placed
+        base = tick_base + row * 13.0
+        out.append(f'<line class="tick" x1="{_f(x)}" y1="{_f(lane_bottom)}" x2="{_f(x)}" '
+                   f'y2="{_f(base - 9)}" stroke="#606060" stroke-width="0.75"/>')
+        out.append(f'<text class="tick-label" x="{_f(left)}" y="{_f(base)}" '
+                   f'fill="#303030">{_t(text)}</text>')
+
+    # Legend: kinds present (table order, then unknown ones by name), then the rest.
+    y = tick_base + TICK_ROWS * 13.0 + 14.0
+    kinds = sorted({o.kind for o in occupants},
+                   key=lambda k: (list(KIND_COLOURS).index(k) if k in KIND_COLOURS
+                                  else len(KIND_COLOURS), k))
+    entries: list[tuple[str, str]] = [(f'fill="{colour(k)}"', k) for k in kinds]
+    entries.append((f'fill="{FREE_COLOUR}"', "free (whole slots)"))
+    entries.append(('fill="url(#lk-hatch)"', "not usable / no whole slot"))
+    entries.append(("usable", "usable span"))
+    if jit_areas:
+        entries.append((f'fill="{JIT_AREA_COLOUR}"', "JIT area"))
+    entries.append(("anchor", "anchor"))
+    if breaks:
+        entries.append(("break", "break: not to scale"))
+    x = MARGIN / 3
+    legend: list[str] = []
+    for swatch, name in entries:
+        w = 20 + len(name) * CHAR_WIDTH + 18
+        if x + w > width - MARGIN / 3 and x > MARGIN / 3:
+            x = MARGIN / 3
+            y += 18.0
+        if swatch == "usable":
+            legend.append(f'<path d="M{_f(x)},{_f(y)} V{_f(y - 7)} H{_f(x + 14)} V{_f(y)}" '
+                          'fill="none" stroke="#202020" stroke-width="1.5"/>')
+        elif swatch == "anchor":
+            legend.append(f'<line x1="{_f(x + 7)}" y1="{_f(y - 10)}" x2="{_f(x + 7)}" '
+                          f'y2="{_f(y + 2)}" stroke="{ANCHOR_COLOUR}" stroke-width="1.5"/>')
+        elif swatch == "break":
+            legend.append(f'<polyline points="{_zigzag(x + 7, y - 10, y + 2, 2.5, 4.0)}" '
+                          'fill="none" stroke="#404040" stroke-width="1"/>')
+        else:
+            legend.append(f'<rect x="{_f(x)}" y="{_f(y - 9)}" width="14" height="10" {swatch} '
+                          'stroke="#404040" stroke-width="0.5"/>')
+        legend.append(f'<text x="{_f(x + 20)}" y="{_f(y)}">{_t(name)}</text>')
+        x += w
+    out.append('<g class="legend">' + "".join(legend) + "</g>")
+    height = y + 14.0
+
+    head = ('<?xml version="1.0" encoding="UTF-8"?>\n'
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" '
+            f'height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}" '
+            f'font-family="DejaVu Sans Mono, Menlo, Consolas, monospace" font-size="{FONT}">')
+    body = [head, f"<title>{_t(title)}</title>", _hatch_defs(),
+            '<rect width="100%" height="100%" fill="#ffffff"/>', *out, "</svg>"]
+    return "\n".join(body) + "\n"
+
+
+# --- terminal view -------------------------------------------------------------------------
+
+
+def _cells(window: Span, width: int) -> list[Span]:
+    """``width`` cells covering ``window = [s, s + n)``: cell i is
+    ``[s + ceil(n*i/width), s + ceil(n*(i+1)/width))``, so that address ``a`` lies in
+    cell ``(a - s) * width // n`` (see :func:`_cell_of`)."""
+    s, n = window.start, window.size
+    return [Span(s - (-n * i // width), s - (-n * (i + 1) // width)) for i in range(width)]
+
+
+def _union_overlap(spans: Sequence[Span], cell: Span) -> int:
+    total, cursor = 0, cell.start
+    for span in sorted(spans):
+        lo, hi = max(span.start, cursor), min(span.end, cell.end)
+        if hi > lo:
+            total += hi - lo
+            cursor = hi
+    return total
+
+
+def _bar(acc: Accounting, width: int, anchor: Span, jit_areas: Sequence[Span]) -> list[str]:
+    window = acc.jit.window
+    cells = _cells(window, width)
+    occupied = [o.span for o in acc.occupants]
+    bar: list[str] = []
+    for whole in cells:
+        # A window narrower than ``width`` bytes has empty cells: look at one byte.
+        cell = Span(whole.start, whole.start + 1) if whole.empty else whole
+        votes: dict[str, int] = {}
+        # Priority among equals: JIT areas, occupants (in address order), free, unusable.
+        order: list[str] = []
+        jit_bytes = sum(a.overlap(cell) for a in jit_areas)
+        if jit_bytes:
+            votes["J"] = jit_bytes
+            order.append("J")
+        for occ in acc.occupants:
+            n = occ.span.overlap(cell)
+            if n:
+                sym = symbol(occ.kind)
+                votes[sym] = votes.get(sym, 0) + n
+                if sym not in order:
+                    order.append(sym)
+        free = sum(run.overlap(cell) for run in acc.free)
+        if free:
+            votes[FREE_SYMBOL] = free
+            order.append(FREE_SYMBOL)
+        rest = cell.size - _union_overlap([*occupied, *jit_areas, *acc.free], cell)
+        if rest > 0:
+            votes[UNUSABLE_SYMBOL] = rest
+            order.append(UNUSABLE_SYMBOL)
+        if not votes:
+            bar.append(UNUSABLE_SYMBOL)
+            continue
+        bar.append(max(order, key=lambda sym: (votes[sym], -order.index(sym))))
+    # Occupants too small to win a cell take the cell holding their middle.
+    forced: set[int] = set()
+    ranked = sorted(acc.occupants, key=lambda o: (anchor.start not in o.span, -o.span.size,
+                                                  o.span.start))
+    for occ in ranked:
+        part = occ.span.intersect(window)
+        if part is None:
+            continue
+        sym = symbol(occ.kind)
+        first = _cell_of(window, width, part.start)
+        last = _cell_of(window, width, part.end - 1)
+        if any(bar[i] == sym for i in range(first, last + 1)):
+            continue
+        mid = _cell_of(window, width, part.start + part.size // 2)
+        if mid not in forced:
+            bar[mid] = sym
+            forced.add(mid)
+    return bar
+
+
+def _cell_of(window: Span, width: int, address: int) -> int:
+    """The cell holding ``address`` (clamped to the bar)."""
+    if window.size == 0:
+        return 0
+    i = (address - window.start) * width // window.size
+    return min(max(i, 0), width - 1)
+
+
+def terminal_view(acc: Accounting, anchor: Span, *, width: int = 72,
+                  jit_areas: Sequence[Span] = ()) -> list[str]:
+    """A compact ASCII picture of ``acc``: the bar, the anchor marker, the window's
+    start and end addresses, and a legend (wrapped to ``width``).
+
+    Address ``a`` of the window ``[s, s + n)`` falls in cell ``(a - s) * width // n``;
+    each cell shows the symbol with the most bytes in it (among equals: JIT areas, then
+    occupants, then free, then unusable). An occupant that wins no cell takes the cell
+    holding its middle, unless another such occupant took it first (the anchor's
+    occupant first, then larger ones). ``-`` is any byte neither occupied nor free:
+    outside the usable span (or user space), or too little for a whole slot. The anchor
+    line puts ``^`` under the anchor's cell (``<``/``>`` when it is outside the window).
+    ``width`` is at least :data:`MIN_COLUMNS`; every line fits in it.
+    """
+    if width < MIN_COLUMNS:
+        raise ValueError(f"width must be at least {MIN_COLUMNS}, not {width}")
+    window = acc.jit.window
+    bar = _bar(acc, width, anchor, jit_areas)
+    text = f"anchor {anchor.start:#x}"
+    if anchor.start < window.start:
+        marker = "< " + text
+    elif anchor.start >= window.end:
+        marker = (text + " >").rjust(width)
+    else:
+        i = _cell_of(window, width, anchor.start)
+        if i + 2 + len(text) <= width:
+            marker = " " * i + "^ " + text
+        elif i - 1 - len(text) >= 0:
+            marker = " " * (i - 1 - len(text)) + text + " ^"
+        else:
+            marker = " " * i + "^"
+    lo, hi = f"{window.start:#x}", f"{window.end:#x}"
+    addresses = lo + " " * max(1, width - len(lo) - len(hi)) + hi
+    present = set(bar)
+    entries = [f"{sym} {name}" for sym, name in _SYMBOL_NAMES.items() if sym in present]
+    legend: list[str] = []
+    for entry in entries:
+        if legend and len(legend[-1]) + 2 + len(entry) <= width:
+            legend[-1] += "  " + entry
+        else:
+            legend.append(entry)
+    return ["".join(bar), marker, addresses, *legend]

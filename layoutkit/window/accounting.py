@@ -1,0 +1,119 @@
+"""Window accounting: who occupies a JIT window, what is free, and whether it is enough.
+
+Input: a :class:`~layoutkit.window.profiles.JitWindow` and the occupied spans (from a real maps
+snapshot or from the kernel model). Output: every occupant with its overlap in bytes,
+free bytes, free slots (count and share), the largest free run, the chance that the
+profile's random probing misses every free slot, and the capacity verdict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from layoutkit.core.spans import Span, align_up, count_slots, free_gaps, largest, normalize
+from layoutkit.window.profiles import JitWindow
+
+# mm/mmap.c: stack_guard_gap = 256 pages; mmap refuses a hint that ends inside the gap
+# below a VM_GROWSDOWN stack (and the hint is then moved elsewhere).
+STACK_GUARD_GAP = 256 * 4096
+
+
+@dataclass(frozen=True)
+class Occupant:
+    """Something in (or next to) the window that a JIT area cannot overlap."""
+
+    kind: str  # "image", "library", "heap", "heap-reserve", "stack", "stack-guard", "jit", ...
+    span: Span
+    path: str = ""
+
+    def overlap(self, window: Span) -> int:
+        return self.span.overlap(window)
+
+
+@dataclass(frozen=True)
+class Capacity:
+    states_requested: int
+    mcode_per_state: int
+    area_size: int
+    areas_free: int  # disjoint areas of area_size that fit in the free runs
+    states_fit: int
+
+    @property
+    def verdict(self) -> str:
+        return "ok" if self.states_fit >= self.states_requested else "insufficient"
+
+    @property
+    def demand(self) -> int:
+        return self.states_requested * self.mcode_per_state
+
+
+@dataclass(frozen=True)
+class Accounting:
+    jit: JitWindow
+    occupants: tuple[Occupant, ...]  # those that overlap the window, in address order
+    free: tuple[Span, ...]  # free runs inside the usable span, slot-aligned
+    slots: int  # slots in the usable span
+    free_slots: int
+    capacity: Capacity
+    miss_probability: float | None  # None for first-fit profiles
+
+    @property
+    def free_bytes(self) -> int:
+        return sum(span.size for span in self.free)
+
+    @property
+    def largest_free(self) -> Span | None:
+        return largest(self.free)
+
+    @property
+    def free_share(self) -> float:
+        return self.free_slots / self.slots if self.slots else 0.0
+
+
+def fit_count(gaps: Iterable[Span], size: int, step: int) -> int:
+    """Start positions (``step``-aligned) where a ``size``-byte area fits in ``gaps``."""
+    total = 0
+    for gap in gaps:
+        first = align_up(gap.start, step)
+        if first + size <= gap.end:
+            total += (gap.end - size - first) // step + 1
+    return total
+
+
+def miss_probability(jit: JitWindow, free: Sequence[Span], size: int) -> float | None:
+    """Chance that every one of the profile's random hints lands on a taken spot.
+
+    Hints are drawn uniformly from the profile's hint span in slot steps (lj_mcode.c);
+    a hint succeeds when the area it asks for is free and inside the usable span (the
+    kernel honours a hint only for a free range). Draws are independent, so the miss
+    chance of ``n`` probes is ``(1 - hits/candidates) ** n``.
+    """
+    if jit.random_probes == 0:
+        return None
+    candidates = jit.hint_count(size)
+    if candidates <= 0:
+        return 1.0
+    # Hits: hint positions whose whole area is free (p + size < hint_hi).
+    reach = Span(max(0, jit.hint_lo), max(0, jit.hint_hi - 1))
+    usable_free = [part for gap in free if (part := gap.intersect(reach)) is not None]
+    hits = fit_count(usable_free, size, jit.slot)
+    return float((1 - hits / candidates) ** jit.random_probes)
+
+
+def account(jit: JitWindow, occupied: Iterable[Occupant], *, states: int = 1,
+            mcode: int | None = None) -> Accounting:
+    """Account for ``jit``'s window given what occupies the address space."""
+    occupants = tuple(sorted((o for o in occupied if o.span.overlaps(jit.window)),
+                             key=lambda o: (o.span.start, o.span.end, o.kind)))
+    taken = normalize(o.span for o in occupants)
+    free = tuple(free_gaps(jit.usable, taken, jit.slot))
+    slots = count_slots([jit.usable], jit.slot)
+    free_slots = count_slots(free, jit.slot)
+    per_state = mcode if mcode is not None else jit.profile.maxmcode
+    area = jit.profile.sizemcode
+    areas_free = sum(gap.size // area for gap in free)
+    per_state_areas = max(1, -(-per_state // area))
+    capacity = Capacity(states, per_state, area, areas_free, areas_free // per_state_areas)
+    return Accounting(jit, occupants, free, slots, free_slots, capacity,
+                      miss_probability(jit, free, area))

@@ -1,0 +1,107 @@
+"""The anchor: the address in static code that a JIT's generated code must reach.
+
+LuaJIT aims its code areas at ``lj_vm_exit_handler`` (src/lj_mcode.c, mcode_alloc:
+``uintptr_t target = (uintptr_t)(void *)lj_vm_exit_handler``); the symbol is emitted
+``.globl`` + ``.hidden``, so in a linked binary it is only in ``.symtab`` and gone after
+``strip``. The fallbacks are ``lj_vm_asm_begin`` (start of the VM's code), then the
+whole executable segment: a conservative anchor, since the window must then reach
+every byte of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from layoutkit.core.model import ElfImage, Perm, Symbol
+from layoutkit.core.spans import Span
+from layoutkit.core.units import parse_address
+from layoutkit.elf import ElfReader
+from layoutkit.errors import InputError, UsageError
+from layoutkit.window.profiles import Generation, detect_generation
+
+DEFAULT_ANCHORS = ("lj_vm_exit_handler", "lj_vm_asm_begin")
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """Where the JIT must reach, at link-time addresses (add the load bias for run time)."""
+
+    name: str
+    span: Span  # one byte for a symbol or an address; the whole segment for the fallback
+    how_found: str  # "symbol", "address" or "executable-segment"
+    detail: str
+
+    @property
+    def address(self) -> int:
+        return self.span.start
+
+
+def _address_or_none(text: str) -> int | None:
+    """``0x...`` (or decimal) as an int, None when ``text`` is a symbol name."""
+    return parse_address(text) if text[:1].isdigit() or text[:1] == "-" else None
+
+
+def _symbol_address(reader: ElfReader, symbol: Symbol) -> int:
+    image = reader.image()
+    address = symbol.value
+    if image.arch.name == "arm" and symbol.type == "FUNC":
+        address &= ~1  # Thumb functions have bit 0 set (ELF for the Arm Architecture §5.5.3)
+    opd = image.section(".opd")
+    if opd is not None and symbol.type == "FUNC" and address in opd.span:
+        # ppc64 ELFv1: a function symbol names its descriptor; the entry is its first word
+        # (64-bit PowerPC ELF ABI v1.9 §3.2.5).
+        word = reader.read_vaddr(address, 8)
+        address = int.from_bytes(word, "little" if image.little_endian else "big")
+    return address
+
+
+def _code_span(image: ElfImage) -> Span | None:
+    code = image.code_segments
+    if not code:
+        return None
+    return Span(min(seg.vaddr for seg in code), max(seg.vaddr + seg.memsz for seg in code))
+
+
+def find_anchor(reader: ElfReader, spec: str | None = None) -> Anchor:
+    """Resolve ``spec`` (a symbol name or an address), or the default chain."""
+    image = reader.image()
+    if spec is not None:
+        address = _address_or_none(spec)
+        if address is not None:
+            if not any(address in seg.span for seg in image.loads):
+                raise UsageError(f"--anchor {spec}: not inside any PT_LOAD of {image.path}")
+            return Anchor(f"{address:#x}", Span(address, address + 1), "address",
+                          "given with --anchor")
+        symbol = reader.symbol(spec)
+        if symbol is None:
+            raise InputError(f"no symbol {spec!r} in .symtab or .dynsym", path=image.path)
+        return _from_symbol(reader, symbol)
+    for name in DEFAULT_ANCHORS:
+        symbol = reader.symbol(name)
+        if symbol is not None:
+            return _from_symbol(reader, symbol)
+    span = _code_span(image)
+    if span is None:
+        raise InputError("no executable segment to anchor on", path=image.path)
+    why = "stripped: no .symtab" if not image.has_symtab else "no LuaJIT VM symbols"
+    return Anchor("executable segment", span, "executable-segment",
+                  f"{why}; the window must reach the whole code span")
+
+
+def luajit_generation(image: ElfImage, anchor: Anchor) -> Generation | None:
+    """The LuaJIT allocator generation of ``image``: its version string (streamed), else
+    the evidence of its VM symbols or of DT_NEEDED on libluajit; None for no LuaJIT."""
+    with open(image.path, "rb") as stream:
+        return detect_generation(
+            stream, image.file_size,
+            luajit_symbols=anchor.how_found in ("symbol", "jit-code")
+            and anchor.name.startswith("lj_"),
+            needs_libluajit=any("luajit" in name for name in image.needed))
+
+
+def _from_symbol(reader: ElfReader, symbol: Symbol) -> Anchor:
+    address = _symbol_address(reader, symbol)
+    detail = f"{symbol.binding} {symbol.visibility} {symbol.type} in {symbol.table}"
+    if not any(address in seg.span and Perm.X in seg.flags for seg in reader.image().loads):
+        detail += " (not in an executable segment)"
+    return Anchor(symbol.name, Span(address, address + 1), "symbol", detail)

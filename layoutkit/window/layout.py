@@ -1,0 +1,106 @@
+"""Where the kernel puts a program's pieces, over ASLR, and what lands in a JIT window.
+
+For a binary (not a running process) the occupants of a window are predicted: the
+image at its placement, the brk heap that starts after the image's bss (randomised by
+``arch_randomize_brk``) and grows by the ``heap`` reserve, and for a library anchor the
+top of the mmap area. The result is a range over ASLR: the worst and best accounting
+over every distinct heap position (the free space is piecewise linear in the heap's
+offset, so its extremes lie where a heap edge meets a window or occupant edge).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from layoutkit.core.model import ElfImage, LoadKind
+from layoutkit.core.spans import Span, align_down, align_up, normalize
+from layoutkit.core.units import format_size
+from layoutkit.window.accounting import Accounting, Occupant, account
+from layoutkit.window.kernel import PAGE, KernelConfig, aslr
+from layoutkit.window.profiles import JitWindow
+
+# Default growth reserve of the brk heap: 64 MiB, what glibc reserves for one malloc
+# arena on 64-bit (HEAP_MAX_SIZE, malloc/arena.c), so the main heap is budgeted like
+# the others. Override with --heap when the program's heap is known.
+DEFAULT_HEAP = 64 << 20
+
+
+@dataclass(frozen=True)
+class Prediction:
+    bias_range: tuple[int, int]  # lowest and highest load bias over ASLR (inclusive)
+    heap_start: tuple[int, int] | None  # brk start range (run-time, inclusive), if in play
+    heap_reserve: int
+    worst: Accounting
+    best: Accounting
+    notes: tuple[str, ...]
+
+
+def image_span(image: ElfImage, bias: int) -> Span:
+    span = image.image_span
+    assert span is not None  # ElfReader refuses images without PT_LOAD
+    return Span(span.start + bias, span.end + bias)
+
+
+def image_occupants(image: ElfImage, bias: int) -> list[Occupant]:
+    """The pages each PT_LOAD maps (a gap between segments, as -Tbss makes, stays free)."""
+    spans = normalize(Span(seg.page_span(PAGE).start + bias, seg.page_span(PAGE).end + bias)
+                      for seg in image.loads if seg.memsz)
+    return [Occupant("image", span, image.path) for span in spans]
+
+
+def _candidates(lo: int, hi: int, edges: list[int], h0: int, heap: int) -> list[int]:
+    """Heap offsets in [lo, hi] where the accounting can change its trend."""
+    picks = {lo, hi}
+    for edge in edges:
+        for r in (edge - h0, edge - h0 - heap):
+            for near in (align_down(r, PAGE), align_up(r, PAGE)):
+                if lo <= near <= hi:
+                    picks.add(near)
+    return sorted(picks)
+
+
+def predict(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int, *,
+            heap: int = DEFAULT_HEAP, states: int = 1, mcode: int | None = None) -> Prediction:
+    """Accounting of ``jit`` (placed for load ``bias``) over the kernel's randomisation."""
+    rnd = aslr(kernel.arch)
+    notes: list[str] = []
+    img = Occupant("image", image_span(image, bias), image.path)
+    fixed: list[Occupant] = image_occupants(image, bias)
+    if image.load_kind is LoadKind.EXEC:
+        bias_range = (0, 0)
+    elif image.load_kind is LoadKind.PIE:
+        bias_range = (bias, bias + rnd.mmap_rnd - PAGE)
+    else:
+        bias_range = (bias - rnd.mmap_rnd + PAGE, bias)
+    if image.load_kind in (LoadKind.EXEC, LoadKind.PIE):
+        # fs/binfmt_elf.c: brk starts at the end of the highest PT_LOAD (bss included),
+        # then arch_randomize_brk() moves it up by [0, brk_rnd).
+        end = max(seg.vaddr + seg.memsz for seg in image.loads) + bias
+        h0 = align_up(end, PAGE)
+        lo, hi = 0, rnd.brk_rnd - PAGE
+        edges = [jit.window.start, jit.window.end, jit.usable.start, jit.usable.end,
+                 img.span.start, img.span.end]
+        results = []
+        for r in _candidates(lo, hi, edges, h0, heap):
+            heap_occ = Occupant("heap-reserve", Span(h0 + r, h0 + r + heap), "[heap]")
+            results.append(account(jit, [*fixed, heap_occ], states=states, mcode=mcode))
+        # Run-time range: the image itself moves over the bias range (PIE), the heap with it.
+        spread = bias_range[1] - bias_range[0]
+        heap_start: tuple[int, int] | None = (h0 + lo, h0 + hi + spread)
+        notes.append(f"brk heap starts {format_size(0)}..{format_size(hi)} after the bss "
+                     f"(randomised by up to {format_size(rnd.brk_rnd)}) and is given "
+                     f"{format_size(heap)} to grow (--heap)")
+    else:
+        # A library (or static PIE) sits at the top of the mmap area: what was mapped
+        # before it (the loader, earlier libraries) lies above, later mappings below.
+        above = Span(img.span.end, kernel.user_top)
+        fixed.append(Occupant("mapped-before-and-stack", above))
+        results = [account(jit, fixed, states=states, mcode=mcode)]
+        heap_start = None
+        notes.append("library anchor: the space above it (earlier mappings, the stack and "
+                     "its gap) is counted as taken; thread stacks, arenas and libraries "
+                     "loaded later take the space below: measure a live process with "
+                     "`layoutkit maps`")
+    worst = min(results, key=lambda a: (a.free_slots, a.free_bytes))
+    best = max(results, key=lambda a: (a.free_slots, a.free_bytes))
+    return Prediction(bias_range, heap_start, heap, worst, best, tuple(notes))

@@ -1,0 +1,280 @@
+"""JIT allocator profiles: where each JIT generation may put its code, and how it probes.
+
+Each profile is data plus the rule it implements, from LuaJIT's src/lj_mcode.c
+(mcode_alloc), src/lj_arch.h (LJ_TARGET_JUMPRANGE) and src/lj_jit.h (JIT_P_sizemcode,
+JIT_P_maxmcode defaults), per generation (facts.md §2):
+
+- ``luajit-2017``: before commits 4e308361/d62459fc (2017-03-08). Window target +- range
+  with target = lj_vm_exit_handler & ~0xffff and range = 2^(JR-1) - 2 MiB, but the
+  random hints were ``(0x78fb ^ prng15) << 16`` kept below range and placed at
+  target - range/2: they cover only the middle half (LuaJIT issue #282). 32 attempts.
+- ``luajit-2.1``: 2017-03-08 to 2025-11-06 (still LuaJIT master, v2.0, Debian's
+  2.1.0-beta3, openresty before v2.1-20260311). Same window; hints
+  ``target + (prng & (2^JR - 64K)) - range`` over the whole window; JR attempts; an area
+  is kept only when ``p + sz - target < range || target - p < range`` (unsigned), i.e.
+  strictly inside (target - range, target + range). Failure aborts the trace
+  ("failed to allocate mcode memory", LJ_TRERR_MCODEAL).
+- ``luajit-2025``: commit 68354f44 (2025-11-06, branch v2.1). Window [mcmin, mcmax) of
+  width 2^JR - 64 KiB centred on the exact lj_vm_exit_handler, mcmin clamped to >= 0x10000;
+  MIPS: the whole 256 MiB region (JR 28). Up to 16 attempts; when all fail the area goes
+  anywhere and calls back to the VM go through a register: slower, not an abort.
+- ``generic``: any other JIT: the mutual-reach window of one branch form (every
+  instruction in it can branch to every other and to the anchor: the width is the
+  one-way reach, centred on the anchor; MIPS j/jal: the anchor's 256 MiB region),
+  first-fit placement.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import BinaryIO
+
+from layoutkit.core.arches import Arch
+from layoutkit.core.spans import Span, align_down
+from layoutkit.errors import UsageError
+from layoutkit.ranges import BranchForm, default_form, form_by_name
+from layoutkit.read import bulk
+
+KiB = 1024
+SLOT = 64 * KiB  # LuaJIT's hint alignment (lj_mcode.c: "64K aligned")
+
+# LJ_TARGET_JUMPRANGE per arch (src/lj_arch.h): x64 31, ARM 25, ARM64 27, PPC 25 (32-bit
+# PPC only: LuaJIT has no ppc64 JIT), MIPS 27 (28 since 68354f44); s390x 32 only in the
+# openresty/luajit2 fork. No LuaJIT JIT exists for riscv64 or loongarch64 upstream.
+_JUMPRANGE = {"x86_64": 31, "aarch64": 27, "arm": 25, "mips64el": 27, "mips64": 27,
+              "s390x": 32}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One allocator: its window rule, probing rule and default sizes."""
+
+    name: str
+    summary: str
+    sizemcode: int  # bytes per area (JIT_P_sizemcode, 64-bit default)
+    maxmcode: int  # bytes per JIT state (JIT_P_maxmcode)
+    attempts: str  # how many probes, in words
+    on_failure: str  # what happens when no probe hits
+
+
+PROFILES: dict[str, Profile] = {
+    "luajit-2017": Profile(
+        "luajit-2017", "LuaJIT before 2017-03-08: random hints cover half the window",
+        64 * KiB, 512 * KiB, "32 probes (below the last area, then random)",
+        "the trace aborts: failed to allocate mcode memory"),
+    "luajit-2.1": Profile(
+        "luajit-2.1", "LuaJIT 2017-03 to 2025-11 (master, v2.0, 2.1.0-beta3, openresty)",
+        64 * KiB, 512 * KiB, "JR probes per area (27 on arm64, 31 on x86-64)",
+        "the trace aborts: failed to allocate mcode memory"),
+    "luajit-2025": Profile(
+        "luajit-2025", "LuaJIT v2.1 since commit 68354f44 (2025-11-06)",
+        64 * KiB, 2048 * KiB, "16 probes, each redrawn until in range",
+        "the area goes anywhere; calls to the VM become indirect (slower)"),
+    "generic": Profile(
+        "generic", "any JIT: mutual-reach window of one branch form, first fit",
+        64 * KiB, 512 * KiB, "first fit", "no room: the JIT must fall back to far calls"),
+}
+
+
+def profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise UsageError(f"unknown JIT profile {name!r} (known: {', '.join(PROFILES)})") from None
+
+
+@dataclass(frozen=True)
+class JitWindow:
+    """Where a profile may put code for one anchor, at run-time addresses.
+
+    ``window`` is the nominal window; ``usable`` the span that whole slots may occupy
+    (for LuaJIT 2017/2.1 one slot narrower at each end, since the acceptance test is
+    strict). Random probes ask for ``hint_lo + k * slot`` for every k with
+    ``hint_lo + k * slot + size < hint_hi``, uniformly; these bounds are raw arithmetic
+    (LuaJIT does not clip them, so hints below 0 or above user space are wasted draws).
+    """
+
+    profile: Profile
+    form: BranchForm
+    target: int
+    window: Span
+    usable: Span
+    hint_lo: int
+    hint_hi: int
+    slot: int
+    random_probes: int  # random hints per allocation (0: first fit, no randomness)
+
+    def hint_count(self, size: int) -> int:
+        """How many distinct hints a probe for a ``size``-byte area draws from."""
+        room = self.hint_hi - self.hint_lo - size
+        return max(0, -(-room // self.slot))
+
+
+def _jumprange(arch: Arch, name: str) -> int:
+    jr = _JUMPRANGE.get(arch.name)
+    if jr is None:
+        raise UsageError(f"LuaJIT has no JIT for {arch}: use --jit generic")
+    if name == "luajit-2025" and arch.name.startswith("mips"):
+        return 28
+    return jr
+
+
+def _clip(lo: int, hi: int, limit: Span) -> Span:
+    lo, hi = max(lo, limit.start), min(hi, limit.end)
+    return Span(lo, max(lo, hi))
+
+
+def jit_window(name: str, arch: Arch, anchor: int, limit: Span, *,
+               form_name: str | None = None, slot: int = SLOT) -> JitWindow:
+    """The window of profile ``name`` around run-time ``anchor``, clipped to ``limit``."""
+    prof = profile(name)
+    if name == "generic":
+        form = default_form(arch)
+        if form_name is not None:
+            found = form_by_name(arch, form_name)
+            if found is None:
+                raise UsageError(f"no branch form {form_name!r} for {arch}")
+            form = found
+        if form.region:
+            lo, hi = form.sources_to(anchor)  # MIPS j/jal: the anchor's 256 MiB region
+        elif form.wraps:
+            lo, hi = limit.start, limit.end
+        else:
+            # Mutual reach: any two instructions in the window (and the anchor) must reach
+            # each other, so the width is the one-way reach, not the whole span of targets:
+            # width - granule <= disp_max and -(width - granule) >= disp_min.
+            width = min(form.disp_max + form.granule, form.granule - form.disp_min)
+            lo = anchor - width // 2
+            hi = lo + width
+        window = _clip(lo, hi, limit)
+        usable = window.aligned_inward(slot) or Span(window.start, window.start)
+        return JitWindow(prof, form, anchor, window, usable, 0, 0, slot, 0)
+    form = default_form(arch)
+    jr = _jumprange(arch, name)
+    if name == "luajit-2025":
+        # mcode_setrange (68354f44), in uintptr_t arithmetic: mcmin rounded up to 64 KiB
+        # and mcmax = mcmin + MCODE_RANGE64 computed before mcmin is clamped to 0x10000.
+        mask = (1 << 64) - 1
+        range64 = (1 << jr) - SLOT
+        if arch.name.startswith("mips"):
+            mcmin = anchor & ~((1 << jr) - 1)
+            mcmax = mcmin + (1 << jr)
+        else:
+            mcmin = ((anchor - (range64 >> 1) + 0xFFFF) & mask) & ~0xFFFF
+            mcmax = (mcmin + range64) & mask
+        if anchor < mcmin or not mcmin:
+            mcmin = 0x10000
+        if anchor > mcmax:
+            mcmax = (1 << 64) - SLOT
+        window = _clip(mcmin, mcmax, limit)
+        usable = window.aligned_inward(slot) or Span(window.start, window.start)
+        # Hints mcmin + (prng & MCODE_RANGE64), redrawn until mcode_inrange: p + sz <= mcmax.
+        return JitWindow(prof, form, anchor, window, usable, mcmin, mcmax + 1, slot, 16)
+    if arch.name.startswith("mips"):
+        target = align_down(anchor, 1 << 28) + 0x08000000  # middle of the 256 MiB region
+    else:
+        target = anchor & ~0xFFFF
+    rng = (1 << (jr - 1)) - (1 << 21)
+    window = _clip(target - rng, target + rng, limit)
+    # Accepted iff target - range < p and p + sz < target + range, p 64K-aligned.
+    usable = _clip(target - rng + SLOT, target + rng - SLOT, limit)
+    if name == "luajit-2017":
+        # hint = target + h - range/2 with h = (0x78fb ^ prng15) << 16 and h + sz < range.
+        hint_lo, hint_hi = target - rng // 2, target + rng // 2
+        probes = 31  # 32 iterations; the first tries the area below the last one
+    else:
+        # hint = target + h - range with h = prng & (2^JR - 64K) and h + sz < 2 * range.
+        hint_lo, hint_hi = target - rng, target + rng
+        probes = jr - 1  # JR iterations; the first tries the area below the last one
+    return JitWindow(prof, form, target, window, usable, hint_lo, hint_hi, slot, probes)
+
+
+def has_luajit(arch: Arch) -> bool:
+    """Whether upstream LuaJIT (or the s390x fork) has a JIT for ``arch``."""
+    return arch.name in _JUMPRANGE
+
+
+def choose_profile(arch: Arch, requested: str | None,
+                   generation: Generation | None) -> tuple[str, str | None]:
+    """The profile to use and, when it is not what the evidence said, why."""
+    if requested is not None:
+        profile(requested)  # validate the name
+        return requested, None
+    if generation is None:
+        return "generic", "no LuaJIT found: the generic window of the direct branch (--jit)"
+    if not has_luajit(arch):
+        return "generic", (f"LuaJIT has no JIT for {arch}: using the generic window of the "
+                           "direct branch")
+    return generation.profile, None
+
+
+def window_for_span(name: str, arch: Arch, anchor: Span, limit: Span, *,
+                    form_name: str | None = None) -> JitWindow:
+    """The window for an anchor span: code must reach its first and its last byte."""
+    near = jit_window(name, arch, anchor.start, limit, form_name=form_name)
+    if anchor.size <= 1:
+        return near
+    far = jit_window(name, arch, anchor.end - 1, limit, form_name=form_name)
+    lo, hi = max(near.window.start, far.window.start), min(near.window.end, far.window.end)
+    ulo, uhi = max(near.usable.start, far.usable.start), min(near.usable.end, far.usable.end)
+    return replace(near, window=Span(lo, max(lo, hi)), usable=Span(ulo, max(ulo, uhi)),
+                   hint_lo=max(near.hint_lo, far.hint_lo),
+                   hint_hi=min(near.hint_hi, far.hint_hi))
+
+
+# --- generation detection --------------------------------------------------------------
+
+# "LuaJIT 2.1.0-beta3", "LuaJIT 2.0.5", rolling "LuaJIT 2.1.1762400000" (commit time).
+_VERSION = re.compile(rb"LuaJIT (2\.[01])\.([0-9]+)(-beta[0-9]+)?")
+ALLOC_FIX_2017 = 1488931200  # 2017-03-08 00:00 UTC: commits 4e308361, d62459fc
+ALLOC_2025 = 1762387200  # 2025-11-06 00:00 UTC: commit 68354f44
+
+
+@dataclass(frozen=True)
+class Generation:
+    profile: str
+    evidence: str
+    confidence: str  # "high", "medium", "low"
+
+
+def classify_version(text: str) -> Generation:
+    """The allocator generation of a LuaJIT version string."""
+    match = _VERSION.search(text.encode())
+    if match is None:
+        raise UsageError(f"not a LuaJIT version string: {text!r}")
+    major, minor, beta = match.group(1).decode(), int(match.group(2)), match.group(3)
+    shown = match.group(0).decode()
+    if minor > 1_000_000:  # rolling release: seconds since the epoch of the commit
+        if minor >= ALLOC_2025:
+            return Generation("luajit-2025", f"version string {shown!r} (rolling, after "
+                              "68354f44)", "high")
+        return Generation("luajit-2.1", f"version string {shown!r} (rolling, before "
+                          "68354f44)", "high")
+    if major == "2.1" and beta is not None:
+        number = int(beta.decode().removeprefix("-beta"))
+        gen = "luajit-2.1" if number >= 3 else "luajit-2017"
+        return Generation(gen, f"version string {shown!r} (beta3 was released 2017-05-01, "
+                          "after the allocator fix)", "high")
+    if major == "2.0":
+        gen = "luajit-2.1" if minor >= 5 else "luajit-2017"
+        return Generation(gen, f"version string {shown!r}", "high")
+    return Generation("luajit-2.1", f"version string {shown!r}", "medium")
+
+
+def detect_generation(stream: BinaryIO, size: int, *, luajit_symbols: bool,
+                      needs_libluajit: bool) -> Generation | None:
+    """Find the LuaJIT version string in a file (streamed); None if nothing says LuaJIT."""
+    hits = bulk.find_all(stream, 0, size, b"LuaJIT 2.")
+    for hit in hits:
+        stream.seek(hit)
+        chunk = stream.read(40)
+        if _VERSION.match(chunk):
+            return classify_version(chunk.decode("latin-1"))
+    if luajit_symbols:
+        return Generation("luajit-2.1", "LuaJIT VM symbols but no version string: assuming "
+                          "the most widespread allocator", "low")
+    if needs_libluajit:
+        return Generation("luajit-2.1", "DT_NEEDED names libluajit: the version is in that "
+                          "library (inspect it)", "low")
+    return None

@@ -1,0 +1,182 @@
+"""``layoutkit verify``: the twin measured on a runner, compared with its own maps and
+with the kernel model's range over ASLR."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from layoutkit import native
+from layoutkit.cli import cli
+from layoutkit.commands.verify import verify
+from layoutkit.errors import EXIT_FINDINGS, EXIT_USAGE
+from tests.support import ELF_DIR, require
+
+DOCUMENTED = {"stack guard gap", "below mmap_min_addr",
+              "moved (runner ignores MAP_FIXED_NOREPLACE)"}
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory,
+                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def qemu_aarch64() -> None:
+    require("aarch64-linux-gnu-gcc")
+    require("qemu-aarch64")
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["verify", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_aarch64_nopie_at_0x400000_and_at_the_advised_base() -> None:
+    """Issue part 6: measured free slots match the prediction from the run's own maps,
+    lie in the model's range, and the advised base leaves more free slots."""
+    qemu_aarch64()
+    default = verify(str(ELF_DIR / "aarch64/nopie"), runner="qemu-user", runs=2)
+    advised = verify(str(ELF_DIR / "aarch64/nopie"), runner="qemu-user", runs=2,
+                     advice="rebase")
+    for v in (default, advised):
+        assert v.verdict == "ok", v.verdict
+        for r in v.runs:
+            assert {d.reason for d in r.differences} <= DOCUMENTED
+            # Slot for slot: measured = predicted, but for the documented slots.
+            taken_only_to_probe = sum(d.model_free for d in r.differences)
+            free_only_to_probe = sum(not d.model_free for d in r.differences)
+            assert (r.measured.free_slots ==
+                    r.predicted.free_slots - taken_only_to_probe + free_only_to_probe)
+            assert not r.result.context.leaked
+    # The image at 0x400000: only slot 0 (below mmap_min_addr, qemu moves it) differs.
+    assert [(d.slot, d.reason) for d in default.runs[0].differences] == [
+        (0, "below mmap_min_addr")]
+    assert default.twin.spec.loads[0].vaddr == 0x400000
+    assert default.runs[0].result.context.anchor == 0x403dd0
+    assert advised.advice == "rebase: -Wl,-Ttext-segment=0x4020000"
+    assert advised.runs[0].result.context.anchor == 0x4023dd0
+    assert advised.worst_run.measured.free_slots > default.worst_run.measured.free_slots
+    assert (default.model.worst.free_slots <= default.worst_run.measured.free_slots
+            <= default.model.best.free_slots)
+
+
+def test_json_fields_native() -> None:
+    require("cc")
+    if native.host_arch().name != "x86_64":
+        pytest.skip("the native expectations are for an x86-64 host")
+    code, out, _ = run(str(ELF_DIR / "x86_64/pie"), "--runs", "2", "--format", "json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["schema"] == "layoutkit/verify/1"
+    assert doc["runner"] == "native"
+    assert set(doc["kernel"]) >= {"release", "va_bits", "mmap_min_addr"}
+    assert doc["kernel"]["va_bits"] == 47
+    for side in ("predicted", "measured"):
+        assert set(doc[side]) == {"free_bytes", "free_slots", "largest_free"}
+    assert doc["predicted"] == doc["measured"]  # a real kernel: no difference at all
+    assert doc["model"]["worst"] <= doc["measured"]["free_slots"] <= doc["model"]["best"]
+    assert len(doc["runs"]) == 2
+    # A PIE: ASLR moves the anchor; its offset in the image stays the target's 0x44c0.
+    for r in doc["runs"]:
+        assert int(r["anchor"], 16) & 0xfff == 0x4c0
+        assert set(r) >= {"anchor", "counts", "probe_ns"}
+        assert r["counts"]["moved"] == 0
+    assert doc["difference"]["unexplained"] == 0
+    assert doc["verdict"] == "ok"
+    assert doc["infidelities"] == []
+
+
+def test_text_output_side_by_side() -> None:
+    qemu_aarch64()
+    code, out, _ = run(str(ELF_DIR / "aarch64/nopie"), "--arch", "arm64", "--runner",
+                       "qemu-user", "--runs", "1")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("Target:      ") and "non-PIE" in lines[0]
+    assert any(line.startswith("Runner note: qemu-user is not a kernel") for line in lines)
+    assert any(line.split()[:2] == ["free", "slots"] for line in lines)
+    assert lines[-1] == "Verdict:     ok"
+
+
+def test_qemu_user_image_holes_are_named_and_fail() -> None:
+    """-Tbss: qemu-user reserves the hole between the segments (a kernel would not)."""
+    qemu_aarch64()
+    code, out, _ = run(str(ELF_DIR / "aarch64/nopie"), "--runner", "qemu-user", "--runs",
+                       "1", "--advice", "relocate-text", "--format", "json")
+    assert code == EXIT_FINDINGS
+    doc = json.loads(out)
+    assert len(doc["twin_loads"]) == 3
+    assert doc["verdict"] == "failed: the measurement lies outside the kernel model's range"
+    assert any(n.startswith("qemu-user reserves the holes") for n in doc["notes"])
+
+
+def test_aarch64_nopie_on_qemu_system() -> None:
+    """The twin (dynamic: loader, libc, liblkprobe.so in the initramfs) on Debian's arm64
+    kernel: a real kernel answers EEXIST and EPERM, so only page 0 differs."""
+    require("qemu-system-aarch64")
+    require("aarch64-linux-gnu-gcc")
+    require("apt-get")
+    code, out, _ = run(str(ELF_DIR / "aarch64/nopie"), "--arch", "arm64", "--runner",
+                       "qemu-system", "--runs", "2", "--format", "json")
+    assert code == 0, out
+    default = json.loads(out)
+    code, out, _ = run(str(ELF_DIR / "aarch64/nopie"), "--arch", "arm64", "--runner",
+                       "qemu-system", "--runs", "2", "--advice", "rebase", "--format", "json")
+    assert code == 0, out
+    advised = json.loads(out)
+    for doc in (default, advised):
+        assert doc["runner"] == "qemu-system"
+        assert doc["verdict"] == "ok"
+        assert doc["checks"] == {"agrees": True, "within_model": True, "capacity": True,
+                                 "states": 1}
+        assert doc["infidelities"] == []
+        assert doc["kernel"]["release"].endswith("-cloud-arm64")
+        assert (doc["kernel"]["va_bits"], doc["kernel"]["mmap_min_addr"]) == (48, "0x1000")
+        assert doc["difference"]["unexplained"] == 0
+        assert doc["model"]["worst"] <= doc["measured"]["free_slots"] <= doc["model"]["best"]
+        for r in doc["runs"]:
+            assert r["counts"]["moved"] == 0 and r["counts"]["eexist"] > 0
+            assert not r["leaked_mappings"]
+    # The image at 0x400000: page 0 is refused (EPERM, uid 65534), the model counts it.
+    assert [(d["run"], d["slot"], d["reason"]) for d in default["difference"]["slots"]] == [
+        (1, "0x0", "below mmap_min_addr"), (2, "0x0", "below mmap_min_addr")]
+    assert [r["counts"]["eperm"] for r in default["runs"]] == [1, 1]
+    assert default["measured"]["free_slots"] == default["predicted"]["free_slots"] - 1
+    assert [r["anchor"] for r in default["runs"]] == ["0x403dd0", "0x403dd0"]
+    assert advised["advice"] == "rebase: -Wl,-Ttext-segment=0x4020000"
+    assert advised["measured"] == advised["predicted"]
+    assert advised["measured"]["free_slots"] > default["measured"]["free_slots"]
+
+
+@pytest.mark.parametrize("runner", ["qemu-user", "qemu-system"])
+def test_ppc64le_twin_runs_on_both_runners(runner: str) -> None:
+    """PPC64's .plt is a table the loader writes (WA): the twin must put it with the GOT,
+    or ld.so faults. On Debian's ppc64el kernel (64 KiB pages) nothing differs."""
+    require("powerpc64le-linux-gnu-gcc")
+    require("qemu-ppc64le" if runner == "qemu-user" else "qemu-system-ppc64")
+    code, out, _ = run(str(ELF_DIR / "ppc64le/nopie"), "--arch", "ppc64le", "--runner", runner,
+                       "--runs", "1", "--format", "json")
+    assert code == 0, out
+    doc = json.loads(out)
+    assert doc["verdict"] == "ok"
+    assert doc["checks"]["agrees"] and doc["checks"]["within_model"]
+    if runner == "qemu-system":
+        assert doc["kernel"]["va_bits"] == 47
+        assert doc["difference"]["slots"] == []
+        assert doc["runs"][0]["counts"]["moved"] == 0
+
+
+def test_qemu_system_runner_refuses_a_pie() -> None:
+    require("aarch64-linux-gnu-gcc")
+    code, _, err = run(str(ELF_DIR / "aarch64/pie"), "--runner", "qemu-system")
+    assert code == EXIT_USAGE
+    assert "non-PIE executables only" in err
+
+
+def test_stripped_binary_needs_an_anchor() -> None:
+    code, _, err = run(str(ELF_DIR / "aarch64/nopie-stripped"), "--runner", "qemu-user")
+    assert code == EXIT_USAGE
+    assert "give --anchor" in err
