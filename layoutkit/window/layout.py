@@ -13,16 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from layoutkit.core.model import ElfImage, LoadKind
+from layoutkit.core.scenario import DEFAULT_HEAP
 from layoutkit.core.spans import Span, align_down, align_up, normalize
 from layoutkit.core.units import format_size
 from layoutkit.window.accounting import Accounting, Occupant, account
 from layoutkit.window.kernel import PAGE, KernelConfig, aslr
 from layoutkit.window.profiles import JitWindow
 
-# Default growth reserve of the brk heap: 64 MiB, what glibc reserves for one malloc
-# arena on 64-bit (HEAP_MAX_SIZE, malloc/arena.c), so the main heap is budgeted like
-# the others. Override with --heap when the program's heap is known.
-DEFAULT_HEAP = 64 << 20
+__all__ = ["DEFAULT_HEAP", "Prediction", "predict"]
+
 
 
 @dataclass(frozen=True)
