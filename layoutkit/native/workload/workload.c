@@ -262,11 +262,17 @@ static int parse(int argc, char **argv, struct options *o) {
 }
 
 int main(int argc, char **argv) {
-    static char maps[MAPS_MAX];
-    static struct state states[THREADS_MAX];
     struct options o;
     int bad = parse(argc, argv, &o);
     if (bad) return bad;
+    /* On the heap, not in .bss: the image stays as small as a program's own would be
+     * (both are larger than glibc's mmap threshold, so they land in the mmap area). */
+    char *maps = malloc(MAPS_MAX);
+    struct state *states = calloc((size_t)o.threads, sizeof *states);
+    if (maps == NULL || states == NULL) {
+        fprintf(stderr, "workload: out of memory\n");
+        return 1;
+    }
     int persona = personality(0xffffffff);
     if (o.aslr_off && !(persona & ADDR_NO_RANDOMIZE)) {
         if (personality((unsigned long)persona | ADDR_NO_RANDOMIZE) == -1) {
@@ -298,7 +304,7 @@ int main(int argc, char **argv) {
     }
     for (long i = 0; i < o.threads; i++) pthread_join(states[i].thread, NULL);
     uint64_t wall = now_ns() - t0;
-    slurp("/proc/self/maps", maps, sizeof maps);
+    slurp("/proc/self/maps", maps, MAPS_MAX);
     printf("{\"luajit\": \"%s\", \"threads\": %ld, \"aslr\": \"%s\", \"heap_mib\": %ld, "
            "\"statements\": %ld, \"retries\": %ld, \"attempts\": %ld, \"sizemcode_kib\": %ld, "
            "\"maxmcode_kib\": %ld, \"anchor\": \"%p\", \"brk\": [\"%p\", \"%p\"], "

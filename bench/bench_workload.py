@@ -1,0 +1,175 @@
+"""The real-LuaJIT workload in the arm64 guest: N threads vs measured mcode allocation aborts.
+
+For each LuaJIT generation (``luajit-2.1``: Debian's libluajit-5.1.a; ``luajit-2025``:
+LuaJIT 2.1 from lupa's sdist) and ASLR on and off, the static non-PIE workload linked at
+0x400000 runs in Debian's arm64 kernel under qemu-system (TCG) with the brk heap grown by
+64 MiB, ``--runs`` times per N, one guest boot per (generation, ASLR). Each boot starts
+with a timing run: what one mmap/munmap at a taken hint costs in the guest. The table
+(markdown) is written to ``--out``, with an empty column for the replay's predicted
+p5..p95 band of aborts per run, for the issue 11 comparison.
+
+    python3 bench/bench_workload.py [--runs 2] [--out bench/results/calibration-arm64.md]
+        [--point luajit-2.1:on:16,64,128 ...] [--retries 3] [--jobs 2]
+
+``--jobs 2`` boots two guests at once (each qemu TCG uses one host core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from layoutkit.errors import ProbeError
+from layoutkit.native import workload as wl
+
+ARCH = "aarch64"
+HEAP_MIB = 64
+MMAP_PAIRS = 2000
+# The longest boots first, so that --jobs 2 finishes them together.
+DEFAULT_POINTS = ("luajit-2025:on:32,128", "luajit-2.1:on:16,64,128,192",
+                  "luajit-2025:off:4,16,64", "luajit-2.1:off:4,8,16,64")
+OUT = Path(__file__).resolve().parent / "results" / "calibration-arm64.md"
+
+
+@dataclass(frozen=True)
+class Point:
+    generation: wl.Generation
+    aslr: wl.Aslr
+    threads: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Group:
+    """One guest boot: its points' runs and the mmap cost measured first."""
+
+    point: Point
+    runs: dict[int, list[wl.WorkloadRun]]
+    cost: wl.MmapCost
+    kernel: str
+    luajit: str
+    source: str
+    boot_s: float
+
+
+def parse_point(text: str) -> Point:
+    try:
+        generation, aslr, threads = text.split(":")
+        return Point(wl.Generation(generation), wl.Aslr(aslr),
+                     tuple(int(n) for n in threads.split(",")))
+    except ValueError as e:
+        raise SystemExit(f"--point {text}: expected GENERATION:on|off:N,N,... ({e})") from e
+
+
+def measure(point: Point, runs: int, retries: int) -> Group:
+    exe = wl.build_workload(point.generation, ARCH)
+    arglists: list[list[str]] = [["--mmap-bench", str(MMAP_PAIRS)]]
+    for n in point.threads:
+        arglists += [wl.workload_args(point.generation, n, arch=ARCH, aslr=point.aslr,
+                                      heap_mib=HEAP_MIB, retries=retries)] * runs
+    start = time.monotonic()
+    results, kernel = wl.run_in_guest(exe, arglists, timeout=7200)
+    cost = results[0]
+    assert isinstance(cost, wl.MmapCost)
+    by_n: dict[int, list[wl.WorkloadRun]] = {n: [] for n in point.threads}
+    for run in results[1:]:
+        assert isinstance(run, wl.WorkloadRun)
+        by_n[run.threads].append(run)
+    luajit = next(iter(by_n.values()))[0].luajit
+    return Group(point, by_n, cost, kernel, luajit, exe.luajit.source,
+                 time.monotonic() - start)
+
+
+def _mean(values: Sequence[float]) -> str:
+    return f"{statistics.fmean(values):.1f}"
+
+
+def table(groups: Sequence[Group], runs: int, retries: int) -> list[str]:
+    lines = [
+        "# Calibration: the real LuaJIT workload in the arm64 guest (issue 11, point 5)",
+        "",
+        "Static, non-PIE arm64 workload linked at 0x400000 (GNU ld default), N threads each "
+        "with its own `lua_State` compiling big traces (one 64 KiB area each) until it holds "
+        "maxmcode/sizemcode areas (luajit-2.1: 8, luajit-2025: 32) or has seen more than "
+        f"{retries} allocation aborts; brk heap grown by {HEAP_MIB} MiB before the threads "
+        "start. Run in Debian's arm64 kernel under qemu-system TCG (one vCPU), as uid 65534.",
+        "",
+        "- aborts: LJ_TRERR_MCODEAL trace aborts with room left under maxmcode (no area "
+        "found in range), per run: mean / min / max",
+        "- states aborted: states that saw at least one such abort (mean per run)",
+        "- areas: mcode areas held at the end (= anonymous r-x bytes in the workload's own "
+        "/proc/self/maps / 64 KiB), mean per run",
+        "- mmap calls: LuaJIT's mmap calls (mcode and its allocator), mean per run",
+        "- wall: seconds from starting the threads to joining them, in the guest (TCG), mean",
+        "- replay p5..p95: the model replay's predicted band of aborts per run (to be "
+        "filled in by the lead)",
+        "",
+    ]
+    for g in groups:
+        lines.append(f"- {g.point.generation.value}: {g.luajit}, from {g.source}; kernel "
+                     f"{g.kernel}; ASLR {g.point.aslr.value}: one mmap at a taken hint "
+                     f"{g.cost.mmap_ns / 1000:.0f} us, one munmap "
+                     f"{g.cost.munmap_ns / 1000:.0f} us ({g.cost.pairs} pairs, "
+                     f"{g.cost.moved} moved); the boot took {g.boot_s:.0f} s")
+    lines += ["", "| N | generation | ASLR | runs | aborts mean | min | max | states aborted "
+              "| areas | mmap calls | wall s | replay p5..p95 |",
+              "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for g in groups:
+        for n, rs in g.runs.items():
+            aborts = [r.alloc_aborts for r in rs]
+            lines.append(
+                f"| {n} | {g.point.generation.value} | {g.point.aslr.value} | {len(rs)} | "
+                f"{_mean(aborts)} | {min(aborts)} | {max(aborts)} | "
+                f"{_mean([r.states_aborted for r in rs])} | {_mean([r.areas for r in rs])} | "
+                f"{_mean([r.mmap_calls for r in rs])} | "
+                f"{_mean([r.wall_ns / 1e9 for r in rs])} |  |")
+    lines += ["", f"Reproduce: `python3 bench/bench_workload.py --runs {runs} --retries "
+              f"{retries} --jobs 2 " + " ".join(f"--point {_spec(g.point)}" for g in groups) + "`", ""]
+    return lines
+
+
+def _spec(point: Point) -> str:
+    return (f"{point.generation.value}:{point.aslr.value}:"
+            + ",".join(str(n) for n in point.threads))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--retries", type=int, default=3)
+    parser.add_argument("--point", action="append", type=parse_point)
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--jobs", type=int, default=1)
+    options = parser.parse_args()
+    points = options.point or [parse_point(p) for p in DEFAULT_POINTS]
+    for point in points:  # build (and fetch) once, before any concurrent boot
+        wl.build_workload(point.generation, ARCH)
+
+    def one(point: Point) -> Group:
+        group = measure(point, options.runs, options.retries)
+        for n, rs in group.runs.items():
+            print(f"{_spec(point).rsplit(':', 1)[0]} N={n}: aborts "
+                  f"{[r.alloc_aborts for r in rs]}, areas {[r.areas for r in rs]}, "
+                  f"wall {[round(r.wall_ns / 1e9, 1) for r in rs]} s", flush=True)
+        return group
+
+    try:
+        with ThreadPoolExecutor(max_workers=options.jobs) as pool:
+            groups = list(pool.map(one, points))
+    except ProbeError as e:
+        print(f"bench_workload: {e}", file=sys.stderr)
+        return 4
+    text = "\n".join(table(groups, options.runs, options.retries))
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    options.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
