@@ -20,8 +20,8 @@ import argparse
 import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,8 +128,9 @@ def table(groups: Sequence[Group], runs: int, retries: int) -> list[str]:
                 f"{_mean([r.states_aborted for r in rs])} | {_mean([r.areas for r in rs])} | "
                 f"{_mean([r.mmap_calls for r in rs])} | "
                 f"{_mean([r.wall_ns / 1e9 for r in rs])} |  |")
+    specs = " ".join(f"--point {_spec(g.point)}" for g in groups)
     lines += ["", f"Reproduce: `python3 bench/bench_workload.py --runs {runs} --retries "
-              f"{retries} --jobs 2 " + " ".join(f"--point {_spec(g.point)}" for g in groups) + "`", ""]
+              f"{retries} --jobs 2 {specs}`", ""]
     return lines
 
 

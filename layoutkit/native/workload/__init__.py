@@ -44,10 +44,13 @@ SOURCES = (HERE / "workload.c", HERE / "workload.lua", HERE.parent / "lk_io.h")
 LUPA = "2.8"  # the first lupa whose sdist bundles a LuaJIT with 68354f44's allocator
 DEBIAN_PACKAGES = ("libluajit-5.1-dev", "libluajit-5.1-common")
 KiB = 1024
-# Lines of arithmetic per generated function: one trace of about one 64 KiB area
-# (measured with jit.util.tracemc: x86-64 about 47 KiB at 1200, arm64 in the guest
-# about the same; a trace over half an area keeps one trace per area).
-STATEMENTS = {"x86_64": 1200, "aarch64": 1200}
+# Lines of arithmetic per generated function, so that its trace takes more than half
+# and less than all of a 64 KiB area: one trace per area, a state's allotment in as few
+# compilations as possible. Measured with the workload itself (compilations per area
+# held, --threads 1 --maxmcode 512): x86-64 one per area from 1300 (55 KiB at 1400 by
+# jit.util.tracemc), over an area (an abort) at 2200; arm64 two per area up to 1700, one
+# from 1900, still one at 3000.
+STATEMENTS = {"x86_64": 1400, "aarch64": 2400}
 
 
 @dataclass(frozen=True)
@@ -281,7 +284,10 @@ def _lupa_luajit(m: Machine) -> LuajitBuild:
         prefix = f"lupa-{LUPA}/third-party/luajit21/"
         with tarfile.open(sdists[0]) as tar:
             members = [t for t in tar.getmembers() if t.name.startswith(prefix)]
-            tar.extractall(work / "x", members=members, filter="data")
+            if hasattr(tarfile, "data_filter"):  # Python 3.10.12+: refuse unsafe members
+                tar.extractall(work / "x", members=members, filter="data")
+            else:
+                tar.extractall(work / "x", members=members)
         tree = work / "x" / prefix
         mcode = tree / "src" / "lj_mcode.c"
         if not mcode.is_file() or "mcode_setrange" not in mcode.read_text():
