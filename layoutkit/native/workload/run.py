@@ -54,6 +54,7 @@ class StateCounts:
     area_mmaps: int  # requests of exactly one area
     area_hinted: int  # ... with a hint
     error: str
+    other_reasons: str  # the other aborts' messages with their counts, "message: n; ..."
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class WorkloadRun:
     anchor: int  # lj_vm_exit_handler
     brk: Span  # the brk heap grown before the threads started
     wall_ns: int
+    peak_rss_kib: int  # VmHWM at the end
     jit_bytes: int  # anonymous r-x bytes in the final /proc/self/maps
     jit_mappings: tuple[Span, ...]
     states: tuple[StateCounts, ...]
@@ -143,6 +145,7 @@ def parse_report(stdout: str, *, source: str, arch: str, runner: str) -> Workloa
             statements=int(doc["statements"]), sizemcode=int(doc["sizemcode_kib"]) * KiB,
             maxmcode=int(doc["maxmcode_kib"]) * KiB, anchor=_addr(doc["anchor"]),
             brk=Span(_addr(doc["brk"][0]), _addr(doc["brk"][1])), wall_ns=int(doc["wall_ns"]),
+            peak_rss_kib=int(doc["peak_rss_kib"]),
             jit_bytes=int(doc["jit_bytes"]),
             jit_mappings=tuple(Span(int(a, 16), int(b, 16)) for a, b in doc["jit_mappings"]),
             states=states, maps=doc["maps"])

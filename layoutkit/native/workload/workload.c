@@ -113,6 +113,7 @@ struct state {
     struct counters counts;
     long traces, alloc_aborts, limit_aborts, other_aborts, flushes, compiles;
     char error[256];
+    char other_reasons[256];  /* the other aborts' messages, counted */
 };
 
 static pthread_barrier_t start_line;
@@ -164,6 +165,10 @@ static void *run_state(void *arg) {
         s->other_aborts = field(L, "other_aborts");
         s->flushes = field(L, "flushes");
         s->compiles = field(L, "compiles");
+        lua_getfield(L, -1, "other_reasons");
+        snprintf(s->other_reasons, sizeof s->other_reasons, "%s",
+                 lua_isstring(L, -1) ? lua_tostring(L, -1) : "");
+        lua_pop(L, 1);
     }
     lua_settop(L, 0);
     s->counts = tl;  /* the state stays open: its areas stay mapped for the maps read */
@@ -304,14 +309,17 @@ int main(int argc, char **argv) {
     }
     for (long i = 0; i < o.threads; i++) pthread_join(states[i].thread, NULL);
     uint64_t wall = now_ns() - t0;
+    slurp("/proc/self/status", maps, MAPS_MAX);
+    const char *hwm = strstr(maps, "VmHWM:");
+    long peak_kib = hwm ? strtol(hwm + 6, NULL, 10) : -1;  /* peak resident set */
     slurp("/proc/self/maps", maps, MAPS_MAX);
     printf("{\"luajit\": \"%s\", \"threads\": %ld, \"aslr\": \"%s\", \"heap_mib\": %ld, "
            "\"statements\": %ld, \"retries\": %ld, \"attempts\": %ld, \"sizemcode_kib\": %ld, "
            "\"maxmcode_kib\": %ld, \"anchor\": \"%p\", \"brk\": [\"%p\", \"%p\"], "
-           "\"wall_ns\": %llu, \"jit_bytes\": %llu, \"jit_mappings\": [",
+           "\"wall_ns\": %llu, \"peak_rss_kib\": %ld, \"jit_bytes\": %llu, \"jit_mappings\": [",
            LUAJIT_VERSION, o.threads, (persona & ADDR_NO_RANDOMIZE) ? "off" : "on", o.heap,
            o.statements, o.retries, o.attempts, o.sizemcode, o.maxmcode,
-           (void *)lj_vm_exit_handler, brk0, brk1, (unsigned long long)wall,
+           (void *)lj_vm_exit_handler, brk0, brk1, (unsigned long long)wall, peak_kib,
            (unsigned long long)jit_mappings(maps, 0));
     jit_mappings(maps, 1);
     printf("], \"states\": [");
@@ -328,6 +336,8 @@ int main(int argc, char **argv) {
                (unsigned long long)c->mmap_ns, (unsigned long long)c->munmap_ns,
                (unsigned long long)c->area_mmaps, (unsigned long long)c->area_hinted);
         json_string(s->error);
+        fputs(", \"other_reasons\": ", stdout);
+        json_string(s->other_reasons);
         putchar('}');
     }
     printf("], \"maps\": ");

@@ -23,14 +23,16 @@ local allotment = math.floor(maxmcode / sizemcode)
 jit.opt.start("-loop", "hotloop=1", "maxrecord=30000", "maxirconst=8000", "maxsnap=8000",
               "sizemcode=" .. sizemcode, "maxmcode=" .. maxmcode)
 
+local traceerr = require("jit.vmdef").traceerr
 local MCODEAL
-for code, message in pairs(require("jit.vmdef").traceerr) do
+for code, message in pairs(traceerr) do
   if message == "failed to allocate mcode memory" then MCODEAL = code end
 end
 assert(MCODEAL, "jit.vmdef.traceerr has no 'failed to allocate mcode memory'")
 
 local counts = {traces = 0, alloc_aborts = 0, limit_aborts = 0, other_aborts = 0,
                 flushes = 0, compiles = 0}
+local others = {}  -- the other aborts' messages, counted
 
 local function on_trace(what, _, _, _, code)
   if what == "stop" then
@@ -40,6 +42,8 @@ local function on_trace(what, _, _, _, code)
   elseif what == "abort" then
     if code ~= MCODEAL then
       counts.other_aborts = counts.other_aborts + 1
+      local why = traceerr[code] or tostring(code)
+      others[why] = (others[why] or 0) + 1
     elseif (workload_areas() + 1) * sizemcode > maxmcode then
       counts.limit_aborts = counts.limit_aborts + 1
     else
@@ -66,6 +70,13 @@ while workload_areas() < allotment and counts.alloc_aborts <= retries
   -- A new prototype each time: a new root trace. It is not kept: a collected
   -- prototype's trace is freed, its machine code stays in the area until a flush.
   assert(loadstring(bytecode, "=big"))(0.5)
+  -- Free the dead prototype and its trace (IR and snapshots: a few hundred KiB) now, not
+  -- when the GC's pace gets there: 128 states in the guest's 1 GiB otherwise run out.
+  collectgarbage()
 end
 jit.attach(on_trace)  -- detach
+local reasons = {}
+for why, n in pairs(others) do reasons[#reasons + 1] = ("%s: %d"):format(why, n) end
+table.sort(reasons)
+counts.other_reasons = table.concat(reasons, "; ")
 return counts
