@@ -22,8 +22,9 @@ from dataclasses import dataclass, replace
 from layoutkit.advice import linkers, relocate
 from layoutkit.core.arches import Arch, GiB
 from layoutkit.core.model import ElfImage, LoadKind, Perm, Section, Segment
+from layoutkit.core.scenario import DEFAULT_SCENARIO, Scenario
 from layoutkit.core.spans import Span, align_up
-from layoutkit.core.units import format_size
+from layoutkit.core.units import format_size, parse_address
 from layoutkit.elf import ElfReader
 from layoutkit.errors import NoFitError, UsageError
 from layoutkit.ranges import FormKind, forms
@@ -31,7 +32,7 @@ from layoutkit.read import refs
 from layoutkit.window.accounting import Accounting
 from layoutkit.window.anchor import find_anchor, luajit_generation
 from layoutkit.window.kernel import PAGE, KernelConfig
-from layoutkit.window.layout import DEFAULT_HEAP, Prediction, predict
+from layoutkit.window.layout import Prediction, predict
 from layoutkit.window.profiles import Generation, JitWindow, choose_profile, window_for_span
 
 # Non-PIE images above 2 GiB do not link on these arches with Debian's crt objects
@@ -122,18 +123,13 @@ def _extent_below(profile: str, arch: Arch, anchor: Span, kernel: KernelConfig,
 
 def advise(
     binary: str | None,
+    scenario: Scenario = DEFAULT_SCENARIO,
     *,
     arch_name: str | None = None,
     linker: str | None = None,
-    jit: str | None = None,
-    form: str | None = None,
     anchor: str | None = None,
-    heap: int = DEFAULT_HEAP,
-    states: int = 1,
-    mcode: int | None = None,
-    va_bits: int | None = None,
-    mmap_min_addr: int | None = None,
 ) -> Advice:
+    jit, form = scenario.jit, scenario.form
     notes: list[str] = []
     generation = None
     if binary is not None:
@@ -171,13 +167,13 @@ def advise(
     profile, note = choose_profile(arch, jit, generation)
     if note:
         notes.append(note)
-    kernel = KernelConfig.for_arch(arch, va_bits=va_bits, mmap_min_addr=mmap_min_addr)
+    kernel = KernelConfig.under(arch, scenario.kernel)
 
     def evaluate(img: ElfImage, anchor_at: Span) -> Prediction:
         bias, _ = kernel.nominal_bias(img)
         runtime = Span(anchor_at.start + bias, anchor_at.end + bias)
         return predict(img, kernel, _window(profile, arch, runtime, kernel, form), bias,
-                       heap=heap, states=states, mcode=mcode)
+                       scenario)
 
     current = evaluate(image, anchor_link)
     recs: list[Recommendation] = []
@@ -267,7 +263,7 @@ def advise(
     recs.sort(key=lambda r: (-(r.worst.free_slots if r.worst else 0),
                              r.kind != "relocate-text"))
     best = (recs[0].worst if recs else None) or current.worst
-    runtime = _runtime(profile, best, states, mcode)
+    runtime = _runtime(profile, best, scenario.demand.states, scenario.demand.mcode)
     recs.extend(runtime)
     if best.capacity.verdict != "ok":
         alternatives = "; ".join(r.reasons[0] for r in runtime) or "none"
@@ -275,7 +271,8 @@ def advise(
         if profile == "generic" and far is not None and form != far.name:
             alternatives += f"; a JIT that calls through {far.name}: --form {far.name}"
         raise NoFitError(
-            f"{states} JIT state(s) of {format_size(best.capacity.mcode_per_state)} do not "
+            f"{scenario.demand.states} JIT state(s) of "
+            f"{format_size(best.capacity.mcode_per_state)} do not "
             f"fit the {profile} window of {arch} even after the best change "
             f"({best.capacity.states_fit} fit in {best.free_slots} free slots): "
             f"runtime alternatives: {alternatives}")
@@ -357,6 +354,15 @@ class RelocationCheck:
     @property
     def feasible(self) -> bool:
         return self.requested is None or self.allowed.allows(self.requested - self.address)
+
+
+def parse_move(text: str) -> tuple[list[str], int | None]:
+    """``--move SECTION[,SECTION...][=ADDR]``: the sections and the address, if any."""
+    names, _, where = text.partition("=")
+    sections = [n for n in names.split(",") if n]
+    if not sections:
+        raise UsageError(f"--move {text!r}: name a section, e.g. --move .text=0x7f000000")
+    return sections, parse_address(where) if where else None
 
 
 def check_move(binary: str, sections: list[str], address: int | None) -> RelocationCheck:

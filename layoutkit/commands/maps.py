@@ -10,21 +10,28 @@ mappings), and accounts for the profile's window with the real occupants.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 from layoutkit.core import arches
 from layoutkit.core.arches import Arch
 from layoutkit.core.model import Perm
+from layoutkit.core.scenario import DEFAULT_SCENARIO, Scenario
 from layoutkit.core.spans import Span, normalize
 from layoutkit.core.units import parse_address
 from layoutkit.elf import ElfReader
-from layoutkit.errors import InputError, LayoutkitError, UsageError
+from layoutkit.errors import EXIT_FINDINGS, EXIT_OK, InputError, LayoutkitError, UsageError
 from layoutkit.read import stubs
-from layoutkit.read.maps import Mapping, MappingKind, ProcessMaps
+from layoutkit.read.maps import (
+    Mapping,
+    MappingKind,
+    ProcessMaps,
+    read_maps_file,
+    read_process_maps,
+)
 from layoutkit.window.accounting import STACK_GUARD_GAP, Accounting, Occupant, account
 from layoutkit.window.anchor import DEFAULT_ANCHORS, Anchor, luajit_generation
 from layoutkit.window.kernel import KernelConfig
-from layoutkit.window.layout import DEFAULT_HEAP
 from layoutkit.window.profiles import Generation, choose_profile, window_for_span
 
 # qemu-user maps one anonymous r-x page for its signal trampoline (facts.md §7); a real
@@ -52,6 +59,31 @@ class MapsAnalysis:
     ignored: tuple[Mapping, ...]
     accounting: Accounting
     notes: tuple[str, ...]
+
+    @property
+    def exit_code(self) -> int:
+        """1 when the requested JIT states do not fit the window as mapped."""
+        return EXIT_OK if self.accounting.capacity.verdict == "ok" else EXIT_FINDINGS
+
+
+def parse_path_map(items: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """``--path-map OLD=NEW`` values as (old, new) pairs."""
+    pairs = []
+    for item in items:
+        old, sep, new = item.partition("=")
+        if not sep or not old or not new:
+            raise UsageError(f"--path-map {item!r}: write OLD=NEW")
+        pairs.append((old, new))
+    return tuple(pairs)
+
+
+def analyse_target(target: str, scenario: Scenario = DEFAULT_SCENARIO, *,
+                   anchor: str | None = None, arch_name: str | None = None,
+                   path_map: Iterable[str] = ()) -> MapsAnalysis:
+    """``maps PID|FILE``: read the live process (all digits) or the saved listing."""
+    pairs = parse_path_map(path_map)
+    maps = read_process_maps(int(target)) if target.isdigit() else read_maps_file(target)
+    return analyse_maps(maps, scenario, anchor=anchor, arch_name=arch_name, path_map=pairs)
 
 
 def _host_arch() -> Arch | None:
@@ -110,21 +142,17 @@ def _jit_areas(maps: ProcessMaps) -> tuple[list[Span], list[Mapping]]:
 
 def analyse_maps(
     maps: ProcessMaps,
+    scenario: Scenario = DEFAULT_SCENARIO,
     *,
     anchor: str | None = None,
     arch_name: str | None = None,
-    jit: str | None = None,
-    form: str | None = None,
-    va_bits: int | None = None,
-    mmap_min_addr: int | None = None,
-    heap: int = DEFAULT_HEAP,
-    states: int = 1,
-    mcode: int | None = None,
     path_map: tuple[tuple[str, str], ...] = (),
     jit_code: tuple[tuple[int, bytes], ...] | None = None,
 ) -> MapsAnalysis:
     """``jit_code`` (address, bytes) is the JIT code already read (the preload probe's
     child copies its own); without it a live process's code is read from /proc/PID/mem."""
+    jit = scenario.jit
+    overrides = scenario.kernel
     notes: list[str] = []
     found: Anchor | None = None
     holder: str | None = None
@@ -198,20 +226,22 @@ def analyse_maps(
     if note:
         notes.append(note)
     host = os.uname().machine
-    if mmap_min_addr is None and maps.source.startswith("pid ") and \
+    if overrides.mmap_min_addr is None and maps.source.startswith("pid ") and \
             arches.by_name({"x86_64": "x86_64", "aarch64": "aarch64"}.get(host, host)) is arch:
         with open("/proc/sys/vm/mmap_min_addr") as f:
-            mmap_min_addr = int(f.read())
-    kernel = KernelConfig.for_arch(arch, va_bits=va_bits, mmap_min_addr=mmap_min_addr)
-    window = window_for_span(profile, arch, found.span, kernel.user_space, form_name=form)
+            overrides = replace(overrides, mmap_min_addr=int(f.read()))
+    kernel = KernelConfig.under(arch, overrides)
+    window = window_for_span(profile, arch, found.span, kernel.user_space,
+                             form_name=scenario.form)
     spans, ignored = _jit_areas(maps)
     if ignored:
         notes.append(f"ignored {len(ignored)} one-page anonymous r-x mapping(s): qemu-user's "
                      "signal trampoline, not JIT code")
     areas = tuple(JitArea(s, (s.end - 1 - found.span.start) if s.start >= found.span.start
                           else (s.start - found.span.start)) for s in spans)
-    occupants = _occupants(maps, spans, ignored, heap)
-    acc = account(window, occupants, states=states, mcode=mcode)
+    occupants = _occupants(maps, spans, ignored, scenario.heap)
+    acc = account(window, occupants, states=scenario.demand.states,
+                  mcode=scenario.demand.mcode)
     return MapsAnalysis(maps, arch, kernel, found, holder, bias, generation, profile, areas,
                         tuple(ignored), acc, tuple(notes))
 

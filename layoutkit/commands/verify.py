@@ -24,6 +24,7 @@ from typing import Any
 from layoutkit import native
 from layoutkit.advice.advise import _shift, _split_bss, advise
 from layoutkit.core.model import ElfImage, LoadKind, Perm
+from layoutkit.core.scenario import DEFAULT_SCENARIO, Scenario
 from layoutkit.core.spans import Span, largest
 from layoutkit.core.units import format_size
 from layoutkit.elf import ElfReader
@@ -35,7 +36,7 @@ from layoutkit.read.maps import ProcessMaps
 from layoutkit.window.accounting import Accounting, account
 from layoutkit.window.anchor import find_anchor, luajit_generation
 from layoutkit.window.kernel import PAGE, KernelConfig, defaults
-from layoutkit.window.layout import DEFAULT_HEAP, Prediction, predict
+from layoutkit.window.layout import Prediction, predict
 from layoutkit.window.profiles import choose_profile, window_for_span
 
 ADVICE_KINDS = ("rebase", "relocate-text", "pie")
@@ -170,8 +171,7 @@ def _capacity(runs: Sequence[Span], profile_area: int, per_state: int) -> int:
 
 
 def _advised(image: ElfImage, anchor: int, path: str, kind: str | None, base: int | None,
-             jit: str | None, heap: int, states: int,
-             mcode: int | None) -> tuple[ElfImage, int, str | None]:
+             scenario: Scenario) -> tuple[ElfImage, int, str | None]:
     """The image (and anchor) as the advice lays it out, and how to say so."""
     span = image.image_span
     assert span is not None
@@ -183,8 +183,7 @@ def _advised(image: ElfImage, anchor: int, path: str, kind: str | None, base: in
         return _shift(image, delta), anchor + delta, f"rebase to {base:#x}"
     if kind is None:
         return image, anchor, None
-    advice = advise(path, jit=jit, anchor=f"{anchor:#x}", heap=heap, states=states,
-                    mcode=mcode)
+    advice = advise(path, scenario, anchor=f"{anchor:#x}")
     rec = next((r for r in advice.recommendations if r.kind == kind), None)
     if rec is None:
         raise UsageError(f"advise has no {kind} recommendation for {path}")
@@ -201,12 +200,13 @@ def _advised(image: ElfImage, anchor: int, path: str, kind: str | None, base: in
     return moved, anchor + delta, text
 
 
-def verify(path: str, *, arch_name: str | None = None, runner: str = "native",
-           runs: int = DEFAULT_RUNS, advice: str | None = None, base: int | None = None,
-           anchor_spec: str | None = None,
-           jit: str | None = None, heap: int = DEFAULT_HEAP, states: int = 1,
-           mcode: int | None = None) -> Verification:
-    """Build the twin of ``path`` (as advised), run it ``runs`` times, compare."""
+def verify(path: str, scenario: Scenario = DEFAULT_SCENARIO, *, arch_name: str | None = None,
+           runner: str = "native", runs: int = DEFAULT_RUNS, advice: str | None = None,
+           base: int | None = None, anchor_spec: str | None = None) -> Verification:
+    """Build the twin of ``path`` (as advised), run it ``runs`` times, compare.
+
+    The kernel values are the runner's (measured), not the scenario's overrides."""
+    jit, states, mcode = scenario.jit, scenario.demand.states, scenario.demand.mcode
     if runner not in (*native.RUNNERS, qemu_system.RUNNER):
         raise UsageError(f"unknown runner {runner!r} (known: "
                          f"{', '.join((*native.RUNNERS, qemu_system.RUNNER))})")
@@ -227,8 +227,7 @@ def verify(path: str, *, arch_name: str | None = None, runner: str = "native",
         raise UsageError(f"{path} has no anchor symbol (the fallback is its whole "
                          "executable segment, where no single probe function can stand): "
                          "give --anchor SYMBOL|ADDR inside its code")
-    laid, anchor, advice_text = _advised(image, found.span.start, path, advice, base, jit,
-                                         heap, states, mcode)
+    laid, anchor, advice_text = _advised(image, found.span.start, path, advice, base, scenario)
     spec = TwinSpec.of(laid, anchor, path if advice_text is None else
                        f"{path} ({advice_text})")
     twin = build_twin(spec)
@@ -267,8 +266,9 @@ def verify(path: str, *, arch_name: str | None = None, runner: str = "native",
                                    mmap_min_addr=kernel_seen.mmap_min_addr)
     bias, _ = kernel.nominal_bias(laid)
     point = Span(anchor + bias, anchor + bias + 1)
-    window = window_for_span(profile, image.arch, point, kernel.user_space)
-    model = predict(laid, kernel, window, bias, heap=heap, states=states, mcode=mcode)
+    window = window_for_span(profile, image.arch, point, kernel.user_space,
+                             form_name=scenario.form)
+    model = predict(laid, kernel, window, bias, scenario)
     holes = _image_holes(first.maps(), laid, bias) if runner == "qemu-user" else []
     if holes:
         notes.append("qemu-user reserves the holes between the image's PT_LOAD segments ("

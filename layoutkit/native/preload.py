@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from layoutkit.commands.maps import MapsAnalysis, analyse_maps
+from layoutkit.core.scenario import Scenario
 from layoutkit.core.spans import Span, align_up, largest
 from layoutkit.core.units import format_size
 from layoutkit.elf import ElfReader
@@ -242,7 +243,7 @@ def _result(run: ProgramRun, doc: dict[str, Any]) -> ProgramResult:
     pid = run.process.pid
     maps = parse_maps(doc["maps_before"], source=f"pid {pid} (copy in preload child {child})")
     code = tuple((int(c["start"], 16), bytes.fromhex(c["hex"])) for c in doc["jit_code"])
-    analysis = analyse_maps(maps, anchor=run.anchor, jit=run.jit, jit_code=code)
+    analysis = analyse_maps(maps, Scenario(jit=run.jit), anchor=run.anchor, jit_code=code)
     window = analysis.accounting.jit
     lo, hi = max(window.usable.start, start), min(window.usable.end, end)
     i, j = (lo - start) // slot, max((lo - start) // slot, (hi - start) // slot)

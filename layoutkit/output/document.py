@@ -118,9 +118,9 @@ def reach_json(reach: ReachWindow) -> dict[str, Any]:
     }
 
 
-def inspection_json(result: Inspection) -> dict[str, Any]:
+def inspection_json(result: Inspection, *, bundled: bool = False) -> dict[str, Any]:
     anchor = result.anchor
-    return document("inspect", {
+    doc = document("inspect", {
         **image_json(result.image),
         "load": {"bias": hexa(result.bias), "how": result.bias_how,
                  "model": result.image.load_kind.describe()},
@@ -140,6 +140,12 @@ def inspection_json(result: Inspection) -> dict[str, Any]:
         "reach": [reach_json(r) for r in result.reach],
         **prediction_json(result),
     })
+    doc["bundled_default"] = bundled
+    return doc
+
+
+def ranges_json(rows: tuple[BranchForm, ...]) -> dict[str, Any]:
+    return document("ranges", {"forms": [form_json(f) for f in rows]})
 
 
 def window_json(acc: Accounting) -> dict[str, Any]:

@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import os
 import re
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from xml.sax.saxutils import escape, quoteattr
 
 from layoutkit.core.spans import Span
 from layoutkit.core.units import format_size
+from layoutkit.errors import UsageError
 from layoutkit.window.accounting import Accounting, Occupant
 
 # --- kinds: colours, terminal symbols, legend names ---------------------------------------
@@ -733,3 +736,17 @@ def terminal_view(acc: Accounting, anchor: Span, *, width: int = 72,
         else:
             legend.append(entry)
     return ["".join(bar), marker, addresses, *legend]
+
+
+def write_svg(path: str, acc: Accounting, anchor: Span, title: str,
+              jit_areas: tuple[Span, ...] = ()) -> None:
+    """Write the picture atomically: a temporary file in the same folder, then rename."""
+    text = svg(acc, anchor, title=title, jit_areas=jit_areas)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".layoutkit-", suffix=".svg", dir=folder)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UsageError(f"--svg {path}: {e.strerror}") from None

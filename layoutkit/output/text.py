@@ -55,9 +55,11 @@ def image_lines(image: ElfImage) -> Iterator[str]:
     )
 
 
-def inspection_lines(result: Inspection, *, default_note: str | None = None) -> Iterator[str]:
-    if default_note:
-        yield default_note
+def inspection_lines(result: Inspection, *, bundled: bool = False) -> Iterator[str]:
+    """``bundled``: no BINARY was given and the bundled sample is shown."""
+    if bundled:
+        yield f"No BINARY given: inspecting the bundled sample {result.image.path}"
+        yield "(AArch64, non-PIE, GNU ld default base, LuaJIT-like anchor)."
         yield ""
     yield from image_lines(result.image)
     yield ""

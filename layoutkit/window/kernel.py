@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 from layoutkit.core.arches import Arch, GiB
 from layoutkit.core.model import ElfImage, LoadKind
+from layoutkit.core.scenario import KernelOverrides
 from layoutkit.core.spans import Span, align_down
 from layoutkit.errors import ElfError, UsageError
 
@@ -101,6 +102,12 @@ class KernelConfig:
                 raise UsageError(f"--mmap-min-addr {mmap_min_addr:#x} is outside user space")
             config = replace(config, mmap_min_addr=mmap_min_addr)
         return config
+
+    @classmethod
+    def under(cls, arch: Arch, overrides: KernelOverrides) -> KernelConfig:
+        """Defaults for ``arch`` with a scenario's kernel overrides applied."""
+        return cls.for_arch(arch, va_bits=overrides.va_bits,
+                            mmap_min_addr=overrides.mmap_min_addr)
 
     @property
     def user_top(self) -> int:

@@ -13,15 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from layoutkit.core.model import ElfImage, LoadKind
-from layoutkit.core.scenario import DEFAULT_HEAP
+from layoutkit.core.scenario import Scenario
 from layoutkit.core.spans import Span, align_down, align_up, normalize
 from layoutkit.core.units import format_size
 from layoutkit.window.accounting import Accounting, Occupant, account
 from layoutkit.window.kernel import PAGE, KernelConfig, aslr
 from layoutkit.window.profiles import JitWindow
-
-__all__ = ["DEFAULT_HEAP", "Prediction", "predict"]
-
 
 
 @dataclass(frozen=True)
@@ -58,9 +55,11 @@ def _candidates(lo: int, hi: int, edges: list[int], h0: int, heap: int) -> list[
     return sorted(picks)
 
 
-def predict(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int, *,
-            heap: int = DEFAULT_HEAP, states: int = 1, mcode: int | None = None) -> Prediction:
+def predict(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
+            scenario: Scenario) -> Prediction:
     """Accounting of ``jit`` (placed for load ``bias``) over the kernel's randomisation."""
+    heap = scenario.heap
+    states, mcode = scenario.demand.states, scenario.demand.mcode
     rnd = aslr(kernel.arch)
     notes: list[str] = []
     img = Occupant("image", image_span(image, bias), image.path)

@@ -28,6 +28,7 @@ from layoutkit.advice.advise import Advice, Recommendation, advise
 from layoutkit.cli import cli
 from layoutkit.commands.inspect import inspect_binary
 from layoutkit.core.arches import arch_names
+from layoutkit.core.scenario import Demand, Scenario
 from layoutkit.core.spans import Span
 from layoutkit.errors import UsageError
 from tests.support import ELF_DIR, FIXTURES, ROOT, require
@@ -207,7 +208,7 @@ def fixture_advice(arch: str, linker: str) -> Advice:
     # One 64 KiB area per state: free-slot figures do not depend on it, and riscv64's
     # generic window (JAL, +-1 MiB mutual reach: 16 slots) cannot hold the 512 KiB
     # default next to an image.
-    return advise(str(ELF_DIR / arch / VARIANT[linker]), mcode=SLOT)
+    return advise(str(ELF_DIR / arch / VARIANT[linker]), Scenario(demand=Demand(mcode=SLOT)))
 
 
 def only(adv: Advice, kind: str) -> Recommendation:
@@ -256,7 +257,7 @@ def test_advised_build_lands_where_advised_and_the_prediction_follows(
         assert rec.bss <= start and start + size <= rec.bss + bss[0].memsz
         assert "-Wl,-Tbss=" + hex(rec.bss) in rec.flags
     assert rec.worst is not None
-    built = inspect_binary(binary, jit=adv.profile).prediction.worst
+    built = inspect_binary(binary, Scenario(jit=adv.profile)).prediction.worst
     assert built.free_slots == rec.worst.free_slots
     # Same window, up to where the linker put the anchor inside its page (the advice
     # shifts the current image; a real relink may move .text by a few bytes).
@@ -268,7 +269,7 @@ def test_advised_build_lands_where_advised_and_the_prediction_follows(
 def test_advised_build_is_no_worse_than_the_current_layout(
         builder: Builder, case: tuple[str, str, str]) -> None:
     adv, _, binary = builder.built(case)
-    built = inspect_binary(binary, jit=adv.profile).prediction.worst
+    built = inspect_binary(binary, Scenario(jit=adv.profile)).prediction.worst
     assert built.free_slots >= adv.current.worst.free_slots
 
 
@@ -357,7 +358,7 @@ def test_foreign_advised_build_runs_under_qemu(builder: Builder,
 
 def test_aarch64_nopie_at_0x400000_gets_a_full_free_124_mib_window(builder: Builder) -> None:
     fixture = ELF_DIR / "aarch64" / "nopie"
-    adv = advise(str(fixture), jit="luajit-2.1")
+    adv = advise(str(fixture), Scenario(jit="luajit-2.1"))
     image_start = loads(fixture)[0].vaddr
     assert image_start == 0x400000
     # Before: only the slots between 0x10000 (the first whole 64 KiB slot above
@@ -385,7 +386,7 @@ def test_aarch64_nopie_at_0x400000_gets_a_full_free_124_mib_window(builder: Buil
                   if usable[0] <= s * SLOT and (s + 1) * SLOT <= usable[1]}
     assert 0 < len(taken) < 8
     assert top.worst.free_slots == 1982 - len(taken)
-    assert inspect_binary(binary, jit="luajit-2.1").prediction.worst.free_slots == \
+    assert inspect_binary(binary, Scenario(jit="luajit-2.1")).prediction.worst.free_slots == \
         1982 - len(taken)
 
 
@@ -495,7 +496,7 @@ def test_x86_64_and_riscv64_recommendations_stay_below_2_gib(arch: str, variant:
     binary = ELF_DIR / arch / variant
     start, end = image_extent(binary)
     bss_size = section(binary, ".bss")[1]
-    adv = advise(str(binary), mcode=SLOT, form=form)
+    adv = advise(str(binary), Scenario(form=form, demand=Demand(mcode=SLOT)))
     # A rebase is offered only where it leaves more room than the layout has now.
     assert "pie" in {r.kind for r in adv.recommendations}
     for rec in adv.recommendations:
@@ -535,7 +536,7 @@ def test_x86_64_large_bss_advice_still_links(builder: Builder) -> None:
                    capture_output=True, text=True)
     bss_size = section(current, ".bss")[1]
     assert bss_size >= 128 * MiB
-    adv = advise(str(current), mcode=SLOT)
+    adv = advise(str(current), Scenario(demand=Demand(mcode=SLOT)))
     moved = [r for r in adv.recommendations if r.kind in ("rebase", "relocate-text")]
     assert moved
     for rec in moved:

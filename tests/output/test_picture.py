@@ -23,6 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from layoutkit.core.arches import by_name
+from layoutkit.core.scenario import Demand, Scenario
 from layoutkit.core.spans import Span
 from layoutkit.elf import ElfReader
 from layoutkit.output.picture import (
@@ -69,7 +70,7 @@ def predicted(binary: str, jit: str) -> tuple[Accounting, Accounting, Span]:
     assert sym is not None
     anchor = sym.value + bias
     window = jit_window(jit, image.arch, anchor, kernel.user_space)
-    p = predict(image, kernel, window, bias, states=256)
+    p = predict(image, kernel, window, bias, Scenario(demand=Demand(states=256)))
     return p.worst, p.best, Span(anchor, anchor + max(sym.size, 1))
 
 

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from layoutkit.core.arches import by_name
+from layoutkit.core.scenario import Demand, Scenario
 from layoutkit.core.spans import Span
 from layoutkit.elf import ElfReader
 from layoutkit.ranges import default_form
@@ -220,7 +221,7 @@ def test_predict_aarch64_nopie_worst_and_best() -> None:
         image = reader.image()
     kernel = KernelConfig.for_arch(ARM64, mmap_min_addr=4096)
     jw = jit_window("luajit-2.1", ARM64, 0x403DD0, kernel.user_space)
-    pred = predict(image, kernel, jw, 0)
+    pred = predict(image, kernel, jw, 0, Scenario())
 
     assert pred.bias_range == (0, 0)  # ET_EXEC: at its link address
     # arch_randomize_brk (arm64): randomize_page(mm->brk, SZ_1G): [brk, brk + 1 GiB - page].
@@ -249,7 +250,7 @@ def test_predict_heap_zero_leaves_only_the_image() -> None:
         image = reader.image()
     kernel = KernelConfig.for_arch(ARM64, mmap_min_addr=4096)
     jw = jit_window("luajit-2.1", ARM64, 0x403DD0, kernel.user_space)
-    pred = predict(image, kernel, jw, 0, heap=0, states=8)
+    pred = predict(image, kernel, jw, 0, Scenario(heap=0, demand=Demand(states=8)))
     for acc in (pred.worst, pred.best):
         assert acc.free == (Span(0x10000, 0x400000), Span(0x430000, 0x41F0000))
         assert acc.capacity.states_fit == 1051 // 8
