@@ -140,3 +140,25 @@ def test_scenario_options_are_declared_once() -> None:
     for command in ("inspect", "maps", "advise", "check", "verify"):
         params = {opt for p in cli.commands[command].params for opt in p.opts}
         assert names <= params, command
+
+
+def test_lean_start() -> None:
+    """`import layoutkit.cli` loads none of the heavy libraries: each command imports
+    what it uses (pyelftools, capstone, numpy, networkx) when it runs."""
+    import subprocess
+    import sys
+
+    script = ("import sys, layoutkit.cli, layoutkit; "
+              "print(' '.join(sorted(m for m in ('elftools', 'capstone', 'numpy', 'networkx') "
+              "if m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == ""
+
+
+def test_public_api_resolves() -> None:
+    import layoutkit
+
+    assert sorted(layoutkit.__all__) == sorted(layoutkit._WHERE)
+    for name in layoutkit.__all__:
+        assert getattr(layoutkit, name) is not None, name
