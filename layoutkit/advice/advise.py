@@ -27,22 +27,13 @@ from layoutkit.core.spans import Span, align_up
 from layoutkit.core.units import format_size, parse_address
 from layoutkit.elf import ElfReader
 from layoutkit.errors import NoFitError, UsageError
-from layoutkit.ranges import FormKind, forms
+from layoutkit.ranges import FormKind, data_reach, forms
 from layoutkit.read import refs
 from layoutkit.window.accounting import Accounting
 from layoutkit.window.anchor import find_anchor, luajit_generation
 from layoutkit.window.kernel import PAGE, KernelConfig
 from layoutkit.window.layout import Prediction, predict
 from layoutkit.window.profiles import Generation, JitWindow, choose_profile, window_for_span
-
-# Non-PIE images above 2 GiB do not link on these arches with Debian's crt objects
-# (32-bit absolute relocations overflow with every linker; facts.md §5, fixtures/README).
-_LOW_2G = frozenset({"x86_64", "riscv64"})
-# How far code can reach data PC-relatively (the far form of ranges.REACH): ADRP
-# +-4 GiB, RIP-relative / AUIPC / TOC-relative +-2 GiB, LARL +-4 GiB.
-_DATA_REACH = {"aarch64": 4 * GiB, "x86_64": 2 * GiB, "riscv64": 2 * GiB,
-               "ppc64le": 2 * GiB, "ppc64": 2 * GiB, "s390x": 4 * GiB,
-               "loongarch64": 2 * GiB, "mips64el": 2 * GiB, "mips64": 2 * GiB}
 
 
 @dataclass(frozen=True)
@@ -185,7 +176,7 @@ def advise(
         below = _extent_below(profile, arch, anchor_link, kernel, form)
         offset = anchor_link.start - image_span.start
         base = align_up(max(floor + below - offset, floor), page)
-        limit = 2 * GiB if arch.name in _LOW_2G else kernel.user_top
+        limit = 2 * GiB if arch.link.low_2g else kernel.user_top
         clamped = base + image_span.size > limit
         if clamped:
             # The whole window cannot lie above mmap_min_addr: go as high as links.
@@ -203,7 +194,7 @@ def advise(
                    (f"the lowest base that puts the window [{window.start:#x}, "
                     f"{window.end:#x}) wholly above mmap_min_addr, far below the mmap area"),
                    f"aligned to the {format_size(page)} max page size of {arch}"]
-        if arch.name in _LOW_2G:
+        if arch.link.low_2g:
             reasons.append(f"{arch} non-PIE images must stay below 2 GiB (32-bit absolute "
                            "relocations in Debian's crt objects)")
         if chosen in ("lld", "mold") and arch.name != "x86_64":
@@ -288,13 +279,13 @@ def _bss_move_ok(binary: str | None, bss: Section | None, bss_at: int, delta: in
     constraints (relocate.py). Without one: the arch's data-reference reach.
     """
     bss_size = bss.size if bss is not None else 0
-    if arch.name in _LOW_2G and bss_at + bss_size > 2 * GiB:
+    if arch.link.low_2g and bss_at + bss_size > 2 * GiB:
         # Non-PIE code addresses .bss with sign-extended 32-bit absolutes (R_X86_64_32S,
         # R_RISCV_HI20): all of it must end below 2 GiB, not just start there.
         return False, (f".bss of {format_size(bss_size)} at {bss_at:#x} would end above the "
                        f"2 GiB a non-PIE {arch} image's absolute references reach")
     if binary is None or bss is None:
-        reach = _DATA_REACH.get(arch.name, 2 * GiB)
+        reach = data_reach(arch)
         if bss_at - base >= reach:
             return False, f".bss {format_size(bss_at - base)} from the code is beyond {reach}"
         return True, (f"code reaches .bss {format_size(bss_at - base)} away: within the "
@@ -390,7 +381,7 @@ def check_move(binary: str, sections: list[str], address: int | None) -> Relocat
     except relocate.Infeasible as e:
         raise NoFitError(str(e), path=binary) from None
     first = min(present[name].addr for name in sections)
-    if image.arch.name in _LOW_2G and image.load_kind is LoadKind.EXEC:
+    if image.arch.link.low_2g and image.load_kind is LoadKind.EXEC:
         end = max(present[name].addr + present[name].size for name in sections)
         allowed = replace(allowed, hi=min(allowed.hi, 2 * GiB - end))
     moved = set(sections)

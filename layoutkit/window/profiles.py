@@ -39,11 +39,6 @@ from layoutkit.read import bulk
 KiB = 1024
 SLOT = 64 * KiB  # LuaJIT's hint alignment (lj_mcode.c: "64K aligned")
 
-# LJ_TARGET_JUMPRANGE per arch (src/lj_arch.h): x64 31, ARM 25, ARM64 27, PPC 25 (32-bit
-# PPC only: LuaJIT has no ppc64 JIT), MIPS 27 (28 since 68354f44); s390x 32 only in the
-# openresty/luajit2 fork. No LuaJIT JIT exists for riscv64 or loongarch64 upstream.
-_JUMPRANGE = {"x86_64": 31, "aarch64": 27, "arm": 25, "mips64el": 27, "mips64": 27,
-              "s390x": 32}
 
 
 @dataclass(frozen=True)
@@ -112,7 +107,7 @@ class JitWindow:
 
 
 def _jumprange(arch: Arch, name: str) -> int:
-    jr = _JUMPRANGE.get(arch.name)
+    jr = arch.luajit_jumprange
     if jr is None:
         raise UsageError(f"LuaJIT has no JIT for {arch}: use --jit generic")
     if name == "luajit-2025" and arch.name.startswith("mips"):
@@ -192,7 +187,7 @@ def jit_window(name: str, arch: Arch, anchor: int, limit: Span, *,
 
 def has_luajit(arch: Arch) -> bool:
     """Whether upstream LuaJIT (or the s390x fork) has a JIT for ``arch``."""
-    return arch.name in _JUMPRANGE
+    return arch.luajit_jumprange is not None
 
 
 def choose_profile(arch: Arch, requested: str | None,
