@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 
 from layoutkit.advice import linkers, relocate
 from layoutkit.core.arches import Arch, GiB
+from layoutkit.core.kinds import Verdict
 from layoutkit.core.model import ElfImage, LoadKind, Perm, Section, Segment
 from layoutkit.core.scenario import DEFAULT_SCENARIO, Scenario
 from layoutkit.core.spans import Span, align_up
@@ -256,7 +257,7 @@ def advise(
     best = (recs[0].worst if recs else None) or current.worst
     runtime = _runtime(profile, best, scenario.demand.states, scenario.demand.mcode)
     recs.extend(runtime)
-    if best.capacity.verdict != "ok":
+    if best.capacity.verdict is not Verdict.OK:
         alternatives = "; ".join(r.reasons[0] for r in runtime) or "none"
         far = next((f for f in forms(arch) if f.kind is FormKind.FAR), None)
         if profile == "generic" and far is not None and form != far.name:

@@ -30,6 +30,7 @@ from typing import Any
 from layoutkit.commands.inspect import inspect_binary
 from layoutkit.config import Config, config_size, scenario_from
 from layoutkit.core import arches
+from layoutkit.core.kinds import Verdict
 from layoutkit.core.scenario import Scenario
 from layoutkit.core.units import format_size
 from layoutkit.elf import ElfReader
@@ -262,7 +263,7 @@ def judge(item: Item, settings: Settings) -> CheckResult:
         figures.append(f"free slots {worst.free_slots} of {worst.slots} < "
                        f"--min-free-slots {settings.min_free_slots}")
     cap = worst.capacity
-    if cap.verdict != "ok":
+    if cap.verdict is not Verdict.OK:
         failures.append("capacity")
         figures.append(f"{cap.states_fit} of {cap.states_requested} JIT states fit "
                        f"({format_size(cap.mcode_per_state)} each)")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 from layoutkit.core import arches
 from layoutkit.core.arches import Arch
+from layoutkit.core.kinds import OccupantKind, Verdict
 from layoutkit.core.model import Perm
 from layoutkit.core.scenario import DEFAULT_SCENARIO, Scenario
 from layoutkit.core.spans import Span, normalize
@@ -29,7 +30,13 @@ from layoutkit.read.maps import (
     read_maps_file,
     read_process_maps,
 )
-from layoutkit.window.accounting import STACK_GUARD_GAP, Accounting, Occupant, account
+from layoutkit.window.accounting import (
+    STACK_GUARD_GAP,
+    Accounting,
+    Occupant,
+    account,
+    occupant_kind,
+)
 from layoutkit.window.anchor import DEFAULT_ANCHORS, Anchor, luajit_generation
 from layoutkit.window.kernel import KernelConfig
 from layoutkit.window.profiles import Generation, choose_profile, window_for_span
@@ -63,7 +70,7 @@ class MapsAnalysis:
     @property
     def exit_code(self) -> int:
         """1 when the requested JIT states do not fit the window as mapped."""
-        return EXIT_OK if self.accounting.capacity.verdict == "ok" else EXIT_FINDINGS
+        return EXIT_OK if self.accounting.capacity.verdict is Verdict.OK else EXIT_FINDINGS
 
 
 def parse_path_map(items: Iterable[str]) -> tuple[tuple[str, str], ...]:
@@ -274,18 +281,19 @@ def _from_jit_code(maps: ProcessMaps, code: Span, readable: list[tuple[str, ElfR
 
 def _occupants(maps: ProcessMaps, jit: list[Span], ignored: list[Mapping],
                heap: int) -> list[Occupant]:
-    occupants = [Occupant("jit", s) for s in jit]
+    occupants = [Occupant(OccupantKind.JIT, s) for s in jit]
     jit_set = set(jit)
     for m in maps.mappings:
         if m.kind is MappingKind.ANONYMOUS and Perm.X in m.perms and (
                 any(s.contains(m.span) for s in jit_set) or m in ignored):
             if m in ignored:
-                occupants.append(Occupant("anonymous", m.span, m.path))
+                occupants.append(Occupant(OccupantKind.ANONYMOUS, m.span, m.path))
             continue
-        kind = "image" if m.kind is MappingKind.EXECUTABLE else m.kind.value
-        occupants.append(Occupant(kind, m.span, m.path))
+        occupants.append(Occupant(occupant_kind(m.kind), m.span, m.path))
         if m.kind is MappingKind.STACK and m.start >= STACK_GUARD_GAP:
-            occupants.append(Occupant("stack-guard", Span(m.start - STACK_GUARD_GAP, m.start)))
+            occupants.append(Occupant(OccupantKind.STACK_GUARD,
+                                      Span(m.start - STACK_GUARD_GAP, m.start)))
         if m.kind is MappingKind.HEAP:
-            occupants.append(Occupant("heap-reserve", Span(m.end, m.end + heap), "[heap]"))
+            occupants.append(Occupant(OccupantKind.HEAP_RESERVE, Span(m.end, m.end + heap),
+                                      "[heap]"))
     return occupants

@@ -172,7 +172,7 @@ def window_json(acc: Accounting) -> dict[str, Any]:
 
 def occupants_json(acc: Accounting) -> list[dict[str, Any]]:
     return [
-        {"kind": o.kind, "start": hexa(o.span.start), "end": hexa(o.span.end),
+        {"kind": o.kind.value, "start": hexa(o.span.start), "end": hexa(o.span.end),
          "overlap": o.overlap(acc.jit.window), "path": o.path}
         for o in acc.occupants
     ]
@@ -187,7 +187,7 @@ def capacity_json(acc: Accounting) -> dict[str, Any]:
         "areas_free": cap.areas_free,
         "states_fit": cap.states_fit,
         "demand": cap.demand,
-        "verdict": cap.verdict,
+        "verdict": cap.verdict.value,
     }
 
 

@@ -8,6 +8,7 @@ from layoutkit.advice import linkers
 from layoutkit.advice.advise import Advice, RelocationCheck
 from layoutkit.commands.inspect import Inspection
 from layoutkit.commands.maps import MapsAnalysis
+from layoutkit.core.kinds import Verdict
 from layoutkit.core.model import ElfImage
 from layoutkit.core.spans import Span
 from layoutkit.core.units import format_size
@@ -160,7 +161,7 @@ def window_lines(acc: Accounting, *, best: Accounting | None = None,
     yield f"Occupants ({label}):"
     if acc.occupants:
         yield from table(
-            ((o.kind, f"{o.span.start:#x}", f"{o.span.end:#x}",
+            ((o.kind.value, f"{o.span.start:#x}", f"{o.span.end:#x}",
               format_size(o.overlap(jit.window)), o.path or "-") for o in acc.occupants),
             ("Kind", "Start", "End", "In window", "Path"),
         )
@@ -187,7 +188,7 @@ def window_lines(acc: Accounting, *, best: Accounting | None = None,
 
 def accounting_verdict(acc: Accounting) -> str:
     cap = acc.capacity
-    if cap.verdict == "ok":
+    if cap.verdict is Verdict.OK:
         return (f"Verdict: ok: {cap.states_fit} state(s) of {format_size(cap.mcode_per_state)} "
                 f"fit, {cap.states_requested} requested")
     return (f"Verdict: insufficient: {cap.states_requested} state(s) of "

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from layoutkit.core.kinds import OccupantKind, Verdict
 from layoutkit.core.spans import Span, align_up, count_slots, free_gaps, largest, normalize
+from layoutkit.read.maps import MappingKind
 from layoutkit.window.profiles import JitWindow
 
 # mm/mmap.c: stack_guard_gap = 256 pages; mmap refuses a hint that ends inside the gap
@@ -23,12 +25,29 @@ STACK_GUARD_GAP = 256 * 4096
 class Occupant:
     """Something in (or next to) the window that a JIT area cannot overlap."""
 
-    kind: str  # "image", "library", "heap", "heap-reserve", "stack", "stack-guard", "jit", ...
+    kind: OccupantKind
     span: Span
     path: str = ""
 
     def overlap(self, window: Span) -> int:
         return self.span.overlap(window)
+
+
+_MAPPING_KINDS = {
+    MappingKind.EXECUTABLE: OccupantKind.IMAGE,
+    MappingKind.LIBRARY: OccupantKind.LIBRARY,
+    MappingKind.HEAP: OccupantKind.HEAP,
+    MappingKind.STACK: OccupantKind.STACK,
+    MappingKind.VDSO: OccupantKind.VDSO,
+    MappingKind.ANONYMOUS: OccupantKind.ANONYMOUS,
+    MappingKind.FILE: OccupantKind.FILE,
+    MappingKind.DELETED: OccupantKind.DELETED,
+}
+
+
+def occupant_kind(kind: MappingKind) -> OccupantKind:
+    """What a mapping of ``kind`` is as an occupant (the main program is an image)."""
+    return _MAPPING_KINDS[kind]
 
 
 @dataclass(frozen=True)
@@ -40,8 +59,8 @@ class Capacity:
     states_fit: int
 
     @property
-    def verdict(self) -> str:
-        return "ok" if self.states_fit >= self.states_requested else "insufficient"
+    def verdict(self) -> Verdict:
+        return Verdict.OK if self.states_fit >= self.states_requested else Verdict.INSUFFICIENT
 
     @property
     def demand(self) -> int:

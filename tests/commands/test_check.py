@@ -153,7 +153,7 @@ def test_arch_without_a_luajit_window_is_not_applicable_unless_a_profile_is_forc
                "--jit generic judges branch reach")
     acc = inspect_binary(riscv, Scenario(jit="generic")).prediction.worst
     code, doc = run_json(str(riscv), "--jit", "generic")
-    assert code == (0 if acc.capacity.verdict == "ok" else 1)
+    assert code == (0 if acc.capacity.verdict.value == "ok" else 1)
     assert doc["results"][0]["profile"] == "generic"
     assert doc["results"][0]["window"]["free_bytes"] == acc.free_bytes
 

@@ -558,7 +558,7 @@ def test_256_states_cannot_fit_an_empty_arm64_window() -> None:
     # 512 KiB = 8 areas of 64 KiB per state: 1982 // 8 = 247 (not 124 MiB / 512 KiB = 248).
     assert acc.capacity.mcode_per_state == 512 * KiB
     assert acc.capacity.states_fit == 1982 // 8 == 247
-    assert acc.capacity.verdict == "insufficient"
+    assert acc.capacity.verdict.value == "insufficient"
 
 
 def inspect_json(*args: str) -> tuple[int, dict[str, object]]:
