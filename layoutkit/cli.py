@@ -233,8 +233,8 @@ def advise(binary: str | None, arch_name: str | None, linker: str | None,
     Without BINARY, advises on the default link of --arch, as a calculator. Exit 1 when
     no change makes the requested states fit.
     """
-    from layoutkit.advice.advise import advise as advise_layout
-    from layoutkit.advice.advise import check_move, parse_move
+    from layoutkit.advice.candidates import advise as advise_layout
+    from layoutkit.advice.move import check_move, parse_move
     from layoutkit.output import document, text
 
     scenario = scenario_from(scenario_args)
@@ -446,10 +446,11 @@ def verify_command(binary: str, arch_name: str | None, runner: str, runs: int,
     or the cross compiler is not available (the message says what to install).
     """
     from layoutkit.commands.verify import verification_json, verification_lines, verify
+    from layoutkit.core.kinds import AdviceKind
 
     result = verify(binary, scenario_from(scenario_args), arch_name=arch_name, runner=runner,
-                    runs=runs, advice=advice, base=None if base is None else parse_address(base),
-                    anchor_spec=anchor)
+                    runs=runs, advice=None if advice is None else AdviceKind(advice),
+                    base=None if base is None else parse_address(base), anchor_spec=anchor)
     _show(fmt, lambda: verification_lines(result), lambda: verification_json(result),
           result.exit_code)
 

@@ -10,7 +10,8 @@ import json
 from typing import Any
 
 from layoutkit.advice import linkers
-from layoutkit.advice.advise import Advice, Recommendation, RelocationCheck
+from layoutkit.advice.candidates import Advice, Recommendation
+from layoutkit.advice.move import RelocationCheck
 from layoutkit.commands.inspect import Inspection, ReachWindow
 from layoutkit.commands.maps import MapsAnalysis
 from layoutkit.core.model import ElfImage, Segment
@@ -257,7 +258,7 @@ def advice_json(advice: Advice) -> dict[str, Any]:
     def rec_json(rec: Recommendation) -> dict[str, Any]:
         worst = rec.worst
         return {
-            "kind": rec.kind,
+            "kind": rec.kind.value,
             "linker": rec.linker,
             "flags": list(rec.flags),
             "base": hexa(rec.base),

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from layoutkit.advice import linkers
-from layoutkit.advice.advise import Advice, RelocationCheck
+from layoutkit.advice.candidates import Advice
+from layoutkit.advice.move import RelocationCheck
 from layoutkit.commands.inspect import Inspection
 from layoutkit.commands.maps import MapsAnalysis
 from layoutkit.core.kinds import Verdict

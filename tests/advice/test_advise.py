@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from layoutkit.advice.advise import Advice, Recommendation, advise
+from layoutkit.advice.candidates import Advice, Recommendation, advise
 from layoutkit.cli import cli
 from layoutkit.commands.inspect import inspect_binary
 from layoutkit.core.arches import arch_names
@@ -169,7 +169,7 @@ class Builder:
     def link(self, arch: str, rec: Recommendation, out: Path,
              extra_objects: tuple[Path, ...] = ()) -> Path:
         """Link anchor.c with exactly ``rec.flags`` (plus the Makefile's necessities)."""
-        pie = rec.kind == "pie"
+        pie = rec.kind.value == "pie"
         cmd = [self.cc(arch)]
         if rec.linker == "gold":
             require("ld.gold")
@@ -212,7 +212,7 @@ def fixture_advice(arch: str, linker: str) -> Advice:
 
 
 def only(adv: Advice, kind: str) -> Recommendation:
-    found = [r for r in adv.recommendations if r.kind == kind]
+    found = [r for r in adv.recommendations if r.kind.value == kind]
     assert len(found) == 1, f"{kind}: {[r.kind for r in adv.recommendations]}"
     return found[0]
 
@@ -229,7 +229,7 @@ def builder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Builder]:
 def test_linker_detection_picks_the_fixture_linker(arch: str, linker: str) -> None:
     adv = fixture_advice(arch, linker)
     assert adv.linker == linker
-    assert sorted(r.kind for r in adv.recommendations if r.kind != "runtime") == sorted(
+    assert sorted(r.kind.value for r in adv.recommendations if r.kind.value != "runtime") == sorted(
         k for k in KINDS_OF[linker] if (arch, linker, k) not in KNOWN_WORSE)
 
 
@@ -278,7 +278,7 @@ def test_a_change_that_leaves_less_room_is_not_offered(case: tuple[str, str, str
     arch, linker, kind = case
     adv = fixture_advice(arch, linker)
     assert adv.current.worst.free_slots == KNOWN_WORSE[case][0]
-    assert kind not in {r.kind for r in adv.recommendations}
+    assert kind not in {r.kind.value for r in adv.recommendations}
     assert any(f"no {kind} with {linker}" in note for note in adv.notes)
 
 
@@ -498,7 +498,7 @@ def test_x86_64_and_riscv64_recommendations_stay_below_2_gib(arch: str, variant:
     bss_size = section(binary, ".bss")[1]
     adv = advise(str(binary), Scenario(form=form, demand=Demand(mcode=SLOT)))
     # A rebase is offered only where it leaves more room than the layout has now.
-    assert "pie" in {r.kind for r in adv.recommendations}
+    assert "pie" in {r.kind.value for r in adv.recommendations}
     for rec in adv.recommendations:
         if rec.base is not None:
             assert rec.base + (end - start) <= 2 * GiB, (rec.kind, hex(rec.base))
@@ -537,7 +537,7 @@ def test_x86_64_large_bss_advice_still_links(builder: Builder) -> None:
     bss_size = section(current, ".bss")[1]
     assert bss_size >= 128 * MiB
     adv = advise(str(current), Scenario(demand=Demand(mcode=SLOT)))
-    moved = [r for r in adv.recommendations if r.kind in ("rebase", "relocate-text")]
+    moved = [r for r in adv.recommendations if r.kind.value in ("rebase", "relocate-text")]
     assert moved
     for rec in moved:
         if rec.bss is not None:

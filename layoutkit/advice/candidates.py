@@ -1,12 +1,13 @@
-"""``layoutkit advise``: linker flags (or a runtime change) that widen a JIT's window.
+"""The candidates of ``layoutkit advise``: linker flags (or a runtime change) that widen
+a JIT's window.
 
 Candidates, each predicted with the same kernel model and accounting as ``inspect``
 (worst case over ASLR) and ranked by worst-case free slots, then capacity:
 
 - ``rebase``: move the whole non-PIE image so the window lies wholly in user space,
   clear of mmap_min_addr (``-Ttext-segment`` for GNU ld and gold, ``--image-base`` for
-  lld and mold), within what the code model links (facts.md §5: x86-64 and riscv64
-  non-PIE executables cannot be linked above 2 GiB with Debian's crt objects);
+  lld and mold), within what the code model links (x86-64 and riscv64 non-PIE
+  executables cannot be linked above 2 GiB with Debian's crt objects: ``Arch.link``);
 - ``pie``: link as a PIE: the kernel puts it at ELF_ET_DYN_BASE (+ ASLR), far from
   everything but its own heap, and the link address no longer matters;
 - ``relocate-text``: keep the code where it is rebased to, but give .bss its own segment
@@ -20,12 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from layoutkit.advice import linkers, relocate
+from layoutkit.advice.edits import Edit, MakePie, Rebase, RelocateText
 from layoutkit.core.arches import Arch, GiB
-from layoutkit.core.kinds import Verdict
+from layoutkit.core.kinds import AdviceKind, Verdict
 from layoutkit.core.model import ElfImage, LoadKind, Perm, Section, Segment
 from layoutkit.core.scenario import DEFAULT_SCENARIO, Scenario
 from layoutkit.core.spans import Span, align_up
-from layoutkit.core.units import format_size, parse_address
+from layoutkit.core.units import format_size
 from layoutkit.elf import ElfReader
 from layoutkit.errors import NoFitError, UsageError
 from layoutkit.ranges import FormKind, data_reach, forms
@@ -39,13 +41,20 @@ from layoutkit.window.profiles import Generation, JitWindow, choose_profile, win
 
 @dataclass(frozen=True)
 class Recommendation:
-    kind: str  # "rebase", "pie", "relocate-text", "runtime"
+    kind: AdviceKind
     linker: str  # "bfd", "gold", "lld", "mold" or "any"
     flags: tuple[str, ...]  # exactly as they go on a gcc/clang command line
-    base: int | None
-    bss: int | None
+    edit: Edit | None  # what the flags do to the image; None for runtime advice
     prediction: Prediction | None  # None for runtime advice
     reasons: tuple[str, ...]
+
+    @property
+    def base(self) -> int | None:
+        return self.edit.base if isinstance(self.edit, Rebase | RelocateText) else None
+
+    @property
+    def bss(self) -> int | None:
+        return self.edit.bss if isinstance(self.edit, RelocateText) else None
 
     @property
     def worst(self) -> Accounting | None:
@@ -64,27 +73,6 @@ class Advice:
     current: Prediction
     recommendations: tuple[Recommendation, ...]
     notes: tuple[str, ...]
-
-
-def _shift(image: ElfImage, delta: int, kind: LoadKind | None = None) -> ElfImage:
-    segments = tuple(replace(seg, vaddr=seg.vaddr + delta) if seg.type == "PT_LOAD" else seg
-                     for seg in image.segments)
-    return replace(image, segments=segments, load_kind=kind or image.load_kind,
-                   e_type="ET_DYN" if kind in (LoadKind.PIE,) else image.e_type)
-
-
-def _split_bss(image: ElfImage, bss_at: int) -> ElfImage:
-    """The image as GNU ld lays it out with -Tbss: the RW PT_LOAD keeps its file part,
-    the zero-fill part moves into a PT_LOAD of its own at ``bss_at``."""
-    segments: list[Segment] = []
-    for seg in image.segments:
-        if seg.type == "PT_LOAD" and seg.memsz > seg.filesz and Perm.W in seg.flags:
-            segments.append(replace(seg, memsz=max(seg.filesz, 1)))
-            segments.append(replace(seg, vaddr=bss_at, offset=0, filesz=0,
-                                    memsz=seg.memsz - seg.filesz))
-        else:
-            segments.append(seg)
-    return replace(image, segments=tuple(segments))
 
 
 def synthetic_image(arch: Arch, linker: str, *, text: int = 1 << 20,
@@ -186,9 +174,9 @@ def advise(
                 raise NoFitError(f"no base: a {format_size(image_span.size)} {arch} image "
                                  f"does not fit between {floor:#x} and {limit:#x}")
         delta = base - image_span.start
+        rebase = Rebase(base)
         moved_anchor = Span(anchor_link.start + delta, anchor_link.end + delta)
-        moved = _shift(image, delta)
-        pred = evaluate(moved, moved_anchor)
+        pred = evaluate(rebase.apply(image), moved_anchor)
         window = pred.worst.jit.window
         reasons = [(f"the highest base that still links: the window [{window.start:#x}, "
                     f"{window.end:#x}) keeps what lies above mmap_min_addr") if clamped else
@@ -202,7 +190,8 @@ def advise(
             reasons.append(f"with a cross gcc 12, -fuse-ld={chosen} needs -B DIR where DIR "
                            f"holds an ld.{chosen} link")
         flags = (*linkers.fuse_ld(chosen), *linkers.base_flags(chosen, base))
-        recs.append(Recommendation("rebase", chosen, flags, base, None, pred, tuple(reasons)))
+        recs.append(Recommendation(AdviceKind.REBASE, chosen, flags, rebase, pred,
+                                   tuple(reasons)))
         # The brk heap follows the bss: with -Tbss (GNU ld, gold) it starts above the window.
         bss = image.section(".bss")
         has_bss = any(s.memsz > s.filesz for s in image.loads) if synthetic else bss is not None
@@ -210,12 +199,13 @@ def advise(
             bss_at = align_up(pred.worst.jit.window.end + 0x10000, page)
             ok, why = _bss_move_ok(binary, bss, bss_at, delta, arch, base)
             if ok:
-                pred_b = evaluate(_split_bss(moved, bss_at), moved_anchor)
+                relocate_text = RelocateText(base, bss_at)
+                pred_b = evaluate(relocate_text.apply(image), moved_anchor)
                 recs.append(Recommendation(
-                    "relocate-text", chosen,
+                    AdviceKind.RELOCATE_TEXT, chosen,
                     (*linkers.fuse_ld(chosen), *linkers.base_flags(chosen, base),
                      f"-Wl,-Tbss={bss_at:#x}"),
-                    base, bss_at, pred_b,
+                    relocate_text, pred_b,
                     (f".bss gets its own PT_LOAD at {bss_at:#x}, above the window, so the "
                      "brk heap that starts after it cannot grow into the window",
                      why,
@@ -227,25 +217,25 @@ def advise(
         notes.append(f"{image.load_kind.describe()}: the kernel ignores the link address, so "
                      "no rebase flag would change anything")
     if image.load_kind is not LoadKind.PIE:
-        pie = _shift(image, -image_span.start, LoadKind.PIE)
-        pie = replace(pie, interpreter=pie.interpreter or "(interpreter)")
+        make_pie = MakePie()
         pie_anchor = Span(anchor_link.start - image_span.start,
                           anchor_link.end - image_span.start)
-        pred_p = evaluate(pie, pie_anchor)
+        pred_p = evaluate(make_pie.apply(image), pie_anchor)
         recs.append(Recommendation(
-            "pie", chosen, (*linkers.fuse_ld(chosen), "-fPIE", "-pie"), None, None, pred_p,
+            AdviceKind.PIE, chosen, (*linkers.fuse_ld(chosen), "-fPIE", "-pie"), make_pie,
+            pred_p,
             ("the kernel loads a PIE at ELF_ET_DYN_BASE + ASLR, far from the mmap area and "
              "the stack; the link address stops mattering",
              "compile every object with -fPIE as well",
              "its brk heap still follows the image (the worst case counts it)")))
-    pie_rec = next((r for r in recs if r.kind == "pie"), None)
-    rebase = next((r for r in recs if r.kind == "rebase"), None)
-    if pie_rec and pie_rec.worst and (rebase is None or (
-            rebase.worst and pie_rec.worst.free_slots >= rebase.worst.free_slots)):
+    pie_rec = next((r for r in recs if r.kind is AdviceKind.PIE), None)
+    rebase_rec = next((r for r in recs if r.kind is AdviceKind.REBASE), None)
+    if pie_rec and pie_rec.worst and (rebase_rec is None or (
+            rebase_rec.worst and pie_rec.worst.free_slots >= rebase_rec.worst.free_slots)):
         pie_rec = replace(pie_rec, reasons=(*pie_rec.reasons, (
             f"on {arch} with {kernel.va_bits}-bit VA a PIE gets as much room as any rebase "
             "and needs no address picked: prefer it where the code can be built -fPIE")))
-        recs = [pie_rec if r.kind == "pie" else r for r in recs]
+        recs = [pie_rec if r.kind is AdviceKind.PIE else r for r in recs]
     # A change that leaves less room than there is now is no advice.
     for rec in [r for r in recs if r.worst and r.worst.free_slots < current.worst.free_slots]:
         recs.remove(rec)
@@ -253,7 +243,7 @@ def advise(
                      f"{current.worst.free_slots} free slots, the change would leave "
                      f"{rec.worst.free_slots if rec.worst else 0}")
     recs.sort(key=lambda r: (-(r.worst.free_slots if r.worst else 0),
-                             r.kind != "relocate-text"))
+                             r.kind is not AdviceKind.RELOCATE_TEXT))
     best = (recs[0].worst if recs else None) or current.worst
     runtime = _runtime(profile, best, scenario.demand.states, scenario.demand.mcode)
     recs.extend(runtime)
@@ -319,82 +309,15 @@ def _runtime(profile: str, acc: Accounting, states: int, mcode: int | None) -> l
     if 0 < per_state < want:
         kib = per_state >> 10
         out.append(Recommendation(
-            "runtime", "any", (), None, None, None,
+            AdviceKind.RUNTIME, "any", (), None, None,
             (f"limit each of the {states} JIT state(s) to {kib} KiB of machine code: "
              f"jit.opt.start(\"maxmcode={kib}\") or luajit -Omaxmcode={kib}",
              f"{acc.free_slots} free slots of {format_size(acc.jit.slot)} shared by "
              f"{states} state(s)")))
     if profile != "luajit-2025":
         out.append(Recommendation(
-            "runtime", "any", (), None, None, None,
+            AdviceKind.RUNTIME, "any", (), None, None,
             ("upgrade to LuaJIT v2.1 at or after commit 68354f44 (2025-11-06): a full "
              "window then costs speed (calls through a register), not trace aborts",
              "the 2025 allocator also centres a 2^JR - 64 KiB window on the exact anchor")))
     return out
-
-
-@dataclass(frozen=True)
-class RelocationCheck:
-    """Whether (and how far) some sections can move while the rest stays."""
-
-    sections: tuple[str, ...]
-    address: int  # where the first of them is now
-    allowed: relocate.MoveRange
-    requested: int | None  # the address asked for, if any
-    references: int  # PC-relative references between the group and the rest
-
-    @property
-    def feasible(self) -> bool:
-        return self.requested is None or self.allowed.allows(self.requested - self.address)
-
-
-def parse_move(text: str) -> tuple[list[str], int | None]:
-    """``--move SECTION[,SECTION...][=ADDR]``: the sections and the address, if any."""
-    names, _, where = text.partition("=")
-    sections = [n for n in names.split(",") if n]
-    if not sections:
-        raise UsageError(f"--move {text!r}: name a section, e.g. --move .text=0x7f000000")
-    return sections, parse_address(where) if where else None
-
-
-def check_move(binary: str, sections: list[str], address: int | None) -> RelocationCheck:
-    """Decode the PC-relative references of ``binary`` and bound a move of ``sections``.
-
-    With an ``address`` the move is what ``--section-start`` does with GNU ld (checked
-    with real links here): the section and every allocated section after it move
-    together, the sections before it stay. The references (refs.py) become difference
-    constraints (relocate.py); an address outside the feasible range is a
-    :class:`NoFitError` naming the reference that would break. x86-64 and riscv64
-    non-PIE code must also stay below 2 GiB.
-    """
-    with ElfReader(binary) as reader:
-        image = reader.image()
-        present = {s.name: s for s in image.sections if s.alloc}
-        missing = [name for name in sections if name not in present]
-        if missing:
-            raise UsageError(f"--move: no allocated section {', '.join(missing)} in {binary}")
-        if address is not None and len(sections) == 1:
-            start = present[sections[0]].addr
-            sections = [s.name for s in image.sections if s.alloc and s.addr >= start]
-        pairs = refs.scan(reader)
-    try:
-        allowed = relocate.move_range(pairs, sections)
-    except relocate.Infeasible as e:
-        raise NoFitError(str(e), path=binary) from None
-    first = min(present[name].addr for name in sections)
-    if image.arch.link.low_2g and image.load_kind is LoadKind.EXEC:
-        end = max(present[name].addr + present[name].size for name in sections)
-        allowed = replace(allowed, hi=min(allowed.hi, 2 * GiB - end))
-    moved = set(sections)
-    count = sum(p.count for p in pairs if (p.src in moved) != (p.dst in moved))
-    check = RelocationCheck(tuple(sections), first, allowed, address, count)
-    if not check.feasible and address is not None:
-        offset = address - first
-        limit = allowed.limit_hi if offset > allowed.hi else allowed.limit_lo
-        who = (f"the {limit.form} at {limit.pc:#x} to {limit.target:#x}" if limit
-               else "a reference")
-        raise NoFitError(
-            f"moving {', '.join(sections)} from {first:#x} to {address:#x} breaks {who}: "
-            f"they can go from {max(0, first + allowed.lo):#x} to {first + allowed.hi:#x}",
-            path=binary)
-    return check
