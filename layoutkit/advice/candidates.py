@@ -245,12 +245,12 @@ def advise(
     recs.sort(key=lambda r: (-(r.worst.free_slots if r.worst else 0),
                              r.kind is not AdviceKind.RELOCATE_TEXT))
     best = (recs[0].worst if recs else None) or current.worst
-    runtime = _runtime(profile, best, scenario.demand.states, scenario.demand.mcode)
+    runtime = _runtime(best, scenario.demand.states, scenario.demand.mcode)
     recs.extend(runtime)
     if best.capacity.verdict is not Verdict.OK:
         alternatives = "; ".join(r.reasons[0] for r in runtime) or "none"
         far = next((f for f in forms(arch) if f.kind is FormKind.FAR), None)
-        if profile == "generic" and far is not None and form != far.name:
+        if not best.jit.profile.luajit and far is not None and form != far.name:
             alternatives += f"; a JIT that calls through {far.name}: --form {far.name}"
         raise NoFitError(
             f"{scenario.demand.states} JIT state(s) of "
@@ -299,9 +299,10 @@ def _bss_move_ok(binary: str | None, bss: Section | None, bss_at: int, delta: in
                    f"[{allowed.lo:#x}, {allowed.hi:#x}]")
 
 
-def _runtime(profile: str, acc: Accounting, states: int, mcode: int | None) -> list[Recommendation]:
+def _runtime(acc: Accounting, states: int, mcode: int | None) -> list[Recommendation]:
+    """What the running JIT can change (LuaJIT only): maxmcode, the 2025 allocator."""
     out: list[Recommendation] = []
-    if not profile.startswith("luajit"):
+    if not acc.jit.profile.luajit:
         return out
     area = acc.capacity.area_size
     per_state = (acc.free_slots * acc.jit.slot) // max(states, 1) // area * area
@@ -314,7 +315,7 @@ def _runtime(profile: str, acc: Accounting, states: int, mcode: int | None) -> l
              f"jit.opt.start(\"maxmcode={kib}\") or luajit -Omaxmcode={kib}",
              f"{acc.free_slots} free slots of {format_size(acc.jit.slot)} shared by "
              f"{states} state(s)")))
-    if profile != "luajit-2025":
+    if acc.jit.profile.aborts:
         out.append(Recommendation(
             AdviceKind.RUNTIME, "any", (), None, None,
             ("upgrade to LuaJIT v2.1 at or after commit 68354f44 (2025-11-06): a full "
