@@ -11,7 +11,7 @@ from layoutkit.core.spans import Span
 from layoutkit.elf import ElfReader
 from layoutkit.errors import EXIT_OK
 from layoutkit.ranges import BranchForm, forms
-from layoutkit.window.anchor import Anchor, find_anchor, luajit_generation
+from layoutkit.window.anchor import Anchor, PlacedAnchor, find_anchor, luajit_generation
 from layoutkit.window.kernel import KernelConfig
 from layoutkit.window.layout import Prediction, predict
 from layoutkit.window.profiles import Generation, JitWindow, choose_profile, window_for_span
@@ -53,8 +53,12 @@ class Inspection:
         return EXIT_OK
 
     @property
+    def placed(self) -> PlacedAnchor:
+        return PlacedAnchor(self.anchor, self.bias)
+
+    @property
     def runtime_anchor(self) -> Span:
-        return Span(self.anchor.span.start + self.bias, self.anchor.span.end + self.bias)
+        return self.placed.span
 
 
 def reach_window(form: BranchForm, anchor: Span, limit: Span) -> ReachWindow:
@@ -87,7 +91,7 @@ def inspect_binary(
             generation = luajit_generation(image, found)
     kernel = KernelConfig.under(image.arch, scenario.kernel)
     bias, how = kernel.nominal_bias(image)
-    runtime = Span(found.span.start + bias, found.span.end + bias)
+    runtime = found.span.shifted(bias)
     windows = tuple(reach_window(f, runtime, kernel.user_space) for f in forms(image.arch))
     profile, note = choose_profile(image.arch, jit, generation)
     window = window_for_span(profile, image.arch, runtime, kernel.user_space,

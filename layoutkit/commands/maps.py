@@ -37,7 +37,12 @@ from layoutkit.window.accounting import (
     account,
     occupant_kind,
 )
-from layoutkit.window.anchor import DEFAULT_ANCHORS, Anchor, luajit_generation
+from layoutkit.window.anchor import (
+    DEFAULT_ANCHORS,
+    HowFound,
+    PlacedAnchor,
+    luajit_generation,
+)
 from layoutkit.window.kernel import KernelConfig
 from layoutkit.window.profiles import Generation, choose_profile, window_for_span
 
@@ -57,9 +62,9 @@ class MapsAnalysis:
     maps: ProcessMaps
     arch: Arch
     kernel: KernelConfig
-    anchor: Anchor  # run-time addresses
+    anchor: PlacedAnchor
     anchor_object: str | None
-    bias: int | None
+    bias: int | None  # the load bias of anchor_object, when its ELF could be read
     generation: Generation | None
     profile: str
     jit_areas: tuple[JitArea, ...]
@@ -71,6 +76,16 @@ class MapsAnalysis:
     def exit_code(self) -> int:
         """1 when the requested JIT states do not fit the window as mapped."""
         return EXIT_OK if self.accounting.capacity.verdict is Verdict.OK else EXIT_FINDINGS
+
+
+@dataclass(frozen=True)
+class _Found:
+    """An anchor as found in a process: at run-time addresses, before it is placed."""
+
+    name: str
+    span: Span  # run-time
+    how: HowFound
+    detail: str
 
 
 def parse_path_map(items: Iterable[str]) -> tuple[tuple[str, str], ...]:
@@ -161,7 +176,7 @@ def analyse_maps(
     jit = scenario.jit
     overrides = scenario.kernel
     notes: list[str] = []
-    found: Anchor | None = None
+    found: _Found | None = None
     holder: str | None = None
     bias: int | None = None
     arch: Arch | None = arches.by_name(arch_name) if arch_name else None
@@ -184,7 +199,7 @@ def analyse_maps(
                 symbol = reader.symbol(name)
                 if symbol is not None:
                     runtime = symbol.value + obj_bias
-                    found = Anchor(name, Span(runtime, runtime + 1), "symbol",
+                    found = _Found(name, Span(runtime, runtime + 1), HowFound.SYMBOL,
                                    f"{symbol.binding} {symbol.visibility} {symbol.type} in "
                                    f"{symbol.table} of {path}, bias {obj_bias:#x}")
                     holder, bias = path, obj_bias
@@ -192,7 +207,7 @@ def analyse_maps(
             if found:
                 break
         if found is None and address is not None:
-            found = Anchor(f"{address:#x}", Span(address, address + 1), "address",
+            found = _Found(f"{address:#x}", Span(address, address + 1), HowFound.ADDRESS,
                            "given with --anchor")
             holder = next((p for p, ms in objects.items()
                            if any(address in m.span for m in ms)), None)
@@ -209,7 +224,7 @@ def analyse_maps(
             span = Span(min(s.start for s in code), max(s.end for s in code))
             found = _from_jit_code(maps, span, readable, holder, notes, jit_code)
             if found is None:
-                found = Anchor("executable segment", span, "executable-segment",
+                found = _Found("executable segment", span, HowFound.EXECUTABLE_SEGMENT,
                                f"no LuaJIT VM symbol in the mapped objects; the window "
                                f"must reach all of {holder}'s code")
         holder_reader = next((r for p, r, _ in readable if p == holder), None)
@@ -224,8 +239,11 @@ def analyse_maps(
         if arch is None:
             raise UsageError(f"{maps.source}: the mapped files are not readable here; "
                              "give --arch")
+        # ``found`` was located at run-time addresses; place it once, as link-time + bias.
+        placed = PlacedAnchor.at_runtime(found.name, found.span, found.how, found.detail,
+                                         bias)
         if jit is None and holder_reader is not None:
-            generation = luajit_generation(holder_reader.image(), found)
+            generation = luajit_generation(holder_reader.image(), placed.anchor)
     finally:
         for _, reader, _ in readable:
             reader.close()
@@ -249,13 +267,13 @@ def analyse_maps(
     occupants = _occupants(maps, spans, ignored, scenario.heap)
     acc = account(window, occupants, states=scenario.demand.states,
                   mcode=scenario.demand.mcode)
-    return MapsAnalysis(maps, arch, kernel, found, holder, bias, generation, profile, areas,
+    return MapsAnalysis(maps, arch, kernel, placed, holder, bias, generation, profile, areas,
                         tuple(ignored), acc, tuple(notes))
 
 
 def _from_jit_code(maps: ProcessMaps, code: Span, readable: list[tuple[str, ElfReader,
                    int | None]], holder: str | None, notes: list[str],
-                   jit_code: tuple[tuple[int, bytes], ...] | None = None) -> Anchor | None:
+                   jit_code: tuple[tuple[int, bytes], ...] | None = None) -> _Found | None:
     """``lj_vm_exit_handler`` recovered from the exit stubs in a live process's JIT code."""
     if jit_code is None and not maps.source.startswith("pid "):
         return None
@@ -274,7 +292,7 @@ def _from_jit_code(maps: ProcessMaps, code: Span, readable: list[tuple[str, ElfR
     found = stubs.recover(reader.image().arch, data, code)
     if found is None:
         return None
-    return Anchor("lj_vm_exit_handler", Span(found.address, found.address + 1), "jit-code",
+    return _Found("lj_vm_exit_handler", Span(found.address, found.address + 1), HowFound.JIT_CODE,
                   f"recovered from {found.votes} of {found.candidates} exit stubs in the JIT "
                   f"code ({found.pattern}); the binary is stripped")
 

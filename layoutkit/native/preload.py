@@ -251,7 +251,7 @@ def _result(run: ProgramRun, doc: dict[str, Any]) -> ProgramResult:
     clipped = Span(start + i * slot, start + j * slot)
     ctx = ProbeContext(
         arch=analysis.arch, runner="preload", jit=replace(window, usable=clipped),
-        anchor=analysis.anchor.span.start, anchor_source=analysis.anchor.how_found,
+        anchor=analysis.anchor.span.start, anchor_source=analysis.anchor.how_found.value,
         self_anchor=analysis.anchor.span.start, page_size=int(doc["page_size"]),
         rlimit_as=None, vm_size=0, mmap_min_addr=analysis.kernel.mmap_min_addr,
         maps_before=doc["maps_before"], maps_after=doc["maps_after"], infidelities=())
@@ -281,7 +281,7 @@ def program_json(result: ProgramResult, status: int | None) -> dict[str, Any]:
         "mode": "program", "command": list(result.command), "when": result.when,
         "pid": result.program_pid, "arch": a.arch.name, "profile": jit.profile.name,
         "anchor": {"name": a.anchor.name, "address": report.hexa(a.anchor.span.start),
-                   "source": a.anchor.how_found, "detail": a.anchor.detail},
+                   "source": a.anchor.how_found.value, "detail": a.anchor.detail},
         "anchor_object": a.anchor_object, "bias": report.hexa(a.bias),
         "window": report.span_json(jit.window), "usable": report.span_json(jit.usable),
         "scanned": report.span_json(result.scanned), "slot": result.scan.slot,

@@ -97,7 +97,7 @@ def test_stripped_binary_falls_back_to_the_executable_segment() -> None:
     binary = ELF_DIR / "aarch64" / "nopie-stripped"
     start, end = readelf_code_span(binary)
     result = inspect_binary(binary)
-    assert result.anchor.how_found == "executable-segment"
+    assert result.anchor.how_found.value == "executable-segment"
     assert result.anchor.span == Span(start, end)
     assert "stripped" in result.anchor.detail
     # The window must reach the whole span: from its last byte down, from its first up.
@@ -109,7 +109,7 @@ def test_anchor_option_takes_a_symbol_or_an_address() -> None:
     main = readelf_symbol(binary, "main")
     assert inspect_binary(binary, anchor="main").anchor.address == main
     by_address = inspect_binary(binary, anchor=hex(main)).anchor
-    assert (by_address.address, by_address.how_found) == (main, "address")
+    assert (by_address.address, by_address.how_found.value) == (main, "address")
     with pytest.raises(InputError, match="no symbol 'no_such_symbol'"):
         inspect_binary(binary, anchor="no_such_symbol")
     with pytest.raises(UsageError, match="not inside any PT_LOAD"):

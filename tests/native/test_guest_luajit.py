@@ -94,7 +94,7 @@ def test_analyse_maps_finds_the_jit_areas_in_the_window(
                             Scenario(kernel=kernel),
                             path_map=(("/usr/bin", str(unpacked / "usr" / "bin")),))
     # Debian's luajit is stripped: the window must reach its whole executable segment.
-    assert analysis.anchor.how_found == "executable-segment"
+    assert analysis.anchor.how_found.value == "executable-segment"
     assert analysis.anchor_object == "/usr/bin/luajit"
     assert analysis.arch.name == "aarch64"
     assert analysis.profile == "luajit-2.1"
