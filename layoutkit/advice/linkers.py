@@ -1,6 +1,7 @@
 """Linkers: which one made a binary, their defaults, and the flags each accepts.
 
-Facts (facts.md §5, re-measured here by the fixture builds, fixtures/README.md):
+Facts (binutils ld/ldlang.c and ld.texi for -Ttext-segment/-Tbss, lld/ELF/Driver.cpp for
+--image-base; measured by the fixture builds, fixtures/README.md):
 GNU ld (bfd) and gold move a whole non-PIE image with ``-Ttext-segment=ADDR``; lld
 rejects that flag ("use --image-base") and, like mold, takes ``--image-base=ADDR``.
 ``-Tbss=ADDR`` gives .bss (and so the brk heap after it) its own PT_LOAD far from the

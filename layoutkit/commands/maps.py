@@ -46,7 +46,8 @@ from layoutkit.window.anchor import (
 from layoutkit.window.kernel import KernelConfig
 from layoutkit.window.profiles import Generation, choose_profile, window_for_span
 
-# qemu-user maps one anonymous r-x page for its signal trampoline (facts.md §7); a real
+# qemu-user maps one anonymous r-x page for its signal trampoline (qemu linux-user/
+# signal.c setup_sigtramp, seen in fixtures/maps/x86_64-host-view-of-qemu-*.maps); a real
 # JIT area is at least LuaJIT's sizemcode (32 KiB), so one page is not counted as JIT.
 _TRAMPOLINE = 4096
 
@@ -255,7 +256,10 @@ def analyse_maps(
             arches.by_name({"x86_64": "x86_64", "aarch64": "aarch64"}.get(host, host)) is arch:
         with open("/proc/sys/vm/mmap_min_addr") as f:
             overrides = replace(overrides, mmap_min_addr=int(f.read()))
-    kernel = KernelConfig.under(arch, overrides)
+        kernel = replace(KernelConfig.under(arch, overrides), release=os.uname().release,
+                         source="this machine's kernel (vm.mmap_min_addr read here)")
+    else:
+        kernel = KernelConfig.under(arch, overrides)
     window = window_for_span(profile, arch, found.span, kernel.user_space,
                              form_name=scenario.form)
     spans, ignored = _jit_areas(maps)

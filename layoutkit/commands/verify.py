@@ -35,7 +35,7 @@ from layoutkit.native import qemu_system
 from layoutkit.native.twin import Twin, TwinSpec, build_twin
 from layoutkit.output import document as report
 from layoutkit.read.maps import ProcessMaps
-from layoutkit.window.accounting import Accounting, account
+from layoutkit.window.accounting import Accounting, account, states_fit
 from layoutkit.window.anchor import find_anchor, luajit_generation
 from layoutkit.window.kernel import PAGE, KernelConfig, defaults
 from layoutkit.window.layout import Prediction, predict
@@ -168,8 +168,7 @@ def _guest_runs(twin: Twin, profile: str, runs: int) -> qemu_system.GuestResult:
 
 
 def _capacity(runs: Sequence[Span], profile_area: int, per_state: int) -> int:
-    areas = sum(r.size // profile_area for r in runs)
-    return areas // max(1, -(-per_state // profile_area))
+    return states_fit(runs, profile_area, per_state)
 
 
 def _advised(image: ElfImage, anchor: int, path: str, kind: AdviceKind | None,

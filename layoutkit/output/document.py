@@ -19,6 +19,7 @@ from layoutkit.core.spans import Span
 from layoutkit.ranges import BranchForm
 from layoutkit.read.refs import Bound
 from layoutkit.window.accounting import Accounting
+from layoutkit.window.kernel import KernelConfig
 from layoutkit.window.profiles import Generation
 
 SCHEMA_VERSION = 1
@@ -34,6 +35,17 @@ def document(command: str, body: dict[str, Any]) -> dict[str, Any]:
 
 def dumps(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=2)
+
+
+def kernel_json(kernel: KernelConfig) -> dict[str, Any]:
+    """The one kernel block of every document."""
+    return {
+        "release": kernel.release,
+        "va_bits": kernel.va_bits,
+        "user_top": hexa(kernel.user_top),
+        "mmap_min_addr": hexa(kernel.mmap_min_addr),
+        "source": kernel.source,
+    }
 
 
 def span_json(span: Span | None) -> dict[str, Any] | None:
@@ -125,11 +137,7 @@ def inspection_json(result: Inspection, *, bundled: bool = False) -> dict[str, A
         **image_json(result.image),
         "load": {"bias": hexa(result.bias), "how": result.bias_how,
                  "model": result.image.load_kind.describe()},
-        "kernel": {
-            "va_bits": result.kernel.va_bits,
-            "user_top": hexa(result.kernel.user_top),
-            "mmap_min_addr": hexa(result.kernel.mmap_min_addr),
-        },
+        "kernel": kernel_json(result.kernel),
         "anchor": {
             "name": anchor.name,
             "address": hexa(anchor.address),
@@ -226,11 +234,7 @@ def maps_json(result: MapsAnalysis) -> dict[str, Any]:
         "source": result.maps.source,
         "arch": result.arch.name,
         "executable": result.maps.executable,
-        "kernel": {
-            "va_bits": result.kernel.va_bits,
-            "user_top": hexa(result.kernel.user_top),
-            "mmap_min_addr": hexa(result.kernel.mmap_min_addr),
-        },
+        "kernel": kernel_json(result.kernel),
         "anchor": {
             "name": result.anchor.name,
             "address": hexa(result.anchor.span.start),
@@ -275,11 +279,7 @@ def advice_json(advice: Advice) -> dict[str, Any]:
         "linker": advice.linker,
         "linker_evidence": advice.linker_evidence,
         "profile": advice.profile,
-        "kernel": {
-            "va_bits": advice.kernel.va_bits,
-            "user_top": hexa(advice.kernel.user_top),
-            "mmap_min_addr": hexa(advice.kernel.mmap_min_addr),
-        },
+        "kernel": kernel_json(advice.kernel),
         "current": {"window": window_json(advice.current.worst),
                     "capacity": capacity_json(advice.current.worst)},
         "recommendations": [rec_json(r) for r in advice.recommendations],

@@ -90,6 +90,17 @@ class Accounting:
         return self.free_slots / self.slots if self.slots else 0.0
 
 
+def areas_in(runs: Iterable[Span], area: int) -> int:
+    """Disjoint ``area``-byte areas that fit in the free ``runs``."""
+    return sum(run.size // area for run in runs)
+
+
+def states_fit(runs: Iterable[Span], area: int, per_state: int) -> int:
+    """JIT states of ``per_state`` bytes (in whole areas) that fit in the free ``runs``:
+    the one capacity formula, for the model's accounting and the probe's measurement."""
+    return areas_in(runs, area) // max(1, -(-per_state // area))
+
+
 def fit_count(gaps: Iterable[Span], size: int, step: int) -> int:
     """Start positions (``step``-aligned) where a ``size``-byte area fits in ``gaps``."""
     total = 0
@@ -124,15 +135,14 @@ def account(jit: JitWindow, occupied: Iterable[Occupant], *, states: int = 1,
             mcode: int | None = None) -> Accounting:
     """Account for ``jit``'s window given what occupies the address space."""
     occupants = tuple(sorted((o for o in occupied if o.span.overlaps(jit.window)),
-                             key=lambda o: (o.span.start, o.span.end, o.kind)))
+                             key=lambda o: (o.span.start, o.span.end, o.kind.value)))
     taken = normalize(o.span for o in occupants)
     free = tuple(free_gaps(jit.usable, taken, jit.slot))
     slots = count_slots([jit.usable], jit.slot)
     free_slots = count_slots(free, jit.slot)
     per_state = mcode if mcode is not None else jit.profile.maxmcode
     area = jit.profile.sizemcode
-    areas_free = sum(gap.size // area for gap in free)
-    per_state_areas = max(1, -(-per_state // area))
-    capacity = Capacity(states, per_state, area, areas_free, areas_free // per_state_areas)
+    capacity = Capacity(states, per_state, area, areas_in(free, area),
+                        states_fit(free, area, per_state))
     return Accounting(jit, occupants, free, slots, free_slots, capacity,
                       miss_probability(jit, free, area))

@@ -32,6 +32,8 @@ class KernelConfig:
     arch: Arch
     va_bits: int
     mmap_min_addr: int
+    release: str | None = None  # the kernel release, where one was seen (a runner, a host)
+    source: str = "the arch's defaults"  # where the values come from
 
     @classmethod
     def for_arch(
@@ -39,7 +41,11 @@ class KernelConfig:
     ) -> KernelConfig:
         """Defaults for ``arch``, with the given fields overridden (and checked)."""
         base = defaults(arch)
-        config = cls(arch, base.va_bits, base.mmap_min_addr)
+        given = [name for name, value in (("--va-bits", va_bits),
+                                          ("--mmap-min-addr", mmap_min_addr))
+                 if value is not None]
+        source = f"{arch}'s defaults" + (f", {' and '.join(given)} given" if given else "")
+        config = cls(arch, base.va_bits, base.mmap_min_addr, source=source)
         if va_bits is not None:
             if va_bits not in base.va_choices:
                 choices = ", ".join(map(str, base.va_choices))
