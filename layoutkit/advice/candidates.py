@@ -109,14 +109,24 @@ def advise(
     linker: str | None = None,
     anchor: str | None = None,
 ) -> Advice:
+    """Ranked recommendations for ``binary`` (None: the default link of ``arch_name``),
+    each predicted under ``scenario``. The binary is opened once, for the whole advice."""
+    if binary is None:
+        return _advise(None, scenario, arch_name=arch_name, linker=linker, anchor=anchor)
+    with ElfReader(binary) as reader:
+        return _advise(reader, scenario, arch_name=arch_name, linker=linker, anchor=anchor)
+
+
+def _advise(reader: ElfReader | None, scenario: Scenario, *, arch_name: str | None,
+            linker: str | None, anchor: str | None) -> Advice:
     jit, form = scenario.jit, scenario.form
     notes: list[str] = []
     generation = None
-    if binary is not None:
-        with ElfReader(binary) as reader:
-            image = reader.image()
-            found = find_anchor(reader, anchor)
-            generation = luajit_generation(image, found)
+    if reader is not None:
+        binary = reader.path
+        image = reader.image()
+        found = find_anchor(reader, anchor)
+        generation = luajit_generation(image, found)
         if arch_name is not None and image.arch.name != arch_name:
             from layoutkit.core.arches import by_name
             if by_name(arch_name) is not image.arch:
@@ -197,7 +207,7 @@ def advise(
         has_bss = any(s.memsz > s.filesz for s in image.loads) if synthetic else bss is not None
         if has_bss and linkers.separate_bss_supported(chosen):
             bss_at = align_up(pred.worst.jit.window.end + 0x10000, page)
-            ok, why = _bss_move_ok(binary, bss, bss_at, delta, arch, base)
+            ok, why = _bss_move_ok(reader, bss, bss_at, delta, arch, base)
             if ok:
                 relocate_text = RelocateText(base, bss_at)
                 pred_b = evaluate(relocate_text.apply(image), moved_anchor)
@@ -262,7 +272,7 @@ def advise(
                   tuple(recs), tuple(notes))
 
 
-def _bss_move_ok(binary: str | None, bss: Section | None, bss_at: int, delta: int,
+def _bss_move_ok(reader: ElfReader | None, bss: Section | None, bss_at: int, delta: int,
                  arch: Arch, base: int) -> tuple[bool, str]:
     """Whether every reference from the code into .bss still reaches at ``bss_at``.
 
@@ -275,14 +285,13 @@ def _bss_move_ok(binary: str | None, bss: Section | None, bss_at: int, delta: in
         # R_RISCV_HI20): all of it must end below 2 GiB, not just start there.
         return False, (f".bss of {format_size(bss_size)} at {bss_at:#x} would end above the "
                        f"2 GiB a non-PIE {arch} image's absolute references reach")
-    if binary is None or bss is None:
+    if reader is None or bss is None:
         reach = data_reach(arch)
         if bss_at - base >= reach:
             return False, f".bss {format_size(bss_at - base)} from the code is beyond {reach}"
         return True, (f"code reaches .bss {format_size(bss_at - base)} away: within the "
                       f"{format_size(reach)} of {arch}'s PC-relative data references")
-    with ElfReader(binary) as reader:
-        pairs = refs.scan(reader)
+    pairs = refs.scan(reader)
     try:
         allowed = relocate.move_range(pairs, [bss.name])
     except relocate.Infeasible as e:
