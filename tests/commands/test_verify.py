@@ -8,15 +8,15 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from layoutkit import native
 from layoutkit.cli import cli
 from layoutkit.commands.verify import verify
 from layoutkit.core.kinds import AdviceKind
 from layoutkit.errors import EXIT_FINDINGS, EXIT_USAGE
+from layoutkit.native.compare import Cause
+from layoutkit.native.toolchain import Runner, host_arch
 from tests.support import ELF_DIR, require
 
-DOCUMENTED = {"stack guard gap", "below mmap_min_addr",
-              "moved (runner ignores MAP_FIXED_NOREPLACE)"}
+DOCUMENTED = {Cause.STACK_GUARD_GAP, Cause.BELOW_MMAP_MIN_ADDR, Cause.MOVED}
 
 
 @pytest.fixture(autouse=True)
@@ -39,13 +39,14 @@ def test_aarch64_nopie_at_0x400000_and_at_the_advised_base() -> None:
     """Issue part 6: measured free slots match the prediction from the run's own maps,
     lie in the model's range, and the advised base leaves more free slots."""
     qemu_aarch64()
-    default = verify(str(ELF_DIR / "aarch64/nopie"), runner="qemu-user", runs=2)
-    advised = verify(str(ELF_DIR / "aarch64/nopie"), runner="qemu-user", runs=2,
+    default = verify(str(ELF_DIR / "aarch64/nopie"), runner=Runner.QEMU_USER, runs=2)
+    advised = verify(str(ELF_DIR / "aarch64/nopie"), runner=Runner.QEMU_USER, runs=2,
                      advice=AdviceKind.REBASE)
     for v in (default, advised):
-        assert v.verdict == "ok", v.verdict
+        assert v.ok, v.failures
+        assert v.exit_code == 0
         for r in v.runs:
-            assert {d.reason for d in r.differences} <= DOCUMENTED
+            assert {d.cause for d in r.differences} <= DOCUMENTED
             # Slot for slot: measured = predicted, but for the documented slots.
             taken_only_to_probe = sum(d.model_free for d in r.differences)
             free_only_to_probe = sum(not d.model_free for d in r.differences)
@@ -53,8 +54,8 @@ def test_aarch64_nopie_at_0x400000_and_at_the_advised_base() -> None:
                     r.predicted.free_slots - taken_only_to_probe + free_only_to_probe)
             assert not r.result.context.leaked
     # The image at 0x400000: only slot 0 (below mmap_min_addr, qemu moves it) differs.
-    assert [(d.slot, d.reason) for d in default.runs[0].differences] == [
-        (0, "below mmap_min_addr")]
+    assert [(d.slot, d.cause) for d in default.runs[0].differences] == [
+        (0, Cause.BELOW_MMAP_MIN_ADDR)]
     assert default.twin.spec.loads[0].vaddr == 0x400000
     assert default.runs[0].result.context.anchor == 0x403dd0
     assert advised.advice == "rebase: -Wl,-Ttext-segment=0x4020000"
@@ -66,7 +67,7 @@ def test_aarch64_nopie_at_0x400000_and_at_the_advised_base() -> None:
 
 def test_json_fields_native() -> None:
     require("cc")
-    if native.host_arch().name != "x86_64":
+    if host_arch().name != "x86_64":
         pytest.skip("the native expectations are for an x86-64 host")
     code, out, _ = run(str(ELF_DIR / "x86_64/pie"), "--runs", "2", "--format", "json")
     assert code == 0

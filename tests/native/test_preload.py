@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from layoutkit.cli import cli
 from layoutkit.core.spans import Span
 from layoutkit.elf import ElfReader
-from layoutkit.native import differences, model_accounting
+from layoutkit.native.compare import Cause, differences, model_accounting
 from layoutkit.native.preload import ProgramRun, start_program
 from tests.support import ROOT, require
 
@@ -79,7 +79,8 @@ def test_jit_program_undisturbed_and_scan_agrees_with_model() -> None:
     assert [j.span for j in a.jit_areas] == [Span(min(areas), max(areas) + 0x10000)]
     assert result.jit_inside
     # Kernel against model, slot for slot: only documented differences.
-    assert all(d.reason == "stack guard gap" for d in differences(result.scan))
+    assert all(d.cause is Cause.STACK_GUARD_GAP for d in differences(result.scan))
+    assert result.differences == tuple(differences(result.scan))
     acc = model_accounting(result.scan)
     assert acc.free_slots == result.measured[1]
     assert result.measured[0] == acc.free_bytes
@@ -115,7 +116,7 @@ def test_debian_luajit_jit_areas_inside_the_window() -> None:
     for _, _, _, addr, _, size in traces:
         code = Span(int(addr, 16), int(addr, 16) + int(size))
         assert any(j.span.contains(code) for j in a.jit_areas)
-    assert all(d.reason == "stack guard gap" for d in differences(result.scan))
+    assert all(d.cause is Cause.STACK_GUARD_GAP for d in differences(result.scan))
     assert result.measured[1] == model_accounting(result.scan).free_slots
 
 

@@ -15,18 +15,21 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from layoutkit import native
 from layoutkit.cli import cli
 from layoutkit.core import arches
 from layoutkit.core.spans import Span
 from layoutkit.errors import EXIT_PROBE, ProbeError
+from layoutkit.native.compare import Cause, differences, model_accounting
+from layoutkit.native.probe import build_probe, run_probe
+from layoutkit.native.protocol import Outcome, ProbeMode, ReplayResult, ScanResult, ScanVerdict
+from layoutkit.native.toolchain import Runner, host_arch
 from layoutkit.read.maps import parse_maps
 from tests.support import require
 
 MiB = 1 << 20
-DOCUMENTED = {"stack guard gap", "below mmap_min_addr"}
+DOCUMENTED = {Cause.STACK_GUARD_GAP, Cause.BELOW_MMAP_MIN_ADDR}
 
-pytestmark = pytest.mark.skipif(native.host_arch().name != "x86_64",
+pytestmark = pytest.mark.skipif(host_arch().name != "x86_64",
                                 reason="the native expectations are for an x86-64 host")
 
 
@@ -37,9 +40,9 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory,
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
-def _scan(**kwargs: object) -> native.ScanResult:
-    result = native.run_probe(**kwargs)  # type: ignore[arg-type]
-    assert isinstance(result, native.ScanResult)
+def _scan(**kwargs: object) -> ScanResult:
+    result = run_probe(**kwargs)  # type: ignore[arg-type]
+    assert isinstance(result, ScanResult)
     return result
 
 
@@ -51,10 +54,10 @@ def test_scan_agrees_with_accounting_slot_for_slot() -> None:
     assert result.window == ctx.jit.usable
     assert len(result.outcomes) == ctx.jit.usable.size // result.slot
     assert not ctx.leaked
-    acc = native.model_accounting(result)
+    acc = model_accounting(result)
     model_free = {s for gap in acc.free for s in range(gap.start, gap.end, result.slot)}
-    diffs = native.differences(result)
-    assert {d.reason for d in diffs} <= DOCUMENTED
+    diffs = differences(result)
+    assert {d.cause for d in diffs} <= DOCUMENTED
     documented = {d.slot for d in diffs}
     assert result.free_slots() == model_free ^ documented
     assert acc.free_slots == result.counts.free + sum(d.model_free for d in diffs) - sum(
@@ -62,7 +65,7 @@ def test_scan_agrees_with_accounting_slot_for_slot() -> None:
     # Natively nothing is moved and every non-free slot is a real EEXIST.
     assert result.counts.moved == result.counts.enomem == result.counts.other == 0
     assert result.counts.eexist == len(result.outcomes) - result.counts.free
-    assert result.verdict == "ok"
+    assert result.verdict is ScanVerdict.OK
 
 
 def test_mapped_memory_reports_eexist() -> None:
@@ -76,7 +79,7 @@ def test_mapped_memory_reports_eexist() -> None:
     for m in inside:
         first = (max(m.start, result.window.start) - result.window.start) // result.slot
         last = (min(m.end, result.window.end) - 1 - result.window.start) // result.slot
-        assert set(result.outcomes[first:last + 1]) == {"X"}, m
+        assert set(result.outcomes[first:last + 1]) == {Outcome.EEXIST}, m
     # Free runs are exactly the '.' slots, as half-open spans.
     assert sum(r.size for r in result.free_runs) == result.counts.free * result.slot
 
@@ -106,7 +109,7 @@ def test_tiny_rlimit_as_is_reported_as_rlimit_not_occupied() -> None:
     assert limited.counts.eexist > 0
     assert limited.counts.eexist + limited.counts.enomem == \
         free.counts.eexist + free.counts.free
-    assert limited.verdict == "rlimit_as"
+    assert limited.verdict is ScanVerdict.RLIMIT_AS
     assert not limited.context.leaked
 
 
@@ -119,13 +122,13 @@ def test_small_rlimit_as_is_reported() -> None:
     headroom = result.context.as_headroom
     assert headroom is not None
     assert headroom < sum(r.size for r in result.free_runs)
-    assert result.verdict == "rlimit_as"
+    assert result.verdict is ScanVerdict.RLIMIT_AS
 
 
 def test_replay_four_threads_eight_areas_inside_the_window() -> None:
     require("cc")
-    result = native.run_probe(mode="replay", threads=4, areas=8, seed=7)
-    assert isinstance(result, native.ReplayResult)
+    result = run_probe(mode=ProbeMode.REPLAY, threads=4, areas=8, seed=7)
+    assert isinstance(result, ReplayResult)
     assert (result.threads_started, result.allocations, result.failed_allocations) == (4, 32, 0)
     areas = result.areas()
     assert len(areas) == len(set(areas)) == 32
@@ -143,8 +146,8 @@ def test_replay_four_threads_eight_areas_inside_the_window() -> None:
 @pytest.mark.parametrize("jit", ["luajit-2025", "generic"])
 def test_replay_other_profiles(jit: str) -> None:
     require("cc")
-    result = native.run_probe(mode="replay", jit=jit, threads=2, areas=4)
-    assert isinstance(result, native.ReplayResult)
+    result = run_probe(mode=ProbeMode.REPLAY, jit=jit, threads=2, areas=4)
+    assert isinstance(result, ReplayResult)
     assert (result.allocations, result.failed_allocations, result.fallbacks) == (8, 0, 0)
     assert all(result.context.jit.usable.contains(a) for a in result.areas())
     assert not result.context.leaked
@@ -160,23 +163,22 @@ def test_qemu_user_moves_mappings_and_says_so() -> None:
     assert result.counts.moved > 0
     assert result.counts.eexist == 0
     assert any("MAP_FIXED_NOREPLACE" in note for note in ctx.infidelities)
-    assert result.verdict == "hints_only"
+    assert result.verdict is ScanVerdict.HINTS_ONLY
     assert not ctx.leaked
     # The probe's own image is in the window, and every slot of it moved.
     maps = parse_maps(ctx.maps_before)
     image = [m for m in maps.mappings if m.start <= ctx.self_anchor < m.end]
     assert image
     first = (image[0].start - result.window.start) // result.slot
-    assert result.outcomes[first] == "m"
-    assert {d.reason for d in native.differences(result)} <= DOCUMENTED | {
-        "moved (runner ignores MAP_FIXED_NOREPLACE)"}
+    assert result.outcomes[first] is Outcome.MOVED
+    assert {d.cause for d in differences(result)} <= DOCUMENTED | {Cause.MOVED}
 
 
 def test_missing_cross_compiler_names_the_package(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ProbeError) as info:
-        native.run_probe("aarch64", runner="qemu-user")
+        run_probe("aarch64", runner=Runner.QEMU_USER)
     assert info.value.exit_code == EXIT_PROBE == 4
     assert "gcc-aarch64-linux-gnu" in str(info.value)
 
@@ -186,36 +188,36 @@ def test_missing_native_compiler_names_the_package(tmp_path: Path,
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("CC", raising=False)
     with pytest.raises(ProbeError, match="apt-get install gcc"):
-        native.run_probe()
+        run_probe()
 
 
 def test_missing_qemu_names_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     gcc = require("aarch64-linux-gnu-gcc")
-    native.build_probe(arches.by_name("aarch64"), "qemu-user")  # cached: no build
+    build_probe(arches.by_name("aarch64"))  # cached: no build
     os.symlink(gcc, tmp_path / "aarch64-linux-gnu-gcc")
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ProbeError, match="qemu-aarch64 not found: apt-get install qemu-user"):
-        native.run_probe("aarch64", runner="qemu-user")
+        run_probe("aarch64", runner=Runner.QEMU_USER)
 
 
 def test_native_runner_refuses_a_foreign_arch() -> None:
     require("aarch64-linux-gnu-gcc")
     with pytest.raises(Exception, match="use --runner qemu-user"):
-        native.run_probe("aarch64", runner="native")
+        run_probe("aarch64", runner=Runner.NATIVE)
 
 
 def test_build_is_cached_and_keyed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     require("cc")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    arch = native.host_arch()
-    first = native.build_probe(arch)
+    arch = host_arch()
+    first = build_probe(arch)
     assert first.is_relative_to(tmp_path / "layoutkit" / "probe")
     mtime = first.stat().st_mtime_ns
-    assert native.build_probe(arch) == first
+    assert build_probe(arch) == first
     assert first.stat().st_mtime_ns == mtime
     if shutil.which("clang"):
         monkeypatch.setenv("CC", "clang")
-        assert native.build_probe(arch) != first  # another compiler, another key
+        assert build_probe(arch) != first  # another compiler, another key
 
 
 def test_cli_probe_json_and_text() -> None:
@@ -231,7 +233,8 @@ def test_cli_probe_json_and_text() -> None:
     assert doc["slots"] == 512
     assert doc["leaked_mappings"] is False
     assert doc["infidelities"] == []
-    assert [d for d in doc["model_differences"] if d["reason"] not in DOCUMENTED] == []
+    documented = {c.value for c in DOCUMENTED}
+    assert [d for d in doc["model_differences"] if d["reason"] not in documented] == []
     res = runner.invoke(cli, ["probe", "--threads", "2", "--areas", "3"])
     assert res.exit_code == 0, res.output
     assert res.stdout.splitlines()[-1] == (
@@ -262,8 +265,8 @@ def test_below_mmap_min_addr() -> None:
     assert result.window == Span(0, 0x100000)
     low = result.context.mmap_min_addr
     assert low is not None and 0 < low <= 0x10000
-    assert result.outcomes[0] == ("." if os.geteuid() == 0 else "P")
-    assert {d.reason for d in native.differences(result)} <= {"below mmap_min_addr"}
+    assert result.outcomes[0] is (Outcome.FREE if os.geteuid() == 0 else Outcome.EPERM)
+    assert {d.cause for d in differences(result)} <= {Cause.BELOW_MMAP_MIN_ADDR}
     assert not result.context.leaked
 
 
@@ -275,9 +278,9 @@ def test_stack_guard_gap_is_the_documented_difference() -> None:
     result = _scan(anchor="stack", radius=8 * MiB)
     maps = parse_maps(result.context.maps_before)
     stack = next(m for m in maps.mappings if m.path == "[stack]")
-    diffs = native.differences(result)
+    diffs = differences(result)
     assert diffs
-    assert {d.reason for d in diffs} == {"stack guard gap"}
-    assert all(d.probe == "." and not d.model_free for d in diffs)
+    assert {d.cause for d in diffs} == {Cause.STACK_GUARD_GAP}
+    assert all(d.probe is Outcome.FREE and not d.model_free for d in diffs)
     assert all(stack.start - 256 * 4096 - result.slot < d.slot < stack.start for d in diffs)
     assert not result.context.leaked

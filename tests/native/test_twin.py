@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from layoutkit import native
 from layoutkit.advice.candidates import synthetic_image
 from layoutkit.core.arches import by_name
 from layoutkit.elf import ElfReader
 from layoutkit.errors import ProbeError
+from layoutkit.native.toolchain import TARGETS, host_arch
 from layoutkit.native.twin import ANCHOR_SECTION, TwinSpec, build_twin, linker_script
 from layoutkit.window.anchor import find_anchor
 from tests.support import ELF_DIR, require
@@ -40,10 +40,10 @@ def loads(path: Path) -> list[tuple[int, int, str]]:
 
 
 def compiler(arch: str) -> None:
-    if by_name(arch) == native.host_arch():
+    if by_name(arch) == host_arch():
         require("cc")
     else:
-        require(f"{native.TARGETS[by_name(arch).name].triplet}-gcc")
+        require(f"{TARGETS[by_name(arch).name].triplet}-gcc")
 
 
 def spec_of(path: Path) -> TwinSpec:
