@@ -49,6 +49,13 @@ __attribute__((noinline, used, section(".lk_anchor"))) int probe_anchor(int x) {
 int main(int argc, char **argv) { return lk_probe_main(argc, argv); }
 """
 
+# The probe as a library: its main renamed, so the twin's own main calls it.
+LIB_FLAGS = ("-fPIC", "-shared", "-Dmain=lk_probe_main")
+# GNU ld only (the script uses its PHDRS); no note, RELRO or eh_frame_hdr segment of the
+# twin's own; liblkprobe.so found beside the twin ($ORIGIN), wherever the cache is.
+LINK_FLAGS = ("-fuse-ld=bfd", "-Wl,--build-id=none", "-Wl,-z,norelro",
+              "-Wl,--hash-style=gnu", "-Wl,--no-eh-frame-hdr", "-Wl,-rpath,$ORIGIN")
+
 # Input sections by what they are, as GNU ld's default scripts group them.
 _HEAD = (".interp", ".note.gnu.property", ".note.gnu.build-id", ".note.ABI-tag", ".note*",
          ".hash", ".gnu.hash", ".dynsym", ".dynstr", ".gnu.version", ".gnu.version_d",
@@ -241,8 +248,9 @@ def build_twin(spec: TwinSpec) -> Twin:
     """The twin of ``spec``, built once and cached; its PT_LOADs are checked."""
     compiler = Compiler.for_arch(spec.arch)
     script = linker_script(spec)  # the layout, and how it is reproduced
-    folder = cached_build("twin", "twin", compiler,
-                          [source_key(SOURCE), STUB.encode(), script.encode()],
+    key = [source_key(SOURCE), STUB.encode(), script.encode(),
+           " ".join((*CFLAGS, *LIB_FLAGS, *LINK_FLAGS)).encode()]
+    folder = cached_build("twin", "twin", compiler, key,
                           lambda work: _link(spec, script, compiler.path, work),
                           ["twin", "liblkprobe.so"])
     exe, lib = folder / "twin", folder / "liblkprobe.so"
@@ -260,18 +268,15 @@ def _link(spec: TwinSpec, script_text: str, cc: str, work: Path) -> None:
     """Build liblkprobe.so and the twin in ``work``; the twin finds the library beside
     itself (``$ORIGIN``), so the folder can be renamed into the cache."""
     lib = work / "liblkprobe.so"
-    _run([cc, *CFLAGS, "-fPIC", "-shared", "-Dmain=lk_probe_main", "-o", str(lib),
-          str(SOURCE)], f"building liblkprobe.so for {spec.arch}")
+    _run([cc, *CFLAGS, *LIB_FLAGS, "-o", str(lib), str(SOURCE)],
+         f"building liblkprobe.so for {spec.arch}")
     stub = work / "stub.c"
     stub.write_text(STUB)
     script = work / "twin.ld"
     script.write_text(script_text)
     pie = ["-fPIE", "-pie"] if spec.kind is LoadKind.PIE else ["-fno-pie", "-no-pie"]
-    _run([cc, "-O2", *pie, "-fuse-ld=bfd", "-o", str(work / "twin"), str(stub),
-          "-Wl,-T," + str(script), "-Wl,--build-id=none", "-Wl,-z,norelro",
-          "-Wl,--hash-style=gnu", "-Wl,--no-eh-frame-hdr",
-          f"-L{work}", "-llkprobe", "-Wl,-rpath,$ORIGIN"],
-         f"linking the twin of {spec.source}")
+    _run([cc, "-O2", *pie, "-o", str(work / "twin"), str(stub), "-Wl,-T," + str(script),
+          *LINK_FLAGS, f"-L{work}", "-llkprobe"], f"linking the twin of {spec.source}")
 
 
 __all__: Sequence[str] = ("Twin", "TwinSpec", "build_twin", "linker_script",

@@ -258,8 +258,9 @@ def test_window_span_is_whole_slots() -> None:
 
 
 def test_below_mmap_min_addr() -> None:
-    """Slot 0 is below vm.mmap_min_addr: EPERM for a normal user; root (CAP_SYS_RAWIO)
-    may map it (facts.md §7), which the probe then reports as free."""
+    """Slot 0 is below vm.mmap_min_addr: EPERM for a normal user; root may map it
+    (Linux security/commoncap.c cap_mmap_addr: below dac_mmap_min_addr only with
+    CAP_SYS_RAWIO), which the probe then reports as free."""
     require("cc")
     result = _scan(anchor=0x80000, radius=0x80000)  # [0, 1 MiB)
     assert result.window == Span(0, 0x100000)

@@ -249,3 +249,11 @@ def test_ppc64le_guest_scan_agrees_with_accounting() -> None:
     assert differences(scan) == []
     assert scan.free_slots() == {s for gap in acc.free
                                  for s in range(gap.start, gap.end, scan.slot)}
+
+
+def test_old_import_path_still_names_the_guest_runner() -> None:
+    """Callers written against native/qemu_system.py (the workload) keep working."""
+    from layoutkit.native import qemu_system
+
+    assert qemu_system.run_in_guest is run_in_guest
+    assert qemu_system.fetch_kernel is fetch_kernel
