@@ -38,7 +38,7 @@ from layoutkit.elf import ElfReader
 from layoutkit.errors import EXIT_FINDINGS, EXIT_OK, LayoutkitError, ProbeError, UsageError
 from layoutkit.native.build import NATIVE_DIR, compile_c
 from layoutkit.native.compare import Difference, differences
-from layoutkit.native.protocol import ProbeContext, ScanResult
+from layoutkit.native.protocol import ProbeContext, ScanResult, addr
 from layoutkit.native.toolchain import Runner, host_arch
 from layoutkit.read.maps import parse_maps
 from layoutkit.window.kernel import KernelConfig
@@ -226,18 +226,18 @@ class ProgramResult:
 
 def _result(run: ProgramRun, doc: dict[str, Any]) -> ProgramResult:
     try:
-        scanned = Span(int(doc["window"][0], 16), int(doc["window"][1], 16))
+        scanned = Span(addr(doc["window"][0]), addr(doc["window"][1]))
         child = int(doc["pid"])
         page_size = int(doc["page_size"])
         maps_before, maps_after = str(doc["maps_before"]), str(doc["maps_after"])
-        code = tuple((int(c["start"], 16), bytes.fromhex(c["hex"])) for c in doc["jit_code"])
+        code = tuple((addr(c["start"]), bytes.fromhex(c["hex"])) for c in doc["jit_code"])
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise ProbeError(f"the preload probe's report is malformed ({e})") from e
     pid = run.process.pid
     maps = parse_maps(maps_before, source=f"pid {pid} (copy in preload child {child})")
     analysis = analyse_maps(maps, Scenario(jit=run.jit), anchor=run.anchor, jit_code=code)
     window = analysis.accounting.jit
-    ctx = ProbeContext(
+    ctx = ProbeContext(  # the copy runs on this machine's kernel
         arch=analysis.arch, runner=Runner.NATIVE, jit=window,
         anchor=analysis.anchor.span.start, anchor_source=analysis.anchor.how_found.value,
         self_anchor=analysis.anchor.span.start, page_size=page_size,
