@@ -375,10 +375,11 @@ def probe_command(arch_name: str | None, runner: str, jit: str, anchor: str | No
     A static CMD exits 4 (use ``layoutkit verify``, the layout twin).
     """
     from layoutkit.commands.probe import probe
+    from layoutkit.native.toolchain import Runner
     from layoutkit.output.probe import probe_json, probe_lines
 
     if command:
-        if threads or radius or arch_name or runner != "native":
+        if threads or radius or arch_name or Runner.named(runner) is not Runner.NATIVE:
             raise UsageError("with CMD the probe scans natively around CMD's code: "
                              "--arch, --runner, --radius and --threads do not apply")
         _probe_program(command, jit, anchor, when, object_name, kill_after, fmt)

@@ -156,7 +156,7 @@ def test_replay_other_profiles(jit: str) -> None:
 def test_qemu_user_moves_mappings_and_says_so() -> None:
     require("qemu-aarch64")
     require("aarch64-linux-gnu-gcc")
-    result = _scan(arch="aarch64", runner="qemu-user", radius=128 * MiB)
+    result = _scan(arch="aarch64", runner=Runner.QEMU_USER, radius=128 * MiB)
     ctx = result.context
     assert ctx.arch.name == "aarch64"
     # qemu-user 7.2 passes MAP_FIXED_NOREPLACE on as a hint: taken slots are "moved".
