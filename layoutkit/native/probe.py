@@ -21,6 +21,7 @@ from layoutkit.core.arches import Arch
 from layoutkit.errors import ProbeError, UsageError
 from layoutkit.native.build import NATIVE_DIR, compile_c
 from layoutkit.native.protocol import (
+    REPLAYS,
     ProbeContext,
     ProbeMode,
     ProbeResult,
@@ -48,7 +49,7 @@ def build_probe(arch: Arch) -> Path:
 
 def _check(mode: ProbeMode, jit: str, anchor: int | str | None, threads: int,
            areas: int) -> None:
-    if mode is ProbeMode.REPLAY and jit == "luajit-2017":
+    if mode is ProbeMode.REPLAY and jit not in REPLAYS:
         raise UsageError("replay knows luajit-2.1, luajit-2025 and generic (first fit)")
     if not 1 <= threads <= 1024 or not 0 <= areas <= 4096:
         raise UsageError("--threads must be 1..1024 and --areas 0..4096")

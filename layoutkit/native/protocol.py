@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -124,15 +124,29 @@ def probe_window(jit: str, arch: Arch, anchor: int, radius: int | None = None) -
     return replace(window, window=span, usable=span)
 
 
+def _classic_jr(window: JitWindow) -> int:
+    return window.random_probes + 1  # JR iterations, the first one "below the last area"
+
+
+def _mcode_setrange_jr(window: JitWindow) -> int:
+    return (window.hint_hi - 1 - window.hint_lo + window.slot).bit_length() - 1  # 2^JR - 64K
+
+
+def _first_fit_jr(window: JitWindow) -> int:
+    return 27  # draws no random hints: any value probe.c accepts (17..40)
+
+
+# The allocators probe.c replays, by the name it knows them by (``--profile``, its
+# worker_main), and how each one's LJ_TARGET_JUMPRANGE (``--jr``) follows from its window.
+REPLAYS: dict[str, Callable[[JitWindow], int]] = {
+    "luajit-2.1": _classic_jr, "luajit-2025": _mcode_setrange_jr, "generic": _first_fit_jr,
+}
+
+
 def jump_range(window: JitWindow) -> int:
-    """LJ_TARGET_JUMPRANGE of the window's profile, recovered from the window (the
-    replay's ``--jr``)."""
-    name = window.profile.name
-    if name == "luajit-2.1":
-        return window.random_probes + 1
-    if name == "luajit-2025":
-        return (window.hint_hi - 1 - window.hint_lo + window.slot).bit_length() - 1
-    return 27
+    """LJ_TARGET_JUMPRANGE of the window's allocator, recovered from the window (the
+    replay's ``--jr``; a scan does not use it)."""
+    return REPLAYS.get(window.profile.name, _first_fit_jr)(window)
 
 
 def profile_args(window: JitWindow) -> list[str]:
@@ -370,7 +384,7 @@ ProbeResult = ScanResult | ReplayResult
 
 
 __all__: Sequence[str] = (
-    "WINDOW_KEYS", "Outcome", "ProbeContext", "ProbeMode", "ProbeResult", "ReplayResult",
+    "REPLAYS", "WINDOW_KEYS", "Outcome", "ProbeContext", "ProbeMode", "ProbeResult", "ReplayResult",
     "ScanCounts", "ScanResult", "ScanVerdict", "ThreadReplay", "addr", "free_runs",
     "jump_range", "parse_report", "probe_window", "profile_args", "window_args",
     "window_words",

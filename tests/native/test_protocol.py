@@ -12,16 +12,19 @@ import click
 import pytest
 
 from layoutkit.cli import cli
+from layoutkit.core.arches import by_name
 from layoutkit.core.spans import Span
-from layoutkit.errors import ProbeError
+from layoutkit.errors import ProbeError, UsageError
 from layoutkit.native.build import NATIVE_DIR
-from layoutkit.native.probe import build_probe
+from layoutkit.native.probe import build_probe, run_probe
 from layoutkit.native.protocol import (
     Outcome,
     ProbeContext,
+    ProbeMode,
     ScanCounts,
     ScanResult,
     free_runs,
+    jump_range,
     probe_window,
     profile_args,
     window_args,
@@ -131,3 +134,19 @@ def test_a_tampered_report_is_refused() -> None:
     with pytest.raises(ProbeError, match="malformed"):
         ProbeContext.from_report({**doc, "rlimit_as": None}, ctx.arch, Runner.NATIVE,
                                  ctx.jit, ctx.anchor, "given")
+
+
+@pytest.mark.parametrize("arch_name", ["x86_64", "aarch64", "arm"])
+@pytest.mark.parametrize("jit", ["luajit-2.1", "luajit-2025"])
+def test_replay_jump_range_is_luajits(arch_name: str, jit: str) -> None:
+    """--jr recovered from the window is LJ_TARGET_JUMPRANGE (src/lj_arch.h), as the arch
+    states it."""
+    arch = by_name(arch_name)
+    window = probe_window(jit, arch, 0x4000_0000)
+    assert jump_range(window) == arch.luajit_jumprange
+    assert profile_args(window)[-2:] == ["--jr", str(arch.luajit_jumprange)]
+
+
+def test_replay_refuses_an_allocator_the_probe_does_not_replay() -> None:
+    with pytest.raises(UsageError, match=r"replay knows luajit-2\.1, luajit-2025 and generic"):
+        run_probe(mode=ProbeMode.REPLAY, jit="luajit-2017")
