@@ -35,6 +35,7 @@ def run(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+@pytest.mark.qemu_user
 def test_aarch64_nopie_at_0x400000_and_at_the_advised_base() -> None:
     """Issue part 6: measured free slots match the prediction from the run's own maps,
     lie in the model's range, and the advised base leaves more free slots."""
@@ -65,6 +66,7 @@ def test_aarch64_nopie_at_0x400000_and_at_the_advised_base() -> None:
             <= default.model.best.free_slots)
 
 
+@pytest.mark.toolchain
 def test_json_fields_native() -> None:
     require("cc")
     if host_arch().name != "x86_64":
@@ -91,6 +93,7 @@ def test_json_fields_native() -> None:
     assert doc["infidelities"] == []
 
 
+@pytest.mark.qemu_user
 def test_text_output_side_by_side() -> None:
     qemu_aarch64()
     code, out, _ = run(str(ELF_DIR / "aarch64/nopie"), "--arch", "arm64", "--runner",
@@ -103,6 +106,7 @@ def test_text_output_side_by_side() -> None:
     assert lines[-1] == "Verdict:     ok"
 
 
+@pytest.mark.qemu_user
 def test_qemu_user_image_holes_are_named_and_fail() -> None:
     """-Tbss: qemu-user reserves the hole between the segments (a kernel would not)."""
     qemu_aarch64()
@@ -115,6 +119,7 @@ def test_qemu_user_image_holes_are_named_and_fail() -> None:
     assert any(n.startswith("qemu-user reserves the holes") for n in doc["notes"])
 
 
+@pytest.mark.qemu_system
 def test_aarch64_nopie_on_qemu_system() -> None:
     """The twin (dynamic: loader, libc, liblkprobe.so in the initramfs) on Debian's arm64
     kernel: a real kernel answers EEXIST and EPERM, so only page 0 differs."""
@@ -153,7 +158,8 @@ def test_aarch64_nopie_on_qemu_system() -> None:
     assert advised["measured"]["free_slots"] > default["measured"]["free_slots"]
 
 
-@pytest.mark.parametrize("runner", ["qemu-user", "qemu-system"])
+@pytest.mark.parametrize("runner", [pytest.param("qemu-user", marks=pytest.mark.qemu_user),
+                                    pytest.param("qemu-system", marks=pytest.mark.qemu_system)])
 def test_ppc64le_twin_runs_on_both_runners(runner: str) -> None:
     """PPC64's .plt is a table the loader writes (WA): the twin must put it with the GOT,
     or ld.so faults. On Debian's ppc64el kernel (64 KiB pages) nothing differs."""
@@ -171,6 +177,7 @@ def test_ppc64le_twin_runs_on_both_runners(runner: str) -> None:
         assert doc["runs"][0]["counts"]["moved"] == 0
 
 
+@pytest.mark.toolchain
 def test_qemu_system_runner_refuses_a_pie() -> None:
     require("aarch64-linux-gnu-gcc")
     code, _, err = run(str(ELF_DIR / "aarch64/pie"), "--runner", "qemu-system")

@@ -24,6 +24,7 @@ def _output(program: Path) -> str:
     return subprocess.run([program], capture_output=True, text=True, check=True).stdout
 
 
+@pytest.mark.toolchain
 def test_built_once_and_keyed_by_the_source(tmp_path: Path) -> None:
     require("cc")
     source = tmp_path / "hello.c"
@@ -44,6 +45,7 @@ def test_built_once_and_keyed_by_the_source(tmp_path: Path) -> None:
     assert other not in (first, second)  # the flags are part of the key
 
 
+@pytest.mark.toolchain
 def test_a_failed_build_leaves_nothing_behind(tmp_path: Path) -> None:
     require("cc")
     source = tmp_path / "broken.c"

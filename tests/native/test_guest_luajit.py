@@ -83,6 +83,7 @@ def luajit_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[GuestResult, P
     return result, unpacked
 
 
+@pytest.mark.qemu_system
 def test_luajit_runs_and_compiles_in_the_guest(
         luajit_run: tuple[GuestResult, Path]) -> None:
     result, _ = luajit_run
@@ -103,6 +104,7 @@ def test_luajit_runs_and_compiles_in_the_guest(
     assert not any("libluajit" in p for p in paths if p)  # bundled in the executable
 
 
+@pytest.mark.qemu_system
 def test_analyse_maps_finds_the_jit_areas_in_the_window(
         luajit_run: tuple[GuestResult, Path]) -> None:
     result, unpacked = luajit_run

@@ -40,6 +40,7 @@ def _lines_until(run: ProgramRun, last: str) -> list[str]:
             return lines
 
 
+@pytest.mark.toolchain
 def test_jit_program_undisturbed_and_scan_agrees_with_model() -> None:
     exe = X86 / "pie"
     run = start_program([str(exe), "jit", "4", "wait"], when="signal:USR2",
@@ -89,6 +90,7 @@ def test_jit_program_undisturbed_and_scan_agrees_with_model() -> None:
     assert result.scan.context.maps_after == result.scan.context.maps_before
 
 
+@pytest.mark.toolchain
 def test_debian_luajit_jit_areas_inside_the_window() -> None:
     luajit = require("luajit")
     run = start_program([luajit, str(JIT_HEAVY)], when="ms:1500", stdin=subprocess.PIPE,
@@ -120,6 +122,7 @@ def test_debian_luajit_jit_areas_inside_the_window() -> None:
     assert result.measured[1] == model_accounting(result.scan).free_slots
 
 
+@pytest.mark.toolchain
 def test_cli_program_json() -> None:
     # CMD inherits layoutkit's stdin: an open pipe keeps "wait" waiting until killed.
     read_end, write_end = os.pipe()

@@ -46,6 +46,7 @@ def _scan(**kwargs: object) -> ScanResult:
     return result
 
 
+@pytest.mark.toolchain
 def test_scan_agrees_with_accounting_slot_for_slot() -> None:
     require("cc")
     result = _scan()  # luajit-2.1's +-1022 MiB window around the probe's own code
@@ -68,6 +69,7 @@ def test_scan_agrees_with_accounting_slot_for_slot() -> None:
     assert result.verdict is ScanVerdict.OK
 
 
+@pytest.mark.toolchain
 def test_mapped_memory_reports_eexist() -> None:
     require("cc")
     result = _scan(radius=128 * MiB)
@@ -84,6 +86,7 @@ def test_mapped_memory_reports_eexist() -> None:
     assert sum(r.size for r in result.free_runs) == result.counts.free * result.slot
 
 
+@pytest.mark.toolchain
 def test_bisect_and_linear_scans_agree() -> None:
     require("cc")
     anchor = _scan(radius=MiB).context.self_anchor  # any address: both ask the same slots
@@ -97,6 +100,7 @@ def test_bisect_and_linear_scans_agree() -> None:
     assert linear.counts.free + linear.counts.eexist == 1024
 
 
+@pytest.mark.toolchain
 def test_tiny_rlimit_as_is_reported_as_rlimit_not_occupied() -> None:
     require("cc")
     free = _scan(radius=64 * MiB)
@@ -113,6 +117,7 @@ def test_tiny_rlimit_as_is_reported_as_rlimit_not_occupied() -> None:
     assert not limited.context.leaked
 
 
+@pytest.mark.toolchain
 def test_small_rlimit_as_is_reported() -> None:
     require("cc")
     result = _scan(radius=128 * MiB, rlimit_as=64 * MiB)  # ulimit -v 65536
@@ -125,6 +130,7 @@ def test_small_rlimit_as_is_reported() -> None:
     assert result.verdict is ScanVerdict.RLIMIT_AS
 
 
+@pytest.mark.toolchain
 def test_replay_four_threads_eight_areas_inside_the_window() -> None:
     require("cc")
     result = run_probe(mode=ProbeMode.REPLAY, threads=4, areas=8, seed=7)
@@ -143,6 +149,7 @@ def test_replay_four_threads_eight_areas_inside_the_window() -> None:
     assert result.ns_per_allocation > 0
 
 
+@pytest.mark.toolchain
 @pytest.mark.parametrize("jit", ["luajit-2025", "generic"])
 def test_replay_other_profiles(jit: str) -> None:
     require("cc")
@@ -153,6 +160,7 @@ def test_replay_other_profiles(jit: str) -> None:
     assert not result.context.leaked
 
 
+@pytest.mark.qemu_user
 def test_qemu_user_moves_mappings_and_says_so() -> None:
     require("qemu-aarch64")
     require("aarch64-linux-gnu-gcc")
@@ -191,6 +199,7 @@ def test_missing_native_compiler_names_the_package(tmp_path: Path,
         run_probe()
 
 
+@pytest.mark.toolchain
 def test_missing_qemu_names_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     gcc = require("aarch64-linux-gnu-gcc")
     build_probe(arches.by_name("aarch64"))  # cached: no build
@@ -200,12 +209,14 @@ def test_missing_qemu_names_the_package(tmp_path: Path, monkeypatch: pytest.Monk
         run_probe("aarch64", runner=Runner.QEMU_USER)
 
 
+@pytest.mark.toolchain
 def test_native_runner_refuses_a_foreign_arch() -> None:
     require("aarch64-linux-gnu-gcc")
     with pytest.raises(Exception, match="use --runner qemu-user"):
         run_probe("aarch64", runner=Runner.NATIVE)
 
 
+@pytest.mark.toolchain
 def test_build_is_cached_and_keyed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     require("cc")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
@@ -220,6 +231,7 @@ def test_build_is_cached_and_keyed(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert build_probe(arch) != first  # another compiler, another key
 
 
+@pytest.mark.toolchain
 def test_cli_probe_json_and_text() -> None:
     require("cc")
     runner = CliRunner()
@@ -250,6 +262,7 @@ def test_cli_probe_missing_compiler_exits_4(tmp_path: Path,
     assert "apt-get install gcc-riscv64-linux-gnu libc6-dev-riscv64-cross" in res.stderr
 
 
+@pytest.mark.toolchain
 def test_window_span_is_whole_slots() -> None:
     require("cc")
     result = _scan(radius=4 * MiB)
@@ -257,6 +270,7 @@ def test_window_span_is_whole_slots() -> None:
     assert result.window.start % result.slot == 0
 
 
+@pytest.mark.toolchain
 def test_below_mmap_min_addr() -> None:
     """Slot 0 is below vm.mmap_min_addr: EPERM for a normal user; root may map it
     (Linux security/commoncap.c cap_mmap_addr: below dac_mmap_min_addr only with
@@ -271,6 +285,7 @@ def test_below_mmap_min_addr() -> None:
     assert not result.context.leaked
 
 
+@pytest.mark.toolchain
 def test_stack_guard_gap_is_the_documented_difference() -> None:
     """Around the probe's own stack: MAP_FIXED_NOREPLACE maps inside the 1 MiB guard gap
     below [stack] (measured on this kernel), where a plain hint (what LuaJIT uses) is

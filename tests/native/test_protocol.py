@@ -94,6 +94,7 @@ def _report(radius: int) -> tuple[dict[str, object], ProbeContext]:
     return doc, ctx
 
 
+@pytest.mark.toolchain
 def test_from_report_agrees_with_the_probes_own_counts() -> None:
     doc, ctx = _report(16 * MiB)
     scan = ScanResult.from_report(doc, ctx)
@@ -108,6 +109,7 @@ def test_from_report_agrees_with_the_probes_own_counts() -> None:
     assert not ctx.leaked
 
 
+@pytest.mark.toolchain
 def test_from_report_clips_to_the_window() -> None:
     doc, ctx = _report(16 * MiB)
     within = Span(0x3000_0000_0000 - 4 * MiB, 0x3000_0000_0000 + 8 * MiB)
@@ -119,6 +121,7 @@ def test_from_report_clips_to_the_window() -> None:
     assert clipped.free_runs == free_runs(within.start, clipped.slot, clipped.outcomes)
 
 
+@pytest.mark.toolchain
 def test_a_tampered_report_is_refused() -> None:
     doc, ctx = _report(MiB)
     counts = dict(doc["counts"])  # type: ignore[call-overload]

@@ -52,6 +52,7 @@ def _scan(result: GuestResult, index: int, radius: int | None) -> ScanResult:
     return scan_result(result.runs[index], "aarch64", radius=radius)
 
 
+@pytest.mark.qemu_system
 def test_guest_boots_and_reads_the_kernel_facts(guest: tuple[GuestResult, Path]) -> None:
     result, _ = guest
     facts = result.facts
@@ -68,6 +69,7 @@ def test_guest_boots_and_reads_the_kernel_facts(guest: tuple[GuestResult, Path])
     assert 0 < result.boot_s < result.total_s < 30
 
 
+@pytest.mark.qemu_system
 def test_guest_scan_sees_eexist_and_eperm(guest: tuple[GuestResult, Path]) -> None:
     result, _ = guest
     scan = _scan(result, 0, RADIUS)
@@ -95,6 +97,7 @@ def test_guest_scan_sees_eexist_and_eperm(guest: tuple[GuestResult, Path]) -> No
     assert scan.verdict is ScanVerdict.OK
 
 
+@pytest.mark.qemu_system
 @pytest.mark.parametrize(("index", "radius"), [(0, RADIUS), (1, None)])
 def test_guest_scan_agrees_with_accounting_slot_for_slot(
         guest: tuple[GuestResult, Path], index: int, radius: int | None) -> None:
@@ -109,6 +112,7 @@ def test_guest_scan_agrees_with_accounting_slot_for_slot(
     assert len(scan.outcomes) == scan.window.size // scan.slot
 
 
+@pytest.mark.qemu_system
 def test_guest_reports_a_failing_program(guest: tuple[GuestResult, Path]) -> None:
     result, _ = guest
     run = result.runs[2]
@@ -119,6 +123,7 @@ def test_guest_reports_a_failing_program(guest: tuple[GuestResult, Path]) -> Non
         scan_result(run, "aarch64")
 
 
+@pytest.mark.qemu_system
 def test_guest_runs_a_dynamic_program(guest: tuple[GuestResult, Path]) -> None:
     result, _ = guest
     run = result.runs[3]
@@ -127,6 +132,7 @@ def test_guest_runs_a_dynamic_program(guest: tuple[GuestResult, Path]) -> None:
     assert run.stdout.split() == ["lj_vm_exit_handler", "0x403dd0"]
 
 
+@pytest.mark.qemu_system
 def test_kernel_is_cached_by_package_version(guest: tuple[GuestResult, Path]) -> None:
     result, _ = guest
     kernel = result.kernel
@@ -134,6 +140,7 @@ def test_kernel_is_cached_by_package_version(guest: tuple[GuestResult, Path]) ->
     assert fetch_kernel("aarch64") == kernel
 
 
+@pytest.mark.qemu_system
 def test_guest_killed_at_the_timeout(guest: tuple[GuestResult, Path]) -> None:
     _, probe = guest
     with pytest.raises(ProbeError, match=r"did not power off within 0\.1 s and was killed"):
@@ -229,6 +236,7 @@ def test_runtime_files_of_a_dynamic_program(tmp_path: Path) -> None:
     assert entries["lib/a/libx.so"] == (0o100755, 0, 0, b"LIB")
 
 
+@pytest.mark.qemu_system
 def test_ppc64le_guest_scan_agrees_with_accounting() -> None:
     """Debian's ppc64el kernel on qemu-system-ppc64 -M pseries: 64 KiB pages."""
     require("qemu-system-ppc64")
