@@ -17,28 +17,32 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from layoutkit import native
-from layoutkit.advice.advise import _shift, _split_bss, advise
+from layoutkit.advice.candidates import advise
+from layoutkit.advice.edits import Rebase
+from layoutkit.core.kinds import AdviceKind
 from layoutkit.core.model import ElfImage, LoadKind, Perm
+from layoutkit.core.scenario import DEFAULT_SCENARIO, Scenario
 from layoutkit.core.spans import Span, largest
-from layoutkit.core.units import format_size
 from layoutkit.elf import ElfReader
 from layoutkit.errors import EXIT_FINDINGS, EXIT_OK, ProbeError, UsageError
-from layoutkit.native import qemu_system
+from layoutkit.native.compare import Cause, Difference, differences, model_accounting
+from layoutkit.native.guest.boot import GuestResult, run_in_guest
+from layoutkit.native.guest.probe import probe_scan_args, scan_result
+from layoutkit.native.probe import run_probe
+from layoutkit.native.protocol import ScanResult
+from layoutkit.native.toolchain import Runner
 from layoutkit.native.twin import Twin, TwinSpec, build_twin
-from layoutkit.output import document as report
 from layoutkit.read.maps import ProcessMaps
-from layoutkit.window.accounting import Accounting, account
+from layoutkit.window.accounting import Accounting, states_fit
 from layoutkit.window.anchor import find_anchor, luajit_generation
 from layoutkit.window.kernel import PAGE, KernelConfig, defaults
-from layoutkit.window.layout import DEFAULT_HEAP, Prediction, predict
+from layoutkit.window.layout import Prediction, predict
 from layoutkit.window.profiles import choose_profile, window_for_span
 
-ADVICE_KINDS = ("rebase", "relocate-text", "pie")
+ADVICE_KINDS = (AdviceKind.REBASE, AdviceKind.RELOCATE_TEXT, AdviceKind.PIE)
 DEFAULT_RUNS = 3
 
 
@@ -61,15 +65,15 @@ class Figures:
 
 @dataclass(frozen=True)
 class Run:
-    result: native.ScanResult
+    result: ScanResult
     predicted: Accounting  # from the run's own maps
     measured: Figures
-    differences: tuple[native.Difference, ...]
+    differences: tuple[Difference, ...]
     states_fit: int  # JIT states that fit in the measured free runs
 
     @property
     def unexplained(self) -> int:
-        return sum(d.reason == "unexplained" for d in self.differences)
+        return sum(d.cause is Cause.UNEXPLAINED for d in self.differences)
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ class Verification:
     target: str
     advice: str | None  # "rebase -Wl,-Ttext-segment=..." or None
     twin: Twin
-    runner: str
+    runner: Runner
     kernel: RunnerKernel
     profile: str
     states: int
@@ -111,21 +115,25 @@ class Verification:
         return all(r.states_fit >= self.states for r in self.runs)
 
     @property
-    def verdict(self) -> str:
-        failed = [text for ok, text in (
+    def failures(self) -> tuple[str, ...]:
+        """The checks that failed, each as a sentence (empty when all hold)."""
+        return tuple(text for ok, text in (
             (self.agrees, "the scan and the accounting of the run's own maps disagree "
                           "where no documented cause applies"),
             (self.contained, "the measurement lies outside the kernel model's range"),
             (self.capacity_ok, f"fewer than {self.states} JIT state(s) fit"),
-        ) if not ok]
-        return "ok" if not failed else "failed: " + "; ".join(failed)
+        ) if not ok)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
 
     @property
     def exit_code(self) -> int:
-        return EXIT_OK if self.verdict == "ok" else EXIT_FINDINGS
+        return EXIT_OK if self.ok else EXIT_FINDINGS
 
 
-def _runner_kernel(maps: ProcessMaps, spec: TwinSpec, runner: str,
+def _runner_kernel(maps: ProcessMaps, spec: TwinSpec, runner: Runner,
                    mmap_min_addr: int | None) -> RunnerKernel:
     """Kernel values as the runner shows them: the release (uname; qemu-user reports the
     host's), the smallest VA size of the arch that holds every mapping the run saw, and
@@ -134,7 +142,7 @@ def _runner_kernel(maps: ProcessMaps, spec: TwinSpec, runner: str,
     choices = defaults(spec.arch).va_choices
     va_bits = next((v for v in sorted(choices) if top <= 1 << v), max(choices))
     how = ("the host kernel (qemu-user passes uname and /proc/sys through)"
-           if runner == "qemu-user" else "the kernel the probe ran on")
+           if runner is Runner.QEMU_USER else "the kernel the probe ran on")
     return RunnerKernel(os.uname().release, va_bits, mmap_min_addr, how)
 
 
@@ -148,7 +156,7 @@ def _image_holes(maps: ProcessMaps, image: ElfImage, bias: int) -> list[Span]:
             and any(m.span.overlaps(g) for g in gaps) and m.size > PAGE]
 
 
-def _guest_runs(twin: Twin, profile: str, runs: int) -> qemu_system.GuestResult:
+def _guest_runs(twin: Twin, profile: str, runs: int) -> GuestResult:
     """``runs`` scans by the twin in one boot of the guest (qemu-system runner).
 
     The guest's programs read no stdin, so the window is computed beforehand around the
@@ -158,60 +166,46 @@ def _guest_runs(twin: Twin, profile: str, runs: int) -> qemu_system.GuestResult:
         raise UsageError("the qemu-system runner verifies non-PIE executables only (the "
                          "window of a PIE is known only once it is loaded); use --runner "
                          "native or qemu-user")
-    args = qemu_system.probe_scan_args(twin.path, twin.spec.arch, jit=profile)
+    args = probe_scan_args(twin.path, twin.spec.arch, jit=profile)
     programs = [(twin.path, [*args, "--seed", str(seed)]) for seed in range(1, runs + 1)]
-    return qemu_system.run_in_guest(twin.spec.arch.name, programs,
-                                    timeout=60 + 30 * runs)
+    return run_in_guest(twin.spec.arch.name, programs, timeout=60 + 30 * runs)
 
 
 def _capacity(runs: Sequence[Span], profile_area: int, per_state: int) -> int:
-    areas = sum(r.size // profile_area for r in runs)
-    return areas // max(1, -(-per_state // profile_area))
+    return states_fit(runs, profile_area, per_state)
 
 
-def _advised(image: ElfImage, anchor: int, path: str, kind: str | None, base: int | None,
-             jit: str | None, heap: int, states: int,
-             mcode: int | None) -> tuple[ElfImage, int, str | None]:
-    """The image (and anchor) as the advice lays it out, and how to say so."""
-    span = image.image_span
-    assert span is not None
+def _advised(image: ElfImage, anchor: int, path: str, kind: AdviceKind | None,
+             base: int | None, scenario: Scenario) -> tuple[ElfImage, int, str | None]:
+    """The image (and anchor) as the advice lays it out, and how to say so: the
+    recommendation's own edit value, as ``advise`` predicted it."""
     if base is not None:
         if image.load_kind is not LoadKind.EXEC:
             raise UsageError("--base moves a non-PIE executable; this one is "
                              f"{image.load_kind.describe()}")
-        delta = base - span.start
-        return _shift(image, delta), anchor + delta, f"rebase to {base:#x}"
+        rebase = Rebase(base)
+        return rebase.apply(image), rebase.address(image, anchor), f"rebase to {base:#x}"
     if kind is None:
         return image, anchor, None
-    advice = advise(path, jit=jit, anchor=f"{anchor:#x}", heap=heap, states=states,
-                    mcode=mcode)
-    rec = next((r for r in advice.recommendations if r.kind == kind), None)
-    if rec is None:
+    advice = advise(path, scenario, anchor=f"{anchor:#x}")
+    rec = next((r for r in advice.recommendations if r.kind is kind), None)
+    if rec is None or rec.edit is None:
         raise UsageError(f"advise has no {kind} recommendation for {path}")
     text = f"{kind}: {' '.join(rec.flags)}"
-    if kind == "pie":
-        moved = _shift(image, -span.start, LoadKind.PIE)
-        moved = replace(moved, interpreter=moved.interpreter or "(interpreter)")
-        return moved, anchor - span.start, text
-    assert rec.base is not None
-    delta = rec.base - span.start
-    moved = _shift(image, delta)
-    if rec.bss is not None:
-        moved = _split_bss(moved, rec.bss)
-    return moved, anchor + delta, text
+    return rec.edit.apply(image), rec.edit.address(image, anchor), text
 
 
-def verify(path: str, *, arch_name: str | None = None, runner: str = "native",
-           runs: int = DEFAULT_RUNS, advice: str | None = None, base: int | None = None,
-           anchor_spec: str | None = None,
-           jit: str | None = None, heap: int = DEFAULT_HEAP, states: int = 1,
-           mcode: int | None = None) -> Verification:
-    """Build the twin of ``path`` (as advised), run it ``runs`` times, compare."""
-    if runner not in (*native.RUNNERS, qemu_system.RUNNER):
-        raise UsageError(f"unknown runner {runner!r} (known: "
-                         f"{', '.join((*native.RUNNERS, qemu_system.RUNNER))})")
+def verify(path: str, scenario: Scenario = DEFAULT_SCENARIO, *, arch_name: str | None = None,
+           runner: Runner | str = Runner.NATIVE, runs: int = DEFAULT_RUNS,
+           advice: AdviceKind | None = None, base: int | None = None,
+           anchor_spec: str | None = None) -> Verification:
+    """Build the twin of ``path`` (as advised), run it ``runs`` times, compare.
+
+    The kernel values are the runner's (measured), not the scenario's overrides."""
+    jit, states, mcode = scenario.jit, scenario.demand.states, scenario.demand.mcode
+    runner = Runner.named(runner)
     if advice is not None and advice not in ADVICE_KINDS:
-        raise UsageError(f"--advice {advice!r}: one of {', '.join(ADVICE_KINDS)}")
+        raise UsageError(f"--advice {advice}: one of {', '.join(map(str, ADVICE_KINDS))}")
     if not 1 <= runs <= 100:
         raise UsageError("--runs must be 1..100")
     with ElfReader(path) as reader:
@@ -227,8 +221,7 @@ def verify(path: str, *, arch_name: str | None = None, runner: str = "native",
         raise UsageError(f"{path} has no anchor symbol (the fallback is its whole "
                          "executable segment, where no single probe function can stand): "
                          "give --anchor SYMBOL|ADDR inside its code")
-    laid, anchor, advice_text = _advised(image, found.span.start, path, advice, base, jit,
-                                         heap, states, mcode)
+    laid, anchor, advice_text = _advised(image, found.span.start, path, advice, base, scenario)
     spec = TwinSpec.of(laid, anchor, path if advice_text is None else
                        f"{path} ({advice_text})")
     twin = build_twin(spec)
@@ -236,25 +229,25 @@ def verify(path: str, *, arch_name: str | None = None, runner: str = "native",
     if note:
         notes.append(note)
     done: list[Run] = []
-    guest = _guest_runs(twin, profile, runs) if runner == qemu_system.RUNNER else None
+    guest = _guest_runs(twin, profile, runs) if runner is Runner.QEMU_SYSTEM else None
     for seed in range(1, runs + 1):
         if guest is not None:
-            result = qemu_system.scan_result(guest.runs[seed - 1], image.arch, jit=profile)
+            result = scan_result(guest.runs[seed - 1], image.arch, jit=profile)
         else:
-            found_result = native.run_probe(image.arch, runner=runner, jit=profile,
-                                            seed=seed, executable=twin.path)
-            assert isinstance(found_result, native.ScanResult)
+            found_result = run_probe(image.arch, runner=runner, jit=profile, seed=seed,
+                                     executable=twin.path)
+            assert isinstance(found_result, ScanResult)
             result = found_result
         ctx = result.context
         bias = ctx.self_anchor - anchor
         if bias % ctx.page_size or (spec.kind is LoadKind.EXEC and bias):
             raise ProbeError(f"the twin's anchor is at {ctx.self_anchor:#x}, not at the "
                              f"target's {anchor:#x} (plus a load bias)")
-        predicted = account(ctx.jit, native.occupants(ctx.maps()), states=states, mcode=mcode)
+        predicted = model_accounting(result, states=states, mcode=mcode)
         measured = Figures.of_runs(result.free_runs, result.slot)
         fit = _capacity(result.free_runs, predicted.capacity.area_size,
                         predicted.capacity.mcode_per_state)
-        done.append(Run(result, predicted, measured, tuple(native.differences(result)), fit))
+        done.append(Run(result, predicted, measured, tuple(differences(result)), fit))
     first = done[0].result.context
     if guest is not None:
         kernel_seen = RunnerKernel(guest.facts.release, guest.facts.va_bits,
@@ -267,9 +260,10 @@ def verify(path: str, *, arch_name: str | None = None, runner: str = "native",
                                    mmap_min_addr=kernel_seen.mmap_min_addr)
     bias, _ = kernel.nominal_bias(laid)
     point = Span(anchor + bias, anchor + bias + 1)
-    window = window_for_span(profile, image.arch, point, kernel.user_space)
-    model = predict(laid, kernel, window, bias, heap=heap, states=states, mcode=mcode)
-    holes = _image_holes(first.maps(), laid, bias) if runner == "qemu-user" else []
+    window = window_for_span(profile, image.arch, point, kernel.user_space,
+                             form_name=scenario.form)
+    model = predict(laid, kernel, window, bias, scenario)
+    holes = _image_holes(first.maps(), laid, bias) if runner is Runner.QEMU_USER else []
     if holes:
         notes.append("qemu-user reserves the holes between the image's PT_LOAD segments ("
                      + ", ".join(str(h) for h in holes) + "); a real kernel maps an "
@@ -278,119 +272,12 @@ def verify(path: str, *, arch_name: str | None = None, runner: str = "native",
     if image.interpreter is None:
         notes.append("the target is linked statically; the twin is dynamic (its loader, "
                      "libc and liblkprobe.so sit in the mmap area, far from the image)")
-    if runner == "qemu-user":
+    if runner is Runner.QEMU_USER:
         notes.append("liblkprobe.so (the probe's code and buffers) and the runner's own "
                      "libraries are in the mmap area, where the target's libraries would be")
     return Verification(path, advice_text, twin, runner, kernel_seen, profile, states,
                         tuple(done), model, tuple(notes))
 
 
-# --- output -----------------------------------------------------------------------------
-
-def _figures_json(fig: Figures) -> dict[str, Any]:
-    return {"free_bytes": fig.free_bytes, "free_slots": fig.free_slots,
-            "largest_free": report.span_json(fig.largest_free)}
-
-
-def verification_json(v: Verification) -> dict[str, Any]:
-    """The ``verify`` command's JSON document."""
-    worst = v.worst_run
-    ctx = worst.result.context
-    return report.document("verify", {
-        "target": v.target, "advice": v.advice, "arch": v.twin.spec.arch.name,
-        "twin": str(v.twin.path), "twin_loads": [report.segment_json(s)
-                                                 for s in v.twin.image.loads],
-        "runner": v.runner,
-        "kernel": {"release": v.kernel.release, "va_bits": v.kernel.va_bits,
-                   "mmap_min_addr": report.hexa(v.kernel.mmap_min_addr),
-                   "source": v.kernel.how},
-        "profile": v.profile, "window": report.span_json(ctx.jit.usable),
-        "predicted": _figures_json(Figures.of_accounting(worst.predicted)),
-        "measured": _figures_json(worst.measured),
-        "model": {"worst": v.model.worst.free_slots, "best": v.model.best.free_slots,
-                  "worst_free_bytes": v.model.worst.free_bytes,
-                  "best_free_bytes": v.model.best.free_bytes},
-        "runs": [{"anchor": report.hexa(r.result.context.anchor),
-                  "counts": vars(r.result.counts), "probe_ns": r.result.probe_ns,
-                  "predicted": _figures_json(Figures.of_accounting(r.predicted)),
-                  "measured": _figures_json(r.measured), "states_fit": r.states_fit,
-                  "leaked_mappings": r.result.context.leaked}
-                 for r in v.runs],
-        "difference": {
-            "free_slots": worst.measured.free_slots - worst.predicted.free_slots,
-            "unexplained": sum(r.unexplained for r in v.runs),
-            "slots": [{"run": i + 1, "slot": report.hexa(d.slot), "probe": d.probe,
-                       "model_free": d.model_free, "reason": d.reason}
-                      for i, r in enumerate(v.runs) for d in r.differences],
-        },
-        "checks": {"agrees": v.agrees, "within_model": v.contained,
-                   "capacity": v.capacity_ok, "states": v.states},
-        "infidelities": list(ctx.infidelities),
-        "notes": list(v.notes),
-        "verdict": v.verdict,
-    })
-
-
-def _largest(span: Span | None) -> str:
-    return "-" if span is None else f"{format_size(span.size)} at {span.start:#x}"
-
-
-def verification_lines(v: Verification) -> Iterator[str]:
-    """The ``verify`` command's text output, verdict last."""
-    spec = v.twin.spec
-    ctx = v.worst_run.result.context
-    yield f"Target:      {v.target} ({spec.arch}, {spec.kind.describe()})"
-    if v.advice:
-        yield f"Advice:      {v.advice}"
-    yield (f"Twin:        {v.twin.path}: {len(spec.loads)} PT_LOAD segment(s) as the "
-           "target's (vaddr, memsz, flags)")
-    for seg in spec.loads:
-        yield (f"  LOAD  {seg.vaddr:#x}  memsz {seg.memsz:#x}  "
-               f"{report.flags_text(seg)}  end {seg.vaddr + seg.memsz:#x}")
-    low = "unknown" if v.kernel.mmap_min_addr is None else f"{v.kernel.mmap_min_addr:#x}"
-    yield (f"Runner:      {v.runner}; kernel {v.kernel.release}, va_bits {v.kernel.va_bits}, "
-           f"mmap_min_addr {low} ({v.kernel.how})")
-    for note in ctx.infidelities:
-        yield f"Runner note: {note}"
-    yield (f"Window:      {v.profile} {ctx.jit.usable} ({format_size(ctx.jit.usable.size)}) "
-           f"around {ctx.anchor:#x}")
-    yield "Runs:"
-    yield "  Run  Anchor              Free  EEXIST  Moved  EPERM  Probe      Predicted  Measured"
-    for n, r in enumerate(v.runs, 1):
-        c = r.result.counts
-        probe = f"{r.result.probe_ns / 1e6:.2f} ms"
-        yield (f"  {n:<4} {r.result.context.anchor:<#18x}  {c.free:<5} {c.eexist:<7} "
-               f"{c.moved:<6} {c.eperm:<6} {probe:<10} "
-               f"{r.predicted.free_slots:<10} {r.measured.free_slots}")
-    worst = v.worst_run
-    pred = Figures.of_accounting(worst.predicted)
-    rows = (("free slots", str(pred.free_slots), str(worst.measured.free_slots),
-             str(v.model.worst.free_slots), str(v.model.best.free_slots)),
-            ("free bytes", format_size(pred.free_bytes), format_size(worst.measured.free_bytes),
-             format_size(v.model.worst.free_bytes), format_size(v.model.best.free_bytes)),
-            ("largest free", _largest(pred.largest_free), _largest(worst.measured.largest_free),
-             _largest(v.model.worst.largest_free), _largest(v.model.best.largest_free)))
-    yield "Side by side (the run with the fewest free slots):"
-    yield f"  {'':<13} {'own maps':<22} {'measured':<22} {'model worst':<22} model best"
-    for name, own, meas, low, high in rows:
-        yield f"  {name:<13} {own:<22} {meas:<22} {low:<22} {high}"
-    diffs = [(k, d) for k, r in enumerate(v.runs, 1) for d in r.differences]
-    yield (f"Differences: {len(diffs)} slot(s) over {len(v.runs)} run(s), "
-           f"{sum(d.reason == 'unexplained' for _, d in diffs)} unexplained")
-    for k, d in diffs[:20]:
-        side = "free in the maps, not to the probe" if d.model_free else "free to the probe only"
-        yield f"  run {k}  {d.slot:#x}  {d.probe}  {side}: {d.reason}"
-    if len(diffs) > 20:
-        yield f"  ... {len(diffs) - 20} more (--format json lists them all)"
-    for note in v.notes:
-        yield f"Note:        {note}"
-    yes = {True: "yes", False: "NO"}
-    yield (f"Checks:      (a) agrees with its own maps: {yes[v.agrees]}; (b) inside the "
-           f"model's range [{v.model.worst.free_slots}, {v.model.best.free_slots}]: "
-           f"{yes[v.contained]}; capacity ({v.states} state(s)): "
-           f"{min(r.states_fit for r in v.runs)} fit: {yes[v.capacity_ok]}")
-    yield f"Verdict:     {v.verdict}"
-
-
 __all__: Sequence[str] = ("ADVICE_KINDS", "Figures", "Run", "RunnerKernel", "Verification",
-                          "verification_json", "verification_lines", "verify")
+                          "verify")
