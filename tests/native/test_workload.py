@@ -26,6 +26,7 @@ from layoutkit.core.spans import Span
 from layoutkit.elf import ElfReader
 from layoutkit.errors import ProbeError, UsageError
 from layoutkit.native import workload as wl
+from layoutkit.native.toolchain import Runner
 from layoutkit.read.maps import MappingKind, parse_maps
 from layoutkit.window.kernel import KernelConfig
 from layoutkit.window.profiles import jit_window
@@ -84,6 +85,7 @@ def _check_against_maps(run: wl.WorkloadRun, workload: wl.Workload) -> None:
     assert run.heap_mib * (1 << 20) == run.brk.size
 
 
+@pytest.mark.toolchain
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 host only")
 @pytest.mark.parametrize("generation", list(wl.Generation), ids=lambda g: g.value)
 def test_native_smoke(generation: wl.Generation) -> None:
@@ -94,7 +96,7 @@ def test_native_smoke(generation: wl.Generation) -> None:
     expected = {wl.Generation.DEBIAN_2_1: "LuaJIT 2.1.0-beta3",
                 wl.Generation.LUPA_2025: "LuaJIT 2.1.1774896198"}[generation]
     assert run.luajit == expected
-    assert (run.threads, run.aslr, run.runner) == (2, wl.Aslr.ON, "native")
+    assert (run.threads, run.aslr, run.runner) == (2, wl.Aslr.ON, Runner.NATIVE)
     # +-1 GiB around a program at 0x400000 on x86-64 is empty: every state gets its
     # whole allotment (8 areas for 2.1's 512 KiB, 32 for 2025's 2 MiB) without an abort.
     assert run.alloc_aborts == 0
@@ -118,19 +120,21 @@ def guest_runs() -> tuple[wl.Workload, list[wl.WorkloadRun | wl.MmapCost]]:
     return workload, runs
 
 
+@pytest.mark.qemu_system
 def test_guest_no_aborts(guest_runs: tuple[wl.Workload, list[wl.WorkloadRun | wl.MmapCost]],
                          ) -> None:
     workload, runs = guest_runs
     run = runs[0]
     assert isinstance(run, wl.WorkloadRun)
     assert (run.luajit, run.aslr, run.runner) == ("LuaJIT 2.1.0-beta3", wl.Aslr.OFF,
-                                                  "qemu-system")
+                                                  Runner.QEMU_SYSTEM)
     assert run.source.startswith("Debian libluajit-5.1-dev 2.1.0~beta3+git20220320")
     assert run.alloc_aborts == 0
     assert [s.areas for s in run.states] == [8] * 4
     _check_against_maps(run, workload)
 
 
+@pytest.mark.qemu_system
 def test_guest_many_aborts(
         guest_runs: tuple[wl.Workload, list[wl.WorkloadRun | wl.MmapCost]]) -> None:
     workload, runs = guest_runs
@@ -154,6 +158,7 @@ def test_guest_many_aborts(
     assert run.area_mmaps - run.areas >= run.alloc_aborts
 
 
+@pytest.mark.qemu_system
 def test_guest_mmap_cost(
         guest_runs: tuple[wl.Workload, list[wl.WorkloadRun | wl.MmapCost]]) -> None:
     cost = guest_runs[1][2]
@@ -162,6 +167,7 @@ def test_guest_mmap_cost(
     assert 0 < cost.mmap_ns < 10e6 and 0 < cost.munmap_ns < 10e6
 
 
+@pytest.mark.toolchain
 def test_bad_arguments_are_one_line() -> None:
     require("gcc")
     if platform.machine() != "x86_64" or shutil.which("apt-get") is None:

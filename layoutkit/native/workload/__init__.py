@@ -15,7 +15,7 @@ Two LuaJIT builds, fetched from the package registries and cached under
 
 The workload is linked static and non-PIE (GNU ld's default link address, 0x400000 on
 x86-64 and aarch64) with ``--wrap=mmap --wrap=munmap``. It runs natively on the host's
-arch or in the qemu-system guest (:func:`layoutkit.native.qemu_system.run_in_guest`).
+arch or in the qemu-system guest (:func:`layoutkit.native.guest.boot.run_in_guest`).
 """
 
 from layoutkit.native.workload.build import (

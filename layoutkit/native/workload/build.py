@@ -2,21 +2,21 @@
 
 - ``luajit-2.1``: Debian's ``libluajit-5.1-dev`` (static library and headers) for the
   target's Debian arch, with ``jit/vmdef.lua`` from ``libluajit-5.1-common``, through a
-  private apt state (``apt-get download``), as :mod:`layoutkit.native.qemu_system`
+  private apt state (``apt-get download``), as :mod:`layoutkit.native.guest.kernels`
   fetches Debian's kernels.
 - ``luajit-2025``: ``third-party/luajit21`` of PyPI's ``lupa`` sdist (``pip download
   --no-binary :all:``), built with LuaJIT's own Makefile ``BUILDMODE=static``, with
   ``CROSS=<triplet>- HOST_CC=gcc TARGET_SYS=Linux`` for a foreign arch.
 
-Both are cached under ``$XDG_CACHE_HOME/layoutkit/workload`` (default
-``~/.cache/layoutkit/workload``), each published by one atomic rename; the linked
-workload is cached beside them, keyed by its sources, the compiler and the LuaJIT.
+Both are cached under ``$XDG_CACHE_HOME/layoutkit/workload/luajit`` (default
+``~/.cache``), each published by one atomic rename; the linked workload goes to the
+build cache beside them (``workload/<arch>-<generation>-<key>``), keyed by its sources,
+flags, the compiler and the LuaJIT.
 """
 
 from __future__ import annotations
 
 import enum
-import hashlib
 import json
 import os
 import platform
@@ -29,10 +29,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from layoutkit.core import arches
 from layoutkit.errors import ProbeError, UsageError
+from layoutkit.native.build import NATIVE_DIR, cache_dir, cached_build, run_tool, source_key
+from layoutkit.native.toolchain import Compiler
 
 HERE = Path(__file__).resolve().parent
-SOURCES = (HERE / "workload.c", HERE / "workload.lua", HERE.parent / "lk_io.h")
+SOURCE = HERE / "workload.c"
+LUA = HERE / "workload.lua"  # embedded in the executable, with the build's jit/vmdef.lua
 LUPA = "2.8"  # the first lupa whose sdist bundles a LuaJIT with 68354f44's allocator
 DEBIAN_PACKAGES = ("libluajit-5.1-dev", "libluajit-5.1-common")
 
@@ -78,8 +82,8 @@ class Workload:
 # --- fetching --------------------------------------------------------------
 
 def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "layoutkit" / "workload"
+    """Where the LuaJIT builds are kept (the linked workloads sit beside this folder)."""
+    return cache_dir("workload") / "luajit"
 
 
 def machine(arch: str) -> Machine:
@@ -248,36 +252,30 @@ def _c_string(name: str, text: bytes) -> str:
     return f"const char {name}[] =\n" + "\n".join(f'    "{line}"' for line in lines) + ";\n"
 
 
+# Static and non-PIE: the image sits at GNU ld's default link address (0x400000 on
+# x86-64 and aarch64), as the programs of issue 11 do. LuaJIT's mmap/munmap calls go
+# through workload.c's counters (GNU ld manual, --wrap=symbol).
+FLAGS = ("-std=gnu11", "-O2", "-Wall", "-Wextra", "-pthread", "-static", "-no-pie")
+LINK = ("-Wl,--wrap=mmap", "-Wl,--wrap=mmap64", "-Wl,--wrap=munmap", "-lm", "-ldl")
+
+
 def build_workload(generation: Generation | str, arch: str) -> Workload:
-    """The workload linked static, non-PIE, with ``generation``'s LuaJIT (cached)."""
+    """The workload linked with ``generation``'s LuaJIT for ``arch`` (once, cached in the
+    build cache, :func:`layoutkit.native.build.cached_build`)."""
     generation = Generation(generation)
     luajit = fetch_luajit(generation, arch)
-    m = machine(arch)
-    compiler = "gcc" if m.name == platform.machine() else f"{m.triplet}-gcc"
-    path = shutil.which(compiler)
-    if path is None:
-        raise ProbeError(f"no C compiler for {m.name} ({compiler} not found)")
-    version = _run([path, "--version"], f"{compiler} --version", timeout=60)
-    digest = hashlib.sha256(version.encode() + luajit.source.encode())
-    for source in SOURCES:
-        digest.update(source.read_bytes())
-    folder = cache_root() / "build" / f"{m.name}-{generation.value}-{digest.hexdigest()[:16]}"
-    exe = folder / "workload"
-    if exe.is_file():
-        return Workload(exe, luajit)
-    folder.mkdir(parents=True, exist_ok=True)
-    embed = folder / f"embed-{os.getpid()}.c"
-    embed.write_text(_c_string("workload_lua", (HERE / "workload.lua").read_bytes())
-                     + _c_string("vmdef_lua", luajit.vmdef.read_bytes()))
-    tmp = folder / f".workload-{os.getpid()}"
-    try:
-        _run([path, "-std=gnu11", "-O2", "-Wall", "-Wextra", "-pthread", "-static", "-no-pie",
-              f"-I{luajit.include}", f"-I{HERE.parent}", "-o", str(tmp),
-              str(HERE / "workload.c"), str(embed), str(luajit.library),
-              "-Wl,--wrap=mmap", "-Wl,--wrap=mmap64", "-Wl,--wrap=munmap", "-lm", "-ldl"],
-             f"linking the workload for {m.name} with {luajit.source}", timeout=300)
-        os.replace(tmp, exe)
-    finally:
-        tmp.unlink(missing_ok=True)
-        embed.unlink(missing_ok=True)
-    return Workload(exe, luajit)
+    compiler = Compiler.for_arch(arches.by_name(machine(arch).name))
+
+    def build(folder: Path) -> None:
+        embed = folder / "embed.c"
+        embed.write_text(_c_string("workload_lua", LUA.read_bytes())
+                         + _c_string("vmdef_lua", luajit.vmdef.read_bytes()))
+        run_tool([compiler.path, *FLAGS, f"-I{luajit.include}", f"-I{NATIVE_DIR}", "-o",
+                  str(folder / "workload"), str(SOURCE), str(embed), str(luajit.library),
+                  *LINK], f"linking the workload for {arch} with {luajit.source}",
+                 f" (is {compiler.package} installed?)")
+
+    key = [source_key(SOURCE, LUA), " ".join((*FLAGS, *LINK)).encode(),
+           luajit.source.encode(), luajit.library.read_bytes()]
+    folder = cached_build("workload", generation.value, compiler, key, build, ["workload"])
+    return Workload(folder / "workload", luajit)

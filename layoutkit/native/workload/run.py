@@ -17,6 +17,8 @@ from typing import Any
 
 from layoutkit.core.spans import Span
 from layoutkit.errors import ProbeError, UsageError
+from layoutkit.native.guest import boot as guest_boot
+from layoutkit.native.toolchain import Runner
 from layoutkit.native.workload.build import Generation, Workload, machine
 from layoutkit.window.profiles import profile
 
@@ -64,7 +66,7 @@ class WorkloadRun:
     luajit: str  # LUAJIT_VERSION of the embedded LuaJIT
     source: str  # which build (package, version)
     arch: str
-    runner: str  # native or qemu-system
+    runner: Runner
     threads: int
     aslr: Aslr
     heap_mib: int
@@ -134,7 +136,7 @@ def _addr(text: str) -> int:
     return 0 if text in ("(nil)", "0") else int(text, 16)
 
 
-def parse_report(stdout: str, *, source: str, arch: str, runner: str) -> WorkloadRun:
+def parse_report(stdout: str, *, source: str, arch: str, runner: Runner) -> WorkloadRun:
     """The workload's one-line JSON report."""
     try:
         doc: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
@@ -174,7 +176,7 @@ def run_native(workload: Workload, args: Sequence[str], *, timeout: float = 600)
     if done.returncode != 0:
         raise ProbeError(f"the workload exited {done.returncode}: {done.stderr.strip()[-300:]}")
     return _check(parse_report(done.stdout, source=workload.luajit.source, arch=m.name,
-                               runner="native"))
+                               runner=Runner.NATIVE))
 
 
 def parse_mmap_bench(stdout: str) -> MmapCost:
@@ -190,11 +192,10 @@ def parse_mmap_bench(stdout: str) -> MmapCost:
 def run_in_guest(workload: Workload, arglists: Sequence[Sequence[str]], *,
                  timeout: float = 600) -> tuple[list[WorkloadRun | MmapCost], str]:
     """Each argument list run in turn in one boot of the arch's qemu-system guest (Debian's
-    kernel, TCG); the runs and the guest kernel's release."""
-    from layoutkit.native import qemu_system
-
+    kernel, TCG, :func:`layoutkit.native.guest.boot.run_in_guest`); the runs and the guest
+    kernel's release."""
     m = workload.luajit.machine
-    result = qemu_system.run_in_guest(m.name, [(workload.executable, list(a))
+    result = guest_boot.run_in_guest(m.name, [(workload.executable, list(a))
                                                for a in arglists], timeout=timeout)
     out: list[WorkloadRun | MmapCost] = []
     for args, run in zip(arglists, result.runs, strict=True):
@@ -205,5 +206,5 @@ def run_in_guest(workload: Workload, arglists: Sequence[Sequence[str]], *,
             out.append(parse_mmap_bench(run.stdout))
         else:
             out.append(_check(parse_report(run.stdout, source=workload.luajit.source,
-                                           arch=m.name, runner="qemu-system")))
+                                           arch=m.name, runner=Runner.QEMU_SYSTEM)))
     return out, result.facts.release
