@@ -177,3 +177,11 @@ def test_bad_arguments_are_one_line() -> None:
         wl.run_native(workload, ["--threads", "x"])
     with pytest.raises(UsageError, match="builds for x86_64, aarch64, not ppc64le"):
         wl.build_workload(wl.Generation.DEBIAN_2_1, "ppc64le")
+
+
+def test_garbled_reports_are_one_line() -> None:
+    with pytest.raises(ProbeError, match=r"^the workload's report is not what it prints"):
+        wl.parse_report("workload: out of memory\n", source="x", arch="aarch64",
+                        runner=Runner.NATIVE)
+    with pytest.raises(ProbeError, match=r"^the workload's mmap bench report is garbled"):
+        wl.parse_mmap_bench('{"mmap_bench": {"pairs": 0}}')

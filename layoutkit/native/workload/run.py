@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import platform
+import signal
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -200,8 +201,10 @@ def run_in_guest(workload: Workload, arglists: Sequence[Sequence[str]], *,
     out: list[WorkloadRun | MmapCost] = []
     for args, run in zip(arglists, result.runs, strict=True):
         if not run.ok:
+            why = (" (SIGKILL: the guest's OOM killer, when its 1 GiB runs out)"
+                   if run.signal == signal.SIGKILL else "")
             raise ProbeError(f"the workload failed in the guest (status {run.status}, signal "
-                             f"{run.signal}): {run.stderr.strip()[-300:]}")
+                             f"{run.signal}){why}: {run.stderr.strip()[-300:]}")
         if "--mmap-bench" in args:
             out.append(parse_mmap_bench(run.stdout))
         else:
