@@ -160,14 +160,14 @@ def inspect(binary: str | None, anchor: str | None, svg_path: str | None, fmt: s
     """
     from layoutkit.commands.inspect import inspect_binary
     from layoutkit.commands.samples import default_binary
-    from layoutkit.output import document, picture, text
+    from layoutkit.output import document, svg, text
 
     scenario = scenario_from(scenario_args)
     bundled = binary is None
     path = str(default_binary()) if binary is None else binary
     result = inspect_binary(path, scenario, anchor=anchor)
     if svg_path:
-        picture.write_svg(svg_path, result.prediction.worst, result.runtime_anchor,
+        svg.write_svg(svg_path, result.prediction.worst, result.runtime_anchor,
                           f"{os.path.basename(path)}: {result.profile} window, "
                           "worst case over ASLR")
     _show(fmt, lambda: text.inspection_lines(result, bundled=bundled),
@@ -198,13 +198,13 @@ def maps_command(target: str, anchor: str | None, arch_name: str | None,
     the requested states do not fit).
     """
     from layoutkit.commands.maps import analyse_target
-    from layoutkit.output import document, picture, text
+    from layoutkit.output import document, svg, text
 
     scenario = scenario_from(scenario_args)
     result = analyse_target(target, scenario, anchor=anchor, arch_name=arch_name,
                             path_map=path_map)
     if svg_path:
-        picture.write_svg(svg_path, result.accounting, result.anchor.span,
+        svg.write_svg(svg_path, result.accounting, result.anchor.span,
                           f"{result.maps.source}: {result.profile} window as mapped",
                           tuple(a.span for a in result.jit_areas))
     _show(fmt, lambda: text.maps_lines(result), lambda: document.maps_json(result),
