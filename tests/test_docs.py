@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 from cogapp import Cog
 
-from layoutkit import errors
+from layoutkit import config, errors
 from layoutkit.cli import cli
 from tests.readme_examples import ROOT, commands
 
@@ -57,6 +57,26 @@ def test_exit_code_table_lists_every_exit_code() -> None:
     table = {int(m) for m in re.findall(r"^\| (\d+) \|", section, re.M)}
     codes = {value for name, value in vars(errors).items() if name.startswith("EXIT_")}
     assert table == codes
+
+
+# Linker options the prose names (they are not layoutkit's).
+FOREIGN_OPTIONS = {"--image-base", "--section-start"}
+
+
+def test_every_option_named_in_the_prose_exists() -> None:
+    options = {"--help"}
+    for command in [cli, *(cli.commands.values() if isinstance(cli, click.Group) else ())]:
+        for param in command.params:
+            if isinstance(param, click.Option):
+                options.update(param.opts + param.secondary_opts)
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", README.read_text()))
+    assert named - FOREIGN_OPTIONS - options == set()
+
+
+def test_config_keys_are_the_ones_check_accepts() -> None:
+    sentence = re.search(r"Keys: (.*?)\.", README.read_text(), re.S)
+    assert sentence is not None
+    assert set(re.findall(r"`(\w+)`", sentence.group(1))) == set(config.KEYS)
 
 
 def python_blocks(text: str) -> list[str]:
