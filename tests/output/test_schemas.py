@@ -208,6 +208,22 @@ def test_verify_native() -> None:
     assert_valid(doc)
 
 
+@pytest.mark.usefixtures("private_cache")
+def test_probe_and_verify_under_qemu_user() -> None:
+    """qemu-user's infidelities fill the lists a native run leaves empty: runner notes,
+    'moved' outcomes, and slots where the probe and the model differ."""
+    require("aarch64-linux-gnu-gcc")
+    require("qemu-aarch64")
+    probe = document("probe", "--arch", "aarch64", "--runner", "qemu-user")
+    assert probe["verdict"] == "hints_only"
+    assert probe["infidelities"] and probe["model_differences"]
+    assert_valid(probe)
+    verify = document("verify", str(ELF_DIR / "aarch64" / "nopie"), "--runner", "qemu-user",
+                      "--runs", "1", codes=(0, 1))
+    assert verify["infidelities"] and verify["difference"]["slots"]
+    assert_valid(verify)
+
+
 def test_every_schema_is_exercised() -> None:
     """Each committed schema is the schema of a document these tests validate."""
     exercised = {"layoutkit/inspect/1", "layoutkit/maps/1", "layoutkit/advise/1",
