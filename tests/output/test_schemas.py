@@ -24,6 +24,9 @@ import pytest
 from click.testing import CliRunner
 
 from layoutkit.cli import cli
+from layoutkit.core.kinds import AdviceKind, OccupantKind, Status, Verdict
+from layoutkit.core.model import LoadKind
+from layoutkit.ranges import FormKind
 from tests.support import ELF_DIR, MAPS_DIR, ROOT, fixture_binaries, require
 
 SCHEMAS = Path(str(files("layoutkit").joinpath("schemas")))
@@ -99,6 +102,27 @@ def test_shared_definitions_are_the_same_in_every_schema() -> None:
         for name, definition in json.loads(path.read_text()).get("$defs", {}).items():
             first = seen.setdefault(name, (schema_id(path), definition))
             assert definition == first[1], f"$defs/{name}: {schema_id(path)} != {first[0]}"
+
+
+def schema_of(command: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((SCHEMAS / command / "1.schema.json").read_text())
+    return loaded
+
+
+def test_vocabularies_are_the_code_enums() -> None:
+    """A closed vocabulary in a schema is exactly the enum the code prints from."""
+    inspect, advise, check = schema_of("inspect"), schema_of("advise"), schema_of("check")
+    pairs = [
+        (inspect["$defs"]["occupant"]["properties"]["kind"], OccupantKind),
+        (inspect["$defs"]["capacity"]["properties"]["verdict"], Verdict),
+        (inspect["properties"]["load_kind"], LoadKind),
+        (inspect["properties"]["reach"]["items"]["properties"]["kind"], FormKind),
+        (schema_of("ranges")["properties"]["forms"]["items"]["properties"]["kind"], FormKind),
+        (advise["properties"]["recommendations"]["items"]["properties"]["kind"], AdviceKind),
+        (check["properties"]["results"]["items"]["properties"]["status"], Status),
+    ]
+    for schema, kind in pairs:
+        assert sorted(schema["enum"]) == sorted(k.value for k in kind), kind.__name__
 
 
 # -- real documents --------------------------------------------------------------------
