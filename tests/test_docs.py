@@ -126,16 +126,24 @@ def test_no_machine_specific_paths(doc: Path) -> None:
 # -- ARCHITECTURE.md -------------------------------------------------------------------
 
 
-def test_architecture_names_only_paths_that_exist() -> None:
-    text = ARCHITECTURE.read_text()
-    named = set(re.findall(r"`((?:layoutkit|tests|fixtures|bench)/[\w/.-]*|"
-                           r"(?:core|read|window|advice|native|commands|output)/[\w/.-]*)`",
-                           text))
+FOLDERS = ("core", "read", "window", "advice", "native", "commands", "output")
+
+
+def named_paths(text: str) -> set[str]:
+    """Backticked paths of this repository: a file (with an extension) or a folder
+    (ending in /); templates such as ``<command>`` and schema ids are not paths."""
+    found = re.findall(r"`((?:layoutkit|tests|fixtures|bench|scripts|"
+                       + "|".join(FOLDERS) + r")/[\w/.-]*)`", text)
+    return {p for p in found if p.endswith("/") or "." in p.rsplit("/", 1)[-1]}
+
+
+@pytest.mark.parametrize("doc", [README, ARCHITECTURE], ids=lambda p: p.name)
+def test_named_paths_exist(doc: Path) -> None:
+    named = named_paths(doc.read_text())
     assert named
     for name in named:
-        path = ROOT / name if name.split("/")[0] in ("layoutkit", "tests", "fixtures",
-                                                     "bench") else ROOT / "layoutkit" / name
-        assert path.exists(), f"ARCHITECTURE.md names {name}, which does not exist"
+        path = ROOT / "layoutkit" / name if name.split("/")[0] in FOLDERS else ROOT / name
+        assert path.exists(), f"{doc.name} names {name}, which does not exist"
 
 
 def test_architecture_describes_every_folder_and_top_level_module() -> None:
