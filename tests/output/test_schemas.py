@@ -27,6 +27,7 @@ from layoutkit.cli import cli
 from layoutkit.core.kinds import AdviceKind, OccupantKind, Status, Verdict
 from layoutkit.core.model import LoadKind
 from layoutkit.ranges import FormKind
+from layoutkit.window.anchor import HowFound
 from tests.support import ELF_DIR, MAPS_DIR, ROOT, fixture_binaries, require
 
 SCHEMAS = Path(str(files("layoutkit").joinpath("schemas")))
@@ -120,6 +121,10 @@ def test_vocabularies_are_the_code_enums() -> None:
         (schema_of("ranges")["properties"]["forms"]["items"]["properties"]["kind"], FormKind),
         (advise["properties"]["recommendations"]["items"]["properties"]["kind"], AdviceKind),
         (check["properties"]["results"]["items"]["properties"]["status"], Status),
+        (inspect["properties"]["anchor"]["properties"]["how_found"], HowFound),
+        (schema_of("maps")["properties"]["anchor"]["properties"]["how_found"], HowFound),
+        (schema_of("probe")["$defs"]["program"]["properties"]["anchor"]["properties"]["source"],
+         HowFound),
     ]
     for schema, kind in pairs:
         assert sorted(schema["enum"]) == sorted(k.value for k in kind), kind.__name__
