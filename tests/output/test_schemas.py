@@ -197,6 +197,7 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory,
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+@pytest.mark.toolchain
 @pytest.mark.skipif(not X86_HOST, reason="native probe expectations are for x86-64")
 @pytest.mark.usefixtures("private_cache")
 @pytest.mark.parametrize("mode", [(), ("--threads", "2", "--areas", "2")],
@@ -208,6 +209,7 @@ def test_probe_native(mode: tuple[str, ...]) -> None:
     assert_valid(doc)
 
 
+@pytest.mark.toolchain
 @pytest.mark.skipif(not X86_HOST, reason="native probe expectations are for x86-64")
 @pytest.mark.usefixtures("private_cache")
 def test_probe_inside_a_program() -> None:
@@ -228,6 +230,7 @@ def test_probe_inside_a_program() -> None:
     assert_valid(doc)
 
 
+@pytest.mark.toolchain
 @pytest.mark.skipif(not X86_HOST, reason="native twin expectations are for x86-64")
 @pytest.mark.usefixtures("private_cache")
 def test_verify_native() -> None:
@@ -237,6 +240,7 @@ def test_verify_native() -> None:
     assert_valid(doc)
 
 
+@pytest.mark.qemu_user
 @pytest.mark.usefixtures("private_cache")
 def test_probe_and_verify_under_qemu_user() -> None:
     """qemu-user's infidelities fill the lists a native run leaves empty: runner notes,
@@ -321,6 +325,7 @@ def test_renaming_any_key_is_caught(name: str) -> None:
     assert_renames_caught(samples()[name])
 
 
+@pytest.mark.toolchain
 @pytest.mark.skipif(not X86_HOST, reason="native probe expectations are for x86-64")
 @pytest.mark.usefixtures("private_cache")
 @pytest.mark.parametrize("args", [("probe",), ("probe", "--threads", "2", "--areas", "2"),
