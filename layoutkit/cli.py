@@ -160,14 +160,14 @@ def inspect(binary: str | None, anchor: str | None, svg_path: str | None, fmt: s
     """
     from layoutkit.commands.inspect import inspect_binary
     from layoutkit.commands.samples import default_binary
-    from layoutkit.output import document, picture, text
+    from layoutkit.output import document, svg, text
 
     scenario = scenario_from(scenario_args)
     bundled = binary is None
     path = str(default_binary()) if binary is None else binary
     result = inspect_binary(path, scenario, anchor=anchor)
     if svg_path:
-        picture.write_svg(svg_path, result.prediction.worst, result.runtime_anchor,
+        svg.write_svg(svg_path, result.prediction.worst, result.runtime_anchor,
                           f"{os.path.basename(path)}: {result.profile} window, "
                           "worst case over ASLR")
     _show(fmt, lambda: text.inspection_lines(result, bundled=bundled),
@@ -198,13 +198,13 @@ def maps_command(target: str, anchor: str | None, arch_name: str | None,
     the requested states do not fit).
     """
     from layoutkit.commands.maps import analyse_target
-    from layoutkit.output import document, picture, text
+    from layoutkit.output import document, svg, text
 
     scenario = scenario_from(scenario_args)
     result = analyse_target(target, scenario, anchor=anchor, arch_name=arch_name,
                             path_map=path_map)
     if svg_path:
-        picture.write_svg(svg_path, result.accounting, result.anchor.span,
+        svg.write_svg(svg_path, result.accounting, result.anchor.span,
                           f"{result.maps.source}: {result.profile} window as mapped",
                           tuple(a.span for a in result.jit_areas))
     _show(fmt, lambda: text.maps_lines(result), lambda: document.maps_json(result),
@@ -233,20 +233,18 @@ def advise(binary: str | None, arch_name: str | None, linker: str | None,
     Without BINARY, advises on the default link of --arch, as a calculator. Exit 1 when
     no change makes the requested states fit.
     """
-    from layoutkit.advice.candidates import advise as advise_layout
-    from layoutkit.advice.move import check_move, parse_move
+    from layoutkit.commands import advise as use_case
     from layoutkit.output import document, text
 
     scenario = scenario_from(scenario_args)
     if move is not None:
         if binary is None:
             raise UsageError("--move needs a BINARY: its references decide the range")
-        sections, where = parse_move(move)
-        check = check_move(binary, sections, where)
+        check = use_case.move(binary, move)
         _show(fmt, lambda: text.move_lines(check), lambda: document.move_json(check))
         return
-    result = advise_layout(binary, scenario, arch_name=arch_name, linker=linker,
-                           anchor=anchor)
+    result = use_case.advise(binary, scenario, arch_name=arch_name, linker=linker,
+                             anchor=anchor)
     _show(fmt, lambda: text.advice_lines(result), lambda: document.advice_json(result))
 
 
