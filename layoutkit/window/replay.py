@@ -75,6 +75,9 @@ class ReplayParams:
     cores: int = DEFAULT_CORES  # glibc caps arenas at 8 x cores (malloc/arena.c)
     syscall_seconds: float = DEFAULT_SYSCALL_SECONDS
     release: tuple[int, int] | None = None  # kernel (major, minor); None: current rules
+    # Independent hints (per-state streams, one-slot areas): draw the first hit from its
+    # geometric law instead of every miss. Same distribution; False replays every hint.
+    closed_form: bool = True
 
     def __post_init__(self) -> None:
         for name in ("states", "runs", "cores"):
@@ -202,7 +205,7 @@ def _setup(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
     return Setup(
         generation=gen, prng=prng, runs=runs, states=states, areas=areas, k=k,
         retries=params.retries, seed=params.seed, heap_timing=params.heap_timing, taken=taken,
-        heap_lo=heap_lo, heap_hi=heap_hi, iterations=iterations,
+        heap_lo=heap_lo, heap_hi=heap_hi, closed_form=params.closed_form, iterations=iterations,
         draw_lo=rng // 2 // SLOT if gen is Generation.LJ2017 else 0,
         draw_n=(rng if gen is Generation.LJ2017 else 2 * rng) // SLOT - k,
         accept_lo=1, accept_hi=n_w - 1, lcg_table=table, jr=jr,

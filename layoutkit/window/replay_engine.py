@@ -81,6 +81,7 @@ class Setup:
     retries: int
     seed: int
     heap_timing: HeapTiming
+    closed_form: bool
     taken: Bools  # (runs, n_w) initial occupancy of the window
     heap_lo: Ints  # (runs,) heap's first column in W (clipped to [0, n_w])
     heap_hi: Ints  # (runs,) heap's last column + 1 when grown fully (clipped)
@@ -150,15 +151,14 @@ class Engine:
         # Fast path (luajit-2.1 with per-state streams, one-slot areas): hints are
         # independent and uniform, so the first hit is geometric in the share of free
         # hint columns and lands uniformly on a free one; no need to draw every miss.
-        self.fast = (s.generation is not Generation.LJ2025 and s.k == 1
+        self.fast = (s.closed_form and s.generation is not Generation.LJ2025 and s.k == 1
                      and s.lcg_table is None)
         self.elig_lo = max(s.draw_lo, s.accept_lo)
         self.elig_hi = min(s.draw_lo + s.draw_n, s.accept_hi - s.k + 1)
         self.free_n = np.zeros(r, dtype=np.int64)
-        self.flist = np.zeros((r, max(0, self.elig_hi - self.elig_lo)), dtype=np.int64)
-        self.fpos = np.zeros((r, self.dump + 1), dtype=np.int64)
+        self.flist = np.zeros((r, max(0, self.elig_hi - self.elig_lo)), dtype=np.int32)
+        self.fpos = np.zeros((r, self.dump + 1), dtype=np.int32)
         self.inv_draw_n = 1.0 / max(1, s.draw_n)
-        self.count_free()
         if s.fallback_top is not None:
             self.mmap_lo, self.mmap_hi = 0, s.fallback_top
         else:
@@ -179,7 +179,7 @@ class Engine:
         for j in range(self.s.k):
             self.taken[rows, np.where(cols == self.dump, self.dump, cols + j)] = value
 
-    def grow_heap(self, fraction: float) -> None:
+    def grow_heap(self, fraction: float) -> bool:
         """brk grows towards ``fraction`` of the heap reserve, stopping at the first mapping."""
         s = self.s
         goal = s.heap_lo + np.ceil((s.heap_hi - s.heap_lo) * fraction).astype(np.int64)
@@ -187,7 +187,7 @@ class Engine:
         cols = self.cols_w[None, :]
         new = (cols >= self.heap_end[:, None]) & (cols < goal[:, None])
         if not new.any():
-            return
+            return False
         # The heap's first slot may share its 64 KiB with the image's last page.
         later = cols > self.s.heap_lo[:, None]
         block = np.logical_or.accumulate(new & later & self.taken[:, : self.n_w], axis=1)
@@ -195,24 +195,24 @@ class Engine:
         self.heap_stuck |= (new & block).any(axis=1)
         self.taken[:, : self.n_w] |= grow
         self.heap_end = self.heap_end + grow.sum(axis=1)
-        self.count_free()
-
-    def count_free(self) -> None:
-        if self.fast:
-            self.rebuild()
+        return True
 
     # --- outcomes -----------------------------------------------------------------------
 
     def place(self, rows: Ints, st: int, cols: Ints) -> None:
-        self.mark(rows, cols, True)
-        if self.fast:
+        if self.fast:  # one slot, always on the free list
+            self.taken[rows, cols] = True
             self.unlist(rows, cols)
-        self.held[st, rows, self.count[st, rows]] = cols
-        self.count[st, rows] += 1
+        else:
+            self.mark(rows, cols, True)
+            self.far[rows] += self.is_far[st, rows]
+        count = self.count[st, rows]
+        self.held[st, rows, count] = cols
+        count += 1
+        self.count[st, rows] = count
         self.mcarea[st, rows] = cols
         self.placed[rows] += 1
-        self.far[rows] += self.is_far[st, rows]
-        self.want[st, rows] = self.count[st, rows] < self.s.areas
+        self.want[st, rows] = count < self.s.areas
 
     def abort(self, rows: Ints, st: int) -> None:
         """LJ_TRERR_MCODEAL: trace_abort -> lj_trace_flushall -> lj_mcode_free."""
@@ -302,9 +302,8 @@ class Engine:
         self.free_n = counts.astype(np.int64)
 
     def unlist(self, rows: Ints, cols: Ints) -> None:
+        """Take the listed columns ``cols[i]`` of runs ``rows[i]`` off the free lists."""
         at = self.fpos[rows, cols]
-        keep = at >= 0
-        rows, cols, at = rows[keep], cols[keep], at[keep]
         end = self.free_n[rows] - 1
         last = self.flist[rows, end]
         self.flist[rows, at] = last
@@ -473,10 +472,13 @@ class Engine:
     def round(self, rnd: int, step: Callable[[int, Ints], None]) -> None:
         """Round ``rnd``: the heap grows, then every state that wants an area asks once."""
         s = self.s
+        grown = False
         if s.heap_timing is HeapTiming.BEFORE and rnd == 0:
-            self.grow_heap(1.0)
+            grown = self.grow_heap(1.0)
         elif s.heap_timing is HeapTiming.DURING and rnd < s.areas:
-            self.grow_heap((rnd + 1) / s.areas)
+            grown = self.grow_heap((rnd + 1) / s.areas)
+        if self.fast and (grown or rnd == 0):
+            self.rebuild()
         if self.fast:
             # One block of uniforms per round, row ``state``: the same numbers for a
             # state whatever the number of states (common random numbers).
