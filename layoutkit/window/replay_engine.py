@@ -201,31 +201,37 @@ class Engine:
 
     def place(self, rows: Ints, st: int, cols: Ints) -> None:
         if self.fast:  # one slot, always on the free list
-            self.taken[rows, cols] = True
+            self.taken.reshape(-1)[rows * self.taken.shape[1] + cols] = True
             self.unlist(rows, cols)
         else:
             self.mark(rows, cols, True)
             self.far[rows] += self.is_far[st, rows]
-        count = self.count[st, rows]
-        self.held[st, rows, count] = cols
+        count_st = self.count[st]
+        count = count_st[rows]
+        self.held[st].reshape(-1)[rows * self.s.areas + count] = cols
         count += 1
-        self.count[st, rows] = count
-        self.mcarea[st, rows] = cols
+        count_st[rows] = count
+        self.mcarea[st][rows] = cols
         self.placed[rows] += 1
-        self.want[st, rows] = count < self.s.areas
+        self.want[st][rows] = count < self.s.areas
 
     def abort(self, rows: Ints, st: int) -> None:
         """LJ_TRERR_MCODEAL: trace_abort -> lj_trace_flushall -> lj_mcode_free."""
-        self.aborts[st, rows] += 1
-        held = self.held[st, rows, :]
-        self.mark(np.broadcast_to(rows[:, None], held.shape), held, False)
+        aborts = self.aborts[st][rows] + 1
+        self.aborts[st][rows] = aborts
+        held = self.held[st][rows]
+        count = self.count[st][rows]
         if self.fast:
-            self.relist(rows, held)
-        self.syscalls[rows] += self.count[st, rows]  # one munmap per area
-        self.held[st, rows, :] = self.dump
-        self.count[st, rows] = 0
-        self.mcarea[st, rows] = -1
-        self.want[st, rows] = self.aborts[st, rows] <= self.s.retries
+            # Areas fill held[] from the left; all of them sit on eligible columns.
+            self.taken.reshape(-1)[rows[:, None] * self.taken.shape[1] + held] = False
+            self.relist(rows, held, count)
+        else:
+            self.mark(np.broadcast_to(rows[:, None], held.shape), held, False)
+        self.syscalls[rows] += count  # one munmap per area
+        self.held[st][rows] = self.dump
+        self.count[st][rows] = 0
+        self.mcarea[st][rows] = -1
+        self.want[st][rows] = aborts <= self.s.retries
 
     # --- LuaJIT 2017-03-08 .. 2025-11-06 (and before) -----------------------------------
 
@@ -303,23 +309,28 @@ class Engine:
 
     def unlist(self, rows: Ints, cols: Ints) -> None:
         """Take the listed columns ``cols[i]`` of runs ``rows[i]`` off the free lists."""
-        at = self.fpos[rows, cols]
+        # Flat indices: a 1-D gather costs numpy less than a 2-D one.
+        fpos, flist = self.fpos.reshape(-1), self.flist.reshape(-1)
+        prow, lrow = rows * self.fpos.shape[1], rows * self.flist.shape[1]
+        at = fpos[prow + cols]
         end = self.free_n[rows] - 1
-        last = self.flist[rows, end]
-        self.flist[rows, at] = last
-        self.fpos[rows, last] = at
-        self.fpos[rows, cols] = -1
-        self.flist[rows, end] = self.sink
+        last = flist[lrow + end]
+        flist[lrow + at] = last
+        fpos[prow + last] = at
+        fpos[prow + cols] = -1
         self.free_n[rows] = end
 
-    def relist(self, rows: Ints, cols: Ints) -> None:
-        """Put the freed columns ``cols[i, :]`` of run ``rows[i]`` back on its list."""
-        keep = (cols >= self.elig_lo) & (cols < self.elig_hi)
-        at = self.free_n[rows][:, None] + np.cumsum(keep, axis=1) - 1
-        runs = np.broadcast_to(rows[:, None], cols.shape)[keep]
-        self.flist[runs, at[keep]] = cols[keep]
-        self.fpos[runs, cols[keep]] = at[keep]
-        self.free_n[rows] += keep.sum(axis=1)
+    def relist(self, rows: Ints, cols: Ints, count: Ints) -> None:
+        """Put the first ``count[i]`` columns ``cols[i, :]`` of run ``rows[i]`` back on its
+        free list (they are eligible: only listed columns are ever placed)."""
+        keep = np.arange(cols.shape[1])[None, :] < count[:, None]
+        at = (self.free_n[rows][:, None] + np.arange(cols.shape[1])[None, :])[keep]
+        back = cols[keep]
+        lrow = np.repeat(rows * self.flist.shape[1], count)
+        prow = np.repeat(rows * self.fpos.shape[1], count)
+        self.flist.reshape(-1)[lrow + at] = back
+        self.fpos.reshape(-1)[prow + back] = at
+        self.free_n[rows] += count
 
     def step_fast(self, st: int, rows: Ints, u: npt.NDArray[np.float64],
                   cand: npt.NDArray[np.float64]) -> None:
@@ -331,11 +342,12 @@ class Engine:
         """
         s = self.s
         tries = s.iterations - 1
-        mc = self.mcarea[st, rows]
+        mc = self.mcarea[st][rows]
         has = mc >= 0
         c0 = mc - 1
         okc = has & (c0 >= s.accept_lo)
-        ok0 = okc & ~self.taken[rows, np.where(okc, c0, self.sink)]
+        flat = rows * self.taken.shape[1] + np.where(okc, c0, self.sink)
+        ok0 = okc & ~self.taken.reshape(-1)[flat]
         share = self.free_n[rows] * self.inv_draw_n
         first = np.minimum(np.floor(np.log1p(-u) / np.log1p(-share)), tries)
         rest = ~ok0
@@ -344,9 +356,10 @@ class Engine:
         chosen = c0
         if hit.any():
             hit_idx = np.flatnonzero(hit)
-            at = (cand[hit_idx] * self.free_n[rows[hit_idx]]).astype(np.int64)
+            hit_rows = rows[hit_idx]
+            at = (cand[hit_idx] * self.free_n[hit_rows]).astype(np.int64)
             chosen = c0.copy()
-            chosen[hit_idx] = self.flist[rows[hit_idx], at]
+            chosen[hit_idx] = self.flist.reshape(-1)[hit_rows * self.flist.shape[1] + at]
         good = ok0 | hit
         if s.fallback_top is not None:
             fell = rest & (has | (first > 0))
