@@ -184,16 +184,17 @@ def _setup(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
         heap_lo = np.clip(_cols(lay.heap_start, base, False), 0, n_w)
         heap_hi = np.clip(_cols(lay.heap_start + params.heap, base, True), 0, n_w)
     else:
-        # The image is at the top of the mmap area: what was mapped before it lies above
-        # (taken), thread stacks and arenas go below it as the threads start.
+        # The image is at the top of the mmap area (fs/binfmt_elf.c for a static PIE; the
+        # loader's first mmap for a library): above it the gap below the stack, free for
+        # hinted mappings; thread stacks and arenas go below it as the threads start.
+        # Libraries mapped before it (above) are not modelled.
         heap_lo = heap_hi = zero
         start = min(seg.vaddr for seg in image.loads)
         img_lo = align_down(start, PAGE) + lay.bias
-        _paint(taken, _cols(img_lo, base, False), zero + n_w + 1)
         below = img_lo - _thread_bytes(states, params.cores)
         _paint(taken, _cols(below, base, False), _cols(img_lo, base, True))
-        tops = np.clip(_cols(below, base, False), 0, n_w)
-        fallback_top = int(tops[0])
+        top = int(np.clip(_cols(below, base, False), 0, n_w)[0])
+        fallback_top = top or None  # None: the threads' mappings reach below the window
     prng = params.prng or _DEFAULT_PRNG[gen]
     table = None
     if prng is PrngModel.LCG_ZERO_SEED and gen is not Generation.LJ2025:

@@ -159,10 +159,6 @@ class Engine:
         self.flist = np.zeros((r, max(0, self.elig_hi - self.elig_lo)), dtype=np.int32)
         self.fpos = np.zeros((r, self.dump + 1), dtype=np.int32)
         self.inv_draw_n = 1.0 / max(1, s.draw_n)
-        if s.fallback_top is not None:
-            self.mmap_lo, self.mmap_hi = 0, s.fallback_top
-        else:
-            self.mmap_lo, self.mmap_hi = self.n_w, self.n_w + s.m_top
 
     # --- occupancy ----------------------------------------------------------------------
 
@@ -386,26 +382,28 @@ class Engine:
 
         mm/mmap.c unmapped_area_topdown: the highest gap below mmap_base that fits. The
         same place takes a mapping whose hint the kernel cannot honour
-        (arch_get_unmapped_area_topdown falls back to the search).
+        (arch_get_unmapped_area_topdown falls back to the search). With a library anchor
+        the search starts inside the window and continues in ``M`` below it.
         """
-        base, top = self.mmap_lo, self.mmap_hi
-        found = np.full(rows.size, -1, dtype=np.int64)
-        hi = top
-        chunk = 512
+        found = np.full(rows.size, self.sink, dtype=np.int64)
         todo = np.arange(rows.size)
-        while todo.size and hi > base:
-            lo = max(base, hi - chunk - self.s.k + 1)
-            window = ~self.taken[rows[todo], lo:hi]
-            fit = window[:, : window.shape[1] - self.s.k + 1].copy()
-            for j in range(1, self.s.k):
-                fit &= window[:, j: window.shape[1] - self.s.k + 1 + j]
-            has = fit.any(axis=1)
-            last = fit.shape[1] - 1 - fit[:, ::-1].argmax(axis=1)
-            found[todo[has]] = lo + last[has]
-            todo = todo[~has]
-            hi = lo + self.s.k - 1
-        found[todo] = self.sink  # the modelled mmap area is full: cannot happen when sized
-        return found
+        spans = [(self.n_w, self.n_w + self.s.m_top)] if self.n_m else []
+        if self.s.fallback_top is not None:
+            spans.insert(0, (0, self.s.fallback_top))
+        for base, top in spans:
+            hi = top
+            while todo.size and hi - base >= self.s.k:
+                lo = max(base, hi - 512 - self.s.k + 1)
+                window = ~self.taken[rows[todo], lo:hi]
+                fit = window[:, : window.shape[1] - self.s.k + 1].copy()
+                for j in range(1, self.s.k):
+                    fit &= window[:, j: window.shape[1] - self.s.k + 1 + j]
+                has = fit.any(axis=1)
+                last = fit.shape[1] - 1 - fit[:, ::-1].argmax(axis=1)
+                found[todo[has]] = lo + last[has]
+                todo = todo[~has]
+                hi = lo + self.s.k - 1
+        return found  # sink: the modelled space is full (M is sized so that it is not)
 
     def step_2025(self, st: int, rows: Ints) -> None:
         """One ``mcode_alloc`` (lj_mcode.c since commit 68354f44).
@@ -459,8 +457,9 @@ class Engine:
             # mcode_setrange(p + sz/2): mcmin = p + 64K - 2^(JR-1) for a slot-aligned p.
             self.rng_lo[st, nr] = p - half + 1
             self.rng_nin[st, nr] = space - s.k
-            self.reg_lo[st, nr] = self.mmap_lo if s.fallback_top is not None else self.n_w
-            self.reg_hi[st, nr] = self.n_w if s.fallback_top is not None else self.sink
+            in_w = p < self.n_w
+            self.reg_lo[st, nr] = np.where(in_w, 0, self.n_w)
+            self.reg_hi[st, nr] = np.where(in_w, self.n_w, self.sink)
             self.is_far[st, nr] = True
             self.switch[st, nr] = False
             self.place(nr, st, p)
