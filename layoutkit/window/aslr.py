@@ -1,7 +1,8 @@
 """Per-run randomisation of the layout: brk offset, load bias and mmap base, as the kernel draws.
 
-One draw per replay run, from a seeded generator, so a replay is reproducible and every
-run of a search over the number of states sees the same layouts (common random numbers).
+One draw per replay run, from a seeded generator (Python's ``random``), so a replay is
+reproducible and every run of a search over the number of states sees the same layouts
+(common random numbers).
 With ``aslr=False`` every run gets the fixed layout of ``setarch -R`` /
 ``randomize_va_space=0``.
 
@@ -30,16 +31,12 @@ below it together.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
-
-import numpy as np
-import numpy.typing as npt
 
 from layoutkit.core.model import ElfImage, LoadKind
 from layoutkit.core.spans import align_down, align_up
 from layoutkit.window.kernel import PAGE, KernelConfig, aslr
-
-Int64s = npt.NDArray[np.int64]
 
 BRK_X86_OLD = 32 << 20  # arch/x86/kernel/process.c before v6.9: 0x02000000
 X86_BRK_1G = (6, 9)  # commit 44c76825d6ee
@@ -55,13 +52,13 @@ def brk_range(kernel: KernelConfig, release: tuple[int, int] | None = None) -> i
     return aslr(kernel.arch).brk_rnd
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class Layouts:
-    """The randomised quantities of ``runs`` runs (one array entry per run)."""
+    """The randomised quantities of ``runs`` runs (one entry per run)."""
 
-    bias: Int64s  # load bias of the image
-    heap_start: Int64s  # run-time brk start (absolute); meaningless for a library anchor
-    mmap_shift: Int64s  # mmap base minus the ASLR-off mmap base (<= 0)
+    bias: tuple[int, ...]  # load bias of the image
+    heap_start: tuple[int, ...]  # run-time brk start; meaningless for a library anchor
+    mmap_shift: tuple[int, ...]  # mmap base minus the ASLR-off mmap base (<= 0)
     brk_range: int  # the range the brk offset was drawn from (0 with ASLR off)
 
 
@@ -74,24 +71,26 @@ def brk_base(image: ElfImage, bias: int) -> int:
 def draw(image: ElfImage, kernel: KernelConfig, bias: int, *, runs: int, seed: int,
          randomize: bool, release: tuple[int, int] | None = None) -> Layouts:
     """Draw ``runs`` layouts of ``image`` (``bias``: its ASLR-off load bias)."""
-    zero = np.zeros(runs, dtype=np.int64)
     start = brk_base(image, bias)
     if not randomize:
-        return Layouts(zero + bias, zero + start, zero, 0)
-    gen = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 0x61736C72])))
+        return Layouts((bias,) * runs, (start,) * runs, (0,) * runs, 0)
+    gen = random.Random(seed * 0x100000001B3 + 0x61736C72)  # "aslr": its own stream
     rnd = aslr(kernel.arch)
-    pages = rnd.mmap_rnd // PAGE
-    mmap_rnd = gen.integers(0, pages, size=runs, dtype=np.int64) * PAGE
     brk = brk_range(kernel, release)
-    brk_off = gen.integers(0, brk // PAGE, size=runs, dtype=np.int64) * PAGE
     align = max(PAGE, image.max_align)
-    if image.load_kind is LoadKind.EXEC:
-        biases = zero + bias
-    elif image.load_kind is LoadKind.PIE:
-        # ELF_ET_DYN_BASE + arch_mmap_rnd(), aligned down to the largest p_align.
-        biases = bias + (mmap_rnd // align) * align
-    else:
-        # Top of the mmap area: the mmap base moves down by the same random amount.
-        biases = bias - ((mmap_rnd + align - 1) // align) * align
-    heap = start + (biases - bias) + brk_off
-    return Layouts(biases, heap, -mmap_rnd, align_down(brk, PAGE))
+    biases, heaps, shifts = [], [], []
+    for _ in range(runs):
+        mmap_rnd = gen.randrange(rnd.mmap_rnd // PAGE) * PAGE  # arch_mmap_rnd()
+        brk_off = gen.randrange(brk // PAGE) * PAGE  # randomize_page(brk, range)
+        if image.load_kind is LoadKind.EXEC:
+            run_bias = bias
+        elif image.load_kind is LoadKind.PIE:
+            # ELF_ET_DYN_BASE + arch_mmap_rnd(), aligned down to the largest p_align.
+            run_bias = bias + align_down(mmap_rnd, align)
+        else:
+            # Top of the mmap area: the mmap base moves down by the same random amount.
+            run_bias = bias - align_up(mmap_rnd, align)
+        biases.append(run_bias)
+        heaps.append(start + (run_bias - bias) + brk_off)
+        shifts.append(-mmap_rnd)
+    return Layouts(tuple(biases), tuple(heaps), tuple(shifts), align_down(brk, PAGE))

@@ -159,7 +159,8 @@ def _setup(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
         raise UsageError(f"--mcode {mcode}: above {jit.profile.name}'s maxmcode "
                          f"({jit.profile.maxmcode} bytes): lj_mcode_limiterr would abort")
     areas = -(-mcode // area)
-    delta = lay.bias - bias
+    run_bias = np.asarray(lay.bias, dtype=np.int64)
+    delta = run_bias - bias
     shift = (delta // SLOT) * SLOT  # the window follows the anchor in 64 KiB steps
     if gen is Generation.LJ2025:
         base = jit.hint_lo + shift
@@ -177,12 +178,13 @@ def _setup(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
     for seg in image.loads:
         if seg.memsz:
             span = seg.page_span(PAGE)
-            _paint(taken, _cols(span.start + lay.bias, base, False),
-                   _cols(span.end + lay.bias, base, True))
+            _paint(taken, _cols(span.start + run_bias, base, False),
+                   _cols(span.end + run_bias, base, True))
     fallback_top = None
     if image.load_kind in (LoadKind.EXEC, LoadKind.PIE):
-        heap_lo = np.clip(_cols(lay.heap_start, base, False), 0, n_w)
-        heap_hi = np.clip(_cols(lay.heap_start + params.heap, base, True), 0, n_w)
+        heap = np.asarray(lay.heap_start, dtype=np.int64)
+        heap_lo = np.clip(_cols(heap, base, False), 0, n_w)
+        heap_hi = np.clip(_cols(heap + params.heap, base, True), 0, n_w)
     else:
         # The image is at the top of the mmap area (fs/binfmt_elf.c for a static PIE; the
         # loader's first mmap for a library): above it the gap below the stack, free for
@@ -190,7 +192,7 @@ def _setup(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
         # Libraries mapped before it (above) are not modelled.
         heap_lo = heap_hi = zero
         start = min(seg.vaddr for seg in image.loads)
-        img_lo = align_down(start, PAGE) + lay.bias
+        img_lo = align_down(start, PAGE) + run_bias
         below = img_lo - _thread_bytes(states, params.cores)
         _paint(taken, _cols(below, base, False), _cols(img_lo, base, True))
         top = int(np.clip(_cols(below, base, False), 0, n_w)[0])

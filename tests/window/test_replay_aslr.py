@@ -38,8 +38,8 @@ def test_fixed_layout_of_the_nopie_fixture() -> None:
     kernel = KernelConfig.for_arch(image.arch)
     lay = draw(image, kernel, 0, runs=3, seed=1, randomize=False)
     # readelf -lW: the RW PT_LOAD ends at 0x41fde8 + 0x2d0 = 0x4200b8; brk is the next page.
-    assert lay.heap_start.tolist() == [0x421000] * 3
-    assert lay.bias.tolist() == [0] * 3
+    assert lay.heap_start == (0x421000,) * 3
+    assert lay.bias == (0,) * 3
     assert lay.brk_range == 0
 
 
@@ -50,24 +50,25 @@ def test_randomised_layouts_follow_the_kernel_rules() -> None:
         pie = reader.image()
     kernel = KernelConfig.for_arch(nopie.arch)
     lay = draw(nopie, kernel, 0, runs=2000, seed=4, randomize=True)
-    offsets = lay.heap_start - 0x421000
-    assert (lay.bias == 0).all()  # ET_EXEC stays at its link address
+    offsets = np.asarray(lay.heap_start) - 0x421000
+    assert set(lay.bias) == {0}  # ET_EXEC stays at its link address
     assert (offsets % PAGE == 0).all()
     assert offsets.min() >= 0
     assert offsets.max() < GiB
     assert offsets.max() > GiB - 8 * MiB  # the whole range is used
     again = draw(nopie, kernel, 0, runs=2000, seed=4, randomize=True)
-    assert np.array_equal(again.heap_start, lay.heap_start)
+    assert again == lay
     base = kernel.pie_base(pie.max_align)
     assert base == 0xAAAAAAAA0000
     lay = draw(pie, kernel, base, runs=2000, seed=4, randomize=True)
-    steps = (lay.bias - base) // 0x10000
-    assert ((lay.bias - base) % 0x10000 == 0).all()  # p_align 0x10000
+    biases, heaps = np.asarray(lay.bias), np.asarray(lay.heap_start)
+    steps = (biases - base) // 0x10000
+    assert ((biases - base) % 0x10000 == 0).all()  # p_align 0x10000
     assert steps.min() >= 0
     assert steps.max() < (1 << 18) * PAGE // 0x10000  # mmap_rnd_bits 18 on arm64
     # brk after the PIE's bss (0x1fdb8 + 0x2f8 -> 0x21000), moved with the bias.
-    assert ((lay.heap_start - lay.bias - 0x21000) % PAGE == 0).all()
-    assert (lay.heap_start - lay.bias - 0x21000 < GiB).all()
+    assert ((heaps - biases - 0x21000) % PAGE == 0).all()
+    assert (heaps - biases - 0x21000 < GiB).all()
 
 
 def test_2025_always_ends_with_every_area_placed() -> None:
