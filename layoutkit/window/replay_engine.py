@@ -409,11 +409,14 @@ class Engine:
         """One ``mcode_alloc`` (lj_mcode.c since commit 68354f44).
 
         The range ``[mcmin, mcmax)`` starts around lj_vm_exit_handler. ``J->mcarea - sz`` is
-        tried first when it is in range; then up to 16 tries, each preceded by drawing
-        ``mcmin + (prng & MCODE_RANGE64)`` until in range, at most 15 draws (all out of range:
-        give up at once). A state without areas then takes ``mmap(NULL)`` and centres a new
-        range on it (``mcode_setrange(p + sz/2)``); a state with areas sets ``mcmax = 0`` and
-        raises LJ_TRERR_MCODEAL: after the flush its next request goes to ``mmap(NULL)``.
+        tried first when it is in range (``i = 0``), else the loop is entered at ``probe:``;
+        either way 15 random tries follow (``i = 1..15``), each preceded by drawing
+        ``mcmin + (prng & MCODE_RANGE64)`` until in range, at most 15 draws (all out of
+        range: give up at once). A mapping the kernel places elsewhere is kept when it is in
+        range (``mcode_inrange(p)``): near a far range the top-down search lands there. A
+        state without areas then takes ``mmap(NULL)`` and centres a new range on it
+        (``mcode_setrange(p + sz/2)``); a state with areas sets ``mcmax = 0`` and raises
+        LJ_TRERR_MCODEAL: after the flush its next request goes to ``mmap(NULL)``.
         """
         s = self.s
         r = rows.size
@@ -427,14 +430,11 @@ class Engine:
         ok0 = first_in & self.free_k(rows, c0)
         calls = np.where(first_in, np.where(ok0, 1, 2), 0)
         gen = self.gens[st]
-        u = gen.random(size=(s.runs, 16))[rows]
-        v = gen.random(size=(s.runs, 16))[rows]
+        u = gen.random(size=(s.runs, 15))[rows]
+        v = gen.random(size=(s.runs, 15))[rows]
         space = 1 << (s.jr - 16)  # MCODE_RANGE64 >> 16 + 1 hint columns per draw
         miss15 = (1.0 - nin / space) ** 15  # all 15 draws out of range
-        exhausted = np.logical_or.accumulate(v < miss15[:, None], axis=1)
-        tries = np.where(first_in, 15, 16)
-        t = np.arange(16)[None, :]
-        made = (t < tries[:, None]) & ~exhausted
+        made = ~np.logical_or.accumulate(v < miss15[:, None], axis=1)
         cols = lo[:, None] + np.floor(u * nin[:, None]).astype(np.int64)
         inside = (cols >= rlo[:, None]) & (cols + s.k <= rhi[:, None])
         cols = np.where(inside & made, cols, self.sink)
@@ -445,6 +445,16 @@ class Engine:
         calls += np.where(active, np.where(hit, 2 * first + 1, 2 * made.sum(axis=1)), 0)
         good = ok0 | hit
         chosen = np.where(ok0, c0, cols[np.arange(r), first])
+        fell = active & np.where(first_in, True, made[:, 0] & ~free[:, 0])
+        if fell.any():
+            p = self.topdown(rows[fell])
+            idx = np.flatnonzero(fell)
+            keep = ((p >= lo[idx]) & (p < lo[idx] + nin[idx]) & (p >= rlo[idx])
+                    & (p + s.k <= rhi[idx]))
+            idx = idx[keep]
+            calls[idx] = 1
+            good[idx] = True
+            chosen[idx] = p[keep]
         fail = ~good
         newrange = fail & (sw | (mc < 0))
         self.syscalls[rows] += calls + newrange

@@ -114,8 +114,10 @@ def test_single_area_2025_falls_back_far_without_abort() -> None:
     free = [a for a in slots_of(fixed_free(NOPIE, jit)) if a + SLOT <= 0x4400000]
     hit = len(free) / nin
     exhaust = (1 - nin / 2048) ** 15  # 15 draws of prng & MCODE_RANGE64, none in range
+    # No area yet: the loop is entered at `probe:`, so 15 tries (i = 1..15), each after
+    # a probe that may give up.
     r = (1 - exhaust) * (1 - hit)
-    p_far = 1 - (1 - exhaust) * hit * (1 - r**16) / (1 - r)
+    p_far = 1 - (1 - exhaust) * hit * (1 - r**15) / (1 - r)
     runs = 20000
     res = replay(image, kernel, jit, bias, params(mcode=SLOT, runs=runs),
                  search=False)
