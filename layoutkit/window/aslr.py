@@ -32,6 +32,7 @@ below it together.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 from layoutkit.core.model import ElfImage, LoadKind
@@ -42,12 +43,17 @@ BRK_X86_OLD = 32 << 20  # arch/x86/kernel/process.c before v6.9: 0x02000000
 X86_BRK_1G = (6, 9)  # commit 44c76825d6ee
 
 
-def brk_range(kernel: KernelConfig, release: tuple[int, int] | None = None) -> int:
-    """Bytes over which ``arch_randomize_brk()`` spreads the heap start, for ``release``.
+def release_version(release: str | None) -> tuple[int, int] | None:
+    """(major, minor) of a release string such as ``6.1.0-27-arm64``; None if not one."""
+    match = re.match(r"(\d+)\.(\d+)", release or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
-    ``release`` is (major, minor) of the kernel; None means a current kernel.
-    """
-    if kernel.arch.name == "x86_64" and release is not None and release < X86_BRK_1G:
+
+def brk_range(kernel: KernelConfig) -> int:
+    """Bytes over which ``arch_randomize_brk()`` spreads the heap start under ``kernel``
+    (its release when known, else a current kernel's rule)."""
+    version = release_version(kernel.release)
+    if kernel.arch.name == "x86_64" and version is not None and version < X86_BRK_1G:
         return BRK_X86_OLD
     return aslr(kernel.arch).brk_rnd
 
@@ -69,14 +75,14 @@ def brk_base(image: ElfImage, bias: int) -> int:
 
 
 def draw(image: ElfImage, kernel: KernelConfig, bias: int, *, runs: int, seed: int,
-         randomize: bool, release: tuple[int, int] | None = None) -> Layouts:
+         randomize: bool) -> Layouts:
     """Draw ``runs`` layouts of ``image`` (``bias``: its ASLR-off load bias)."""
     start = brk_base(image, bias)
     if not randomize:
         return Layouts((bias,) * runs, (start,) * runs, (0,) * runs, 0)
     gen = random.Random(seed * 0x100000001B3 + 0x61736C72)  # "aslr": its own stream
     rnd = aslr(kernel.arch)
-    brk = brk_range(kernel, release)
+    brk = brk_range(kernel)
     align = max(PAGE, image.max_align)
     biases, heaps, shifts = [], [], []
     for _ in range(runs):

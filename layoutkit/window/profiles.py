@@ -219,11 +219,6 @@ def _jumprange(arch: Arch) -> int:
     return jr
 
 
-def jumprange(arch: Arch, name: str) -> int:
-    """LJ_TARGET_JUMPRANGE of profile ``name`` on ``arch`` (UsageError without a LuaJIT JIT)."""
-    return _jumprange(arch, name)
-
-
 def _clip(lo: int, hi: int, limit: Span) -> Span:
     lo, hi = max(lo, limit.start), min(hi, limit.end)
     return Span(lo, max(lo, hi))

@@ -25,9 +25,9 @@ from layoutkit.core.model import ElfImage, LoadKind
 from layoutkit.core.scenario import DEFAULT_HEAP
 from layoutkit.core.spans import align_down
 from layoutkit.errors import UsageError
-from layoutkit.window.aslr import Layouts, draw
+from layoutkit.window.aslr import Layouts, brk_range, draw
 from layoutkit.window.kernel import PAGE, KernelConfig
-from layoutkit.window.profiles import JitWindow, jumprange
+from layoutkit.window.profiles import JitWindow
 from layoutkit.window.replay_engine import (
     SLOT,
     Engine,
@@ -74,7 +74,6 @@ class ReplayParams:
     prng: PrngModel | None = None  # None: the generation's own (see _DEFAULT_PRNG)
     cores: int = DEFAULT_CORES  # glibc caps arenas at 8 x cores (malloc/arena.c)
     syscall_seconds: float = DEFAULT_SYSCALL_SECONDS
-    release: tuple[int, int] | None = None  # kernel (major, minor); None: current rules
     # Independent hints (per-state streams, one-slot areas): draw the first hit from its
     # geometric law instead of every miss. Same distribution; False replays every hint.
     closed_form: bool = True
@@ -130,10 +129,22 @@ def _generation(jit: JitWindow) -> Generation:
                          "use --jit luajit-2017|luajit-2.1|luajit-2025") from None
 
 
-def kernel_label(kernel: KernelConfig, release: tuple[int, int] | None) -> str:
-    rel = f"Linux {release[0]}.{release[1]}" if release else "current Linux"
-    return (f"{rel} {kernel.arch} (VA {kernel.va_bits} bits, mmap_min_addr "
-            f"{kernel.mmap_min_addr:#x})")
+def _jumprange(gen: Generation, kernel: KernelConfig) -> int:
+    """LJ_TARGET_JUMPRANGE (src/lj_arch.h); 68354f44 raised MIPS to 28."""
+    jr = kernel.arch.luajit_jumprange
+    if jr is None:
+        raise UsageError(f"LuaJIT has no JIT for {kernel.arch}: nothing to replay")
+    if gen is Generation.LJ2025 and kernel.arch.name.startswith("mips"):
+        return 28
+    return jr
+
+
+def kernel_label(kernel: KernelConfig) -> str:
+    """Which kernel a replay assumed, in words (its release when known, and its source)."""
+    rel = f"Linux {kernel.release}" if kernel.release else "Linux (current rules)"
+    return (f"{rel} {kernel.arch}, {kernel.source}: VA {kernel.va_bits} bits, "
+            f"mmap_min_addr {kernel.mmap_min_addr:#x}, brk randomised over "
+            f"{brk_range(kernel) >> 20} MiB")
 
 
 def _paint(taken: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
@@ -151,7 +162,7 @@ def _cols(addr: Ints, base: Ints | int, up: bool) -> Ints:
 def _setup(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
            params: ReplayParams, states: int, lay: Layouts) -> Setup:
     gen = _generation(jit)
-    jr = jumprange(kernel.arch, jit.profile.name)
+    jr = _jumprange(gen, kernel)
     area = jit.profile.sizemcode
     k = -(-area // SLOT)
     mcode = params.mcode if params.mcode is not None else jit.profile.maxmcode
@@ -229,7 +240,7 @@ def simulate(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
     """Run the replay once for ``states`` (default ``params.states``); raw per-run totals."""
     n = params.states if states is None else states
     lay = draw(image, kernel, bias, runs=params.runs, seed=params.seed,
-               randomize=params.aslr, release=params.release)
+               randomize=params.aslr)
     return Engine(_setup(image, kernel, jit, bias, params, n, lay)).run()
 
 
@@ -296,7 +307,7 @@ def replay(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
     notes.append(f"syscall cost {params.syscall_seconds * 1e6:.1f} us per mmap/munmap "
                  "(uncontended x86-64 host measurement)")
     return ReplayResult(
-        profile=jit.profile.name, kernel=kernel_label(kernel, params.release),
+        profile=jit.profile.name, kernel=kernel_label(kernel),
         runs=params.runs, seed=params.seed, states=params.states, aslr=params.aslr,
         retries=params.retries, prng=prng, p_abort=_p_abort(out), aborts=_spread(aborts),
         states_aborted=float((out.aborts > 0).sum(axis=1).mean()),

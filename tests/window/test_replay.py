@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from layoutkit.core.kinds import OccupantKind
 from layoutkit.core.model import ElfImage
 from layoutkit.core.spans import Span
 from layoutkit.elf import ElfReader
@@ -63,7 +64,7 @@ def fixed_free(path: Path, jit: JitWindow) -> list[Span]:
     image, _, _, bias = load(path, jit.profile.name)
     end = max(seg.vaddr + seg.memsz for seg in image.loads)
     heap_start = -(-end // PAGE) * PAGE
-    heap = Occupant("heap-reserve", Span(heap_start, heap_start + HEAP))
+    heap = Occupant(OccupantKind.HEAP_RESERVE, Span(heap_start, heap_start + HEAP))
     acc = account(jit, [*image_occupants(image, bias), heap])
     return list(acc.free)
 
@@ -255,7 +256,7 @@ def test_aslr_moves_the_heap_out_of_the_window_most_of_the_time() -> None:
                     search=False)
     assert fixed.p_abort == 1.0
     assert spread.p_abort < 0.15
-    assert spread.kernel.startswith("current Linux aarch64")
+    assert spread.kernel.startswith("Linux (current rules) aarch64")
 
 
 # --- bad input ------------------------------------------------------------------------
