@@ -28,9 +28,9 @@ from layoutkit.errors import UsageError
 from layoutkit.window.aslr import Layouts, brk_range, draw
 from layoutkit.window.kernel import PAGE, KernelConfig
 from layoutkit.window.profiles import JitWindow
-from layoutkit.window.replay_engine import (
+from layoutkit.window.replay_engine import Engine
+from layoutkit.window.replay_model import (
     SLOT,
-    Engine,
     Generation,
     HeapTiming,
     Ints,

@@ -24,92 +24,19 @@ most ``retries`` times.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-Ints = npt.NDArray[np.int64]
-Bools = npt.NDArray[np.bool_]
-
-SLOT = 64 << 10
-
-
-class Generation(enum.Enum):
-    """Which ``mcode_alloc`` a replay runs."""
-
-    LJ2017 = "luajit-2017"
-    LJ21 = "luajit-2.1"
-    LJ2025 = "luajit-2025"
-
-
-class HeapTiming(enum.Enum):
-    """When the brk heap grows relative to the JIT's requests."""
-
-    BEFORE = "before"  # grown to its full reserve before the first request
-    DURING = "during"  # grows by 1/areas of it at the start of each of the first rounds
-
-
-class PrngModel(enum.Enum):
-    """Where ``mcode_alloc`` takes its random hints from, per LuaJIT version.
-
-    ``SECURE_PER_STATE``: ``lj_prng_u64(&J2G(J)->prng)``, a Tausworthe generator in each
-    global_State seeded from getrandom() by ``lj_prng_seed_secure`` in ``lua_newstate``
-    (src/lj_prng.c, src/lj_state.c; LuaJIT 2.1 since 2020): independent streams per state.
-    ``LCG_ZERO_SEED``: ``LJ_PRNG_BITS(J, bits)`` (src/lj_jit.h before 2020):
-    ``prngstate = prngstate * 1103515245 + 12345`` in each jit_State, which starts zeroed
-    with its GG_State: every state draws the same hint sequence (apart from the draws
-    ``penalty_pc`` takes, which this model does not replay).
-    """
-
-    SECURE_PER_STATE = "secure-per-state"
-    LCG_ZERO_SEED = "lcg-zero-seed"
-
-
-@dataclass(frozen=True, eq=False)
-class Setup:
-    """Everything the engine needs, already in slot columns."""
-
-    generation: Generation
-    prng: PrngModel
-    runs: int
-    states: int
-    areas: int  # areas each state wants
-    k: int  # slots per area
-    retries: int
-    seed: int
-    heap_timing: HeapTiming
-    closed_form: bool
-    taken: Bools  # (runs, n_w) initial occupancy of the window
-    heap_lo: Ints  # (runs,) heap's first column in W (clipped to [0, n_w])
-    heap_hi: Ints  # (runs,) heap's last column + 1 when grown fully (clipped)
-    # luajit-2017 / 2.1
-    iterations: int  # loop iterations of mcode_alloc (JR; 32 for 2017)
-    draw_lo: int  # column of the first drawable hint
-    draw_n: int  # how many consecutive hint columns the draws cover
-    accept_lo: int  # first column whose area LuaJIT accepts
-    accept_hi: int  # one past the last column an area may end in
-    lcg_table: Ints | None  # hint columns in draw order (LCG_ZERO_SEED)
-    # luajit-2025
-    jr: int
-    m_cols: int  # columns of M
-    m_top: int  # first column of M (relative) above which everything is taken
-    # A window inside the top-down mmap area (library anchor): the window column below
-    # which mmap(NULL), and a hint the kernel cannot honour, land. None: far away.
-    fallback_top: int | None = None
-
-
-@dataclass(frozen=True, eq=False)
-class Outcome:
-    """Per-run, per-state totals of one replay."""
-
-    aborts: Ints  # (runs, states)
-    syscalls: Ints  # (runs,) mmap + munmap calls
-    placed: Ints  # (runs,) areas handed out (including those flushed later)
-    far: Ints  # (runs,) areas placed outside the first range (2025)
-    held: Ints  # (runs,) areas held at the end
+from layoutkit.window.replay_model import (
+    Bools,
+    Generation,
+    HeapTiming,
+    Ints,
+    Outcome,
+    Setup,
+)
 
 
 class Engine:
@@ -148,6 +75,13 @@ class Engine:
         self.gens = [np.random.Generator(np.random.PCG64(np.random.SeedSequence([s.seed, i])))
                      for i in range(n)]
         self.cols_w = np.arange(self.n_w, dtype=np.int64)
+        # Where mmap(NULL) searches, top-down: [first, top) columns and a per-run cursor.
+        self.spans: list[tuple[int, int, Ints]] = []
+        if s.fallback_top is not None:
+            self.spans.append((0, s.fallback_top, np.full(r, s.fallback_top - 1)))
+        if self.n_m:
+            top = self.n_w + s.m_top
+            self.spans.append((self.n_w, top, np.full(r, top - 1)))
         # Fast path (luajit-2.1 with per-state streams, one-slot areas): hints are
         # independent and uniform, so the first hit is geometric in the share of free
         # hint columns and lands uniformly on a free one; no need to draw every miss.
@@ -224,6 +158,9 @@ class Engine:
         else:
             self.mark(np.broadcast_to(rows[:, None], held.shape), held, False)
         self.syscalls[rows] += count  # one munmap per area
+        for base, top, cursor in self.spans:
+            inside = np.where((held >= base) & (held < top), held, -1).max(axis=1)
+            cursor[rows] = np.maximum(cursor[rows], inside)
         self.held[st][rows] = self.dump
         self.count[st][rows] = 0
         self.mcarea[st][rows] = -1
@@ -383,27 +320,49 @@ class Engine:
         mm/mmap.c unmapped_area_topdown: the highest gap below mmap_base that fits. The
         same place takes a mapping whose hint the kernel cannot honour
         (arch_get_unmapped_area_topdown falls back to the search). With a library anchor
-        the search starts inside the window and continues in ``M`` below it.
+        the search starts inside the window and continues in ``M`` below it. Each span
+        keeps a per-run cursor with everything above it taken (frees raise it again).
         """
         found = np.full(rows.size, self.sink, dtype=np.int64)
         todo = np.arange(rows.size)
-        spans = [(self.n_w, self.n_w + self.s.m_top)] if self.n_m else []
-        if self.s.fallback_top is not None:
-            spans.insert(0, (0, self.s.fallback_top))
-        for base, top in spans:
-            hi = top
-            while todo.size and hi - base >= self.s.k:
-                lo = max(base, hi - 512 - self.s.k + 1)
-                window = ~self.taken[rows[todo], lo:hi]
-                fit = window[:, : window.shape[1] - self.s.k + 1].copy()
-                for j in range(1, self.s.k):
-                    fit &= window[:, j: window.shape[1] - self.s.k + 1 + j]
-                has = fit.any(axis=1)
-                last = fit.shape[1] - 1 - fit[:, ::-1].argmax(axis=1)
-                found[todo[has]] = lo + last[has]
-                todo = todo[~has]
-                hi = lo + self.s.k - 1
+        for base, top, cursor in self.spans:
+            if not todo.size:
+                break
+            if self.s.k == 1:
+                todo = self._descend(rows, todo, base, cursor, found)
+            else:
+                todo = self._scan(rows, todo, base, top, found)
         return found  # sink: the modelled space is full (M is sized so that it is not)
+
+    def _descend(self, rows: Ints, todo: Ints, base: int, cursor: Ints, found: Ints) -> Ints:
+        step = np.arange(64, dtype=np.int64)[None, :]
+        while todo.size:
+            run = rows[todo]
+            start = cursor[run]
+            cols = start[:, None] - step
+            free = (cols >= base) & ~self.taken[run[:, None], np.maximum(cols, base)]
+            has = free.any(axis=1)
+            at = cols[has, free[has].argmax(axis=1)]
+            found[todo[has]] = at
+            cursor[run[has]] = at
+            cursor[run[~has]] = np.maximum(start[~has] - 64, base - 1)
+            todo = todo[~has & (start - 64 >= base)]
+        return todo
+
+    def _scan(self, rows: Ints, todo: Ints, base: int, top: int, found: Ints) -> Ints:
+        hi = top
+        while todo.size and hi - base >= self.s.k:
+            lo = max(base, hi - 512 - self.s.k + 1)
+            window = ~self.taken[rows[todo], lo:hi]
+            fit = window[:, : window.shape[1] - self.s.k + 1].copy()
+            for j in range(1, self.s.k):
+                fit &= window[:, j: window.shape[1] - self.s.k + 1 + j]
+            has = fit.any(axis=1)
+            last = fit.shape[1] - 1 - fit[:, ::-1].argmax(axis=1)
+            found[todo[has]] = lo + last[has]
+            todo = todo[~has]
+            hi = lo + self.s.k - 1
+        return todo
 
     def step_2025(self, st: int, rows: Ints) -> None:
         """One ``mcode_alloc`` (lj_mcode.c since commit 68354f44).
@@ -516,25 +475,3 @@ class Engine:
                 self.step_fast(st, rows, uni[st, rows], pick[st, rows])
             else:
                 step(st, rows)
-
-
-def lcg_columns(generation: Generation, jr: int, k: int, count: int) -> Ints:
-    """Hint columns of the zero-seeded LCG, in draw order, after LuaJIT's redraw loop.
-
-    LJ_PRNG_BITS (src/lj_jit.h before 2020): ``prngstate = prngstate * 1103515245 + 12345``
-    (mod 2^32), result ``prngstate >> (32 - bits)``. luajit-2.1 (commit 4e308361):
-    ``hint = LJ_PRNG_BITS(J, JR-16) << 16`` redrawn while ``hint + sz >= 2 * range``.
-    luajit-2017: ``hint = (0x78fb ^ LJ_PRNG_BITS(J, 15)) << 16`` redrawn while
-    ``hint + sz >= range``. Columns count slots from the first hint (target - range, or
-    target - range/2 for 2017).
-    """
-    rng = (1 << (jr - 1)) - (1 << 21)
-    limit = (2 * rng if generation is Generation.LJ21 else rng) // SLOT  # hint_col + k <= limit
-    state, out = 0, list[int]()
-    while len(out) < count:
-        state = (state * 1103515245 + 12345) & 0xFFFFFFFF
-        lj21 = generation is Generation.LJ21
-        col = state >> (32 - (jr - 16)) if lj21 else 0x78FB ^ (state >> 17)
-        if col + k < limit:
-            out.append(col)
-    return np.asarray(out, dtype=np.int64)
