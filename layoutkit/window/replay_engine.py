@@ -38,6 +38,8 @@ from layoutkit.window.replay_model import (
     Setup,
 )
 
+BLOCK = 64  # columns per free count of an mmap(NULL) span
+
 
 class Engine:
     def __init__(self, s: Setup) -> None:
@@ -75,13 +77,18 @@ class Engine:
         self.gens = [np.random.Generator(np.random.PCG64(np.random.SeedSequence([s.seed, i])))
                      for i in range(n)]
         self.cols_w = np.arange(self.n_w, dtype=np.int64)
-        # Where mmap(NULL) searches, top-down: [first, top) columns and a per-run cursor.
+        # Where mmap(NULL) searches, top-down: [first, top) columns, with the free slots
+        # of every 64-column block counted per run (the highest free one is then found
+        # in two small steps).
         self.spans: list[tuple[int, int, Ints]] = []
-        if s.fallback_top is not None:
-            self.spans.append((0, s.fallback_top, np.full(r, s.fallback_top - 1)))
+        bounds = [(0, s.fallback_top)] if s.fallback_top is not None else []
         if self.n_m:
-            top = self.n_w + s.m_top
-            self.spans.append((self.n_w, top, np.full(r, top - 1)))
+            bounds.append((self.n_w, self.n_w + s.m_top))
+        for base, top in bounds:
+            nb = -(-(top - base) // BLOCK)
+            free = np.zeros((r, nb * BLOCK), dtype=np.bool_)
+            free[:, : top - base] = ~self.taken[:, base:top]
+            self.spans.append((base, top, free.reshape(r, nb, BLOCK).sum(axis=2)))
         # Fast path (luajit-2.1 with per-state streams, one-slot areas): hints are
         # independent and uniform, so the first hit is geometric in the share of free
         # hint columns and lands uniformly on a free one; no need to draw every miss.
@@ -136,6 +143,7 @@ class Engine:
         else:
             self.mark(rows, cols, True)
             self.far[rows] += self.is_far[st, rows]
+        self.recount(rows[:, None], cols[:, None], -1)
         count_st = self.count[st]
         count = count_st[rows]
         self.held[st].reshape(-1)[rows * self.s.areas + count] = cols
@@ -158,9 +166,7 @@ class Engine:
         else:
             self.mark(np.broadcast_to(rows[:, None], held.shape), held, False)
         self.syscalls[rows] += count  # one munmap per area
-        for base, top, cursor in self.spans:
-            inside = np.where((held >= base) & (held < top), held, -1).max(axis=1)
-            cursor[rows] = np.maximum(cursor[rows], inside)
+        self.recount(rows[:, None], held, +1)
         self.held[st][rows] = self.dump
         self.count[st][rows] = 0
         self.mcarea[st][rows] = -1
@@ -320,34 +326,38 @@ class Engine:
         mm/mmap.c unmapped_area_topdown: the highest gap below mmap_base that fits. The
         same place takes a mapping whose hint the kernel cannot honour
         (arch_get_unmapped_area_topdown falls back to the search). With a library anchor
-        the search starts inside the window and continues in ``M`` below it. Each span
-        keeps a per-run cursor with everything above it taken (frees raise it again).
+        the search starts inside the window and continues in ``M`` below it.
         """
         found = np.full(rows.size, self.sink, dtype=np.int64)
         todo = np.arange(rows.size)
-        for base, top, cursor in self.spans:
+        for base, top, counts in self.spans:
             if not todo.size:
                 break
             if self.s.k == 1:
-                todo = self._descend(rows, todo, base, cursor, found)
+                todo = self._highest(rows, todo, base, top, counts, found)
             else:
                 todo = self._scan(rows, todo, base, top, found)
         return found  # sink: the modelled space is full (M is sized so that it is not)
 
-    def _descend(self, rows: Ints, todo: Ints, base: int, cursor: Ints, found: Ints) -> Ints:
-        step = np.arange(64, dtype=np.int64)[None, :]
-        while todo.size:
-            run = rows[todo]
-            start = cursor[run]
-            cols = start[:, None] - step
-            free = (cols >= base) & ~self.taken[run[:, None], np.maximum(cols, base)]
-            has = free.any(axis=1)
-            at = cols[has, free[has].argmax(axis=1)]
-            found[todo[has]] = at
-            cursor[run[has]] = at
-            cursor[run[~has]] = np.maximum(start[~has] - 64, base - 1)
-            todo = todo[~has & (start - 64 >= base)]
-        return todo
+    def _highest(self, rows: Ints, todo: Ints, base: int, top: int, counts: Ints,
+                 found: Ints) -> Ints:
+        run = rows[todo]
+        has = counts[run] > 0
+        some = has.any(axis=1)
+        blk = has.shape[1] - 1 - has[:, ::-1].argmax(axis=1)
+        cols = base + blk[:, None] * BLOCK + np.arange(BLOCK)[None, :]
+        free = (cols < top) & ~self.taken[run[:, None], np.minimum(cols, top - 1)]
+        last = BLOCK - 1 - free[:, ::-1].argmax(axis=1)
+        found[todo[some]] = cols[some, last[some]]
+        return todo[~some]
+
+    def recount(self, rows: Ints, cols: Ints, delta: int) -> None:
+        """Keep the per-block free counts of the mmap(NULL) spans in step with ``taken``."""
+        for base, top, counts in self.spans:
+            inside = (cols >= base) & (cols < top)
+            if inside.any():
+                runs = np.broadcast_to(rows, cols.shape)[inside]
+                np.add.at(counts, (runs, (cols[inside] - base) // BLOCK), delta)
 
     def _scan(self, rows: Ints, todo: Ints, base: int, top: int, found: Ints) -> Ints:
         hi = top
