@@ -271,7 +271,7 @@ class Engine:
         self.fpos.reshape(-1)[prow + back] = at
         self.free_n[rows] += count
 
-    def step_fast(self, st: int, rows: Ints, u: npt.NDArray[np.float64],
+    def step_fast(self, st: int, rows: Ints, log_u: npt.NDArray[np.float64],
                   cand: npt.NDArray[np.float64]) -> None:
         """:meth:`step_21` for independent uniform hints and one-slot areas, in closed form.
 
@@ -288,7 +288,7 @@ class Engine:
         flat = rows * self.taken.shape[1] + np.where(okc, c0, self.sink)
         ok0 = okc & ~self.taken.reshape(-1)[flat]
         share = self.free_n[rows] * self.inv_draw_n
-        first = np.minimum(np.floor(np.log1p(-u) / np.log1p(-share)), tries)
+        first = np.minimum(np.floor(log_u / np.log1p(-share)), tries)
         rest = ~ok0
         hit = rest & (first < tries)
         calls = has * (2 - ok0) + rest * np.where(hit, 2 * first + 1, 2 * tries)
@@ -475,13 +475,13 @@ class Engine:
             # state whatever the number of states (common random numbers).
             gen = np.random.Generator(np.random.PCG64(
                 np.random.SeedSequence([s.seed, 1 << 20, rnd])))
-            uni = gen.random((s.states, s.runs))
+            log_u = np.log1p(-gen.random((s.states, s.runs)))  # log(1 - u) for the geometric law
             pick = gen.random((s.states, s.runs))
         for st in range(s.states):
             rows = np.flatnonzero(self.want[st])
             if not rows.size:
                 continue
             if self.fast:
-                self.step_fast(st, rows, uni[st, rows], pick[st, rows])
+                self.step_fast(st, rows, log_u[st, rows], pick[st, rows])
             else:
                 step(st, rows)
