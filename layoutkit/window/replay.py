@@ -253,26 +253,30 @@ def safe_states(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int
     """Largest N <= ``limit`` with p_abort < 1%, by search on the same seeded runs.
 
     Every N replays the same ``runs`` layouts and the same per-state random streams
-    (common random numbers), so p_abort is compared across N on one sample: doubling
-    until it reaches 1%, then bisection.
+    (common random numbers), so p_abort is compared across N on one sample. It need not
+    be monotone for small N (with one state the heap grows unhindered; many states'
+    areas stop brk early), so the search doubles N up to ``limit`` (stopping once every
+    run aborts), takes the largest doubling point under 1% and bisects up to the next.
+    0 when no N is under 1%.
     """
-    def ok(n: int) -> bool:
-        return _p_abort(simulate(image, kernel, jit, bias, params, n)) < ABORT_LIMIT
+    def p_abort(n: int) -> float:
+        return _p_abort(simulate(image, kernel, jit, bias, params, n))
 
-    if not ok(1):
+    good, bad, n = 0, limit + 1, 1
+    while n <= limit:
+        p = p_abort(n)
+        if p < ABORT_LIMIT:
+            good, bad = n, limit + 1
+        elif good and bad > limit:
+            bad = n
+        if p >= 1.0:
+            break
+        n *= 2
+    if not good:
         return 0
-    good, bad = 1, None
-    while bad is None:
-        nxt = min(limit, good * 2)
-        if nxt == good:
-            return good
-        if ok(nxt):
-            good = nxt
-        else:
-            bad = nxt
     while bad - good > 1:
         mid = (good + bad) // 2
-        if ok(mid):
+        if p_abort(mid) < ABORT_LIMIT:
             good = mid
         else:
             bad = mid

@@ -243,6 +243,23 @@ def test_safe_states_is_the_edge_of_one_percent() -> None:
     assert p_abort(n) < 0.01 <= p_abort(n + 1)
 
 
+def test_safe_states_looks_past_an_unsafe_single_state() -> None:
+    """ASLR off, heap growing while the states compile: one state lets brk grow through
+    the window and sometimes aborts; many states' areas stop brk early. The search still
+    finds the largest N under 1%."""
+    image, kernel, jit, bias = load(NOPIE, "luajit-2.1")
+    p = ReplayParams(runs=300, seed=1, aslr=False)
+
+    def p_abort(k: int) -> float:
+        out = simulate(image, kernel, jit, bias, p, k)
+        return float((out.aborts.sum(axis=1) > 0).mean())
+
+    assert p_abort(1) >= 0.01
+    n = safe_states(image, kernel, jit, bias, p)
+    assert n >= 8
+    assert p_abort(n) < 0.01 <= p_abort(n + 1)
+
+
 # --- ASLR against the fixed layout ----------------------------------------------------
 
 
