@@ -92,6 +92,8 @@ class ReplayParams:
 
 @dataclass(frozen=True)
 class Spread:
+    """A per-run quantity over the runs: mean, 5th/50th/95th percentile, maximum."""
+
     mean: float
     p5: float
     p50: float
@@ -101,6 +103,9 @@ class Spread:
 
 @dataclass(frozen=True)
 class ReplayResult:
+    """What ``runs`` replays of ``states`` states gave: the statistics issue 11 asks for,
+    with everything needed to reproduce them (kernel, seed, parameters)."""
+
     profile: str
     kernel: str
     runs: int
@@ -108,6 +113,8 @@ class ReplayResult:
     states: int
     aslr: bool
     retries: int
+    heap: int
+    heap_timing: HeapTiming
     prng: PrngModel
     p_abort: float  # share of runs with at least one trace abort
     aborts: Spread  # aborts per run
@@ -161,6 +168,7 @@ def _cols(addr: Ints, base: Ints | int, up: bool) -> Ints:
 
 def _setup(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
            params: ReplayParams, states: int, lay: Layouts) -> Setup:
+    """The engine's input: every run's window occupancy in slot columns, and the rules."""
     gen = _generation(jit)
     jr = _jumprange(gen, kernel)
     area = jit.profile.sizemcode
@@ -209,11 +217,12 @@ def _setup(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
         top = int(np.clip(_cols(below, base, False), 0, n_w)[0])
         fallback_top = top or None  # None: the threads' mappings reach below the window
     prng = params.prng or _DEFAULT_PRNG[gen]
+    # mcode_alloc's loop: JR iterations; 32 before 2017-03-08 (facts.md §2).
+    iterations = 32 if gen is Generation.LJ2017 else jr
     table = None
     if prng is PrngModel.LCG_ZERO_SEED and gen is not Generation.LJ2025:
-        iterations = 32 if gen is Generation.LJ2017 else jr
+        # At most `iterations` draws per request, (retries + 1) * areas requests.
         table = lcg_columns(gen, jr, k, (params.retries + 1) * areas * iterations + 1)
-    iterations = 32 if gen is Generation.LJ2017 else jr
     rng = (1 << (jr - 1)) - (1 << 21)
     space = 1 << (jr - 16)
     return Setup(
@@ -313,7 +322,8 @@ def replay(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
     return ReplayResult(
         profile=jit.profile.name, kernel=kernel_label(kernel),
         runs=params.runs, seed=params.seed, states=params.states, aslr=params.aslr,
-        retries=params.retries, prng=prng, p_abort=_p_abort(out), aborts=_spread(aborts),
+        retries=params.retries, heap=params.heap, heap_timing=params.heap_timing, prng=prng,
+        p_abort=_p_abort(out), aborts=_spread(aborts),
         states_aborted=float((out.aborts > 0).sum(axis=1).mean()),
         syscalls_per_area=float(per_area.mean()),
         warmup_seconds=float((out.syscalls * params.syscall_seconds).mean()),
