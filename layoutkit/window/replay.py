@@ -51,6 +51,7 @@ DEFAULT_CORES = 4
 THREAD_STACK = (8 << 20) + PAGE  # glibc allocate_stack: RLIMIT_STACK default + guard page
 ARENA = 64 << 20  # glibc malloc/arena.c HEAP_MAX_SIZE on 64-bit
 ABORT_LIMIT = 0.01
+MEMORY_LIMIT = 4 << 30  # refuse a replay that would need more than this
 
 _DEFAULT_PRNG = {
     Generation.LJ2017: PrngModel.LCG_ZERO_SEED,
@@ -189,6 +190,13 @@ def _setup(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
         base = jit.target - rng + shift
         n_w = 2 * rng // SLOT
     runs = params.runs
+    space = 1 << (jr - 16)
+    m_cols = states * areas + 2 * space if gen is Generation.LJ2025 else 0
+    # taken + free lists (bool, int32 x 2 per column) and held areas (int32 per area).
+    need = runs * (n_w + m_cols) * 9 + states * runs * areas * 4
+    if need > MEMORY_LIMIT:
+        raise UsageError(f"--runs {runs} with {states} states needs about {need >> 20} MiB "
+                         f"for this window: use fewer runs")
     taken = np.zeros((runs, n_w), dtype=np.bool_)
     zero = np.zeros(runs, dtype=np.int64)
     # Outside user space: the kernel never honours such a hint (mm/mmap.c).
@@ -224,7 +232,6 @@ def _setup(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
         # At most `iterations` draws per request, (retries + 1) * areas requests.
         table = lcg_columns(gen, jr, k, (params.retries + 1) * areas * iterations + 1)
     rng = (1 << (jr - 1)) - (1 << 21)
-    space = 1 << (jr - 16)
     return Setup(
         generation=gen, prng=prng, runs=runs, states=states, areas=areas, k=k,
         retries=params.retries, seed=params.seed, heap_timing=params.heap_timing, taken=taken,
@@ -232,7 +239,7 @@ def _setup(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
         draw_lo=rng // 2 // SLOT if gen is Generation.LJ2017 else 0,
         draw_n=(rng if gen is Generation.LJ2017 else 2 * rng) // SLOT - k,
         accept_lo=1, accept_hi=n_w - 1, lcg_table=table, jr=jr,
-        m_cols=states * areas + 2 * space, m_top=states * areas + space,
+        m_cols=m_cols, m_top=states * areas + space,
         fallback_top=fallback_top)
 
 

@@ -54,7 +54,7 @@ class Engine:
         if self.n_m:
             self.taken[:, self.n_w + s.m_top: self.sink] = True
         self.taken[:, self.sink] = True
-        self.held = np.full((n, r, s.areas), self.dump, dtype=np.int64)
+        self.held = np.full((n, r, s.areas), self.dump, dtype=np.int32)
         self.count = np.zeros((n, r), dtype=np.int64)
         self.mcarea = np.full((n, r), -1, dtype=np.int64)
         self.want = np.ones((n, r), dtype=np.bool_)

@@ -287,6 +287,8 @@ def test_bad_parameters_are_usage_errors() -> None:
         ReplayParams(retries=-1)
     with pytest.raises(UsageError, match="maxmcode"):
         simulate(image, kernel, jit, bias, ReplayParams(mcode=1 * MiB))
+    with pytest.raises(UsageError, match="use fewer runs"):
+        simulate(image, kernel, jit, bias, ReplayParams(states=10**6, runs=10**4))
     _, _, generic, _ = load(NOPIE, "generic")
     with pytest.raises(UsageError, match="not 'generic'"):
         simulate(image, kernel, generic, bias, ReplayParams())
