@@ -4,8 +4,8 @@ Replays the bundled sample (an AArch64 non-PIE executable at 0x400000 with
 lj_vm_exit_handler) with ASLR on and the default heap, prints wall and CPU seconds per
 replay, the rate in area requests per second, and the statistics, so that a change that
 speeds it up can be seen not to change them. Target (issue 11, point 7): under 2 s for
-luajit-2.1 on this machine. The wider closed-form shortcut can be compared with
-``--drawn`` (every hint drawn and looked up).
+luajit-2.1 on this machine. ``--drawn`` turns the closed-form shortcut off (every hint
+drawn and looked up): the statistics must agree, only the time differs.
 
     python3 bench/bench_replay.py [--runs 1000] [--states 500] [--repeat 3] [--drawn]
 """
