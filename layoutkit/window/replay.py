@@ -1,0 +1,340 @@
+"""Replay LuaJIT's mcode allocator for N concurrent states over the ASLR distribution.
+
+Slot arithmetic says how many areas *could* fit; the replay says what the allocator
+really does with the layout it gets: random hints that miss the last free slots, aborts
+and flushes that free areas and ask again, the heap growing under the JIT, the 2025
+allocator's far ranges. Input: what the rest of layoutkit computes (the image, the kernel
+configuration, the profile's :class:`~layoutkit.window.profiles.JitWindow` at the
+ASLR-off load bias, the run-time anchor) and a :class:`ReplayParams`. Output: a
+:class:`ReplayResult` of statistics over ``runs`` seeded runs.
+
+The model, rule by rule, with its sources, is in :mod:`layoutkit.window.replay_engine`
+(the allocators and the interleaving) and :mod:`layoutkit.window.aslr` (the layouts).
+What it leaves out: the holes glibc's 64 MiB arena alignment leaves (arenas and stacks are
+packed), shared libraries of a dynamic executable, PRNG draws made by ``penalty_pc``, the
+main stack's guard gap, and hints whose address is 0 (counted as a wasted call pair).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from layoutkit.core.model import ElfImage, LoadKind
+from layoutkit.core.scenario import DEFAULT_HEAP
+from layoutkit.core.spans import align_down
+from layoutkit.errors import UsageError
+from layoutkit.window.aslr import Layouts, brk_range, draw
+from layoutkit.window.kernel import PAGE, KernelConfig
+from layoutkit.window.profiles import JitWindow
+from layoutkit.window.replay_engine import Engine
+from layoutkit.window.replay_model import (
+    SLOT,
+    Generation,
+    HeapTiming,
+    Ints,
+    Outcome,
+    PrngModel,
+    Setup,
+    lcg_columns,
+)
+
+__all__ = ["Generation", "HeapTiming", "PrngModel", "ReplayParams", "ReplayResult", "Spread",
+           "replay", "safe_states", "simulate"]
+
+# facts.md §7: about 1.2 us per mmap on the x86-64 host, uncontended. Under many threads
+# the calls serialise on the mm lock, so the sum over all states is the warm-up cost.
+DEFAULT_SYSCALL_SECONDS = 1.2e-6
+DEFAULT_RETRIES = 4  # not yet calibrated against the real workload (issue 11, point 5)
+DEFAULT_CORES = 4
+THREAD_STACK = (8 << 20) + PAGE  # glibc allocate_stack: RLIMIT_STACK default + guard page
+ARENA = 64 << 20  # glibc malloc/arena.c HEAP_MAX_SIZE on 64-bit
+ABORT_LIMIT = 0.01
+MEMORY_LIMIT = 4 << 30  # refuse a replay that would need more than this
+
+_DEFAULT_PRNG = {
+    Generation.LJ2017: PrngModel.LCG_ZERO_SEED,
+    Generation.LJ21: PrngModel.SECURE_PER_STATE,  # Debian's 2.1.0~beta3+git20220320
+    Generation.LJ2025: PrngModel.SECURE_PER_STATE,
+}
+
+
+@dataclass(frozen=True)
+class ReplayParams:
+    """What to replay: the demand, the heap, how many runs, and the randomness."""
+
+    states: int = 1
+    mcode: int | None = None  # bytes per state; None: the profile's maxmcode
+    heap: int = DEFAULT_HEAP  # how far brk grows while the states compile
+    heap_timing: HeapTiming = HeapTiming.DURING
+    runs: int = 300
+    seed: int = 1
+    retries: int = DEFAULT_RETRIES  # requests again after an abort, per state
+    aslr: bool = True
+    prng: PrngModel | None = None  # None: the generation's own (see _DEFAULT_PRNG)
+    cores: int = DEFAULT_CORES  # glibc caps arenas at 8 x cores (malloc/arena.c)
+    syscall_seconds: float = DEFAULT_SYSCALL_SECONDS
+    # Independent hints (per-state streams, one-slot areas): draw the first hit from its
+    # geometric law instead of every miss. Same distribution; False replays every hint.
+    closed_form: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("states", "runs", "cores"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name} {getattr(self, name)}: at least 1")
+        if self.retries < 0:
+            raise UsageError(f"--retries {self.retries}: cannot be negative")
+        if self.heap < 0:
+            raise UsageError(f"--heap {self.heap}: a size cannot be negative")
+        if self.mcode is not None and self.mcode <= 0:
+            raise UsageError(f"--mcode {self.mcode}: a JIT state needs some code space")
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A per-run quantity over the runs: mean, 5th/50th/95th percentile, maximum."""
+
+    mean: float
+    p5: float
+    p50: float
+    p95: float
+    max: float
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """What ``runs`` replays of ``states`` states gave: the statistics issue 11 asks for,
+    with everything needed to reproduce them (kernel, seed, parameters)."""
+
+    profile: str
+    kernel: str
+    runs: int
+    seed: int
+    states: int
+    aslr: bool
+    retries: int
+    heap: int
+    heap_timing: HeapTiming
+    prng: PrngModel
+    p_abort: float  # share of runs with at least one trace abort
+    aborts: Spread  # aborts per run
+    states_aborted: float  # mean states per run that saw an abort
+    syscalls_per_area: float  # mean mmap + munmap calls per area handed out
+    warmup_seconds: float  # mean seconds per run spent in those calls
+    syscall_seconds: float  # the cost per call used
+    areas_placed: float  # mean areas handed out per run (flushed ones included)
+    far_areas: float  # mean areas per run outside the first range (2025)
+    safe_states: int | None  # largest N with p_abort < 1% (None: not searched)
+    notes: tuple[str, ...]
+
+
+def _generation(jit: JitWindow) -> Generation:
+    try:
+        return Generation(jit.profile.name)
+    except ValueError:
+        raise UsageError(f"the replay models LuaJIT's allocators, not {jit.profile.name!r}: "
+                         "use --jit luajit-2017|luajit-2.1|luajit-2025") from None
+
+
+def _jumprange(gen: Generation, kernel: KernelConfig) -> int:
+    """LJ_TARGET_JUMPRANGE (src/lj_arch.h); 68354f44 raised MIPS to 28."""
+    jr = kernel.arch.luajit_jumprange
+    if jr is None:
+        raise UsageError(f"LuaJIT has no JIT for {kernel.arch}: nothing to replay")
+    if gen is Generation.LJ2025 and kernel.arch.name.startswith("mips"):
+        return 28
+    return jr
+
+
+def kernel_label(kernel: KernelConfig) -> str:
+    """Which kernel a replay assumed, in words (its release when known, and its source)."""
+    rel = f"Linux {kernel.release}" if kernel.release else "Linux (current rules)"
+    return (f"{rel} {kernel.arch}, {kernel.source}: VA {kernel.va_bits} bits, "
+            f"mmap_min_addr {kernel.mmap_min_addr:#x}, brk randomised over "
+            f"{brk_range(kernel) >> 20} MiB")
+
+
+def _paint(taken: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+    """Mark columns ``[lo[r], hi[r])`` of every run ``r`` taken."""
+    cols = np.arange(taken.shape[1], dtype=np.int64)[None, :]
+    taken |= (cols >= lo[:, None]) & (cols < hi[:, None])
+
+
+def _cols(addr: Ints, base: Ints | int, up: bool) -> Ints:
+    """Window columns of addresses ``addr`` (rounded up or down to a slot)."""
+    rel: Ints = addr - base
+    return -(-rel // SLOT) if up else rel // SLOT
+
+
+def _setup(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
+           params: ReplayParams, states: int, lay: Layouts) -> Setup:
+    """The engine's input: every run's window occupancy in slot columns, and the rules."""
+    gen = _generation(jit)
+    jr = _jumprange(gen, kernel)
+    area = jit.profile.sizemcode
+    k = -(-area // SLOT)
+    mcode = params.mcode if params.mcode is not None else jit.profile.maxmcode
+    if mcode > jit.profile.maxmcode:
+        raise UsageError(f"--mcode {mcode}: above {jit.profile.name}'s maxmcode "
+                         f"({jit.profile.maxmcode} bytes): lj_mcode_limiterr would abort")
+    areas = -(-mcode // area)
+    run_bias = np.asarray(lay.bias, dtype=np.int64)
+    delta = run_bias - bias
+    shift = (delta // SLOT) * SLOT  # the window follows the anchor in 64 KiB steps
+    if gen is Generation.LJ2025:
+        base = jit.hint_lo + shift
+        n_w = (jit.hint_hi - 1 - jit.hint_lo) // SLOT
+    else:
+        rng = (1 << (jr - 1)) - (1 << 21)
+        base = jit.target - rng + shift
+        n_w = 2 * rng // SLOT
+    runs = params.runs
+    space = 1 << (jr - 16)
+    m_cols = states * areas + 2 * space if gen is Generation.LJ2025 else 0
+    # taken + free lists (bool, int32 x 2 per column) and held areas (int32 per area).
+    need = runs * (n_w + m_cols) * 9 + states * runs * areas * 4
+    if need > MEMORY_LIMIT:
+        raise UsageError(f"--runs {runs} with {states} states needs about {need >> 20} MiB "
+                         f"for this window: use fewer runs")
+    taken = np.zeros((runs, n_w), dtype=np.bool_)
+    zero = np.zeros(runs, dtype=np.int64)
+    # Outside user space: the kernel never honours such a hint (mm/mmap.c).
+    _paint(taken, zero - 1, _cols(zero + kernel.mmap_min_addr, base, up=True))
+    _paint(taken, _cols(zero + kernel.user_top, base, up=False), zero + n_w + 1)
+    for seg in image.loads:
+        if seg.memsz:
+            span = seg.page_span(PAGE)
+            _paint(taken, _cols(span.start + run_bias, base, False),
+                   _cols(span.end + run_bias, base, True))
+    fallback_top = None
+    if image.load_kind in (LoadKind.EXEC, LoadKind.PIE):
+        heap = np.asarray(lay.heap_start, dtype=np.int64)
+        heap_lo = np.clip(_cols(heap, base, False), 0, n_w)
+        heap_hi = np.clip(_cols(heap + params.heap, base, True), 0, n_w)
+    else:
+        # The image is at the top of the mmap area (fs/binfmt_elf.c for a static PIE; the
+        # loader's first mmap for a library): above it the gap below the stack, free for
+        # hinted mappings; thread stacks and arenas go below it as the threads start.
+        # Libraries mapped before it (above) are not modelled.
+        heap_lo = heap_hi = zero
+        start = min(seg.vaddr for seg in image.loads)
+        img_lo = align_down(start, PAGE) + run_bias
+        below = img_lo - _thread_bytes(states, params.cores)
+        _paint(taken, _cols(below, base, False), _cols(img_lo, base, True))
+        top = int(np.clip(_cols(below, base, False), 0, n_w)[0])
+        fallback_top = top or None  # None: the threads' mappings reach below the window
+    prng = params.prng or _DEFAULT_PRNG[gen]
+    # mcode_alloc's loop: JR iterations; 32 before 2017-03-08 (facts.md §2).
+    iterations = 32 if gen is Generation.LJ2017 else jr
+    table = None
+    if prng is PrngModel.LCG_ZERO_SEED and gen is not Generation.LJ2025:
+        # At most `iterations` draws per request, (retries + 1) * areas requests.
+        table = lcg_columns(gen, jr, k, (params.retries + 1) * areas * iterations + 1)
+    rng = (1 << (jr - 1)) - (1 << 21)
+    return Setup(
+        generation=gen, prng=prng, runs=runs, states=states, areas=areas, k=k,
+        retries=params.retries, seed=params.seed, heap_timing=params.heap_timing, taken=taken,
+        heap_lo=heap_lo, heap_hi=heap_hi, closed_form=params.closed_form, iterations=iterations,
+        draw_lo=rng // 2 // SLOT if gen is Generation.LJ2017 else 0,
+        draw_n=(rng if gen is Generation.LJ2017 else 2 * rng) // SLOT - k,
+        accept_lo=1, accept_hi=n_w - 1, lcg_table=table, jr=jr,
+        m_cols=m_cols, m_top=states * areas + space,
+        fallback_top=fallback_top)
+
+
+def _thread_bytes(states: int, cores: int) -> int:
+    """Stacks of ``states`` threads and the arenas they create, packed (glibc arena.c:
+    arena_get2 creates arenas up to NARENAS_FROM_NCORES(cores) = 8 x cores, the main
+    arena among them)."""
+    arenas = min(states, 8 * cores - 1)
+    return states * THREAD_STACK + arenas * ARENA
+
+
+def simulate(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
+             params: ReplayParams, states: int | None = None) -> Outcome:
+    """Run the replay once for ``states`` (default ``params.states``); raw per-run totals."""
+    n = params.states if states is None else states
+    lay = draw(image, kernel, bias, runs=params.runs, seed=params.seed,
+               randomize=params.aslr)
+    return Engine(_setup(image, kernel, jit, bias, params, n, lay)).run()
+
+
+def _p_abort(outcome: Outcome) -> float:
+    return float((outcome.aborts.sum(axis=1) > 0).mean())
+
+
+def safe_states(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
+                params: ReplayParams, *, limit: int = 4096) -> int:
+    """Largest N <= ``limit`` with p_abort < 1%, by search on the same seeded runs.
+
+    Every N replays the same ``runs`` layouts and the same per-state random streams
+    (common random numbers), so p_abort is compared across N on one sample. It need not
+    be monotone for small N (with one state the heap grows unhindered; many states'
+    areas stop brk early), so the search doubles N up to ``limit`` (stopping once every
+    run aborts), takes the largest doubling point under 1% and bisects up to the next.
+    0 when no N is under 1%.
+    """
+    def p_abort(n: int) -> float:
+        return _p_abort(simulate(image, kernel, jit, bias, params, n))
+
+    good, bad, n = 0, limit + 1, 1
+    while n <= limit:
+        p = p_abort(n)
+        if p < ABORT_LIMIT:
+            good, bad = n, limit + 1
+        elif good and bad > limit:
+            bad = n
+        if p >= 1.0:
+            break
+        n *= 2
+    if not good:
+        return 0
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if p_abort(mid) < ABORT_LIMIT:
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+def _spread(values: np.ndarray) -> Spread:
+    p5, p50, p95 = np.percentile(values, [5, 50, 95])
+    return Spread(float(values.mean()), float(p5), float(p50), float(p95),
+                  float(values.max()))
+
+
+def replay(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
+           params: ReplayParams, *, search: bool = True) -> ReplayResult:
+    """Replay ``params.states`` states ``params.runs`` times; statistics over the runs.
+
+    ``bias`` is the image's ASLR-off load bias and ``jit`` its window at that bias (as
+    ``inspect`` computes them). With ``search`` the largest safe N is searched too.
+    """
+    gen = _generation(jit)
+    out = simulate(image, kernel, jit, bias, params)
+    aborts = out.aborts.sum(axis=1)
+    per_area = out.syscalls / np.maximum(out.placed, 1)
+    notes = []
+    prng = params.prng or _DEFAULT_PRNG[gen]
+    if gen is Generation.LJ2017:
+        notes.append("luajit-2017: no real binary checks this model here (LuaJIT before "
+                     "2017-03-08; its hints are replayed from the source alone)")
+    if params.retries == DEFAULT_RETRIES:
+        notes.append(f"each state asks again {DEFAULT_RETRIES} times after an abort "
+                     "(default, not yet calibrated against a real workload)")
+    notes.append(f"syscall cost {params.syscall_seconds * 1e6:.1f} us per mmap/munmap "
+                 "(uncontended x86-64 host measurement)")
+    return ReplayResult(
+        profile=jit.profile.name, kernel=kernel_label(kernel),
+        runs=params.runs, seed=params.seed, states=params.states, aslr=params.aslr,
+        retries=params.retries, heap=params.heap, heap_timing=params.heap_timing, prng=prng,
+        p_abort=_p_abort(out), aborts=_spread(aborts),
+        states_aborted=float((out.aborts > 0).sum(axis=1).mean()),
+        syscalls_per_area=float(per_area.mean()),
+        warmup_seconds=float((out.syscalls * params.syscall_seconds).mean()),
+        syscall_seconds=params.syscall_seconds, areas_placed=float(out.placed.mean()),
+        far_areas=float(out.far.mean()),
+        safe_states=safe_states(image, kernel, jit, bias, params) if search else None,
+        notes=tuple(notes))
