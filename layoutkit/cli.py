@@ -6,6 +6,7 @@ The only module that imports click.
 from __future__ import annotations
 
 import functools
+import io
 import os
 import sys
 import tempfile
@@ -17,6 +18,7 @@ import click
 from layoutkit.advice.advise import advise as advise_layout
 from layoutkit.advice.advise import check_move
 from layoutkit.advice.linkers import LINKERS
+from layoutkit.boundary import internal
 from layoutkit.commands.inspect import inspect_binary
 from layoutkit.commands.maps import analyse_maps
 from layoutkit.commands.samples import default_binary
@@ -26,6 +28,7 @@ from layoutkit.core.units import parse_address, parse_size
 from layoutkit.errors import (
     EXIT_FINDINGS,
     EXIT_INPUT,
+    EXIT_INTERNAL,
     EXIT_PROBE,
     EXIT_USAGE,
     LayoutkitError,
@@ -50,7 +53,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_CODES = f"""Exit codes: 0 ok; {EXIT_FINDINGS} a check failed or no advice is possible;
 {EXIT_USAGE} usage error; {EXIT_INPUT} an input could not be analysed; {EXIT_PROBE} the
-native probe is unavailable or failed."""
+native probe is unavailable or failed; {EXIT_INTERNAL} internal error (a bug in layoutkit:
+please report it; --debug shows the traceback)."""
 
 
 def output_options(func: F) -> F:
@@ -123,13 +127,15 @@ def _emit(lines: Iterable[str]) -> None:
 
 
 def _handled(func: F) -> F:
-    """Turn :class:`LayoutkitError` into one line on stderr and its exit code."""
+    """Turn :class:`LayoutkitError` into one line on stderr and its exit code; anything
+    else is a bug in layoutkit (the internal boundary): one line, exit 5."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         ctx = click.get_current_context()
         try:
-            return func(*args, **kwargs)
+            with internal(f"layoutkit {ctx.info_name}"):
+                return func(*args, **kwargs)
         except LayoutkitError as err:
             if ctx.find_root().params.get("debug"):
                 raise
@@ -304,7 +310,9 @@ def ranges(arch_names: tuple[str, ...], fmt: str) -> None:
 
 CHECK_EXIT_CODES = f"""Exit codes: 0 ok, every JIT-hosting binary passes; {EXIT_FINDINGS} at
 least one fails; {EXIT_USAGE} usage error (an unknown config key too); {EXIT_INPUT} an input
-could not be analysed and nothing failed (the others are still checked and reported)."""
+could not be analysed (the others are still checked and reported); {EXIT_INTERNAL} internal
+error on some path (a bug in layoutkit: please report it). {EXIT_INTERNAL} outranks
+{EXIT_INPUT}, which outranks {EXIT_FINDINGS}."""
 
 
 def _config_size(value: object) -> int | None:
@@ -548,11 +556,50 @@ def verify_command(binary: str, arch_name: str | None, runner: str, runs: int,
         sys.exit(result.exit_code)
 
 
-def main(argv: list[str] | None = None) -> None:
+class _PipeWriter(io.RawIOBase):
+    """A file descriptor for output; once its reader has gone (EPIPE, e.g. piped into
+    `head`), the rest of the output is dropped, so the command ends quietly with the exit
+    code of its work rather than an error of its own."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self.gone = False
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return os.isatty(self._fd)
+
+    def write(self, data: Any) -> int:
+        size = len(memoryview(data).cast("B"))
+        if self.gone:
+            return size
+        try:
+            return os.write(self._fd, data)
+        except BrokenPipeError:
+            self.gone = True
+            return size
+
+
+def _quiet_output(stream: Any) -> Any:
+    """``stream`` (stdout) rebuilt over a :class:`_PipeWriter`; undecodable bytes and
+    characters the locale cannot encode are written as backslash escapes."""
     try:
-        cli.main(args=argv, prog_name="layoutkit")
-    except BrokenPipeError:
-        # Output piped into `head`: stop quietly (as pyelftools' readelf does).
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        sys.exit(EXIT_FINDINGS)
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return stream  # not a real file (a test harness): leave it
+    stream.flush()
+    return io.TextIOWrapper(io.BufferedWriter(_PipeWriter(fd)), encoding=stream.encoding,
+                            errors="backslashreplace", line_buffering=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.stdout = _quiet_output(sys.stdout)
+    if isinstance(sys.stderr, io.TextIOWrapper):
+        sys.stderr.reconfigure(errors="backslashreplace")
+    cli.main(args=argv, prog_name="layoutkit")

@@ -13,15 +13,17 @@ import os
 import struct
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from elftools.common.exceptions import ELFError as _PyElfError
 from elftools.common.utils import struct_parse
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
+from layoutkit.boundary import reading
 from layoutkit.core import arches
 from layoutkit.core.model import ElfImage, LoadKind, Perm, Section, Segment, Symbol
+from layoutkit.core.text import shown
 from layoutkit.errors import ElfError, InputError
 from layoutkit.read import bulk
 
@@ -39,6 +41,15 @@ _MAX_ALIGN = 1 << 30  # real images use 4 KiB to 64 KiB (2 MiB for huge-page bui
 
 # Header sizes by ELF class (System V gABI): e_ehsize, e_phentsize, e_shentsize, sym size.
 _SIZES = {32: (52, 32, 40, 16), 64: (64, 56, 64, 24)}
+# No kernel has user space above 2^57 (x86-64 LA57; arm64 52-bit; riscv Sv57).
+_USER_LIMIT_BITS = 57
+# What the kernel says when a read fails, in the input's terms (never errno text).
+_READ_FAULTS = {
+    errno.EIO: "the kernel reports an I/O error reading it (a special file such as "
+               "/proc/PID/mem, or a failing disk)",
+    errno.EINVAL: "the kernel refuses to read it as a file (a special /proc or /sys file)",
+    errno.EISDIR: "it is a directory",
+}
 
 # Magic numbers of formats people feed to ELF tools by mistake.
 _OTHER_FORMATS = (
@@ -102,14 +113,17 @@ class ElfReader:
         self.path = os.fspath(path)
         self._stream = open_binary(self.path)
         try:
-            self._size = os.fstat(self._stream.fileno()).st_size
-            why = _identify(self._stream.read(8))
-            if why:
-                raise ElfError(why, path=self.path)
-            self._stream.seek(0)
-            self._elf = self._guard(lambda: ELFFile(self._stream))
-            self._check_header()
-            self._image = self._guard(self._build)
+            with reading("ELF file", self.path):
+                self._size = os.fstat(self._stream.fileno()).st_size
+                head = self._first_bytes()
+                why = _identify(head)
+                if why:
+                    raise ElfError(why, path=self.path)
+                self._check_ident(head)
+                self._stream.seek(0)
+                self._elf = self._guard("ELF header", lambda: ELFFile(self._stream))
+                self._guard("ELF header", self._check_header)
+                self._image = self._guard("headers", self._build)
         except BaseException:
             self._stream.close()
             raise
@@ -130,8 +144,9 @@ class ElfReader:
     def _fail(self, message: str) -> ElfError:
         return ElfError(message, path=self.path)
 
-    def _guard(self, build: Callable[[], T]) -> T:
-        """Run ``build`` and turn every parser failure into :class:`ElfError`."""
+    def _guard(self, what: str, build: Callable[[], T]) -> T:
+        """Run ``build`` and turn every parser failure into :class:`ElfError` naming
+        ``what`` was being read (the parser's own words are kept as the cause only)."""
         try:
             return build()
         except ElfError:
@@ -139,19 +154,40 @@ class ElfReader:
         except MemoryError:
             raise self._fail("damaged ELF: a size field is absurd") from None
         except _PARSE_ERRORS as e:
-            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise self._fail(f"damaged ELF: {detail}") from e
+            raise self._fail(f"damaged ELF: the {what} cannot be parsed "
+                             f"(a field points outside the file or holds an impossible "
+                             f"value)") from e
+
+    def _first_bytes(self) -> bytes:
+        """The identification bytes (e_ident); a read the kernel refuses is bad input."""
+        try:
+            return self._stream.read(16)
+        except OSError as e:
+            why = _READ_FAULTS.get(e.errno or 0, "the kernel refuses to read it")
+            raise self._fail(f"cannot read the file: {why}") from None
+
+    def _check_ident(self, head: bytes) -> None:
+        """EI_CLASS and EI_DATA (System V gABI, "ELF Identification")."""
+        if len(head) < 6:
+            raise self._fail(f"truncated: {self._size} bytes, shorter than the ELF header")
+        if head[4] not in (1, 2):
+            raise self._fail(f"EI_CLASS is {head[4]:#04x}: not 1 (ELFCLASS32) or "
+                             "2 (ELFCLASS64)")
+        if head[5] not in (1, 2):
+            raise self._fail(f"EI_DATA is {head[5]:#04x}: not 1 (little-endian) or "
+                             "2 (big-endian)")
 
     def _check_range(self, what: str, offset: int, size: int) -> None:
         if offset < 0 or size < 0 or offset + size > self._size:
             raise self._fail(
-                f"{what} [{offset:#x}, {offset + size:#x}) lies outside the file "
+                f"{shown(what)} [{offset:#x}, {offset + size:#x}) lies outside the file "
                 f"({self._size} bytes)"
             )
 
     def _read(self, what: str, offset: int, size: int, cap: int) -> bytes:
         if size > cap:
-            raise self._fail(f"{what} is {size} bytes, more than the {cap} a sane ELF has")
+            raise self._fail(f"{shown(what)} is {size} bytes, more than the {cap} a sane "
+                             "ELF has")
         self._check_range(what, offset, size)
         self._stream.seek(offset)
         return self._stream.read(size)
@@ -166,12 +202,15 @@ class ElfReader:
             raise self._fail(f"truncated: {self._size} bytes, shorter than the ELF header")
         if hdr["e_phnum"]:
             if hdr["e_phentsize"] != phentsize:
-                raise self._fail(f"e_phentsize is {hdr['e_phentsize']}, not {phentsize}")
+                raise self._fail(f"e_phentsize is {hdr['e_phentsize']}, not {phentsize} "
+                                 f"(the size of an ELF{bits} program header)")
             self._check_range("program header table", hdr["e_phoff"], hdr["e_phnum"] * phentsize)
+        if hdr["e_shoff"] and hdr["e_shentsize"] != shentsize:
+            # Checked before the count: e_shnum 0 means "read the count from section 0".
+            raise self._fail(f"e_shentsize is {hdr['e_shentsize']}, not {shentsize} "
+                             f"(the size of an ELF{bits} section header)")
         shnum = self._section_count()
         if shnum:
-            if hdr["e_shentsize"] != shentsize:
-                raise self._fail(f"e_shentsize is {hdr['e_shentsize']}, not {shentsize}")
             self._check_range("section header table", hdr["e_shoff"], shnum * shentsize)
             if self._elf["e_shstrndx"] != 0 and self._elf.get_shstrndx() >= shnum:
                 raise self._fail("e_shstrndx points past the section header table")
@@ -183,7 +222,7 @@ class ElfReader:
         # e_shnum == 0 with a table present means "count in section 0's sh_size".
         _, _, shentsize, _ = _SIZES[self._elf.elfclass]
         self._check_range("section header table", hdr["e_shoff"], shentsize)
-        count: int = self._elf.num_sections()
+        count: int = self._guard("section header table", self._elf.num_sections)
         return count
 
     # -- building the image --------------------------------------------------------------
@@ -239,8 +278,7 @@ class ElfReader:
         return int.from_bytes(raw, "little" if self._elf.little_endian else "big")
 
     def _segments(self) -> Iterator[Segment]:
-        # No kernel has user space above 2^57 (x86-64 LA57; arm64 52-bit; riscv Sv57).
-        limit = 1 << min(self._elf.elfclass, 57)
+        limit = 1 << min(self._elf.elfclass, _USER_LIMIT_BITS)
         for index in range(self._elf.num_segments()):
             header = self._elf._get_segment_header(index)
             ptype = header["p_type"]
@@ -259,7 +297,7 @@ class ElfReader:
                 if segment.vaddr + segment.memsz > limit:
                     raise self._fail(
                         f"PT_LOAD #{index} at {segment.vaddr:#x} of {segment.memsz:#x} bytes "
-                        f"runs past any user address space")
+                        f"runs past any user address space (2^{min(self._elf.elfclass, 57)})")
                 if segment.filesz > segment.memsz:
                     raise self._fail(f"PT_LOAD #{index} has p_filesz > p_memsz")
                 if segment.align > _MAX_ALIGN:
@@ -268,10 +306,11 @@ class ElfReader:
             yield segment
 
     def _sections(self) -> Iterator[Section]:
+        limit = 1 << min(self._elf.elfclass, _USER_LIMIT_BITS)
         for index in range(self._section_count()):
             header = self._elf._get_section_header(index)
             stype = header["sh_type"]
-            yield Section(
+            section = Section(
                 name=self._elf._get_section_name(header) if index else "",
                 type=stype if isinstance(stype, str) else f"{stype:#x}",
                 addr=header["sh_addr"],
@@ -279,6 +318,12 @@ class ElfReader:
                 size=header["sh_size"],
                 flags=header["sh_flags"],
             )
+            if section.alloc and section.addr + section.size > limit:
+                raise self._fail(
+                    f"section #{index} {shown(section.name, 60)} (SHF_ALLOC) at "
+                    f"{section.addr:#x} of {section.size:#x} bytes runs past any user "
+                    f"address space (2^{min(self._elf.elfclass, _USER_LIMIT_BITS)})")
+            yield section
 
     def _interpreter(self, segments: tuple[Segment, ...]) -> str | None:
         for seg in segments:
@@ -356,7 +401,8 @@ class ElfReader:
 
     def symbols(self, name: str) -> list[Symbol]:
         """Every entry called ``name`` in ``.symtab`` and ``.dynsym`` (LOCAL and HIDDEN too)."""
-        return self._guard(lambda: list(self._lookup(name)))
+        with reading("ELF file", self.path):
+            return self._guard("symbol tables", lambda: list(self._lookup(name)))
 
     def symbol(self, name: str) -> Symbol | None:
         """The defined symbol ``name`` (``.symtab`` preferred), or None."""
@@ -383,10 +429,12 @@ class ElfReader:
             assert isinstance(section, SymbolTableSection)
             link = section["sh_link"]
             if not 0 < link < len(self._image.sections):
-                raise self._fail(f"{table.name} links to no string table")
+                raise self._fail(f"{table.name} sh_link is {link}: no section of the "
+                                 f"{len(self._image.sections)} is its string table")
             strtab = self._image.sections[link]
             if section["sh_entsize"] != sym_size:
-                raise self._fail(f"{table.name} entry size is {section['sh_entsize']}")
+                raise self._fail(f"{table.name} sh_entsize is {section['sh_entsize']}, not "
+                                 f"{sym_size} (the size of an ELF{self._elf.elfclass} symbol)")
             self._check_range(table.name, table.offset, table.size)
             self._check_range(strtab.name or "string table", strtab.offset, strtab.size)
             offsets = bulk.find_all(self._stream, strtab.offset, strtab.size, needle)
@@ -395,6 +443,7 @@ class ElfReader:
             for hit in hits:
                 entry = section.get_symbol(hit).entry
                 shndx = entry["st_shndx"]
+                self._check_symbol(name, table.name, entry)
                 yield Symbol(
                     name=name,
                     value=entry["st_value"],
@@ -405,6 +454,20 @@ class ElfReader:
                     shndx=_SPECIAL_SHNDX.get(shndx, 0xFFFF) if isinstance(shndx, str) else shndx,
                     table=".symtab" if table.type == "SHT_SYMTAB" else ".dynsym",
                 )
+
+
+    def _check_symbol(self, name: str, table: str, entry: Any) -> None:
+        """A defined symbol (not absolute, not TLS) lies in the loaded image or at its end."""
+        if entry["st_shndx"] in ("SHN_UNDEF", "SHN_ABS", "SHN_COMMON") or \
+                entry["st_info"]["type"] == "STT_TLS":
+            return
+        value: int = entry["st_value"]
+        loads = self._image.loads
+        lo = min(seg.vaddr for seg in loads)
+        hi = max(seg.vaddr + seg.memsz for seg in loads)
+        if not lo <= value <= hi:
+            raise self._fail(f"symbol {shown(name, 60)} in {table}: st_value {value:#x} lies "
+                             f"outside the loaded image [{lo:#x}, {hi:#x})")
 
 
 def _find_build_id(data: bytes, little_endian: bool) -> str | None:
