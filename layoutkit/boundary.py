@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from layoutkit.errors import InputError, InternalError, LayoutkitError, UnforeseenInputError
 
 REPORT_HINT = "please report it with the command line (--debug shows the traceback)"
+UNFORESEEN = "is damaged in a way layoutkit does not recognise"
 
 
 def _where(error: BaseException) -> str:
@@ -48,7 +49,7 @@ def reading(what: str, path: str | None) -> Iterator[None]:
         raise InputError(f"{what} nests too deeply to be read", path=path) from e
     except Exception as e:  # the one input boundary (see the module docstring)
         raise UnforeseenInputError(
-            f"{what} is damaged in a way layoutkit does not recognise (reader stopped at "
+            f"{what} {UNFORESEEN} (reader stopped at "
             f"{_where(e)}); please report it with the file", path=path) from e
 
 

@@ -244,14 +244,21 @@ def _from_jit_code(maps: ProcessMaps, code: Span, readable: list[tuple[str, ElfR
 
 def _occupants(maps: ProcessMaps, jit: list[Span], ignored: list[Mapping],
                heap: int) -> list[Occupant]:
+    """Every mapping as an occupant, JIT code as the merged ``jit`` spans (sorted and
+    disjoint, from :func:`_jit_areas`): one pass over the mappings, which come sorted
+    too, with a cursor into ``jit``, so time is linear in the listing."""
     occupants = [Occupant("jit", s) for s in jit]
-    jit_set = set(jit)
+    ignored_ids = {id(m) for m in ignored}
+    cursor = 0
     for m in maps.mappings:
-        if m.kind is MappingKind.ANONYMOUS and Perm.X in m.perms and (
-                any(s.contains(m.span) for s in jit_set) or m in ignored):
-            if m in ignored:
+        if m.kind is MappingKind.ANONYMOUS and Perm.X in m.perms:
+            if id(m) in ignored_ids:
                 occupants.append(Occupant("anonymous", m.span, m.path))
-            continue
+                continue
+            while cursor < len(jit) and jit[cursor].end <= m.start:
+                cursor += 1
+            if cursor < len(jit) and jit[cursor].contains(m.span):
+                continue
         kind = "image" if m.kind is MappingKind.EXECUTABLE else m.kind.value
         occupants.append(Occupant(kind, m.span, m.path))
         if m.kind is MappingKind.STACK and m.start >= STACK_GUARD_GAP:

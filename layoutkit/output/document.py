@@ -15,6 +15,7 @@ from layoutkit.commands.inspect import Inspection, ReachWindow
 from layoutkit.commands.maps import MapsAnalysis
 from layoutkit.core.model import ElfImage, Segment
 from layoutkit.core.spans import Span
+from layoutkit.core.text import json_safe
 from layoutkit.ranges import BranchForm
 from layoutkit.read.refs import Bound
 from layoutkit.window.accounting import Accounting
@@ -32,7 +33,21 @@ def document(command: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def dumps(doc: dict[str, Any]) -> str:
-    return json.dumps(doc, indent=2)
+    """The document as indented JSON, valid for strict parsers whatever bytes a path
+    holds (:func:`layoutkit.core.text.json_safe`). An object or list that holds no
+    container is written on one line by the C encoder (a maps listing's 65,530
+    occupants are 65,530 lines, in a fraction of a second)."""
+    return _dump(json_safe(doc), "")
+
+
+def _dump(value: object, pad: str) -> str:
+    inner = pad + "  "
+    if isinstance(value, dict) and any(isinstance(v, (dict, list)) for v in value.values()):
+        items = (f"{inner}{json.dumps(k)}: {_dump(v, inner)}" for k, v in value.items())
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+        return "[\n" + ",\n".join(inner + _dump(v, inner) for v in value) + "\n" + pad + "]"
+    return json.dumps(value)
 
 
 def span_json(span: Span | None) -> dict[str, Any] | None:

@@ -25,6 +25,7 @@ from typing import BinaryIO
 from layoutkit.boundary import reading
 from layoutkit.core.arches import Arch
 from layoutkit.core.model import Section
+from layoutkit.core.text import shown
 from layoutkit.elf import ElfReader
 from layoutkit.errors import ElfError, InternalError
 from layoutkit.ranges import form_by_name, forms
@@ -136,8 +137,13 @@ def scan(reader: ElfReader) -> list[PairRefs]:
     with reading("ELF file", image.path), open(reader.path, "rb") as stream:
         for section in code:
             if section.offset + section.size > image.file_size:
-                raise ElfError(f"{section.name} lies outside the file", path=image.path)
+                raise ElfError(f"{shown(section.name, 60)} [{section.offset:#x}, "
+                               f"{section.offset + section.size:#x}) lies outside the file "
+                               f"({image.file_size} bytes)", path=image.path)
             if image.arch.name == "aarch64":
+                if section.addr + section.size > bulk.A64_USER_TOP:
+                    raise ElfError(f"{shown(section.name, 60)} at {section.addr:#x} lies above "
+                                   "any AArch64 user address space (2^52)", path=image.path)
                 _scan_a64(stream, section, index, collector, image.arch)
             elif image.arch.name in ("x86_64", "i386"):
                 _scan_x86(stream, section, index, collector, image.arch)
@@ -255,7 +261,8 @@ def _scan_capstone(stream: BinaryIO, section: Section, index: _Index, out: _Coll
         chunk = stream.read(min(_DECODE_CHUNK, section.size - pos))
         last_end = 0
         for insn in decode(arch, chunk, section.addr + pos):
-            last_end = insn.address + insn.size - section.addr - pos
+            # Modulo the address size: capstone wraps an address past the top.
+            last_end = (insn.address + insn.size - section.addr - pos) & ((1 << arch.bits) - 1)
             if insn.target is None:
                 continue
             dst = index.find(insn.target)
