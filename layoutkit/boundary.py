@@ -15,6 +15,8 @@ boundary is a safety net, never the way an input is refused.
 
 from __future__ import annotations
 
+import os
+import sysconfig
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,13 +28,19 @@ UNFORESEEN = "is damaged in a way layoutkit does not recognise"
 
 
 def _where(error: BaseException) -> str:
-    """``module.py:LINE`` of the innermost layoutkit frame the error passed through."""
+    """``file.py:LINE`` of the innermost frame outside Python's own library and the
+    installed third-party packages (unless layoutkit itself is installed there)."""
     frames = traceback.extract_tb(error.__traceback__)
-    ours = [f for f in frames if "layoutkit" in f.filename.replace("\\", "/").split("/")]
-    if not (ours or frames):
+    if not frames:
         return "an unknown place"
+    package = os.path.dirname(os.path.abspath(__file__))
+    library = tuple(os.path.abspath(p) for p in {sysconfig.get_path("stdlib"),
+                                                  sysconfig.get_path("purelib"),
+                                                  sysconfig.get_path("platlib")} if p)
+    ours = [f for f in frames if os.path.abspath(f.filename).startswith(package)
+            or not os.path.abspath(f.filename).startswith(library)]
     frame = (ours or frames)[-1]
-    return f"{frame.filename.replace(chr(92), '/').rsplit('/', 1)[-1]}:{frame.lineno}"
+    return f"{os.path.basename(frame.filename)}:{frame.lineno}"
 
 
 @contextmanager

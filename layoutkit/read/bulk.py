@@ -99,7 +99,7 @@ def a64_pcrel(stream: BinaryIO, offset: int, size: int, vaddr: int,
     Addresses are int64: the code must lie in an AArch64 user address space (below
     2^52, the widest VA_BITS), so that no address or target overflows.
     """
-    if not (0 <= vaddr and vaddr + size <= A64_USER_TOP):
+    if vaddr < 0 or vaddr + size > A64_USER_TOP:
         raise ValueError(f"A64 code [{vaddr:#x}, {vaddr + size:#x}) lies outside any "
                          f"AArch64 user address space (2^52)")
     out: list[tuple[np.ndarray, np.ndarray, int]] = []

@@ -17,7 +17,7 @@ from layoutkit.elf import ElfReader
 from layoutkit.errors import ElfError
 from layoutkit.read import bulk, stubs
 from layoutkit.read.decode import decode, supported, x86_pcrel
-from tests.fuzz.harness import FIXTURES, Crash, check
+from tests.fuzz.harness import FIXTURES, CrashError, check
 
 NAME = "decode"
 MAX_CODE = 1 << 10  # bytes decoded per execution (seeds: the start of .text)
@@ -57,17 +57,17 @@ def exercise(data: bytes) -> None:
     code = data[9:9 + MAX_CODE]
     decoded = list(decode(arch, code, address, thumb=thumb))
     if any(d.size <= 0 or not 0 <= d.address < 1 << 64 for d in decoded):
-        raise Crash(f"{arch}: an instruction of no size or at no address: {decoded[0]}")
+        raise CrashError(f"{arch}: an instruction of no size or at no address: {decoded[0]}")
     if arch.name in ("x86_64", "i386"):
-        found, end = x86_pcrel(code, address, bits=arch.bits)
+        _found, end = x86_pcrel(code, address, bits=arch.bits)
         if not 0 <= end <= len(code):
-            raise Crash(f"x86_pcrel decoded {end} of {len(code)} bytes")
+            raise CrashError(f"x86_pcrel decoded {end} of {len(code)} bytes")
     if arch.name == "aarch64":
         size = len(code) - len(code) % 4
         base = address % ((1 << A64_VA_BITS) - MAX_CODE)
         for pcs, targets, _form in bulk.a64_pcrel(io.BytesIO(code), 0, size, base):
             if len(pcs) != len(targets):
-                raise Crash("a64_pcrel: pcs and targets differ in length")
+                raise CrashError("a64_pcrel: pcs and targets differ in length")
     if stubs.supported(arch):
         stubs.recover(arch, [(address, code)], Span(address, address + max(1, len(code))))
 

@@ -2,7 +2,8 @@
 
 One input is one file: :class:`~layoutkit.elf.ElfReader` (headers, sections, notes,
 dynamic table, symbol look-ups), :func:`~layoutkit.commands.inspect.inspect_binary`
-and its text and JSON renderings (the reference scan is the decoders harness's). Seeds: every fixture ELF up to :data:`MAX_SEED` bytes.
+and its text and JSON renderings (the reference scan is the decoders harness's).
+Seeds: every fixture ELF up to :data:`MAX_SEED` bytes.
 """
 
 from __future__ import annotations

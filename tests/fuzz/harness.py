@@ -34,7 +34,7 @@ REGRESSIONS = Path(__file__).resolve().parent / "regressions"
 SCRATCH = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
 
 
-class Crash(Exception):
+class CrashError(Exception):
     """An input made a reader fail in a way the rule forbids."""
 
 
@@ -43,19 +43,20 @@ def check(run: Callable[[], object]) -> None:
     try:
         run()
     except (UnforeseenInputError, InternalError) as err:
-        raise Crash(f"{type(err).__name__}: {err.message}") from err
+        raise CrashError(f"{type(err).__name__}: {err.message}") from err
     except LayoutkitError:
         return
 
 
 def signature(error: BaseException) -> str:
     """One line naming a crash by its exception and innermost layoutkit frame."""
-    cause = error.__cause__ if isinstance(error, Crash) and error.__cause__ else error
+    cause = error.__cause__ if isinstance(error, CrashError) and error.__cause__ else error
     inner = cause.__cause__ or cause
     frames = traceback.extract_tb(inner.__traceback__)
     ours = [f for f in frames if "/layoutkit/" in f.filename] or frames
     where = f"{Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else "?"
-    return f"{type(inner).__name__} at {where}: {str(inner).splitlines()[0][:160] if str(inner) else ''}"
+    first = str(inner).splitlines()[0][:160] if str(inner) else ""
+    return f"{type(inner).__name__} at {where}: {first}"
 
 
 def scratch_file(name: str) -> Path:
