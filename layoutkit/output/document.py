@@ -40,14 +40,19 @@ def dumps(doc: dict[str, Any]) -> str:
     return _dump(json_safe(doc), "")
 
 
+def _is_leaf(value: dict[str, Any] | list[Any]) -> bool:
+    items = value.values() if isinstance(value, dict) else value
+    return not any(type(v) in (dict, list) for v in items)
+
+
 def _dump(value: object, pad: str) -> str:
+    if not isinstance(value, (dict, list)) or _is_leaf(value):
+        return json.dumps(value)
     inner = pad + "  "
-    if isinstance(value, dict) and any(isinstance(v, (dict, list)) for v in value.values()):
+    if isinstance(value, dict):
         items = (f"{inner}{json.dumps(k)}: {_dump(v, inner)}" for k, v in value.items())
         return "{\n" + ",\n".join(items) + "\n" + pad + "}"
-    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
-        return "[\n" + ",\n".join(inner + _dump(v, inner) for v in value) + "\n" + pad + "]"
-    return json.dumps(value)
+    return "[\n" + ",\n".join(inner + _dump(v, inner) for v in value) + "\n" + pad + "]"
 
 
 def span_json(span: Span | None) -> dict[str, Any] | None:
