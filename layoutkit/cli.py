@@ -1,29 +1,23 @@
-"""The command line: parse arguments, call the library, hand the result to a renderer.
+"""The command line: build the scenario, call one use case, hand the result to output/.
 
-The only module that imports click.
+The only module that imports click. Heavy modules (pyelftools, capstone, numpy,
+networkx) are imported inside the command that needs them, so ``layoutkit --help``
+and every command start lean.
 """
 
 from __future__ import annotations
 
 import functools
-import io
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import click
 
-from layoutkit.advice.advise import advise as advise_layout
-from layoutkit.advice.advise import check_move
-from layoutkit.advice.linkers import LINKERS
 from layoutkit.boundary import internal
-from layoutkit.commands.inspect import inspect_binary
-from layoutkit.commands.maps import analyse_maps
-from layoutkit.commands.samples import default_binary
+from layoutkit.config import SCENARIO_KEYS, scenario_from
 from layoutkit.core import arches
-from layoutkit.core.spans import Span
 from layoutkit.core.units import parse_address, parse_size
 from layoutkit.errors import (
     EXIT_FINDINGS,
@@ -34,22 +28,14 @@ from layoutkit.errors import (
     LayoutkitError,
     UsageError,
 )
-from layoutkit.output import document as report
-from layoutkit.output import picture
-from layoutkit.output.text import (
-    advice_lines,
-    forms_lines,
-    inspection_lines,
-    maps_lines,
-    move_lines,
-)
-from layoutkit.ranges import REACH, forms
-from layoutkit.read.maps import read_maps_file, read_process_maps
-from layoutkit.window.accounting import Accounting
-from layoutkit.window.layout import DEFAULT_HEAP
-from layoutkit.window.profiles import PROFILES
+from layoutkit.output import console
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Kept in step with window/profiles.py PROFILES by tests/test_cli.py (importing the
+# profiles here would load the whole window model for `layoutkit --help`).
+PROFILE_NAMES = ("generic", "luajit-2017", "luajit-2.1", "luajit-2025")
+LINKER_NAMES = ("bfd", "gold", "lld", "mold")
 
 EXIT_CODES = f"""Exit codes: 0 ok; {EXIT_FINDINGS} a check failed or no advice is possible;
 {EXIT_USAGE} usage error; {EXIT_INPUT} an input could not be analysed; {EXIT_PROBE} the
@@ -65,65 +51,74 @@ def output_options(func: F) -> F:
     )(func)
 
 
-def kernel_options(func: F) -> F:
-    """The kernel configuration a layout is judged under."""
-    func = click.option(
-        "--mmap-min-addr", "mmap_min_addr", metavar="ADDR", default=None,
-        help="vm.mmap_min_addr (default per arch, e.g. 0x10000 on x86-64).",
-    )(func)
-    return click.option(
-        "--va-bits", "va_bits", type=int, default=None,
-        help="User VA size of the kernel (arm64: 39/42/47/48/52; x86-64: 47/57).",
-    )(func)
+def svg_option(func: F) -> F:
+    return click.option("--svg", "svg_path", metavar="FILE", default=None,
+                        help="Also draw the address space around the anchor as SVG.")(func)
 
 
-def jit_options(func: F) -> F:
-    """The JIT profile and the demand placed on its window."""
+def jit_option(default: str | None = None) -> Callable[[F], F]:
+    """``--jit``: the allocator profile (declared once, here)."""
+    text = ("JIT allocator profile (default: detected from the binary)." if default is None
+            else "JIT allocator profile: its window and, with --threads, its probe sequence.")
+    return click.option("--jit", "jit", type=click.Choice(PROFILE_NAMES), default=default,
+                        show_default=default is not None, help=text)
+
+
+def scenario_options(*, kernel: bool = True) -> Callable[[F], F]:
+    """The options that make a :class:`Scenario`, declared once for every command.
+
+    The command receives them as one dict, ``scenario_args`` (None: not given), and
+    builds the scenario with :func:`layoutkit.config.scenario_from` (``check`` merges its
+    configuration file under them). ``kernel=False`` leaves out the kernel overrides
+    (``verify`` measures the runner's own kernel).
+    """
     options = [
-        click.option("--svg", "svg_path", metavar="FILE", default=None,
-                     help="Also draw the address space around the anchor as SVG."),
-        click.option("--mcode", metavar="SIZE", default=None,
-                     help="Code per JIT state (default: the profile's maxmcode, 512K "
-                          "for LuaJIT 2.1)."),
-        click.option("--states", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="How many JIT states (threads with their own lua_State) compete."),
+        jit_option(),
+        click.option("--form", metavar="NAME", default=None,
+                     help="Branch form for --jit generic (default: the direct branch)."),
         click.option("--heap", metavar="SIZE", default=None,
                      help="How far the brk heap grows beyond its start (default 64M: "
                           "one glibc arena, HEAP_MAX_SIZE)."),
-        click.option("--form", metavar="NAME", default=None,
-                     help="Branch form for --jit generic (default: the direct branch)."),
-        click.option("--jit", "jit", type=click.Choice(sorted(PROFILES)), default=None,
-                     help="JIT allocator profile (default: detected from the binary)."),
+        click.option("--states", type=click.IntRange(min=1), default=None,
+                     help="How many JIT states (threads with their own lua_State) compete "
+                          "(default 1)."),
+        click.option("--mcode", metavar="SIZE", default=None,
+                     help="Code per JIT state (default: the profile's maxmcode, 512K "
+                          "for LuaJIT 2.1)."),
     ]
-    for option in options:
-        func = option(func)
-    return func
+    if kernel:
+        options += [
+            click.option("--va-bits", "va_bits", type=int, default=None,
+                         help="User VA size of the kernel (arm64: 39/42/47/48/52; "
+                              "x86-64: 47/57)."),
+            click.option("--mmap-min-addr", "mmap_min_addr", metavar="ADDR", default=None,
+                         help="vm.mmap_min_addr (default per arch, e.g. 0x10000 on x86-64)."),
+        ]
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            given = {key: kwargs.pop(key, None) for key in SCENARIO_KEYS}
+            return func(*args, scenario_args=given, **kwargs)
+
+        for option in reversed(options):
+            wrapper = option(wrapper)
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
-def _sizes(heap: str | None, mcode: str | None) -> tuple[int, int | None]:
-    heap_bytes = DEFAULT_HEAP if heap is None else parse_size(heap)
-    mcode_bytes = None if mcode is None else parse_size(mcode)
-    if mcode_bytes == 0:
-        raise UsageError("--mcode 0: a JIT state needs some code space")
-    return heap_bytes, mcode_bytes
+def _show(fmt: str, text: Callable[[], Iterable[str]], doc: Callable[[], dict[str, Any]],
+          exit_code: int = 0) -> None:
+    """Print the result in the chosen format, then exit with the result's own code."""
+    if fmt == "json":
+        from layoutkit.output.document import dumps
 
-
-def _write_svg(path: str, acc: Accounting, anchor: Span, title: str,
-               jit_areas: tuple[Span, ...] = ()) -> None:
-    """Write the picture atomically: a temporary file in the same folder, then rename."""
-    text = picture.svg(acc, anchor, title=title, jit_areas=jit_areas)
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".layoutkit-", suffix=".svg", dir=folder)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise UsageError(f"--svg {path}: {e.strerror}") from None
-
-
-def _emit(lines: Iterable[str]) -> None:
-    click.echo("\n".join(lines))
+        click.echo(dumps(doc()))
+    else:
+        click.echo("\n".join(text()))
+    if exit_code:
+        sys.exit(exit_code)
 
 
 def _handled(func: F) -> F:
@@ -159,37 +154,30 @@ def cli(debug: bool) -> None:
 @click.option("--anchor", metavar="SYMBOL|ADDR",
               help="What the JIT must reach (default: lj_vm_exit_handler, lj_vm_asm_begin, "
                    "else the executable segment).")
-@jit_options
-@kernel_options
+@scenario_options()
+@svg_option
 @output_options
 @_handled
-def inspect(binary: str | None, anchor: str | None, jit: str | None, form: str | None,
-            heap: str | None, states: int, mcode: str | None, svg_path: str | None,
-            va_bits: int | None, mmap_min_addr: str | None, fmt: str) -> None:
+def inspect(binary: str | None, anchor: str | None, svg_path: str | None, fmt: str,
+            scenario_args: dict[str, Any]) -> None:
     """The ELF's layout, its JIT anchor and the reach window of every branch form.
 
     With no BINARY, inspects a bundled AArch64 non-PIE executable linked at 0x400000.
     """
-    note = None
-    if binary is None:
-        binary = str(default_binary())
-        note = (f"No BINARY given: inspecting the bundled sample {binary}\n"
-                "(AArch64, non-PIE, GNU ld default base, LuaJIT-like anchor).")
-    heap_bytes, mcode_bytes = _sizes(heap, mcode)
-    result = inspect_binary(
-        binary, anchor=anchor, va_bits=va_bits,
-        mmap_min_addr=None if mmap_min_addr is None else parse_address(mmap_min_addr),
-        jit=jit, form=form, heap=heap_bytes, states=states, mcode=mcode_bytes,
-    )
+    from layoutkit.commands.inspect import inspect_binary
+    from layoutkit.commands.samples import default_binary
+    from layoutkit.output import document, picture, text
+
+    scenario = scenario_from(scenario_args)
+    bundled = binary is None
+    path = str(default_binary()) if binary is None else binary
+    result = inspect_binary(path, scenario, anchor=anchor)
     if svg_path:
-        _write_svg(svg_path, result.prediction.worst, result.runtime_anchor,
-                   f"{os.path.basename(binary)}: {result.profile} window, worst case over ASLR")
-    if fmt == "json":
-        doc = report.inspection_json(result)
-        doc["bundled_default"] = note is not None
-        click.echo(report.dumps(doc))
-    else:
-        _emit(inspection_lines(result, default_note=note))
+        picture.write_svg(svg_path, result.prediction.worst, result.runtime_anchor,
+                          f"{os.path.basename(path)}: {result.profile} window, "
+                          "worst case over ASLR")
+    _show(fmt, lambda: text.inspection_lines(result, bundled=bundled),
+          lambda: document.inspection_json(result, bundled=bundled), result.exit_code)
 
 
 @cli.command(name="maps", epilog=EXIT_CODES)
@@ -202,92 +190,70 @@ def inspect(binary: str | None, anchor: str | None, jit: str | None, form: str |
               help="Architecture, when the mapped files cannot be read here.")
 @click.option("--path-map", "path_map", metavar="OLD=NEW", multiple=True,
               help="Read mapped files under NEW instead of OLD (a listing from elsewhere).")
-@jit_options
-@kernel_options
+@scenario_options()
+@svg_option
 @output_options
 @_handled
 def maps_command(target: str, anchor: str | None, arch_name: str | None,
-                 path_map: tuple[str, ...], jit: str | None, form: str | None,
-                 heap: str | None, states: int, mcode: str | None, svg_path: str | None,
-                 va_bits: int | None, mmap_min_addr: str | None, fmt: str) -> None:
+                 path_map: tuple[str, ...], svg_path: str | None, fmt: str,
+                 scenario_args: dict[str, Any]) -> None:
     """The JIT window against a live process (PID) or a saved /proc/PID/maps (FILE).
 
     Finds the object holding the anchor and its load bias, the JIT code already mapped,
-    every occupant of the window, the free slots and the capacity verdict.
+    every occupant of the window, the free slots and the capacity verdict (exit 1 when
+    the requested states do not fit).
     """
-    pairs = []
-    for item in path_map:
-        old, sep, new = item.partition("=")
-        if not sep or not old or not new:
-            raise UsageError(f"--path-map {item!r}: write OLD=NEW")
-        pairs.append((old, new))
-    maps = (read_process_maps(int(target)) if target.isdigit()
-            else read_maps_file(target))
-    heap_bytes, mcode_bytes = _sizes(heap, mcode)
-    result = analyse_maps(
-        maps, anchor=anchor, arch_name=arch_name, jit=jit, form=form, va_bits=va_bits,
-        mmap_min_addr=None if mmap_min_addr is None else parse_address(mmap_min_addr),
-        heap=heap_bytes, states=states, mcode=mcode_bytes, path_map=tuple(pairs),
-    )
+    from layoutkit.commands.maps import analyse_target
+    from layoutkit.output import document, picture, text
+
+    scenario = scenario_from(scenario_args)
+    result = analyse_target(target, scenario, anchor=anchor, arch_name=arch_name,
+                            path_map=path_map)
     if svg_path:
-        _write_svg(svg_path, result.accounting, result.anchor.span,
-                   f"{maps.source}: {result.profile} window as mapped",
-                   tuple(a.span for a in result.jit_areas))
-    if fmt == "json":
-        click.echo(report.dumps(report.maps_json(result)))
-    else:
-        _emit(maps_lines(result))
-    if result.accounting.capacity.verdict != "ok":
-        sys.exit(EXIT_FINDINGS)
+        picture.write_svg(svg_path, result.accounting, result.anchor.span,
+                          f"{result.maps.source}: {result.profile} window as mapped",
+                          tuple(a.span for a in result.jit_areas))
+    _show(fmt, lambda: text.maps_lines(result), lambda: document.maps_json(result),
+          result.exit_code)
 
 
 @cli.command(epilog=EXIT_CODES)
 @click.argument("binary", required=False)
 @click.option("--arch", "arch_name", metavar="ARCH", default=None,
               help="Architecture (required without BINARY; checked against it otherwise).")
-@click.option("--linker", type=click.Choice(list(LINKERS)), default=None,
+@click.option("--linker", type=click.Choice(LINKER_NAMES), default=None,
               help="Linker to advise for (default: the one that made BINARY, else bfd).")
 @click.option("--anchor", metavar="SYMBOL|ADDR", help="What the JIT must reach.")
 @click.option("--move", "move", metavar="SECTION[,SECTION...][=ADDR]", default=None,
               help="Check moving these sections (the rest stays): the feasible range from "
                    "the decoded PC-relative references, or which reference breaks at ADDR.")
-@jit_options
-@kernel_options
+@scenario_options()
 @output_options
 @_handled
 def advise(binary: str | None, arch_name: str | None, linker: str | None,
-           anchor: str | None, move: str | None, jit: str | None, form: str | None,
-           heap: str | None, states: int, mcode: str | None, svg_path: str | None,
-           va_bits: int | None, mmap_min_addr: str | None, fmt: str) -> None:
+           anchor: str | None, move: str | None, fmt: str,
+           scenario_args: dict[str, Any]) -> None:
     """Linker flags (or a runtime change) that widen the JIT window, with before/after
     figures (worst case over ASLR), best first.
 
     Without BINARY, advises on the default link of --arch, as a calculator. Exit 1 when
     no change makes the requested states fit.
     """
+    from layoutkit.advice.candidates import advise as advise_layout
+    from layoutkit.advice.move import check_move, parse_move
+    from layoutkit.output import document, text
+
+    scenario = scenario_from(scenario_args)
     if move is not None:
         if binary is None:
             raise UsageError("--move needs a BINARY: its references decide the range")
-        names, _, where = move.partition("=")
-        sections = [n for n in names.split(",") if n]
-        if not sections:
-            raise UsageError(f"--move {move!r}: name a section, e.g. --move .text=0x7f000000")
-        check = check_move(binary, sections, parse_address(where) if where else None)
-        if fmt == "json":
-            click.echo(report.dumps(report.move_json(check)))
-        else:
-            _emit(move_lines(check))
+        sections, where = parse_move(move)
+        check = check_move(binary, sections, where)
+        _show(fmt, lambda: text.move_lines(check), lambda: document.move_json(check))
         return
-    heap_bytes, mcode_bytes = _sizes(heap, mcode)
-    result = advise_layout(
-        binary, arch_name=arch_name, linker=linker, jit=jit, form=form, anchor=anchor,
-        heap=heap_bytes, states=states, mcode=mcode_bytes, va_bits=va_bits,
-        mmap_min_addr=None if mmap_min_addr is None else parse_address(mmap_min_addr),
-    )
-    if fmt == "json":
-        click.echo(report.dumps(report.advice_json(result)))
-    else:
-        _emit(advice_lines(result))
+    result = advise_layout(binary, scenario, arch_name=arch_name, linker=linker,
+                           anchor=anchor)
+    _show(fmt, lambda: text.advice_lines(result), lambda: document.advice_json(result))
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -298,14 +264,13 @@ def advise(binary: str | None, arch_name: str | None, linker: str | None,
 @_handled
 def ranges(arch_names: tuple[str, ...], fmt: str) -> None:
     """The reach table: every PC-relative branch form and its exact reach."""
+    from layoutkit.output import document, text
+    from layoutkit.ranges import REACH, forms
+
     rows = REACH
     if arch_names:
         rows = tuple(f for name in arch_names for f in forms(arches.by_name(name)))
-    if fmt == "json":
-        click.echo(report.dumps(report.document("ranges", {
-            "forms": [report.form_json(f) for f in rows]})))
-    else:
-        _emit(forms_lines(rows))
+    _show(fmt, lambda: text.forms_lines(rows), lambda: document.ranges_json(rows))
 
 
 CHECK_EXIT_CODES = f"""Exit codes: 0 ok, every JIT-hosting binary passes; {EXIT_FINDINGS} at
@@ -315,26 +280,12 @@ error on some path (a bug in layoutkit: please report it). {EXIT_INTERNAL} outra
 {EXIT_INPUT}, which outranks {EXIT_FINDINGS}."""
 
 
-def _config_size(value: object) -> int | None:
-    if value is None:
-        return None
-    return value if isinstance(value, int) else parse_size(str(value))
-
-
 @cli.command(epilog=CHECK_EXIT_CODES)
 @click.argument("paths", metavar="PATH...", nargs=-1, required=True)
 @click.option("--min-window", "min_window", metavar="SIZE", default=None,
               help="Free bytes the JIT window must keep, worst case over ASLR (default 0).")
 @click.option("--min-free-slots", "min_free_slots", type=click.IntRange(min=0), default=None,
               help="Free 64 KiB slots the window must keep (default 0).")
-@click.option("--states", type=click.IntRange(min=1), default=None,
-              help="JIT states that must fit in the free runs (default 1).")
-@click.option("--mcode", metavar="SIZE", default=None,
-              help="Code per JIT state (default: the profile's maxmcode).")
-@click.option("--heap", metavar="SIZE", default=None,
-              help="brk heap growth reserve (default 64M).")
-@click.option("--jit", "jit", type=click.Choice(sorted(PROFILES)), default=None,
-              help="JIT allocator profile (default: detected per binary).")
 @click.option("--arch", "arch_names", multiple=True, metavar="ARCH",
               help="Judge only binaries of these architectures (the rest are n/a).")
 @click.option("--config", "config_path", metavar="FILE", default=None,
@@ -344,12 +295,11 @@ def _config_size(value: object) -> int | None:
               help="Worker processes (default: one per core).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "junit", "sarif"]),
               default="text", show_default=True, help="Report format (one for the run).")
-@kernel_options
+@scenario_options()
 @_handled
 def check(paths: tuple[str, ...], min_window: str | None, min_free_slots: int | None,
-          states: int | None, mcode: str | None, heap: str | None, jit: str | None,
           arch_names: tuple[str, ...], config_path: str | None, jobs: int | None, fmt: str,
-          va_bits: int | None, mmap_min_addr: str | None) -> None:
+          scenario_args: dict[str, Any]) -> None:
     """The pre-release gate: judge every binary under PATH (ELF files, directories,
     Debian .deb packages) that embeds or links a JIT target against thresholds.
 
@@ -359,37 +309,13 @@ def check(paths: tuple[str, ...], min_window: str | None, min_free_slots: int | 
     On GitHub Actions (GITHUB_ACTIONS=true) failures are also printed as ::error
     annotations.
     """
-    from layoutkit.commands.check import Settings, check_paths, resolve_arches
+    from layoutkit.commands.check import check_paths, settings_from
     from layoutkit.config import load_config
-    from layoutkit.output import checkreport as gatereport
+    from layoutkit.output import checkreport
 
-    cfg = load_config(config_path)
-
-    def pick(value: Any, key: str) -> Any:
-        return value if value is not None else cfg.get(key)
-
-    profile = pick(jit, "jit")
-    if profile is not None and profile not in PROFILES:
-        raise UsageError(f"{cfg.source}: jit {profile!r} is not one of "
-                         f"{', '.join(sorted(PROFILES))}")
-    arch_cfg = cfg.get("arch")
-    names = arch_names or ((arch_cfg,) if isinstance(arch_cfg, str) else tuple(arch_cfg or ()))
-    address = pick(mmap_min_addr, "mmap_min_addr")
-    mcode_bytes = _config_size(pick(mcode, "mcode"))
-    if mcode_bytes == 0:
-        raise UsageError("--mcode 0: a JIT state needs some code space")
-    settings = Settings(
-        min_window=_config_size(pick(min_window, "min_window")) or 0,
-        min_free_slots=pick(min_free_slots, "min_free_slots") or 0,
-        states=pick(states, "states") or 1,
-        mcode=mcode_bytes,
-        jit=profile,
-        heap=_config_size(pick(heap, "heap")) or DEFAULT_HEAP,
-        va_bits=pick(va_bits, "va_bits"),
-        mmap_min_addr=(None if address is None else address if isinstance(address, int)
-                       else parse_address(str(address))),
-        arches=resolve_arches(names),
-    )
+    options = {**scenario_args, "min_window": min_window, "min_free_slots": min_free_slots,
+               "arch": list(arch_names) or None}
+    settings = settings_from(options, load_config(config_path))
     tty = sys.stderr.isatty()
     done = [0]
 
@@ -401,9 +327,9 @@ def check(paths: tuple[str, ...], min_window: str | None, min_free_slots: int | 
     summary = check_paths(list(paths), settings, jobs=jobs, on_result=progress)
     if tty and done[0]:
         click.echo("", err=True)
-    click.echo(gatereport.render(summary, settings, fmt))
+    click.echo(checkreport.render(summary, settings, fmt))
     if os.environ.get("GITHUB_ACTIONS") == "true":
-        for line in gatereport.github_annotations(summary):
+        for line in checkreport.github_annotations(summary):
             click.echo(line, err=fmt != "text")
     if summary.exit_code:
         sys.exit(summary.exit_code)
@@ -416,9 +342,7 @@ def check(paths: tuple[str, ...], min_window: str | None, min_free_slots: int | 
 @click.option("--runner", type=click.Choice(["native", "qemu-user"]), default="native",
               show_default=True, help="Where the probe runs: this kernel, or qemu-user "
                                       "(quick; its infidelities are stated in the output).")
-@click.option("--jit", "jit", type=click.Choice(sorted(PROFILES)), default="luajit-2.1",
-              show_default=True, help="JIT allocator profile: its window and, with "
-                                      "--threads, its probe sequence.")
+@jit_option("luajit-2.1")
 @click.option("--anchor", metavar="ADDR|SYMBOL", default=None,
               help="Run-time address the window is around (default: a function of the "
                    "probe's own code, reported; 'stack': the probe's main stack). With "
@@ -472,10 +396,7 @@ def probe_command(arch_name: str | None, runner: str, jit: str, anchor: str | No
         anchor=anchor if anchor in (None, "stack") else parse_address(anchor or ""),
         radius=None if radius is None else parse_size(radius),
         threads=max(threads, 1), areas=areas, seed=seed)
-    if fmt == "json":
-        click.echo(report.dumps(native.result_json(result)))
-    else:
-        _emit(native.result_lines(result))
+    _show(fmt, lambda: native.result_lines(result), lambda: native.result_json(result))
     failed = (result.verdict in ("full", "rlimit_as") if isinstance(result, native.ScanResult)
               else bool(result.failed_allocations) or result.threads_started < result.threads)
     if failed:
@@ -495,10 +416,8 @@ def _probe_program(command: tuple[str, ...], jit: str, anchor: str | None, when:
         run.finish(kill=True)
         raise
     status = run.finish(kill=kill_after)
-    if fmt == "json":
-        click.echo(report.dumps(preload.program_json(result, status)))
-    else:
-        _emit(preload.program_lines(result, status))
+    _show(fmt, lambda: preload.program_lines(result, status),
+          lambda: preload.program_json(result, status))
     if not result.measured[1] or not result.jit_inside:
         sys.exit(EXIT_FINDINGS)
 
@@ -520,19 +439,12 @@ def _probe_program(command: tuple[str, ...], jit: str, anchor: str | None, when:
 @click.option("--anchor", metavar="SYMBOL|ADDR", default=None,
               help="What the JIT must reach (default: lj_vm_exit_handler, lj_vm_asm_begin; "
                    "a stripped binary needs it).")
-@click.option("--jit", "jit", type=click.Choice(sorted(PROFILES)), default=None,
-              help="JIT allocator profile (default: detected from the binary).")
-@click.option("--states", type=click.IntRange(min=1), default=1, show_default=True,
-              help="JIT states that must fit (the capacity verdict).")
-@click.option("--mcode", metavar="SIZE", default=None,
-              help="Code per JIT state (default: the profile's maxmcode).")
-@click.option("--heap", metavar="SIZE", default=None,
-              help="brk heap growth reserve of the model (default 64M).")
+@scenario_options(kernel=False)
 @output_options
 @_handled
 def verify_command(binary: str, arch_name: str | None, runner: str, runs: int,
-                   advice: str | None, base: str | None, anchor: str | None, jit: str | None,
-                   states: int, mcode: str | None, heap: str | None, fmt: str) -> None:
+                   advice: str | None, base: str | None, anchor: str | None, fmt: str,
+                   scenario_args: dict[str, Any]) -> None:
     """Measure BINARY's JIT window without running it: its layout twin (the probe linked
     so that its PT_LOAD segments are the target's) runs on the runner, and each run is
     compared with the accounting of its own /proc/self/maps (slot for slot) and with the
@@ -542,64 +454,16 @@ def verify_command(binary: str, arch_name: str | None, runner: str, runs: int,
     or the cross compiler is not available (the message says what to install).
     """
     from layoutkit.commands.verify import verification_json, verification_lines, verify
+    from layoutkit.core.kinds import AdviceKind
 
-    heap_bytes, mcode_bytes = _sizes(heap, mcode)
-    result = verify(binary, arch_name=arch_name, runner=runner, runs=runs, advice=advice,
-                    base=None if base is None else parse_address(base), anchor_spec=anchor,
-                    jit=jit,
-                    heap=heap_bytes, states=states, mcode=mcode_bytes)
-    if fmt == "json":
-        click.echo(report.dumps(verification_json(result)))
-    else:
-        _emit(verification_lines(result))
-    if result.exit_code:
-        sys.exit(result.exit_code)
-
-
-class _PipeWriter(io.RawIOBase):
-    """A file descriptor for output; once its reader has gone (EPIPE, e.g. piped into
-    `head`), the rest of the output is dropped, so the command ends quietly with the exit
-    code of its work rather than an error of its own."""
-
-    def __init__(self, fd: int) -> None:
-        super().__init__()
-        self._fd = fd
-        self.gone = False
-
-    def writable(self) -> bool:
-        return True
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def isatty(self) -> bool:
-        return os.isatty(self._fd)
-
-    def write(self, data: Any) -> int:
-        size = len(memoryview(data).cast("B"))
-        if self.gone:
-            return size
-        try:
-            return os.write(self._fd, data)
-        except BrokenPipeError:
-            self.gone = True
-            return size
-
-
-def _quiet_output(stream: Any) -> Any:
-    """``stream`` (stdout) rebuilt over a :class:`_PipeWriter`; undecodable bytes and
-    characters the locale cannot encode are written as backslash escapes."""
-    try:
-        fd = stream.fileno()
-    except (AttributeError, OSError, ValueError):
-        return stream  # not a real file (a test harness): leave it
-    stream.flush()
-    return io.TextIOWrapper(io.BufferedWriter(_PipeWriter(fd)), encoding=stream.encoding,
-                            errors="backslashreplace", line_buffering=True)
+    result = verify(binary, scenario_from(scenario_args), arch_name=arch_name, runner=runner,
+                    runs=runs, advice=None if advice is None else AdviceKind(advice),
+                    base=None if base is None else parse_address(base), anchor_spec=anchor)
+    _show(fmt, lambda: verification_lines(result), lambda: verification_json(result),
+          result.exit_code)
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.stdout = _quiet_output(sys.stdout)
-    if isinstance(sys.stderr, io.TextIOWrapper):
-        sys.stderr.reconfigure(errors="backslashreplace")
+    """The entry point: output that never fails on a closed pipe or an encoding."""
+    console.install()
     cli.main(args=argv, prog_name="layoutkit")

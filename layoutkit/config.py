@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from layoutkit.core.scenario import DEFAULT_HEAP, Demand, KernelOverrides, Scenario
+from layoutkit.core.units import parse_address, parse_size
 from layoutkit.errors import UsageError
 
 if sys.version_info >= (3, 11):
@@ -23,6 +25,7 @@ else:  # pragma: no cover (Python 3.10)
 # key -> the TOML types it accepts ("size" keys take 65536 or "64K").
 KEYS: dict[str, tuple[type, ...]] = {
     "jit": (str,),
+    "form": (str,),
     "min_window": (int, str),
     "min_free_slots": (int,),
     "states": (int,),
@@ -101,3 +104,47 @@ def load_config(path: str | Path | None = None, *, cwd: str | Path | None = None
             if table is not None:
                 return Config(validate(dict(table), str(candidate)), str(candidate))
     return Config()
+
+
+# The scenario keys: command-line options (scenario_options in cli.py) and config keys alike.
+SCENARIO_KEYS = ("jit", "form", "heap", "states", "mcode", "va_bits", "mmap_min_addr")
+
+
+def config_size(value: object) -> int | None:
+    """A size key: 65536 or "64K"."""
+    if value is None:
+        return None
+    return value if isinstance(value, int) else parse_size(str(value))
+
+
+def _address(value: object) -> int | None:
+    if value is None:
+        return None
+    return value if isinstance(value, int) else parse_address(str(value))
+
+
+def scenario_from(options: dict[str, Any], config: Config | None = None) -> Scenario:
+    """The scenario of the command-line ``options`` (None: not given) over ``config``."""
+    cfg = config or Config()
+
+    def pick(key: str) -> Any:
+        value = options.get(key)
+        return value if value is not None else cfg.get(key)
+
+    jit = pick("jit")
+    if jit is not None:
+        from layoutkit.window.profiles import PROFILES
+
+        if jit not in PROFILES:
+            where = f"{cfg.source}: jit" if options.get("jit") is None else "--jit"
+            raise UsageError(f"{where} {jit!r} is not one of {', '.join(sorted(PROFILES))}")
+    heap = config_size(pick("heap"))
+    states = pick("states")
+    return Scenario(
+        jit=jit,
+        form=pick("form"),
+        heap=DEFAULT_HEAP if heap is None else heap,
+        demand=Demand(states=1 if states is None else states, mcode=config_size(pick("mcode"))),
+        kernel=KernelOverrides(va_bits=pick("va_bits"),
+                               mmap_min_addr=_address(pick("mmap_min_addr"))),
+    )

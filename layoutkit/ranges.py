@@ -49,6 +49,7 @@ class BranchForm:
     region: int = 0
     region_bias: int = 0
     wraps: bool = False
+    data: bool = False  # also forms data addresses (RIP-relative, ADRP, AUIPC)
     note: str = ""
 
     @property
@@ -107,7 +108,7 @@ REACH: tuple[BranchForm, ...] = (
     BranchForm("x86_64", "jmp/call rel32", D, 5 - 2**31, 5 + 2**31 - 1),
     BranchForm("x86_64", "jcc rel32", C, 6 - 2**31, 6 + 2**31 - 1),
     BranchForm("x86_64", "jmp/jcc rel8", C, 2 - 128, 2 + 127),
-    BranchForm("x86_64", "lea [rip+disp32]", F, 7 - 2**31, 7 + 2**31 - 1,
+    BranchForm("x86_64", "lea [rip+disp32]", F, 7 - 2**31, 7 + 2**31 - 1, data=True,
                note="RIP-relative data reference, 7-byte form"),
     # i386: rel32 arithmetic is modulo 2^32 (SDM vol. 2A, JMP: "EIP <- EIP + rel32",
     # truncated to 32 bits), so every address of a 32-bit process is reachable.
@@ -118,9 +119,9 @@ REACH: tuple[BranchForm, ...] = (
     BranchForm("aarch64", "b/bl", D, -(2**27), 2**27 - 4, granule=4),
     BranchForm("aarch64", "b.cond/cbz/ldr-literal", C, -(2**20), 2**20 - 4, granule=4),
     BranchForm("aarch64", "tbz/tbnz", C, -(2**15), 2**15 - 4, granule=4),
-    BranchForm("aarch64", "adr", F, -(2**20), 2**20 - 1),
+    BranchForm("aarch64", "adr", F, -(2**20), 2**20 - 1, data=True),
     BranchForm("aarch64", "adrp+add", F, -(2**32), 2**32 - 4096, granule=4096, page=4096,
-               note="page-relative: ADRP then ADD/LDR with the low 12 bits"),
+               data=True, note="page-relative: ADRP then ADD/LDR with the low 12 bits"),
     # Arm ARM DDI 0406C: A32 B/BL imm24*4 relative to pc+8 (A8.8.18, A8.8.25);
     # T32 B.W (T4) and BL imm25 (S:I1:I2:imm10:imm11:'0') relative to pc+4;
     # T32 B<c>.W (T3) imm21 (S:J2:J1:imm6:imm11:'0') relative to pc+4.
@@ -139,8 +140,8 @@ REACH: tuple[BranchForm, ...] = (
     # plus JALR's signed imm12: [-2^31 - 2^11, 2^31 - 2^12 + 2^11 - 1].
     BranchForm("riscv64", "jal", D, -(2**20), 2**20 - 2, granule=2),
     BranchForm("riscv64", "beq/bne/...", C, -(2**12), 2**12 - 2, granule=2),
-    BranchForm("riscv64", "auipc+jalr", F, -(2**31) - 2**11, 2**31 - 2**11 - 1,
-               note="two instructions"),
+    BranchForm("riscv64", "auipc+jalr", F, -(2**31) - 2**11, 2**31 - 2**11 - 1, data=True,
+               note="two instructions (AUIPC+ADDI/LD form data addresses alike)"),
     # MIPS64 vol. II-A: J/JAL keep the upper bits of the delay slot's address (pc+4)
     # and replace the low 28 (instr_index*4): a 256 MiB-aligned region. B/BEQ/BAL
     # offset16*4 relative to pc+4.
@@ -174,6 +175,18 @@ def default_form(arch: Arch) -> BranchForm:
         if form.kind in (FormKind.DIRECT, FormKind.REGION):
             return form
     raise LookupError(f"no direct branch form for {arch}")  # the table has one per arch
+
+
+# Where no PC-relative data form is in the table (PPC64 addresses data TOC-relative,
+# MIPS through %hi/%lo or the GOT, s390x LARL, LoongArch PCALAU12I), code is assumed to
+# reach data within +-2 GiB, the medium code models' bound: the conservative choice.
+DATA_REACH_FALLBACK = 2**31
+
+
+def data_reach(arch: Arch) -> int:
+    """How far above the code PC-relative data references reach (bytes past the pc)."""
+    ups = [form.targets_from(0)[1] for form in forms(arch) if form.data]
+    return max(ups, default=DATA_REACH_FALLBACK)
 
 
 def form_by_name(arch: Arch, name: str) -> BranchForm | None:

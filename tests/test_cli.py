@@ -119,3 +119,46 @@ def test_every_command_has_help_and_is_in_the_readme() -> None:
         assert code == 0
         assert "Exit codes: 0 ok" in out
         assert f"layoutkit {name}" in readme
+
+
+def test_cli_names_match_the_model() -> None:
+    """cli.py lists the profile and linker names without importing the model (lean start):
+    they must be exactly the model's."""
+    from layoutkit import cli
+    from layoutkit.advice.linkers import LINKERS
+    from layoutkit.window.profiles import PROFILES
+
+    assert sorted(cli.PROFILE_NAMES) == sorted(PROFILES)
+    assert sorted(cli.LINKER_NAMES) == sorted(LINKERS)
+
+
+def test_scenario_options_are_declared_once() -> None:
+    """Every command that judges a layout takes the same scenario options."""
+    from layoutkit.cli import cli
+
+    names = {"--jit", "--form", "--heap", "--states", "--mcode"}
+    for command in ("inspect", "maps", "advise", "check", "verify"):
+        params = {opt for p in cli.commands[command].params for opt in p.opts}
+        assert names <= params, command
+
+
+def test_lean_start() -> None:
+    """`import layoutkit.cli` loads none of the heavy libraries: each command imports
+    what it uses (pyelftools, capstone, numpy, networkx) when it runs."""
+    import subprocess
+    import sys
+
+    script = ("import sys, layoutkit.cli, layoutkit; "
+              "print(' '.join(sorted(m for m in ('elftools', 'capstone', 'numpy', 'networkx') "
+              "if m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == ""
+
+
+def test_public_api_resolves() -> None:
+    import layoutkit
+
+    assert sorted(layoutkit.__all__) == sorted(layoutkit._WHERE)
+    for name in layoutkit.__all__:
+        assert getattr(layoutkit, name) is not None, name

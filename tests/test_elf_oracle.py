@@ -164,7 +164,8 @@ def test_symbols_match_readelf(binary: Path, name: str) -> None:
 
 
 def test_hidden_anchor_is_local_or_hidden_in_symtab() -> None:
-    # facts.md §2: emitted .globl + .hidden, so never exported in .dynsym.
+    # LuaJIT src/vm_*.dasc emit it .globl + .hidden (src/host/buildvm_asm.c), so it is
+    # never exported in .dynsym.
     for binary in BINARIES:
         if binary.name.endswith("stripped"):
             continue

@@ -1,6 +1,7 @@
 """Linkers: which one made a binary, their defaults, and the flags each accepts.
 
-Facts (facts.md §5, re-measured here by the fixture builds, fixtures/README.md):
+Facts (binutils ld/ldlang.c and ld.texi for -Ttext-segment/-Tbss, lld/ELF/Driver.cpp for
+--image-base; measured by the fixture builds, fixtures/README.md):
 GNU ld (bfd) and gold move a whole non-PIE image with ``-Ttext-segment=ADDR``; lld
 rejects that flag ("use --image-base") and, like mold, takes ``--image-base=ADDR``.
 ``-Tbss=ADDR`` gives .bss (and so the brk heap after it) its own PT_LOAD far from the
@@ -18,29 +19,10 @@ from layoutkit.errors import UsageError
 
 LINKERS = ("bfd", "gold", "lld", "mold")
 
-# Default non-PIE link address (first PT_LOAD) per linker and arch: GNU ld from its
-# emulation scripts (binutils ld/emulparams/*: TEXT_START_ADDR), checked with the
-# fixtures (s390x is 0x1000000 for bfd, not gold's 0x80000000); lld's default image
-# base (lld/ELF/Arch/*.cpp defaultImageBase); mold 1.10 links at 0x200000 everywhere.
-_GNU_LD_BASE = {
-    "x86_64": 0x400000, "i386": 0x08048000, "aarch64": 0x400000, "arm": 0x10000,
-    "ppc64le": 0x10000000, "ppc64": 0x10000000, "riscv64": 0x10000, "s390x": 0x1000000,
-    "mips64el": 0x120000000, "mips64": 0x120000000, "loongarch64": 0x120000000,
-}
-_LLD_BASE = {
-    "x86_64": 0x200000, "i386": 0x400000, "aarch64": 0x200000, "arm": 0x10000,
-    "ppc64le": 0x10000000, "ppc64": 0x10000000, "riscv64": 0x10000, "mips64el": 0x10000,
-    "mips64": 0x10000,
-}
-# What each linker supports per arch (measured with the Debian 12 toolchains).
-_SUPPORTS = {
-    "bfd": frozenset(_GNU_LD_BASE),
-    "gold": frozenset({"x86_64", "i386", "aarch64", "arm", "ppc64le", "ppc64", "s390x"}),
-    "lld": frozenset({"x86_64", "i386", "aarch64", "arm", "ppc64le", "ppc64", "riscv64",
-                      "mips64el", "mips64", "loongarch64"}),
-    "mold": frozenset({"x86_64", "i386", "aarch64", "arm", "ppc64le", "ppc64", "riscv64",
-                       "s390x", "loongarch64"}),
-}
+# The per-arch defaults (GNU ld's and lld's bases, which linkers link the arch) are on
+# the arch value (core/arches.py, LinkFacts); mold 1.10 links non-PIE at 0x200000 on
+# every arch (measured with the fixtures).
+MOLD_BASE = 0x200000
 
 
 @dataclass(frozen=True)
@@ -64,16 +46,16 @@ def detect(image: ElfImage) -> LinkerGuess:
 def check(linker: str, arch: Arch) -> None:
     if linker not in LINKERS:
         raise UsageError(f"unknown linker {linker!r} (known: {', '.join(LINKERS)})")
-    if arch.name not in _SUPPORTS[linker]:
+    if linker not in arch.link.linkers:
         raise UsageError(f"{linker} does not link {arch} (Debian 12 toolchains)")
 
 
 def default_base(linker: str, arch: Arch) -> int:
     if linker == "mold":
-        return 0x200000
-    if linker == "lld":
-        return _LLD_BASE.get(arch.name, _GNU_LD_BASE[arch.name])
-    return _GNU_LD_BASE[arch.name]
+        return MOLD_BASE
+    if linker == "lld" and arch.link.lld_base is not None:
+        return arch.link.lld_base
+    return arch.link.gnu_ld_base
 
 
 def fuse_ld(linker: str) -> list[str]:

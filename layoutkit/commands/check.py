@@ -37,7 +37,10 @@ from layoutkit.commands.collect import (
     walk,
 )
 from layoutkit.commands.inspect import inspect_binary
+from layoutkit.config import Config, config_size, scenario_from
 from layoutkit.core import arches
+from layoutkit.core.kinds import Verdict
+from layoutkit.core.scenario import Scenario
 from layoutkit.core.units import format_size
 from layoutkit.elf import ElfReader
 from layoutkit.errors import (
@@ -51,7 +54,6 @@ from layoutkit.errors import (
 )
 from layoutkit.output.document import capacity_json, window_json
 from layoutkit.window.anchor import DEFAULT_ANCHORS
-from layoutkit.window.layout import DEFAULT_HEAP
 from layoutkit.window.profiles import detect_generation, has_luajit
 
 __all__ = ["Item", "walk"]  # re-exported for bench/bench_check.py
@@ -72,24 +74,21 @@ class Settings:
 
     min_window: int = 0  # free bytes the worst case must leave in the window
     min_free_slots: int = 0
-    states: int = 1
-    mcode: int | None = None
-    jit: str | None = None  # profile; None: detected per binary
-    heap: int = DEFAULT_HEAP
-    va_bits: int | None = None
-    mmap_min_addr: int | None = None
     arches: tuple[str, ...] = ()  # judge only these (canonical names); () = all
+    scenario: Scenario = field(default_factory=Scenario)  # the JIT (None: detected per binary)
 
     def describe(self) -> dict[str, Any]:
+        s = self.scenario
         return {
             "min_window": self.min_window,
             "min_free_slots": self.min_free_slots,
-            "states": self.states,
-            "mcode": self.mcode,
-            "jit": self.jit,
-            "heap": self.heap,
-            "va_bits": self.va_bits,
-            "mmap_min_addr": None if self.mmap_min_addr is None else f"{self.mmap_min_addr:#x}",
+            "states": s.demand.states,
+            "mcode": s.demand.mcode,
+            "jit": s.jit,
+            "heap": s.heap,
+            "va_bits": s.kernel.va_bits,
+            "mmap_min_addr": (None if s.kernel.mmap_min_addr is None
+                              else f"{s.kernel.mmap_min_addr:#x}"),
             "arch": list(self.arches),
         }
 
@@ -257,15 +256,12 @@ def _judge(item: Item, settings: Settings) -> CheckResult:
             return CheckResult(shown, "n/a", f"{arch} is not among the checked "
                                f"architectures ({', '.join(settings.arches)})", arch=arch,
                                evidence=evidence)
-        if settings.jit is None and not has_luajit(image.arch):
+        if settings.scenario.jit is None and not has_luajit(image.arch):
             # No JIT there (riscv64, ppc64), or one that reaches every address (i386).
             return CheckResult(shown, "n/a", f"no LuaJIT JIT window on {arch} (no JIT, or "
                                "every address in reach); --jit generic judges branch reach",
                                arch=arch, evidence=evidence)
-        result = inspect_binary(
-            item.real, va_bits=settings.va_bits, mmap_min_addr=settings.mmap_min_addr,
-            jit=settings.jit, heap=settings.heap, states=settings.states,
-            mcode=settings.mcode)
+        result = inspect_binary(item.real, settings.scenario)
     except UnsupportedArchError as err:
         return CheckResult(shown, "n/a", f"no JIT target layoutkit knows: {err.message}")
     except InternalError:
@@ -288,7 +284,7 @@ def _judge(item: Item, settings: Settings) -> CheckResult:
         figures.append(f"free slots {worst.free_slots} of {worst.slots} < "
                        f"--min-free-slots {settings.min_free_slots}")
     cap = worst.capacity
-    if cap.verdict != "ok":
+    if cap.verdict is not Verdict.OK:
         failures.append("capacity")
         figures.append(f"{cap.states_fit} of {cap.states_requested} JIT states fit "
                        f"({format_size(cap.mcode_per_state)} each)")
@@ -473,3 +469,21 @@ def check_partition(paths: Iterable[str], settings: Settings) -> list[CheckResul
     :class:`Summary` for one report and one exit code.
     """
     return check_paths(list(paths), settings, jobs=1).results
+
+
+def settings_from(options: dict[str, Any], config: Config) -> Settings:
+    """The gate's settings: command-line ``options`` (None: not given) over ``config``."""
+
+    def pick(key: str) -> Any:
+        value = options.get(key)
+        return value if value is not None else config.get(key)
+
+    arch = pick("arch")
+    names = (arch,) if isinstance(arch, str) else tuple(arch or ())
+    min_window = config_size(pick("min_window"))
+    return Settings(
+        min_window=min_window or 0,
+        min_free_slots=pick("min_free_slots") or 0,
+        arches=resolve_arches(names),
+        scenario=scenario_from(options, config),
+    )

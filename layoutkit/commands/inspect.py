@@ -6,12 +6,14 @@ import os
 from dataclasses import dataclass
 
 from layoutkit.core.model import ElfImage
+from layoutkit.core.scenario import DEFAULT_SCENARIO, Scenario
 from layoutkit.core.spans import Span
 from layoutkit.elf import ElfReader
+from layoutkit.errors import EXIT_OK
 from layoutkit.ranges import BranchForm, forms
-from layoutkit.window.anchor import Anchor, find_anchor, luajit_generation
+from layoutkit.window.anchor import Anchor, PlacedAnchor, find_anchor, luajit_generation
 from layoutkit.window.kernel import KernelConfig
-from layoutkit.window.layout import DEFAULT_HEAP, Prediction, predict
+from layoutkit.window.layout import Prediction, predict
 from layoutkit.window.profiles import Generation, JitWindow, choose_profile, window_for_span
 
 
@@ -46,8 +48,17 @@ class Inspection:
     notes: tuple[str, ...]
 
     @property
+    def exit_code(self) -> int:
+        """``inspect`` reports; it judges nothing (``check`` is the gate)."""
+        return EXIT_OK
+
+    @property
+    def placed(self) -> PlacedAnchor:
+        return PlacedAnchor(self.anchor, self.bias)
+
+    @property
     def runtime_anchor(self) -> Span:
-        return Span(self.anchor.span.start + self.bias, self.anchor.span.end + self.bias)
+        return self.placed.span
 
 
 def reach_window(form: BranchForm, anchor: Span, limit: Span) -> ReachWindow:
@@ -66,30 +77,26 @@ def reach_window(form: BranchForm, anchor: Span, limit: Span) -> ReachWindow:
 
 def inspect_binary(
     path: str | os.PathLike[str],
+    scenario: Scenario = DEFAULT_SCENARIO,
     *,
     anchor: str | None = None,
-    va_bits: int | None = None,
-    mmap_min_addr: int | None = None,
-    jit: str | None = None,
-    form: str | None = None,
-    heap: int = DEFAULT_HEAP,
-    states: int = 1,
-    mcode: int | None = None,
 ) -> Inspection:
     """Read ``path``; work out its anchor, reach windows and JIT window accounting."""
+    jit = scenario.jit
     with ElfReader(path) as reader:
         image = reader.image()
         found = find_anchor(reader, anchor)
         generation = None
         if jit is None:
             generation = luajit_generation(image, found)
-    kernel = KernelConfig.for_arch(image.arch, va_bits=va_bits, mmap_min_addr=mmap_min_addr)
+    kernel = KernelConfig.under(image.arch, scenario.kernel)
     bias, how = kernel.nominal_bias(image)
-    runtime = Span(found.span.start + bias, found.span.end + bias)
+    runtime = found.span.shifted(bias)
     windows = tuple(reach_window(f, runtime, kernel.user_space) for f in forms(image.arch))
     profile, note = choose_profile(image.arch, jit, generation)
-    window = window_for_span(profile, image.arch, runtime, kernel.user_space, form_name=form)
-    prediction = predict(image, kernel, window, bias, heap=heap, states=states, mcode=mcode)
+    window = window_for_span(profile, image.arch, runtime, kernel.user_space,
+                             form_name=scenario.form)
+    prediction = predict(image, kernel, window, bias, scenario)
     notes = (*((note,) if note else ()), *prediction.notes)
     return Inspection(image, kernel, bias, how, found, windows, generation, profile, window,
                       prediction, notes)

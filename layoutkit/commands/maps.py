@@ -10,24 +10,44 @@ mappings), and accounts for the profile's window with the real occupants.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 from layoutkit.core import arches
 from layoutkit.core.arches import Arch
+from layoutkit.core.kinds import OccupantKind, Verdict
 from layoutkit.core.model import Perm
+from layoutkit.core.scenario import DEFAULT_SCENARIO, Scenario
 from layoutkit.core.spans import Span, normalize
 from layoutkit.core.units import parse_address
 from layoutkit.elf import ElfReader
-from layoutkit.errors import InputError, LayoutkitError, UsageError
+from layoutkit.errors import EXIT_FINDINGS, EXIT_OK, InputError, LayoutkitError, UsageError
 from layoutkit.read import stubs
-from layoutkit.read.maps import Mapping, MappingKind, ProcessMaps
-from layoutkit.window.accounting import STACK_GUARD_GAP, Accounting, Occupant, account
-from layoutkit.window.anchor import DEFAULT_ANCHORS, Anchor, luajit_generation
+from layoutkit.read.maps import (
+    Mapping,
+    MappingKind,
+    ProcessMaps,
+    read_maps_file,
+    read_process_maps,
+)
+from layoutkit.window.accounting import (
+    STACK_GUARD_GAP,
+    Accounting,
+    Occupant,
+    account,
+    occupant_kind,
+)
+from layoutkit.window.anchor import (
+    DEFAULT_ANCHORS,
+    HowFound,
+    PlacedAnchor,
+    luajit_generation,
+)
 from layoutkit.window.kernel import KernelConfig
-from layoutkit.window.layout import DEFAULT_HEAP
 from layoutkit.window.profiles import Generation, choose_profile, window_for_span
 
-# qemu-user maps one anonymous r-x page for its signal trampoline (facts.md §7); a real
+# qemu-user maps one anonymous r-x page for its signal trampoline (qemu linux-user/
+# signal.c setup_sigtramp, seen in fixtures/maps/x86_64-host-view-of-qemu-*.maps); a real
 # JIT area is at least LuaJIT's sizemcode (32 KiB), so one page is not counted as JIT.
 _TRAMPOLINE = 4096
 
@@ -43,15 +63,50 @@ class MapsAnalysis:
     maps: ProcessMaps
     arch: Arch
     kernel: KernelConfig
-    anchor: Anchor  # run-time addresses
+    anchor: PlacedAnchor
     anchor_object: str | None
-    bias: int | None
+    bias: int | None  # the load bias of anchor_object, when its ELF could be read
     generation: Generation | None
     profile: str
     jit_areas: tuple[JitArea, ...]
     ignored: tuple[Mapping, ...]
     accounting: Accounting
     notes: tuple[str, ...]
+
+    @property
+    def exit_code(self) -> int:
+        """1 when the requested JIT states do not fit the window as mapped."""
+        return EXIT_OK if self.accounting.capacity.verdict is Verdict.OK else EXIT_FINDINGS
+
+
+@dataclass(frozen=True)
+class _Found:
+    """An anchor as found in a process: at run-time addresses, before it is placed."""
+
+    name: str
+    span: Span  # run-time
+    how: HowFound
+    detail: str
+
+
+def parse_path_map(items: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """``--path-map OLD=NEW`` values as (old, new) pairs."""
+    pairs = []
+    for item in items:
+        old, sep, new = item.partition("=")
+        if not sep or not old or not new:
+            raise UsageError(f"--path-map {item!r}: write OLD=NEW")
+        pairs.append((old, new))
+    return tuple(pairs)
+
+
+def analyse_target(target: str, scenario: Scenario = DEFAULT_SCENARIO, *,
+                   anchor: str | None = None, arch_name: str | None = None,
+                   path_map: Iterable[str] = ()) -> MapsAnalysis:
+    """``maps PID|FILE``: read the live process (all digits) or the saved listing."""
+    pairs = parse_path_map(path_map)
+    maps = read_process_maps(int(target)) if target.isdigit() else read_maps_file(target)
+    return analyse_maps(maps, scenario, anchor=anchor, arch_name=arch_name, path_map=pairs)
 
 
 def _host_arch() -> Arch | None:
@@ -110,23 +165,19 @@ def _jit_areas(maps: ProcessMaps) -> tuple[list[Span], list[Mapping]]:
 
 def analyse_maps(
     maps: ProcessMaps,
+    scenario: Scenario = DEFAULT_SCENARIO,
     *,
     anchor: str | None = None,
     arch_name: str | None = None,
-    jit: str | None = None,
-    form: str | None = None,
-    va_bits: int | None = None,
-    mmap_min_addr: int | None = None,
-    heap: int = DEFAULT_HEAP,
-    states: int = 1,
-    mcode: int | None = None,
     path_map: tuple[tuple[str, str], ...] = (),
     jit_code: tuple[tuple[int, bytes], ...] | None = None,
 ) -> MapsAnalysis:
     """``jit_code`` (address, bytes) is the JIT code already read (the preload probe's
     child copies its own); without it a live process's code is read from /proc/PID/mem."""
+    jit = scenario.jit
+    overrides = scenario.kernel
     notes: list[str] = []
-    found: Anchor | None = None
+    found: _Found | None = None
     holder: str | None = None
     bias: int | None = None
     arch: Arch | None = arches.by_name(arch_name) if arch_name else None
@@ -149,7 +200,7 @@ def analyse_maps(
                 symbol = reader.symbol(name)
                 if symbol is not None:
                     runtime = symbol.value + obj_bias
-                    found = Anchor(name, Span(runtime, runtime + 1), "symbol",
+                    found = _Found(name, Span(runtime, runtime + 1), HowFound.SYMBOL,
                                    f"{symbol.binding} {symbol.visibility} {symbol.type} in "
                                    f"{symbol.table} of {path}, bias {obj_bias:#x}")
                     holder, bias = path, obj_bias
@@ -157,7 +208,7 @@ def analyse_maps(
             if found:
                 break
         if found is None and address is not None:
-            found = Anchor(f"{address:#x}", Span(address, address + 1), "address",
+            found = _Found(f"{address:#x}", Span(address, address + 1), HowFound.ADDRESS,
                            "given with --anchor")
             holder = next((p for p, ms in objects.items()
                            if any(address in m.span for m in ms)), None)
@@ -174,7 +225,7 @@ def analyse_maps(
             span = Span(min(s.start for s in code), max(s.end for s in code))
             found = _from_jit_code(maps, span, readable, holder, notes, jit_code)
             if found is None:
-                found = Anchor("executable segment", span, "executable-segment",
+                found = _Found("executable segment", span, HowFound.EXECUTABLE_SEGMENT,
                                f"no LuaJIT VM symbol in the mapped objects; the window "
                                f"must reach all of {holder}'s code")
         holder_reader = next((r for p, r, _ in readable if p == holder), None)
@@ -189,8 +240,11 @@ def analyse_maps(
         if arch is None:
             raise UsageError(f"{maps.source}: the mapped files are not readable here; "
                              "give --arch")
+        # ``found`` was located at run-time addresses; place it once, as link-time + bias.
+        placed = PlacedAnchor.at_runtime(found.name, found.span, found.how, found.detail,
+                                         bias)
         if jit is None and holder_reader is not None:
-            generation = luajit_generation(holder_reader.image(), found)
+            generation = luajit_generation(holder_reader.image(), placed.anchor)
     finally:
         for _, reader, _ in readable:
             reader.close()
@@ -198,27 +252,32 @@ def analyse_maps(
     if note:
         notes.append(note)
     host = os.uname().machine
-    if mmap_min_addr is None and maps.source.startswith("pid ") and \
+    if overrides.mmap_min_addr is None and maps.source.startswith("pid ") and \
             arches.by_name({"x86_64": "x86_64", "aarch64": "aarch64"}.get(host, host)) is arch:
         with open("/proc/sys/vm/mmap_min_addr") as f:
-            mmap_min_addr = int(f.read())
-    kernel = KernelConfig.for_arch(arch, va_bits=va_bits, mmap_min_addr=mmap_min_addr)
-    window = window_for_span(profile, arch, found.span, kernel.user_space, form_name=form)
+            overrides = replace(overrides, mmap_min_addr=int(f.read()))
+        kernel = replace(KernelConfig.under(arch, overrides), release=os.uname().release,
+                         source="this machine's kernel (vm.mmap_min_addr read here)")
+    else:
+        kernel = KernelConfig.under(arch, overrides)
+    window = window_for_span(profile, arch, found.span, kernel.user_space,
+                             form_name=scenario.form)
     spans, ignored = _jit_areas(maps)
     if ignored:
         notes.append(f"ignored {len(ignored)} one-page anonymous r-x mapping(s): qemu-user's "
                      "signal trampoline, not JIT code")
     areas = tuple(JitArea(s, (s.end - 1 - found.span.start) if s.start >= found.span.start
                           else (s.start - found.span.start)) for s in spans)
-    occupants = _occupants(maps, spans, ignored, heap)
-    acc = account(window, occupants, states=states, mcode=mcode)
-    return MapsAnalysis(maps, arch, kernel, found, holder, bias, generation, profile, areas,
+    occupants = _occupants(maps, spans, ignored, scenario.heap)
+    acc = account(window, occupants, states=scenario.demand.states,
+                  mcode=scenario.demand.mcode)
+    return MapsAnalysis(maps, arch, kernel, placed, holder, bias, generation, profile, areas,
                         tuple(ignored), acc, tuple(notes))
 
 
 def _from_jit_code(maps: ProcessMaps, code: Span, readable: list[tuple[str, ElfReader,
                    int | None]], holder: str | None, notes: list[str],
-                   jit_code: tuple[tuple[int, bytes], ...] | None = None) -> Anchor | None:
+                   jit_code: tuple[tuple[int, bytes], ...] | None = None) -> _Found | None:
     """``lj_vm_exit_handler`` recovered from the exit stubs in a live process's JIT code."""
     if jit_code is None and not maps.source.startswith("pid "):
         return None
@@ -237,7 +296,7 @@ def _from_jit_code(maps: ProcessMaps, code: Span, readable: list[tuple[str, ElfR
     found = stubs.recover(reader.image().arch, data, code)
     if found is None:
         return None
-    return Anchor("lj_vm_exit_handler", Span(found.address, found.address + 1), "jit-code",
+    return _Found("lj_vm_exit_handler", Span(found.address, found.address + 1), HowFound.JIT_CODE,
                   f"recovered from {found.votes} of {found.candidates} exit stubs in the JIT "
                   f"code ({found.pattern}); the binary is stripped")
 
@@ -247,22 +306,23 @@ def _occupants(maps: ProcessMaps, jit: list[Span], ignored: list[Mapping],
     """Every mapping as an occupant, JIT code as the merged ``jit`` spans (sorted and
     disjoint, from :func:`_jit_areas`): one pass over the mappings, which come sorted
     too, with a cursor into ``jit``, so time is linear in the listing."""
-    occupants = [Occupant("jit", s) for s in jit]
+    occupants = [Occupant(OccupantKind.JIT, s) for s in jit]
     ignored_ids = {id(m) for m in ignored}
     cursor = 0
     for m in maps.mappings:
         if m.kind is MappingKind.ANONYMOUS and Perm.X in m.perms:
             if id(m) in ignored_ids:
-                occupants.append(Occupant("anonymous", m.span, m.path))
+                occupants.append(Occupant(OccupantKind.ANONYMOUS, m.span, m.path))
                 continue
             while cursor < len(jit) and jit[cursor].end <= m.start:
                 cursor += 1
             if cursor < len(jit) and jit[cursor].contains(m.span):
                 continue
-        kind = "image" if m.kind is MappingKind.EXECUTABLE else m.kind.value
-        occupants.append(Occupant(kind, m.span, m.path))
+        occupants.append(Occupant(occupant_kind(m.kind), m.span, m.path))
         if m.kind is MappingKind.STACK and m.start >= STACK_GUARD_GAP:
-            occupants.append(Occupant("stack-guard", Span(m.start - STACK_GUARD_GAP, m.start)))
+            occupants.append(Occupant(OccupantKind.STACK_GUARD,
+                                      Span(m.start - STACK_GUARD_GAP, m.start)))
         if m.kind is MappingKind.HEAP:
-            occupants.append(Occupant("heap-reserve", Span(m.end, m.end + heap), "[heap]"))
+            occupants.append(Occupant(OccupantKind.HEAP_RESERVE, Span(m.end, m.end + heap),
+                                      "[heap]"))
     return occupants

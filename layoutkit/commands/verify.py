@@ -18,12 +18,15 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from layoutkit import native
-from layoutkit.advice.advise import _shift, _split_bss, advise
+from layoutkit.advice.candidates import advise
+from layoutkit.advice.edits import Rebase
+from layoutkit.core.kinds import AdviceKind
 from layoutkit.core.model import ElfImage, LoadKind, Perm
+from layoutkit.core.scenario import DEFAULT_SCENARIO, Scenario
 from layoutkit.core.spans import Span, largest
 from layoutkit.core.units import format_size
 from layoutkit.elf import ElfReader
@@ -32,13 +35,13 @@ from layoutkit.native import qemu_system
 from layoutkit.native.twin import Twin, TwinSpec, build_twin
 from layoutkit.output import document as report
 from layoutkit.read.maps import ProcessMaps
-from layoutkit.window.accounting import Accounting, account
+from layoutkit.window.accounting import Accounting, account, states_fit
 from layoutkit.window.anchor import find_anchor, luajit_generation
 from layoutkit.window.kernel import PAGE, KernelConfig, defaults
-from layoutkit.window.layout import DEFAULT_HEAP, Prediction, predict
+from layoutkit.window.layout import Prediction, predict
 from layoutkit.window.profiles import choose_profile, window_for_span
 
-ADVICE_KINDS = ("rebase", "relocate-text", "pie")
+ADVICE_KINDS = (AdviceKind.REBASE, AdviceKind.RELOCATE_TEXT, AdviceKind.PIE)
 DEFAULT_RUNS = 3
 
 
@@ -165,53 +168,41 @@ def _guest_runs(twin: Twin, profile: str, runs: int) -> qemu_system.GuestResult:
 
 
 def _capacity(runs: Sequence[Span], profile_area: int, per_state: int) -> int:
-    areas = sum(r.size // profile_area for r in runs)
-    return areas // max(1, -(-per_state // profile_area))
+    return states_fit(runs, profile_area, per_state)
 
 
-def _advised(image: ElfImage, anchor: int, path: str, kind: str | None, base: int | None,
-             jit: str | None, heap: int, states: int,
-             mcode: int | None) -> tuple[ElfImage, int, str | None]:
-    """The image (and anchor) as the advice lays it out, and how to say so."""
-    span = image.image_span
-    assert span is not None
+def _advised(image: ElfImage, anchor: int, path: str, kind: AdviceKind | None,
+             base: int | None, scenario: Scenario) -> tuple[ElfImage, int, str | None]:
+    """The image (and anchor) as the advice lays it out, and how to say so: the
+    recommendation's own edit value, as ``advise`` predicted it."""
     if base is not None:
         if image.load_kind is not LoadKind.EXEC:
             raise UsageError("--base moves a non-PIE executable; this one is "
                              f"{image.load_kind.describe()}")
-        delta = base - span.start
-        return _shift(image, delta), anchor + delta, f"rebase to {base:#x}"
+        rebase = Rebase(base)
+        return rebase.apply(image), rebase.address(image, anchor), f"rebase to {base:#x}"
     if kind is None:
         return image, anchor, None
-    advice = advise(path, jit=jit, anchor=f"{anchor:#x}", heap=heap, states=states,
-                    mcode=mcode)
-    rec = next((r for r in advice.recommendations if r.kind == kind), None)
-    if rec is None:
+    advice = advise(path, scenario, anchor=f"{anchor:#x}")
+    rec = next((r for r in advice.recommendations if r.kind is kind), None)
+    if rec is None or rec.edit is None:
         raise UsageError(f"advise has no {kind} recommendation for {path}")
     text = f"{kind}: {' '.join(rec.flags)}"
-    if kind == "pie":
-        moved = _shift(image, -span.start, LoadKind.PIE)
-        moved = replace(moved, interpreter=moved.interpreter or "(interpreter)")
-        return moved, anchor - span.start, text
-    assert rec.base is not None
-    delta = rec.base - span.start
-    moved = _shift(image, delta)
-    if rec.bss is not None:
-        moved = _split_bss(moved, rec.bss)
-    return moved, anchor + delta, text
+    return rec.edit.apply(image), rec.edit.address(image, anchor), text
 
 
-def verify(path: str, *, arch_name: str | None = None, runner: str = "native",
-           runs: int = DEFAULT_RUNS, advice: str | None = None, base: int | None = None,
-           anchor_spec: str | None = None,
-           jit: str | None = None, heap: int = DEFAULT_HEAP, states: int = 1,
-           mcode: int | None = None) -> Verification:
-    """Build the twin of ``path`` (as advised), run it ``runs`` times, compare."""
+def verify(path: str, scenario: Scenario = DEFAULT_SCENARIO, *, arch_name: str | None = None,
+           runner: str = "native", runs: int = DEFAULT_RUNS, advice: AdviceKind | None = None,
+           base: int | None = None, anchor_spec: str | None = None) -> Verification:
+    """Build the twin of ``path`` (as advised), run it ``runs`` times, compare.
+
+    The kernel values are the runner's (measured), not the scenario's overrides."""
+    jit, states, mcode = scenario.jit, scenario.demand.states, scenario.demand.mcode
     if runner not in (*native.RUNNERS, qemu_system.RUNNER):
         raise UsageError(f"unknown runner {runner!r} (known: "
                          f"{', '.join((*native.RUNNERS, qemu_system.RUNNER))})")
     if advice is not None and advice not in ADVICE_KINDS:
-        raise UsageError(f"--advice {advice!r}: one of {', '.join(ADVICE_KINDS)}")
+        raise UsageError(f"--advice {advice}: one of {', '.join(map(str, ADVICE_KINDS))}")
     if not 1 <= runs <= 100:
         raise UsageError("--runs must be 1..100")
     with ElfReader(path) as reader:
@@ -227,8 +218,7 @@ def verify(path: str, *, arch_name: str | None = None, runner: str = "native",
         raise UsageError(f"{path} has no anchor symbol (the fallback is its whole "
                          "executable segment, where no single probe function can stand): "
                          "give --anchor SYMBOL|ADDR inside its code")
-    laid, anchor, advice_text = _advised(image, found.span.start, path, advice, base, jit,
-                                         heap, states, mcode)
+    laid, anchor, advice_text = _advised(image, found.span.start, path, advice, base, scenario)
     spec = TwinSpec.of(laid, anchor, path if advice_text is None else
                        f"{path} ({advice_text})")
     twin = build_twin(spec)
@@ -267,8 +257,9 @@ def verify(path: str, *, arch_name: str | None = None, runner: str = "native",
                                    mmap_min_addr=kernel_seen.mmap_min_addr)
     bias, _ = kernel.nominal_bias(laid)
     point = Span(anchor + bias, anchor + bias + 1)
-    window = window_for_span(profile, image.arch, point, kernel.user_space)
-    model = predict(laid, kernel, window, bias, heap=heap, states=states, mcode=mcode)
+    window = window_for_span(profile, image.arch, point, kernel.user_space,
+                             form_name=scenario.form)
+    model = predict(laid, kernel, window, bias, scenario)
     holes = _image_holes(first.maps(), laid, bias) if runner == "qemu-user" else []
     if holes:
         notes.append("qemu-user reserves the holes between the image's PT_LOAD segments ("

@@ -52,3 +52,6 @@ class Scenario:
     def __post_init__(self) -> None:
         if self.heap < 0:
             raise UsageError(f"--heap {self.heap}: a size cannot be negative")
+
+
+DEFAULT_SCENARIO = Scenario()

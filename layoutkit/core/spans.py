@@ -64,6 +64,10 @@ class Span:
         part = self.intersect(other)
         return part.size if part else 0
 
+    def shifted(self, delta: int) -> Span:
+        """The span moved by ``delta`` (a load bias, from link-time to run-time)."""
+        return Span(self.start + delta, self.end + delta)
+
     def aligned_inward(self, alignment: int) -> Span | None:
         """The largest ``alignment``-aligned span inside this one, or None."""
         start, end = align_up(self.start, alignment), align_down(self.end, alignment)

@@ -33,12 +33,19 @@ from typing import Any
 
 from layoutkit.core import arches
 from layoutkit.core.arches import Arch
+from layoutkit.core.kinds import OccupantKind
 from layoutkit.core.spans import Span, align_down
 from layoutkit.core.units import format_size
 from layoutkit.errors import ProbeError, UsageError
 from layoutkit.output import document as report
 from layoutkit.read.maps import MappingKind, ProcessMaps, parse_maps
-from layoutkit.window.accounting import STACK_GUARD_GAP, Accounting, Occupant, account
+from layoutkit.window.accounting import (
+    STACK_GUARD_GAP,
+    Accounting,
+    Occupant,
+    account,
+    occupant_kind,
+)
 from layoutkit.window.kernel import KernelConfig
 from layoutkit.window.profiles import JitWindow, jit_window
 
@@ -437,9 +444,10 @@ def run_probe(arch: Arch | str | None = None, *, runner: str = "native", mode: s
 
 def occupants(maps: ProcessMaps) -> list[Occupant]:
     """Every mapping as an occupant, plus the guard gap below each stack (mm/mmap.c)."""
-    found = [Occupant(m.kind.value, m.span, m.path) for m in maps.mappings]
+    found = [Occupant(occupant_kind(m.kind), m.span, m.path) for m in maps.mappings]
     for m in maps.by_kind(MappingKind.STACK):
-        found.append(Occupant("stack-guard", Span(max(0, m.start - STACK_GUARD_GAP), m.start)))
+        found.append(Occupant(OccupantKind.STACK_GUARD,
+                                  Span(max(0, m.start - STACK_GUARD_GAP), m.start)))
     return found
 
 
@@ -466,7 +474,7 @@ def differences(result: ScanResult) -> list[Difference]:
     """
     acc = model_accounting(result)
     model_free = {s for gap in acc.free for s in range(gap.start, gap.end, result.slot)}
-    guards = [o.span for o in acc.occupants if o.kind == "stack-guard"]
+    guards = [o.span for o in acc.occupants if o.kind is OccupantKind.STACK_GUARD]
     low = result.context.mmap_min_addr or 0
     found = []
     for i, outcome in enumerate(result.outcomes):

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from layoutkit.commands.maps import MapsAnalysis, analyse_maps
+from layoutkit.core.scenario import Scenario
 from layoutkit.core.spans import Span, align_up, largest
 from layoutkit.core.units import format_size
 from layoutkit.elf import ElfReader
@@ -242,7 +243,7 @@ def _result(run: ProgramRun, doc: dict[str, Any]) -> ProgramResult:
     pid = run.process.pid
     maps = parse_maps(doc["maps_before"], source=f"pid {pid} (copy in preload child {child})")
     code = tuple((int(c["start"], 16), bytes.fromhex(c["hex"])) for c in doc["jit_code"])
-    analysis = analyse_maps(maps, anchor=run.anchor, jit=run.jit, jit_code=code)
+    analysis = analyse_maps(maps, Scenario(jit=run.jit), anchor=run.anchor, jit_code=code)
     window = analysis.accounting.jit
     lo, hi = max(window.usable.start, start), min(window.usable.end, end)
     i, j = (lo - start) // slot, max((lo - start) // slot, (hi - start) // slot)
@@ -250,7 +251,7 @@ def _result(run: ProgramRun, doc: dict[str, Any]) -> ProgramResult:
     clipped = Span(start + i * slot, start + j * slot)
     ctx = ProbeContext(
         arch=analysis.arch, runner="preload", jit=replace(window, usable=clipped),
-        anchor=analysis.anchor.span.start, anchor_source=analysis.anchor.how_found,
+        anchor=analysis.anchor.span.start, anchor_source=analysis.anchor.how_found.value,
         self_anchor=analysis.anchor.span.start, page_size=int(doc["page_size"]),
         rlimit_as=None, vm_size=0, mmap_min_addr=analysis.kernel.mmap_min_addr,
         maps_before=doc["maps_before"], maps_after=doc["maps_after"], infidelities=())
@@ -280,7 +281,7 @@ def program_json(result: ProgramResult, status: int | None) -> dict[str, Any]:
         "mode": "program", "command": list(result.command), "when": result.when,
         "pid": result.program_pid, "arch": a.arch.name, "profile": jit.profile.name,
         "anchor": {"name": a.anchor.name, "address": report.hexa(a.anchor.span.start),
-                   "source": a.anchor.how_found, "detail": a.anchor.detail},
+                   "source": a.anchor.how_found.value, "detail": a.anchor.detail},
         "anchor_object": a.anchor_object, "bias": report.hexa(a.bias),
         "window": report.span_json(jit.window), "usable": report.span_json(jit.usable),
         "scanned": report.span_json(result.scanned), "slot": result.scan.slot,

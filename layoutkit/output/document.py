@@ -10,7 +10,8 @@ import json
 from typing import Any
 
 from layoutkit.advice import linkers
-from layoutkit.advice.advise import Advice, Recommendation, RelocationCheck
+from layoutkit.advice.candidates import Advice, Recommendation
+from layoutkit.advice.move import RelocationCheck
 from layoutkit.commands.inspect import Inspection, ReachWindow
 from layoutkit.commands.maps import MapsAnalysis
 from layoutkit.core.model import ElfImage, Segment
@@ -19,6 +20,7 @@ from layoutkit.core.text import json_safe
 from layoutkit.ranges import BranchForm
 from layoutkit.read.refs import Bound
 from layoutkit.window.accounting import Accounting
+from layoutkit.window.kernel import KernelConfig
 from layoutkit.window.profiles import Generation
 
 SCHEMA_VERSION = 1
@@ -53,6 +55,17 @@ def _dump(value: object, pad: str) -> str:
         items = (f"{inner}{json.dumps(k)}: {_dump(v, inner)}" for k, v in value.items())
         return "{\n" + ",\n".join(items) + "\n" + pad + "}"
     return "[\n" + ",\n".join(inner + _dump(v, inner) for v in value) + "\n" + pad + "]"
+
+
+def kernel_json(kernel: KernelConfig) -> dict[str, Any]:
+    """The one kernel block of every document."""
+    return {
+        "release": kernel.release,
+        "va_bits": kernel.va_bits,
+        "user_top": hexa(kernel.user_top),
+        "mmap_min_addr": hexa(kernel.mmap_min_addr),
+        "source": kernel.source,
+    }
 
 
 def span_json(span: Span | None) -> dict[str, Any] | None:
@@ -138,28 +151,30 @@ def reach_json(reach: ReachWindow) -> dict[str, Any]:
     }
 
 
-def inspection_json(result: Inspection) -> dict[str, Any]:
+def inspection_json(result: Inspection, *, bundled: bool = False) -> dict[str, Any]:
     anchor = result.anchor
-    return document("inspect", {
+    doc = document("inspect", {
         **image_json(result.image),
         "load": {"bias": hexa(result.bias), "how": result.bias_how,
                  "model": result.image.load_kind.describe()},
-        "kernel": {
-            "va_bits": result.kernel.va_bits,
-            "user_top": hexa(result.kernel.user_top),
-            "mmap_min_addr": hexa(result.kernel.mmap_min_addr),
-        },
+        "kernel": kernel_json(result.kernel),
         "anchor": {
             "name": anchor.name,
             "address": hexa(anchor.address),
             "end": hexa(anchor.span.end),
             "runtime_address": hexa(result.runtime_anchor.start),
-            "how_found": anchor.how_found,
+            "how_found": anchor.how_found.value,
             "detail": anchor.detail,
         },
         "reach": [reach_json(r) for r in result.reach],
         **prediction_json(result),
     })
+    doc["bundled_default"] = bundled
+    return doc
+
+
+def ranges_json(rows: tuple[BranchForm, ...]) -> dict[str, Any]:
+    return document("ranges", {"forms": [form_json(f) for f in rows]})
 
 
 def window_json(acc: Accounting) -> dict[str, Any]:
@@ -186,7 +201,7 @@ def window_json(acc: Accounting) -> dict[str, Any]:
 
 def occupants_json(acc: Accounting) -> list[dict[str, Any]]:
     return [
-        {"kind": o.kind, "start": hexa(o.span.start), "end": hexa(o.span.end),
+        {"kind": o.kind.value, "start": hexa(o.span.start), "end": hexa(o.span.end),
          "overlap": o.overlap(acc.jit.window), "path": o.path}
         for o in acc.occupants
     ]
@@ -201,7 +216,7 @@ def capacity_json(acc: Accounting) -> dict[str, Any]:
         "areas_free": cap.areas_free,
         "states_fit": cap.states_fit,
         "demand": cap.demand,
-        "verdict": cap.verdict,
+        "verdict": cap.verdict.value,
     }
 
 
@@ -239,16 +254,12 @@ def maps_json(result: MapsAnalysis) -> dict[str, Any]:
         "source": result.maps.source,
         "arch": result.arch.name,
         "executable": result.maps.executable,
-        "kernel": {
-            "va_bits": result.kernel.va_bits,
-            "user_top": hexa(result.kernel.user_top),
-            "mmap_min_addr": hexa(result.kernel.mmap_min_addr),
-        },
+        "kernel": kernel_json(result.kernel),
         "anchor": {
             "name": result.anchor.name,
-            "address": hexa(result.anchor.address),
+            "address": hexa(result.anchor.span.start),
             "end": hexa(result.anchor.span.end),
-            "how_found": result.anchor.how_found,
+            "how_found": result.anchor.how_found.value,
             "detail": result.anchor.detail,
             "object": result.anchor_object,
             "bias": hexa(result.bias),
@@ -271,7 +282,7 @@ def advice_json(advice: Advice) -> dict[str, Any]:
     def rec_json(rec: Recommendation) -> dict[str, Any]:
         worst = rec.worst
         return {
-            "kind": rec.kind,
+            "kind": rec.kind.value,
             "linker": rec.linker,
             "flags": list(rec.flags),
             "base": hexa(rec.base),
@@ -288,11 +299,7 @@ def advice_json(advice: Advice) -> dict[str, Any]:
         "linker": advice.linker,
         "linker_evidence": advice.linker_evidence,
         "profile": advice.profile,
-        "kernel": {
-            "va_bits": advice.kernel.va_bits,
-            "user_top": hexa(advice.kernel.user_top),
-            "mmap_min_addr": hexa(advice.kernel.mmap_min_addr),
-        },
+        "kernel": kernel_json(advice.kernel),
         "current": {"window": window_json(advice.current.worst),
                     "capacity": capacity_json(advice.current.worst)},
         "recommendations": [rec_json(r) for r in advice.recommendations],

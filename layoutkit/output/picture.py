@@ -23,56 +23,57 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import os
 import re
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from xml.sax.saxutils import escape, quoteattr
 
+from layoutkit.core.kinds import OccupantKind
+from layoutkit.core.kinds import OccupantKind as K
 from layoutkit.core.spans import Span
 from layoutkit.core.units import format_size
+from layoutkit.errors import UsageError
 from layoutkit.window.accounting import Accounting, Occupant
 
 # --- kinds: colours, terminal symbols, legend names ---------------------------------------
 
-# Fill colours (Tableau 10 and its light companions); unknown kinds get NEUTRAL.
-KIND_COLOURS: dict[str, str] = {
-    "image": "#4e79a7",
-    "executable": "#4e79a7",
-    "library": "#76b7b2",
-    "heap": "#f28e2b",
-    "heap-reserve": "#ffbe7d",
-    "stack": "#e15759",
-    "stack-guard": "#ff9d9a",
-    "jit": "#b07aa1",
-    "anonymous": "#9c755f",
-    "file": "#edc948",
-    "deleted": "#d4a6c8",
-    "vdso": "#bab0ac",
-    "mapped-before-and-stack": "#79706e",
+# Fill colours (Tableau 10 and its light companions), one per occupant kind.
+KIND_COLOURS: dict[OccupantKind, str] = {
+    K.IMAGE: "#4e79a7",
+    K.LIBRARY: "#76b7b2",
+    K.HEAP: "#f28e2b",
+    K.HEAP_RESERVE: "#ffbe7d",
+    K.STACK: "#e15759",
+    K.STACK_GUARD: "#ff9d9a",
+    K.JIT: "#b07aa1",
+    K.ANONYMOUS: "#9c755f",
+    K.FILE: "#edc948",
+    K.DELETED: "#d4a6c8",
+    K.VDSO: "#bab0ac",
+    K.MAPPED_BEFORE: "#79706e",
 }
-NEUTRAL = "#c7c7c7"
 FREE_COLOUR = "#b5dfa6"
 FREE_EDGE = "#59a14f"
 JIT_AREA_COLOUR = "#d62790"
 ANCHOR_COLOUR = "#c00000"
 
-# Terminal symbols: one ASCII character per kind; unknown kinds show UNKNOWN_SYMBOL.
-KIND_SYMBOLS: dict[str, str] = {
-    "image": "#",
-    "executable": "#",
-    "library": "#",
-    "heap": "h",
-    "heap-reserve": "H",
-    "stack": "s",
-    "stack-guard": "g",
-    "jit": "J",
-    "anonymous": "a",
-    "file": "f",
-    "deleted": "d",
-    "vdso": "v",
-    "mapped-before-and-stack": "m",
+# Terminal symbols: one ASCII character per occupant kind.
+KIND_SYMBOLS: dict[OccupantKind, str] = {
+    K.IMAGE: "#",
+    K.LIBRARY: "#",
+    K.HEAP: "h",
+    K.HEAP_RESERVE: "H",
+    K.STACK: "s",
+    K.STACK_GUARD: "g",
+    K.JIT: "J",
+    K.ANONYMOUS: "a",
+    K.FILE: "f",
+    K.DELETED: "d",
+    K.VDSO: "v",
+    K.MAPPED_BEFORE: "m",
 }
-UNKNOWN_SYMBOL = "?"
 FREE_SYMBOL = "."
 UNUSABLE_SYMBOL = "-"
 # Narrowest terminal view: two 64-bit addresses ("0x" and 16 digits) and a blank.
@@ -90,7 +91,6 @@ _SYMBOL_NAMES: dict[str, str] = {
     "d": "deleted",
     "v": "vdso",
     "m": "mapped-before",
-    UNKNOWN_SYMBOL: "other",
     UNUSABLE_SYMBOL: "unusable",
 }
 
@@ -133,14 +133,14 @@ def _f(value: float) -> str:
     return f"{value:.1f}"
 
 
-def colour(kind: str) -> str:
-    """Fill colour of an occupant kind (NEUTRAL for kinds this module does not know)."""
-    return KIND_COLOURS.get(kind, NEUTRAL)
+def colour(kind: OccupantKind) -> str:
+    """Fill colour of an occupant kind (every kind has one: tests/output/test_picture.py)."""
+    return KIND_COLOURS[kind]
 
 
-def symbol(kind: str) -> str:
+def symbol(kind: OccupantKind) -> str:
     """Terminal symbol of an occupant kind."""
-    return KIND_SYMBOLS.get(kind, UNKNOWN_SYMBOL)
+    return KIND_SYMBOLS[kind]
 
 
 def approx_size(size: int) -> str:
@@ -307,7 +307,7 @@ def _text_span(text: str, centre: float, width: float) -> tuple[float, float]:
 class _Group:
     """Touching occupants of one kind and path in one lane: one label for all."""
 
-    kind: str
+    kind: OccupantKind
     path: str
     span: Span  # the whole extent, unclipped
     lane: int
@@ -352,7 +352,7 @@ def _groups(occupants: Sequence[Occupant], lanes: Sequence[tuple[int, int]]) -> 
 def _group_label(group: _Group) -> str:
     name = group.path.rsplit("/", 1)[-1] if group.path and not group.path.startswith("[") else ""
     times = f"({group.count} mappings)" if group.count > 1 else ""
-    return " ".join(p for p in (group.kind, name, format_size(group.span.size), times) if p)
+    return " ".join(p for p in (group.kind.value, name, format_size(group.span.size), times) if p)
 
 
 def _hatch_defs() -> str:
@@ -444,7 +444,7 @@ def svg(acc: Accounting, anchor: Span, *, title: str, jit_areas: Sequence[Span] 
         top = bar_top + lane * lane_h
         tip = f"{occ.kind} {occ.span} {format_size(occ.span.size)}" + (
             f" {occ.path}" if occ.path else "")
-        out.append(f'<rect class="occupant" data-kind={_a(occ.kind)} x="{_f(x0)}" '
+        out.append(f'<rect class="occupant" data-kind={_a(occ.kind.value)} x="{_f(x0)}" '
                    f'y="{_f(top)}" width="{_f(x1 - x0)}" height="{_f(lane_h)}" '
                    f'fill="{colour(occ.kind)}" stroke="#ffffff" stroke-width="0.5">'
                    f'<title>{_t(tip)}</title></rect>')
@@ -565,8 +565,8 @@ def svg(acc: Accounting, anchor: Span, *, title: str, jit_areas: Sequence[Span] 
     y = tick_base + TICK_ROWS * 13.0 + 14.0
     kinds = sorted({o.kind for o in occupants},
                    key=lambda k: (list(KIND_COLOURS).index(k) if k in KIND_COLOURS
-                                  else len(KIND_COLOURS), k))
-    entries: list[tuple[str, str]] = [(f'fill="{colour(k)}"', k) for k in kinds]
+                                  else len(KIND_COLOURS), k.value))
+    entries: list[tuple[str, str]] = [(f'fill="{colour(k)}"', k.value) for k in kinds]
     entries.append((f'fill="{FREE_COLOUR}"', "free (whole slots)"))
     entries.append(('fill="url(#lk-hatch)"', "not usable / no whole slot"))
     entries.append(("usable", "usable span"))
@@ -733,3 +733,17 @@ def terminal_view(acc: Accounting, anchor: Span, *, width: int = 72,
         else:
             legend.append(entry)
     return ["".join(bar), marker, addresses, *legend]
+
+
+def write_svg(path: str, acc: Accounting, anchor: Span, title: str,
+              jit_areas: tuple[Span, ...] = ()) -> None:
+    """Write the picture atomically: a temporary file in the same folder, then rename."""
+    text = svg(acc, anchor, title=title, jit_areas=jit_areas)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".layoutkit-", suffix=".svg", dir=folder)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UsageError(f"--svg {path}: {e.strerror}") from None

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from layoutkit.advice import linkers
-from layoutkit.advice.advise import Advice, RelocationCheck
+from layoutkit.advice.candidates import Advice
+from layoutkit.advice.move import RelocationCheck
 from layoutkit.commands.inspect import Inspection
 from layoutkit.commands.maps import MapsAnalysis
+from layoutkit.core.kinds import Verdict
 from layoutkit.core.model import ElfImage
 from layoutkit.core.spans import Span
 from layoutkit.core.text import escaped, shown
@@ -56,9 +58,11 @@ def image_lines(image: ElfImage) -> Iterator[str]:
     )
 
 
-def inspection_lines(result: Inspection, *, default_note: str | None = None) -> Iterator[str]:
-    if default_note:
-        yield default_note
+def inspection_lines(result: Inspection, *, bundled: bool = False) -> Iterator[str]:
+    """``bundled``: no BINARY was given and the bundled sample is shown."""
+    if bundled:
+        yield f"No BINARY given: inspecting the bundled sample {result.image.path}"
+        yield "(AArch64, non-PIE, GNU ld default base, LuaJIT-like anchor)."
         yield ""
     yield from image_lines(result.image)
     yield ""
@@ -160,7 +164,7 @@ def window_lines(acc: Accounting, *, best: Accounting | None = None,
     yield f"Occupants ({label}):"
     if acc.occupants:
         yield from table(
-            ((o.kind, f"{o.span.start:#x}", f"{o.span.end:#x}",
+            ((o.kind.value, f"{o.span.start:#x}", f"{o.span.end:#x}",
               format_size(o.overlap(jit.window)), shown(o.path) if o.path else "-")
              for o in acc.occupants),
             ("Kind", "Start", "End", "In window", "Path"),
@@ -188,7 +192,7 @@ def window_lines(acc: Accounting, *, best: Accounting | None = None,
 
 def accounting_verdict(acc: Accounting) -> str:
     cap = acc.capacity
-    if cap.verdict == "ok":
+    if cap.verdict is Verdict.OK:
         return (f"Verdict: ok: {cap.states_fit} state(s) of {format_size(cap.mcode_per_state)} "
                 f"fit, {cap.states_requested} requested")
     return (f"Verdict: insufficient: {cap.states_requested} state(s) of "

@@ -18,19 +18,18 @@ import capstone
 from layoutkit.core.arches import Arch
 from layoutkit.errors import UnsupportedArchError
 
-# (capstone arch, mode) per layoutkit arch. capstone 5 has no LoongArch (added in 6).
-_MODES: dict[str, tuple[int, int]] = {
-    "x86_64": (capstone.CS_ARCH_X86, capstone.CS_MODE_64),
-    "i386": (capstone.CS_ARCH_X86, capstone.CS_MODE_32),
-    "aarch64": (capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM),
-    "arm": (capstone.CS_ARCH_ARM, capstone.CS_MODE_ARM),
-    "ppc64le": (capstone.CS_ARCH_PPC, capstone.CS_MODE_64 | capstone.CS_MODE_LITTLE_ENDIAN),
-    "ppc64": (capstone.CS_ARCH_PPC, capstone.CS_MODE_64 | capstone.CS_MODE_BIG_ENDIAN),
-    "riscv64": (capstone.CS_ARCH_RISCV, capstone.CS_MODE_RISCV64 | capstone.CS_MODE_RISCVC),
-    "mips64el": (capstone.CS_ARCH_MIPS, capstone.CS_MODE_MIPS64 | capstone.CS_MODE_LITTLE_ENDIAN),
-    "mips64": (capstone.CS_ARCH_MIPS, capstone.CS_MODE_MIPS64 | capstone.CS_MODE_BIG_ENDIAN),
-    "s390x": (capstone.CS_ARCH_SYSZ, capstone.CS_MODE_BIG_ENDIAN),
-}
+
+def _modes(arch: Arch) -> tuple[int, int] | None:
+    """capstone's (arch, mode) for ``arch``, from the names on the arch value
+    (core/arches.py; capstone 5 has no LoongArch)."""
+    if not arch.capstone:
+        return None
+    cs_arch, *modes = (getattr(capstone, name) for name in arch.capstone)
+    mode = 0
+    for flag in modes:
+        mode |= flag
+    return cs_arch, mode
+
 
 # Mnemonics that form an address from the pc without being branches.
 _PC_REFERENCES = frozenset({"adr", "adrp", "ldr", "ldrsw", "prfm", "auipc"})
@@ -54,15 +53,15 @@ class Decoded:
 
 
 def supported(arch: Arch) -> bool:
-    return arch.name in _MODES
+    return _modes(arch) is not None
 
 
 @functools.lru_cache(maxsize=32)
 def _disassembler(arch: Arch, thumb: bool) -> capstone.Cs:
-    try:
-        cs_arch, mode = _MODES[arch.name]
-    except KeyError:
-        raise UnsupportedArchError(f"capstone 5 cannot decode {arch}") from None
+    modes = _modes(arch)
+    if modes is None:
+        raise UnsupportedArchError(f"capstone 5 cannot decode {arch}")
+    cs_arch, mode = modes
     if thumb:
         if arch.name != "arm":
             raise UnsupportedArchError(f"thumb mode is an arm mode, not {arch}")

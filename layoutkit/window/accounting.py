@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from layoutkit.core.kinds import OccupantKind, Verdict
 from layoutkit.core.spans import Span, align_up, count_slots, free_gaps, largest, normalize
+from layoutkit.read.maps import MappingKind
 from layoutkit.window.profiles import JitWindow
 
 # mm/mmap.c: stack_guard_gap = 256 pages; mmap refuses a hint that ends inside the gap
@@ -23,12 +25,29 @@ STACK_GUARD_GAP = 256 * 4096
 class Occupant:
     """Something in (or next to) the window that a JIT area cannot overlap."""
 
-    kind: str  # "image", "library", "heap", "heap-reserve", "stack", "stack-guard", "jit", ...
+    kind: OccupantKind
     span: Span
     path: str = ""
 
     def overlap(self, window: Span) -> int:
         return self.span.overlap(window)
+
+
+_MAPPING_KINDS = {
+    MappingKind.EXECUTABLE: OccupantKind.IMAGE,
+    MappingKind.LIBRARY: OccupantKind.LIBRARY,
+    MappingKind.HEAP: OccupantKind.HEAP,
+    MappingKind.STACK: OccupantKind.STACK,
+    MappingKind.VDSO: OccupantKind.VDSO,
+    MappingKind.ANONYMOUS: OccupantKind.ANONYMOUS,
+    MappingKind.FILE: OccupantKind.FILE,
+    MappingKind.DELETED: OccupantKind.DELETED,
+}
+
+
+def occupant_kind(kind: MappingKind) -> OccupantKind:
+    """What a mapping of ``kind`` is as an occupant (the main program is an image)."""
+    return _MAPPING_KINDS[kind]
 
 
 @dataclass(frozen=True)
@@ -40,8 +59,8 @@ class Capacity:
     states_fit: int
 
     @property
-    def verdict(self) -> str:
-        return "ok" if self.states_fit >= self.states_requested else "insufficient"
+    def verdict(self) -> Verdict:
+        return Verdict.OK if self.states_fit >= self.states_requested else Verdict.INSUFFICIENT
 
     @property
     def demand(self) -> int:
@@ -69,6 +88,17 @@ class Accounting:
     @property
     def free_share(self) -> float:
         return self.free_slots / self.slots if self.slots else 0.0
+
+
+def areas_in(runs: Iterable[Span], area: int) -> int:
+    """Disjoint ``area``-byte areas that fit in the free ``runs``."""
+    return sum(run.size // area for run in runs)
+
+
+def states_fit(runs: Iterable[Span], area: int, per_state: int) -> int:
+    """JIT states of ``per_state`` bytes (in whole areas) that fit in the free ``runs``:
+    the one capacity formula, for the model's accounting and the probe's measurement."""
+    return areas_in(runs, area) // max(1, -(-per_state // area))
 
 
 def fit_count(gaps: Iterable[Span], size: int, step: int) -> int:
@@ -105,15 +135,14 @@ def account(jit: JitWindow, occupied: Iterable[Occupant], *, states: int = 1,
             mcode: int | None = None) -> Accounting:
     """Account for ``jit``'s window given what occupies the address space."""
     occupants = tuple(sorted((o for o in occupied if o.span.overlaps(jit.window)),
-                             key=lambda o: (o.span.start, o.span.end, o.kind)))
+                             key=lambda o: (o.span.start, o.span.end, o.kind.value)))
     taken = normalize(o.span for o in occupants)
     free = tuple(free_gaps(jit.usable, taken, jit.slot))
     slots = count_slots([jit.usable], jit.slot)
     free_slots = count_slots(free, jit.slot)
     per_state = mcode if mcode is not None else jit.profile.maxmcode
     area = jit.profile.sizemcode
-    areas_free = sum(gap.size // area for gap in free)
-    per_state_areas = max(1, -(-per_state // area))
-    capacity = Capacity(states, per_state, area, areas_free, areas_free // per_state_areas)
+    capacity = Capacity(states, per_state, area, areas_in(free, area),
+                        states_fit(free, area, per_state))
     return Accounting(jit, occupants, free, slots, free_slots, capacity,
                       miss_probability(jit, free, area))

@@ -10,6 +10,7 @@ every byte of it.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from layoutkit.core.model import ElfImage, Perm, Symbol
@@ -22,18 +23,66 @@ from layoutkit.window.profiles import Generation, detect_generation
 DEFAULT_ANCHORS = ("lj_vm_exit_handler", "lj_vm_asm_begin")
 
 
+class HowFound(enum.Enum):
+    """How an anchor was found."""
+
+    SYMBOL = "symbol"  # a symbol of the ELF (lj_vm_exit_handler, lj_vm_asm_begin, --anchor)
+    ADDRESS = "address"  # given with --anchor ADDR
+    EXECUTABLE_SEGMENT = "executable-segment"  # no symbol: the whole code must be reached
+    JIT_CODE = "jit-code"  # recovered from the exit stubs of live JIT code (stripped)
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class Anchor:
-    """Where the JIT must reach, at link-time addresses (add the load bias for run time)."""
+    """Where the JIT must reach, at link-time addresses, as the holder's ELF states them.
+
+    :class:`PlacedAnchor` adds a load bias; nothing else turns one into the other."""
 
     name: str
     span: Span  # one byte for a symbol or an address; the whole segment for the fallback
-    how_found: str  # "symbol", "address" or "executable-segment"
+    how_found: HowFound
     detail: str
 
     @property
     def address(self) -> int:
         return self.span.start
+
+
+@dataclass(frozen=True)
+class PlacedAnchor:
+    """An anchor at run time: its link-time :class:`Anchor` plus the load bias of the
+    object that holds it (0 for a non-PIE image, or for an anchor known only at run time:
+    an address given for a process whose files cannot be read)."""
+
+    anchor: Anchor  # link-time
+    bias: int
+
+    @classmethod
+    def at_runtime(cls, name: str, span: Span, how: HowFound, detail: str,
+                   bias: int | None) -> PlacedAnchor:
+        """An anchor found at run-time address ``span`` in an object loaded at ``bias``."""
+        shift = bias or 0
+        return cls(Anchor(name, span.shifted(-shift), how, detail), shift)
+
+    @property
+    def span(self) -> Span:
+        """The run-time span."""
+        return self.anchor.span.shifted(self.bias)
+
+    @property
+    def name(self) -> str:
+        return self.anchor.name
+
+    @property
+    def how_found(self) -> HowFound:
+        return self.anchor.how_found
+
+    @property
+    def detail(self) -> str:
+        return self.anchor.detail
 
 
 def _address_or_none(text: str) -> int | None:
@@ -70,7 +119,7 @@ def find_anchor(reader: ElfReader, spec: str | None = None) -> Anchor:
         if address is not None:
             if not any(address in seg.span for seg in image.loads):
                 raise UsageError(f"--anchor {spec}: not inside any PT_LOAD of {image.path}")
-            return Anchor(f"{address:#x}", Span(address, address + 1), "address",
+            return Anchor(f"{address:#x}", Span(address, address + 1), HowFound.ADDRESS,
                           "given with --anchor")
         symbol = reader.symbol(spec)
         if symbol is None:
@@ -84,7 +133,7 @@ def find_anchor(reader: ElfReader, spec: str | None = None) -> Anchor:
     if span is None:
         raise InputError("no executable segment to anchor on", path=image.path)
     why = "stripped: no .symtab" if not image.has_symtab else "no LuaJIT VM symbols"
-    return Anchor("executable segment", span, "executable-segment",
+    return Anchor("executable segment", span, HowFound.EXECUTABLE_SEGMENT,
                   f"{why}; the window must reach the whole code span")
 
 
@@ -94,7 +143,7 @@ def luajit_generation(image: ElfImage, anchor: Anchor) -> Generation | None:
     with open(image.path, "rb") as stream:
         return detect_generation(
             stream, image.file_size,
-            luajit_symbols=anchor.how_found in ("symbol", "jit-code")
+            luajit_symbols=anchor.how_found in (HowFound.SYMBOL, HowFound.JIT_CODE)
             and anchor.name.startswith("lj_"),
             needs_libluajit=any("luajit" in name for name in image.needed))
 
@@ -104,4 +153,4 @@ def _from_symbol(reader: ElfReader, symbol: Symbol) -> Anchor:
     detail = f"{symbol.binding} {symbol.visibility} {symbol.type} in {symbol.table}"
     if not any(address in seg.span and Perm.X in seg.flags for seg in reader.image().loads):
         detail += " (not in an executable segment)"
-    return Anchor(symbol.name, Span(address, address + 1), "symbol", detail)
+    return Anchor(symbol.name, Span(address, address + 1), HowFound.SYMBOL, detail)

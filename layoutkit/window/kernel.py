@@ -1,7 +1,8 @@
 """What the Linux kernel does with a process's address space, per architecture.
 
-This module holds the kernel facts as data (each with the source it comes from) and a
-:class:`KernelConfig` that a user can override field by field. It answers where user
+The per-arch kernel facts are data on the arch value (``Arch.kernel``, sourced in
+core/arches.py); this module holds the :class:`KernelConfig` a user can override field
+by field, and the rules built on it. It answers where user
 space ends, what the lowest mappable address is, and where a position-independent
 image is put before randomisation.
 """
@@ -10,70 +11,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from layoutkit.core.arches import Arch, GiB
+from layoutkit.core.arches import Arch, KernelFacts
 from layoutkit.core.model import ElfImage, LoadKind
+from layoutkit.core.scenario import KernelOverrides
 from layoutkit.core.spans import Span, align_down
 from layoutkit.errors import ElfError, UsageError
 
-
-@dataclass(frozen=True)
-class KernelDefaults:
-    """Per-arch facts for a 64-bit (or native 32-bit) task with a distribution kernel."""
-
-    va_bits: int  # default user VA size
-    va_choices: tuple[int, ...]  # what kernel configurations offer
-    # End of user space for ``va_bits``, when it is not simply 2**va_bits.
-    top_adjust: int
-    # ELF_ET_DYN_BASE: where an ET_DYN with an interpreter (a PIE) goes before ASLR;
-    # None means "a function of the VA size", computed as 2/3 of the mmap window.
-    et_dyn_base: int | None
-    mmap_min_addr: int
-
-
 PAGE = 4096
 
-# Sources, per arch (Linux v6.1 unless said):
-# x86_64: TASK_SIZE_MAX = (1 << 47) - PAGE_SIZE (arch/x86/include/asm/page_64_types.h);
-#   57 with LA57 but only for hints above 2^47. ELF_ET_DYN_BASE = DEFAULT_MAP_WINDOW / 3 * 2
-#   (arch/x86/include/asm/elf.h). Debian's amd64 kernels set
-#   CONFIG_DEFAULT_MMAP_MIN_ADDR=65536 (the kernel's own default is 4096).
-# i386: TASK_SIZE = PAGE_OFFSET = 0xC0000000 with VMSPLIT_3G; ELF_ET_DYN_BASE 0x400000
-#   for ia32 tasks since v4.13 (commit eab09532d400, arch/x86/include/asm/elf.h).
-# aarch64: TASK_SIZE_64 = 1 << VA_BITS; VA_BITS 39/42/47/48/52 (arch/arm64/Kconfig);
-#   ELF_ET_DYN_BASE = 2 * DEFAULT_MAP_WINDOW_64 / 3 (arch/arm64/include/asm/elf.h);
-#   mmap_min_addr 4096 measured in Debian's linux-image-cloud-arm64 6.1 (facts.md §7).
-# arm: TASK_SIZE = PAGE_OFFSET - 16 MiB = 0xBF000000 (arch/arm/include/asm/memory.h);
-#   ELF_ET_DYN_BASE = TASK_SIZE / 3 * 2 (arch/arm/include/asm/elf.h).
-# ppc64: TASK_SIZE_USER64 = 128 TiB (TASK_SIZE_128TB, asm/task_size_64.h, hash and
-#   radix default map window); ELF_ET_DYN_BASE 0x100000000 (arch/powerpc/include/asm/elf.h).
-# riscv64: Sv39 TASK_SIZE 2^38, Sv48 2^47, Sv57 2^56 (arch/riscv/include/asm/pgtable.h);
-#   mmap stays below 2^47 unless a hint asks higher (v6.6+); ELF_ET_DYN_BASE =
-#   (DEFAULT_MAP_WINDOW / 3) * 2 (arch/riscv/include/asm/elf.h).
-# mips64: TASK_SIZE64 = 0x10000000000 (2^40) with 4K/16K pages (asm/processor.h);
-#   ELF_ET_DYN_BASE = TASK_SIZE / 3 * 2 (arch/mips/include/asm/elf.h). [check: 48-bit
-#   configurations exist with 64K pages]
-# s390x: 4 TiB (3-level) grows to 8 PiB (2^53) on demand (arch/s390/mm/pgalloc.c
-#   crst_table_upgrade); ELF_ET_DYN_BASE 0x100000000 (commit a73dc5370e15,
-#   arch/s390/include/asm/elf.h).
-# loongarch64: VA bits 47 with 16 KiB pages and 3 levels (Debian's loong64 config)
-#   [check]; ELF_ET_DYN_BASE = TASK_SIZE / 3 * 2 (arch/loongarch/include/asm/elf.h).
-_DEFAULTS: dict[str, KernelDefaults] = {
-    "x86_64": KernelDefaults(47, (47, 57), -PAGE, None, 65536),
-    "i386": KernelDefaults(32, (32,), -GiB, 0x400000, 65536),
-    "aarch64": KernelDefaults(48, (39, 42, 47, 48, 52), 0, None, 4096),
-    "arm": KernelDefaults(32, (32,), -(GiB + 16 * 1024 * 1024), None, 4096),
-    "ppc64le": KernelDefaults(47, (47, 52), 0, 0x100000000, 65536),
-    "ppc64": KernelDefaults(47, (47, 52), 0, 0x100000000, 65536),
-    "riscv64": KernelDefaults(47, (38, 47, 56), 0, None, 4096),
-    "mips64el": KernelDefaults(40, (40, 48), 0, None, 4096),
-    "mips64": KernelDefaults(40, (40, 48), 0, None, 4096),
-    "s390x": KernelDefaults(42, (42, 53), 0, 0x100000000, 4096),
-    "loongarch64": KernelDefaults(47, (39, 47), 0, None, 4096),
-}
 
-
-def defaults(arch: Arch) -> KernelDefaults:
-    return _DEFAULTS[arch.name]
+def defaults(arch: Arch) -> KernelFacts:
+    """The arch's kernel facts (sources beside the table in core/arches.py)."""
+    return arch.kernel
 
 
 @dataclass(frozen=True)
@@ -83,6 +32,8 @@ class KernelConfig:
     arch: Arch
     va_bits: int
     mmap_min_addr: int
+    release: str | None = None  # the kernel release, where one was seen (a runner, a host)
+    source: str = "the arch's defaults"  # where the values come from
 
     @classmethod
     def for_arch(
@@ -90,7 +41,11 @@ class KernelConfig:
     ) -> KernelConfig:
         """Defaults for ``arch``, with the given fields overridden (and checked)."""
         base = defaults(arch)
-        config = cls(arch, base.va_bits, base.mmap_min_addr)
+        given = [name for name, value in (("--va-bits", va_bits),
+                                          ("--mmap-min-addr", mmap_min_addr))
+                 if value is not None]
+        source = f"{arch}'s defaults" + (f", {' and '.join(given)} given" if given else "")
+        config = cls(arch, base.va_bits, base.mmap_min_addr, source=source)
         if va_bits is not None:
             if va_bits not in base.va_choices:
                 choices = ", ".join(map(str, base.va_choices))
@@ -101,6 +56,12 @@ class KernelConfig:
                 raise UsageError(f"--mmap-min-addr {mmap_min_addr:#x} is outside user space")
             config = replace(config, mmap_min_addr=mmap_min_addr)
         return config
+
+    @classmethod
+    def under(cls, arch: Arch, overrides: KernelOverrides) -> KernelConfig:
+        """Defaults for ``arch`` with a scenario's kernel overrides applied."""
+        return cls.for_arch(arch, va_bits=overrides.va_bits,
+                            mmap_min_addr=overrides.mmap_min_addr)
 
     @property
     def user_top(self) -> int:
@@ -169,27 +130,6 @@ class Aslr:
     brk_rnd: int  # range of arch_randomize_brk()
 
 
-# mmap: (1 << mmap_rnd_bits) pages. Debian's defaults: x86-64 CONFIG_ARCH_MMAP_RND_BITS=28
-# (arch/x86/Kconfig min 28); arm64 18 (measured in Debian's cloud-arm64 6.1 guest,
-# /proc/sys/vm/mmap_rnd_bits, facts.md §7); riscv64 18 (arch/riscv/Kconfig min);
-# ppc64 14 with 64 KiB pages (arch/powerpc/Kconfig min) = 1 GiB; others [check].
-# brk: arch_randomize_brk() randomize_page(mm->brk, SZ_1G) on 64-bit (arm64
-# process.c, mm/util.c generic, x86 process.c since v6.9; x86 used SZ_32M before);
-# SZ_32M for 32-bit tasks; ppc64 brk_rnd() 1 GiB.
-_ASLR: dict[str, Aslr] = {
-    "x86_64": Aslr((1 << 28) * PAGE, 1 << 30),
-    "i386": Aslr((1 << 8) * PAGE, 32 << 20),
-    "aarch64": Aslr((1 << 18) * PAGE, 1 << 30),
-    "arm": Aslr((1 << 8) * PAGE, 32 << 20),
-    "ppc64le": Aslr((1 << 14) * 65536, 1 << 30),
-    "ppc64": Aslr((1 << 14) * 65536, 1 << 30),
-    "riscv64": Aslr((1 << 18) * PAGE, 1 << 30),
-    "mips64el": Aslr((1 << 18) * PAGE, 1 << 30),
-    "mips64": Aslr((1 << 18) * PAGE, 1 << 30),
-    "s390x": Aslr((1 << 18) * PAGE, 1 << 30),
-    "loongarch64": Aslr((1 << 18) * PAGE, 1 << 30),
-}
-
-
 def aslr(arch: Arch) -> Aslr:
-    return _ASLR[arch.name]
+    """The arch's ASLR ranges (sources beside the table in core/arches.py)."""
+    return Aslr(arch.kernel.mmap_rnd, arch.kernel.brk_rnd)

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from layoutkit.core.kinds import OccupantKind
 from layoutkit.core.model import ElfImage, LoadKind
-from layoutkit.core.scenario import DEFAULT_HEAP
+from layoutkit.core.scenario import Scenario
 from layoutkit.core.spans import Span, align_down, align_up, normalize
 from layoutkit.core.units import format_size
 from layoutkit.window.accounting import Accounting, Occupant, account
 from layoutkit.window.kernel import PAGE, KernelConfig, aslr
 from layoutkit.window.profiles import JitWindow
-
-__all__ = ["DEFAULT_HEAP", "Prediction", "predict"]
-
 
 
 @dataclass(frozen=True)
@@ -44,7 +42,7 @@ def image_occupants(image: ElfImage, bias: int) -> list[Occupant]:
     """The pages each PT_LOAD maps (a gap between segments, as -Tbss makes, stays free)."""
     spans = normalize(Span(seg.page_span(PAGE).start + bias, seg.page_span(PAGE).end + bias)
                       for seg in image.loads if seg.memsz)
-    return [Occupant("image", span, image.path) for span in spans]
+    return [Occupant(OccupantKind.IMAGE, span, image.path) for span in spans]
 
 
 def _candidates(lo: int, hi: int, edges: list[int], h0: int, heap: int) -> list[int]:
@@ -58,12 +56,14 @@ def _candidates(lo: int, hi: int, edges: list[int], h0: int, heap: int) -> list[
     return sorted(picks)
 
 
-def predict(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int, *,
-            heap: int = DEFAULT_HEAP, states: int = 1, mcode: int | None = None) -> Prediction:
+def predict(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
+            scenario: Scenario) -> Prediction:
     """Accounting of ``jit`` (placed for load ``bias``) over the kernel's randomisation."""
+    heap = scenario.heap
+    states, mcode = scenario.demand.states, scenario.demand.mcode
     rnd = aslr(kernel.arch)
     notes: list[str] = []
-    img = Occupant("image", image_span(image, bias), image.path)
+    img = Occupant(OccupantKind.IMAGE, image_span(image, bias), image.path)
     fixed: list[Occupant] = image_occupants(image, bias)
     if image.load_kind is LoadKind.EXEC:
         bias_range = (0, 0)
@@ -81,7 +81,8 @@ def predict(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int, *,
                  img.span.start, img.span.end]
         results = []
         for r in _candidates(lo, hi, edges, h0, heap):
-            heap_occ = Occupant("heap-reserve", Span(h0 + r, h0 + r + heap), "[heap]")
+            heap_occ = Occupant(OccupantKind.HEAP_RESERVE, Span(h0 + r, h0 + r + heap),
+                               "[heap]")
             results.append(account(jit, [*fixed, heap_occ], states=states, mcode=mcode))
         # Run-time range: the image itself moves over the bias range (PIE), the heap with it.
         spread = bias_range[1] - bias_range[0]
@@ -93,7 +94,7 @@ def predict(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int, *,
         # A library (or static PIE) sits at the top of the mmap area: what was mapped
         # before it (the loader, earlier libraries) lies above, later mappings below.
         above = Span(img.span.end, kernel.user_top)
-        fixed.append(Occupant("mapped-before-and-stack", above))
+        fixed.append(Occupant(OccupantKind.MAPPED_BEFORE, above))
         results = [account(jit, fixed, states=states, mcode=mcode)]
         heap_start = None
         notes.append("library anchor: the space above it (earlier mappings, the stack and "

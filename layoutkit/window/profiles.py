@@ -2,7 +2,7 @@
 
 Each profile is data plus the rule it implements, from LuaJIT's src/lj_mcode.c
 (mcode_alloc), src/lj_arch.h (LJ_TARGET_JUMPRANGE) and src/lj_jit.h (JIT_P_sizemcode,
-JIT_P_maxmcode defaults), per generation (facts.md §2):
+JIT_P_maxmcode defaults), per generation:
 
 - ``luajit-2017``: before commits 4e308361/d62459fc (2017-03-08). Window target +- range
   with target = lj_vm_exit_handler & ~0xffff and range = 2^(JR-1) - 2 MiB, but the
@@ -26,6 +26,7 @@ JIT_P_maxmcode defaults), per generation (facts.md §2):
 
 from __future__ import annotations
 
+import abc
 import re
 from dataclasses import dataclass, replace
 from typing import BinaryIO
@@ -39,16 +40,15 @@ from layoutkit.read import bulk
 KiB = 1024
 SLOT = 64 * KiB  # LuaJIT's hint alignment (lj_mcode.c: "64K aligned")
 
-# LJ_TARGET_JUMPRANGE per arch (src/lj_arch.h): x64 31, ARM 25, ARM64 27, PPC 25 (32-bit
-# PPC only: LuaJIT has no ppc64 JIT), MIPS 27 (28 since 68354f44); s390x 32 only in the
-# openresty/luajit2 fork. No LuaJIT JIT exists for riscv64 or loongarch64 upstream.
-_JUMPRANGE = {"x86_64": 31, "aarch64": 27, "arm": 25, "mips64el": 27, "mips64": 27,
-              "s390x": 32}
 
 
 @dataclass(frozen=True)
-class Profile:
-    """One allocator: its window rule, probing rule and default sizes."""
+class Profile(abc.ABC):
+    """One allocator: its window rule (:meth:`window`), probing rule and default sizes.
+
+    A strategy: each generation is a subclass with its own :meth:`window`; nothing
+    elsewhere branches on a profile's name.
+    """
 
     name: str
     summary: str
@@ -56,24 +56,125 @@ class Profile:
     maxmcode: int  # bytes per JIT state (JIT_P_maxmcode)
     attempts: str  # how many probes, in words
     on_failure: str  # what happens when no probe hits
+    # Whether a full window aborts traces (LuaJIT before 68354f44) rather than costing
+    # speed (the 2025 allocator places the area anywhere; a generic JIT calls far).
+    aborts: bool = True
+    luajit: bool = True  # a LuaJIT generation (maxmcode and the 2025 upgrade apply)
+
+    @abc.abstractmethod
+    def window(self, arch: Arch, anchor: int, limit: Span, *,
+               form_name: str | None = None, slot: int = SLOT) -> JitWindow:
+        """The window around run-time ``anchor``, clipped to ``limit``."""
+
+
+@dataclass(frozen=True)
+class _LuaJitClassic(Profile):
+    """LuaJIT's allocator before 68354f44: target +- range around
+    ``lj_vm_exit_handler & ~0xffff`` (MIPS: the middle of its 256 MiB region),
+    range = 2^(JR-1) - 2 MiB, areas strictly inside."""
+
+    # The hints drawn, as a fraction of the range on each side of the target, and how
+    # many random probes follow the first ("below the last area") one.
+    half_hints: bool = False
+
+    def window(self, arch: Arch, anchor: int, limit: Span, *,
+               form_name: str | None = None, slot: int = SLOT) -> JitWindow:
+        jr = _jumprange(arch)
+        if arch.name.startswith("mips"):
+            target = align_down(anchor, 1 << 28) + 0x08000000  # middle of the 256 MiB region
+        else:
+            target = anchor & ~0xFFFF
+        rng = (1 << (jr - 1)) - (1 << 21)
+        window = _clip(target - rng, target + rng, limit)
+        # Accepted iff target - range < p and p + sz < target + range, p 64K-aligned.
+        usable = _clip(target - rng + SLOT, target + rng - SLOT, limit)
+        if self.half_hints:
+            # hint = target + h - range/2 with h = (0x78fb ^ prng15) << 16, h + sz < range.
+            hint_lo, hint_hi = target - rng // 2, target + rng // 2
+            probes = 31  # 32 iterations; the first tries the area below the last one
+        else:
+            # hint = target + h - range with h = prng & (2^JR - 64K), h + sz < 2 * range.
+            hint_lo, hint_hi = target - rng, target + rng
+            probes = jr - 1  # JR iterations; the first tries the area below the last one
+        return JitWindow(self, default_form(arch), target, window, usable, hint_lo, hint_hi,
+                         slot, probes)
+
+
+@dataclass(frozen=True)
+class _LuaJit2025(Profile):
+    """68354f44's allocator: [mcmin, mcmax) of width 2^JR - 64 KiB centred on the exact
+    anchor (MIPS: its whole 256 MiB region, JR 28)."""
+
+    def window(self, arch: Arch, anchor: int, limit: Span, *,
+               form_name: str | None = None, slot: int = SLOT) -> JitWindow:
+        # 68354f44 widened MIPS to its whole 256 MiB region: JR 28 (src/lj_arch.h).
+        jr = 28 if arch.name.startswith("mips") else _jumprange(arch)
+        # mcode_setrange (68354f44), in uintptr_t arithmetic: mcmin rounded up to 64 KiB
+        # and mcmax = mcmin + MCODE_RANGE64 computed before mcmin is clamped to 0x10000.
+        mask = (1 << 64) - 1
+        range64 = (1 << jr) - SLOT
+        if arch.name.startswith("mips"):
+            mcmin = anchor & ~((1 << jr) - 1)
+            mcmax = mcmin + (1 << jr)
+        else:
+            mcmin = ((anchor - (range64 >> 1) + 0xFFFF) & mask) & ~0xFFFF
+            mcmax = (mcmin + range64) & mask
+        if anchor < mcmin or not mcmin:
+            mcmin = 0x10000
+        if anchor > mcmax:
+            mcmax = (1 << 64) - SLOT
+        window = _clip(mcmin, mcmax, limit)
+        usable = window.aligned_inward(slot) or Span(window.start, window.start)
+        # Hints mcmin + (prng & MCODE_RANGE64), redrawn until mcode_inrange: p + sz <= mcmax.
+        return JitWindow(self, default_form(arch), anchor, window, usable, mcmin, mcmax + 1,
+                         slot, 16)
+
+
+@dataclass(frozen=True)
+class _Generic(Profile):
+    """Any JIT: the mutual-reach window of one branch form, first fit."""
+
+    def window(self, arch: Arch, anchor: int, limit: Span, *,
+               form_name: str | None = None, slot: int = SLOT) -> JitWindow:
+        form = default_form(arch)
+        if form_name is not None:
+            found = form_by_name(arch, form_name)
+            if found is None:
+                raise UsageError(f"no branch form {form_name!r} for {arch}")
+            form = found
+        if form.region:
+            lo, hi = form.sources_to(anchor)  # MIPS j/jal: the anchor's 256 MiB region
+        elif form.wraps:
+            lo, hi = limit.start, limit.end
+        else:
+            # Mutual reach: any two instructions in the window (and the anchor) must reach
+            # each other, so the width is the one-way reach, not the whole span of targets:
+            # width - granule <= disp_max and -(width - granule) >= disp_min.
+            width = min(form.disp_max + form.granule, form.granule - form.disp_min)
+            lo = anchor - width // 2
+            hi = lo + width
+        window = _clip(lo, hi, limit)
+        usable = window.aligned_inward(slot) or Span(window.start, window.start)
+        return JitWindow(self, form, anchor, window, usable, 0, 0, slot, 0)
 
 
 PROFILES: dict[str, Profile] = {
-    "luajit-2017": Profile(
+    "luajit-2017": _LuaJitClassic(
         "luajit-2017", "LuaJIT before 2017-03-08: random hints cover half the window",
         64 * KiB, 512 * KiB, "32 probes (below the last area, then random)",
-        "the trace aborts: failed to allocate mcode memory"),
-    "luajit-2.1": Profile(
+        "the trace aborts: failed to allocate mcode memory", half_hints=True),
+    "luajit-2.1": _LuaJitClassic(
         "luajit-2.1", "LuaJIT 2017-03 to 2025-11 (master, v2.0, 2.1.0-beta3, openresty)",
         64 * KiB, 512 * KiB, "JR probes per area (27 on arm64, 31 on x86-64)",
         "the trace aborts: failed to allocate mcode memory"),
-    "luajit-2025": Profile(
+    "luajit-2025": _LuaJit2025(
         "luajit-2025", "LuaJIT v2.1 since commit 68354f44 (2025-11-06)",
         64 * KiB, 2048 * KiB, "16 probes, each redrawn until in range",
-        "the area goes anywhere; calls to the VM become indirect (slower)"),
-    "generic": Profile(
+        "the area goes anywhere; calls to the VM become indirect (slower)", aborts=False),
+    "generic": _Generic(
         "generic", "any JIT: mutual-reach window of one branch form, first fit",
-        64 * KiB, 512 * KiB, "first fit", "no room: the JIT must fall back to far calls"),
+        64 * KiB, 512 * KiB, "first fit", "no room: the JIT must fall back to far calls",
+        aborts=False, luajit=False),
 }
 
 
@@ -111,12 +212,10 @@ class JitWindow:
         return max(0, -(-room // self.slot))
 
 
-def _jumprange(arch: Arch, name: str) -> int:
-    jr = _JUMPRANGE.get(arch.name)
+def _jumprange(arch: Arch) -> int:
+    jr = arch.luajit_jumprange
     if jr is None:
         raise UsageError(f"LuaJIT has no JIT for {arch}: use --jit generic")
-    if name == "luajit-2025" and arch.name.startswith("mips"):
-        return 28
     return jr
 
 
@@ -128,71 +227,12 @@ def _clip(lo: int, hi: int, limit: Span) -> Span:
 def jit_window(name: str, arch: Arch, anchor: int, limit: Span, *,
                form_name: str | None = None, slot: int = SLOT) -> JitWindow:
     """The window of profile ``name`` around run-time ``anchor``, clipped to ``limit``."""
-    prof = profile(name)
-    if name == "generic":
-        form = default_form(arch)
-        if form_name is not None:
-            found = form_by_name(arch, form_name)
-            if found is None:
-                raise UsageError(f"no branch form {form_name!r} for {arch}")
-            form = found
-        if form.region:
-            lo, hi = form.sources_to(anchor)  # MIPS j/jal: the anchor's 256 MiB region
-        elif form.wraps:
-            lo, hi = limit.start, limit.end
-        else:
-            # Mutual reach: any two instructions in the window (and the anchor) must reach
-            # each other, so the width is the one-way reach, not the whole span of targets:
-            # width - granule <= disp_max and -(width - granule) >= disp_min.
-            width = min(form.disp_max + form.granule, form.granule - form.disp_min)
-            lo = anchor - width // 2
-            hi = lo + width
-        window = _clip(lo, hi, limit)
-        usable = window.aligned_inward(slot) or Span(window.start, window.start)
-        return JitWindow(prof, form, anchor, window, usable, 0, 0, slot, 0)
-    form = default_form(arch)
-    jr = _jumprange(arch, name)
-    if name == "luajit-2025":
-        # mcode_setrange (68354f44), in uintptr_t arithmetic: mcmin rounded up to 64 KiB
-        # and mcmax = mcmin + MCODE_RANGE64 computed before mcmin is clamped to 0x10000.
-        mask = (1 << 64) - 1
-        range64 = (1 << jr) - SLOT
-        if arch.name.startswith("mips"):
-            mcmin = anchor & ~((1 << jr) - 1)
-            mcmax = mcmin + (1 << jr)
-        else:
-            mcmin = ((anchor - (range64 >> 1) + 0xFFFF) & mask) & ~0xFFFF
-            mcmax = (mcmin + range64) & mask
-        if anchor < mcmin or not mcmin:
-            mcmin = 0x10000
-        if anchor > mcmax:
-            mcmax = (1 << 64) - SLOT
-        window = _clip(mcmin, mcmax, limit)
-        usable = window.aligned_inward(slot) or Span(window.start, window.start)
-        # Hints mcmin + (prng & MCODE_RANGE64), redrawn until mcode_inrange: p + sz <= mcmax.
-        return JitWindow(prof, form, anchor, window, usable, mcmin, mcmax + 1, slot, 16)
-    if arch.name.startswith("mips"):
-        target = align_down(anchor, 1 << 28) + 0x08000000  # middle of the 256 MiB region
-    else:
-        target = anchor & ~0xFFFF
-    rng = (1 << (jr - 1)) - (1 << 21)
-    window = _clip(target - rng, target + rng, limit)
-    # Accepted iff target - range < p and p + sz < target + range, p 64K-aligned.
-    usable = _clip(target - rng + SLOT, target + rng - SLOT, limit)
-    if name == "luajit-2017":
-        # hint = target + h - range/2 with h = (0x78fb ^ prng15) << 16 and h + sz < range.
-        hint_lo, hint_hi = target - rng // 2, target + rng // 2
-        probes = 31  # 32 iterations; the first tries the area below the last one
-    else:
-        # hint = target + h - range with h = prng & (2^JR - 64K) and h + sz < 2 * range.
-        hint_lo, hint_hi = target - rng, target + rng
-        probes = jr - 1  # JR iterations; the first tries the area below the last one
-    return JitWindow(prof, form, target, window, usable, hint_lo, hint_hi, slot, probes)
+    return profile(name).window(arch, anchor, limit, form_name=form_name, slot=slot)
 
 
 def has_luajit(arch: Arch) -> bool:
     """Whether upstream LuaJIT (or the s390x fork) has a JIT for ``arch``."""
-    return arch.name in _JUMPRANGE
+    return arch.luajit_jumprange is not None
 
 
 def choose_profile(arch: Arch, requested: str | None,

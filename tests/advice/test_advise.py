@@ -24,10 +24,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from layoutkit.advice.advise import Advice, Recommendation, advise
+from layoutkit.advice.candidates import Advice, Recommendation, advise
 from layoutkit.cli import cli
 from layoutkit.commands.inspect import inspect_binary
 from layoutkit.core.arches import arch_names
+from layoutkit.core.scenario import Demand, Scenario
 from layoutkit.core.spans import Span
 from layoutkit.errors import UsageError
 from tests.support import ELF_DIR, FIXTURES, ROOT, require
@@ -168,7 +169,7 @@ class Builder:
     def link(self, arch: str, rec: Recommendation, out: Path,
              extra_objects: tuple[Path, ...] = ()) -> Path:
         """Link anchor.c with exactly ``rec.flags`` (plus the Makefile's necessities)."""
-        pie = rec.kind == "pie"
+        pie = rec.kind.value == "pie"
         cmd = [self.cc(arch)]
         if rec.linker == "gold":
             require("ld.gold")
@@ -207,11 +208,11 @@ def fixture_advice(arch: str, linker: str) -> Advice:
     # One 64 KiB area per state: free-slot figures do not depend on it, and riscv64's
     # generic window (JAL, +-1 MiB mutual reach: 16 slots) cannot hold the 512 KiB
     # default next to an image.
-    return advise(str(ELF_DIR / arch / VARIANT[linker]), mcode=SLOT)
+    return advise(str(ELF_DIR / arch / VARIANT[linker]), Scenario(demand=Demand(mcode=SLOT)))
 
 
 def only(adv: Advice, kind: str) -> Recommendation:
-    found = [r for r in adv.recommendations if r.kind == kind]
+    found = [r for r in adv.recommendations if r.kind.value == kind]
     assert len(found) == 1, f"{kind}: {[r.kind for r in adv.recommendations]}"
     return found[0]
 
@@ -228,7 +229,7 @@ def builder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Builder]:
 def test_linker_detection_picks_the_fixture_linker(arch: str, linker: str) -> None:
     adv = fixture_advice(arch, linker)
     assert adv.linker == linker
-    assert sorted(r.kind for r in adv.recommendations if r.kind != "runtime") == sorted(
+    assert sorted(r.kind.value for r in adv.recommendations if r.kind.value != "runtime") == sorted(
         k for k in KINDS_OF[linker] if (arch, linker, k) not in KNOWN_WORSE)
 
 
@@ -256,7 +257,7 @@ def test_advised_build_lands_where_advised_and_the_prediction_follows(
         assert rec.bss <= start and start + size <= rec.bss + bss[0].memsz
         assert "-Wl,-Tbss=" + hex(rec.bss) in rec.flags
     assert rec.worst is not None
-    built = inspect_binary(binary, jit=adv.profile).prediction.worst
+    built = inspect_binary(binary, Scenario(jit=adv.profile)).prediction.worst
     assert built.free_slots == rec.worst.free_slots
     # Same window, up to where the linker put the anchor inside its page (the advice
     # shifts the current image; a real relink may move .text by a few bytes).
@@ -268,7 +269,7 @@ def test_advised_build_lands_where_advised_and_the_prediction_follows(
 def test_advised_build_is_no_worse_than_the_current_layout(
         builder: Builder, case: tuple[str, str, str]) -> None:
     adv, _, binary = builder.built(case)
-    built = inspect_binary(binary, jit=adv.profile).prediction.worst
+    built = inspect_binary(binary, Scenario(jit=adv.profile)).prediction.worst
     assert built.free_slots >= adv.current.worst.free_slots
 
 
@@ -277,7 +278,7 @@ def test_a_change_that_leaves_less_room_is_not_offered(case: tuple[str, str, str
     arch, linker, kind = case
     adv = fixture_advice(arch, linker)
     assert adv.current.worst.free_slots == KNOWN_WORSE[case][0]
-    assert kind not in {r.kind for r in adv.recommendations}
+    assert kind not in {r.kind.value for r in adv.recommendations}
     assert any(f"no {kind} with {linker}" in note for note in adv.notes)
 
 
@@ -357,7 +358,7 @@ def test_foreign_advised_build_runs_under_qemu(builder: Builder,
 
 def test_aarch64_nopie_at_0x400000_gets_a_full_free_124_mib_window(builder: Builder) -> None:
     fixture = ELF_DIR / "aarch64" / "nopie"
-    adv = advise(str(fixture), jit="luajit-2.1")
+    adv = advise(str(fixture), Scenario(jit="luajit-2.1"))
     image_start = loads(fixture)[0].vaddr
     assert image_start == 0x400000
     # Before: only the slots between 0x10000 (the first whole 64 KiB slot above
@@ -385,7 +386,7 @@ def test_aarch64_nopie_at_0x400000_gets_a_full_free_124_mib_window(builder: Buil
                   if usable[0] <= s * SLOT and (s + 1) * SLOT <= usable[1]}
     assert 0 < len(taken) < 8
     assert top.worst.free_slots == 1982 - len(taken)
-    assert inspect_binary(binary, jit="luajit-2.1").prediction.worst.free_slots == \
+    assert inspect_binary(binary, Scenario(jit="luajit-2.1")).prediction.worst.free_slots == \
         1982 - len(taken)
 
 
@@ -495,9 +496,9 @@ def test_x86_64_and_riscv64_recommendations_stay_below_2_gib(arch: str, variant:
     binary = ELF_DIR / arch / variant
     start, end = image_extent(binary)
     bss_size = section(binary, ".bss")[1]
-    adv = advise(str(binary), mcode=SLOT, form=form)
+    adv = advise(str(binary), Scenario(form=form, demand=Demand(mcode=SLOT)))
     # A rebase is offered only where it leaves more room than the layout has now.
-    assert "pie" in {r.kind for r in adv.recommendations}
+    assert "pie" in {r.kind.value for r in adv.recommendations}
     for rec in adv.recommendations:
         if rec.base is not None:
             assert rec.base + (end - start) <= 2 * GiB, (rec.kind, hex(rec.base))
@@ -535,8 +536,8 @@ def test_x86_64_large_bss_advice_still_links(builder: Builder) -> None:
                    capture_output=True, text=True)
     bss_size = section(current, ".bss")[1]
     assert bss_size >= 128 * MiB
-    adv = advise(str(current), mcode=SLOT)
-    moved = [r for r in adv.recommendations if r.kind in ("rebase", "relocate-text")]
+    adv = advise(str(current), Scenario(demand=Demand(mcode=SLOT)))
+    moved = [r for r in adv.recommendations if r.kind.value in ("rebase", "relocate-text")]
     assert moved
     for rec in moved:
         if rec.bss is not None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from layoutkit.advice.advise import check_move
+from layoutkit.advice.move import check_move
 from layoutkit.errors import NoFitError
 from tests.support import ELF_DIR, FIXTURES, require
 

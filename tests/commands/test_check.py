@@ -25,6 +25,7 @@ from layoutkit.commands.check import (
     prescan,
 )
 from layoutkit.commands.inspect import inspect_binary
+from layoutkit.core.scenario import Scenario
 from layoutkit.core.spans import count_slots
 from layoutkit.elf import ElfReader
 from tests.support import ELF_DIR, require
@@ -150,9 +151,9 @@ def test_arch_without_a_luajit_window_is_not_applicable_unless_a_profile_is_forc
     assert (doc["results"][0]["status"], doc["results"][0]["reason"]) == (
         "n/a", "no LuaJIT JIT window on riscv64 (no JIT, or every address in reach); "
                "--jit generic judges branch reach")
-    acc = inspect_binary(riscv, jit="generic").prediction.worst
+    acc = inspect_binary(riscv, Scenario(jit="generic")).prediction.worst
     code, doc = run_json(str(riscv), "--jit", "generic")
-    assert code == (0 if acc.capacity.verdict == "ok" else 1)
+    assert code == (0 if acc.capacity.verdict.value == "ok" else 1)
     assert doc["results"][0]["profile"] == "generic"
     assert doc["results"][0]["window"]["free_bytes"] == acc.free_bytes
 

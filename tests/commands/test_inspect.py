@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from layoutkit.commands.inspect import inspect_binary
+from layoutkit.core.scenario import KernelOverrides, Scenario
 from layoutkit.core.spans import Span
 from layoutkit.errors import InputError, UsageError
 from tests.support import ELF_DIR, oracle
@@ -50,11 +51,12 @@ def test_aarch64_nopie_at_default_base_loses_most_of_the_window_below() -> None:
 def test_va_bits_and_mmap_min_addr_change_the_window() -> None:
     binary = ELF_DIR / "aarch64" / "nopie"
     anchor = readelf_symbol(binary, "lj_vm_exit_handler")
-    result = inspect_binary(binary, mmap_min_addr=0x10000, va_bits=39)
+    result = inspect_binary(
+        binary, Scenario(kernel=KernelOverrides(va_bits=39, mmap_min_addr=0x10000)))
     assert result.kernel.user_top == 1 << 39
     assert result.reach[0].window == Span(0x10000, anchor + 2**27 + 1)
     with pytest.raises(UsageError, match="--va-bits 40"):
-        inspect_binary(binary, va_bits=40)
+        inspect_binary(binary, Scenario(kernel=KernelOverrides(va_bits=40)))
 
 
 def test_x86_64_nopie_rel32_window_is_clipped_at_mmap_min_addr() -> None:
@@ -95,7 +97,7 @@ def test_stripped_binary_falls_back_to_the_executable_segment() -> None:
     binary = ELF_DIR / "aarch64" / "nopie-stripped"
     start, end = readelf_code_span(binary)
     result = inspect_binary(binary)
-    assert result.anchor.how_found == "executable-segment"
+    assert result.anchor.how_found.value == "executable-segment"
     assert result.anchor.span == Span(start, end)
     assert "stripped" in result.anchor.detail
     # The window must reach the whole span: from its last byte down, from its first up.
@@ -107,7 +109,7 @@ def test_anchor_option_takes_a_symbol_or_an_address() -> None:
     main = readelf_symbol(binary, "main")
     assert inspect_binary(binary, anchor="main").anchor.address == main
     by_address = inspect_binary(binary, anchor=hex(main)).anchor
-    assert (by_address.address, by_address.how_found) == (main, "address")
+    assert (by_address.address, by_address.how_found.value) == (main, "address")
     with pytest.raises(InputError, match="no symbol 'no_such_symbol'"):
         inspect_binary(binary, anchor="no_such_symbol")
     with pytest.raises(UsageError, match="not inside any PT_LOAD"):

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from layoutkit import native
 from layoutkit.cli import cli
 from layoutkit.commands.verify import verify
+from layoutkit.core.kinds import AdviceKind
 from layoutkit.errors import EXIT_FINDINGS, EXIT_USAGE
 from tests.support import ELF_DIR, require
 
@@ -40,7 +41,7 @@ def test_aarch64_nopie_at_0x400000_and_at_the_advised_base() -> None:
     qemu_aarch64()
     default = verify(str(ELF_DIR / "aarch64/nopie"), runner="qemu-user", runs=2)
     advised = verify(str(ELF_DIR / "aarch64/nopie"), runner="qemu-user", runs=2,
-                     advice="rebase")
+                     advice=AdviceKind.REBASE)
     for v in (default, advised):
         assert v.verdict == "ok", v.verdict
         for r in v.runs:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from layoutkit.commands.maps import analyse_maps
+from layoutkit.core.scenario import KernelOverrides, Scenario
 from layoutkit.errors import ProbeError
 from layoutkit.native import qemu_system as qs
 from layoutkit.read.maps import parse_maps
@@ -87,12 +88,13 @@ def test_analyse_maps_finds_the_jit_areas_in_the_window(
         luajit_run: tuple[qs.GuestResult, Path]) -> None:
     result, unpacked = luajit_run
     out, maps_text = qs.watched_maps(result.runs[0])
+    kernel = KernelOverrides(va_bits=result.facts.va_bits,
+                             mmap_min_addr=result.facts.mmap_min_addr)
     analysis = analyse_maps(parse_maps(maps_text, source="guest luajit"),
-                            path_map=(("/usr/bin", str(unpacked / "usr" / "bin")),),
-                            va_bits=result.facts.va_bits,
-                            mmap_min_addr=result.facts.mmap_min_addr)
+                            Scenario(kernel=kernel),
+                            path_map=(("/usr/bin", str(unpacked / "usr" / "bin")),))
     # Debian's luajit is stripped: the window must reach its whole executable segment.
-    assert analysis.anchor.how_found == "executable-segment"
+    assert analysis.anchor.how_found.value == "executable-segment"
     assert analysis.anchor_object == "/usr/bin/luajit"
     assert analysis.arch.name == "aarch64"
     assert analysis.profile == "luajit-2.1"

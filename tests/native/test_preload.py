@@ -73,7 +73,7 @@ def test_jit_program_undisturbed_and_scan_agrees_with_model() -> None:
     with ElfReader(exe) as reader:
         symbol = reader.symbol("lj_vm_exit_handler")
     assert symbol is not None and a.bias is not None
-    assert a.anchor.how_found == "symbol"
+    assert a.anchor.how_found.value == "symbol"
     assert a.anchor.span.start == symbol.value + a.bias == handler
     # The four 64 KiB areas, adjacent below the anchor, merged into one mapping.
     assert [j.span for j in a.jit_areas] == [Span(min(areas), max(areas) + 0x10000)]
@@ -106,7 +106,7 @@ def test_debian_luajit_jit_areas_inside_the_window() -> None:
     a = result.analysis
     # Stripped luajit: the exit handler recovered from the copy's JIT code is the one
     # the script decoded in the program itself.
-    assert a.anchor.how_found == "jit-code"
+    assert a.anchor.how_found.value == "jit-code"
     assert a.anchor.span.start == int(facts["exit_handler"], 16)
     assert a.jit_areas
     assert result.jit_inside

@@ -131,7 +131,7 @@ def test_kernel_is_cached_by_package_version(guest: tuple[qs.GuestResult, Path])
 
 def test_guest_killed_at_the_timeout(guest: tuple[qs.GuestResult, Path]) -> None:
     _, probe = guest
-    with pytest.raises(ProbeError, match="did not power off within 0.1 s and was killed"):
+    with pytest.raises(ProbeError, match=r"did not power off within 0\.1 s and was killed"):
         qs.run_in_guest("aarch64", [(probe, ["--mode", "scan"])], timeout=0.1)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from layoutkit import native
-from layoutkit.advice.advise import synthetic_image
+from layoutkit.advice.candidates import synthetic_image
 from layoutkit.core.arches import by_name
 from layoutkit.elf import ElfReader
 from layoutkit.errors import ProbeError

@@ -23,14 +23,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from layoutkit.core.arches import by_name
+from layoutkit.core.kinds import OccupantKind as K
+from layoutkit.core.scenario import Demand, Scenario
 from layoutkit.core.spans import Span
 from layoutkit.elf import ElfReader
 from layoutkit.output.picture import (
     CHAR_WIDTH,
     FONT,
     FREE_COLOUR,
+    KIND_COLOURS,
+    KIND_SYMBOLS,
     MIN_WIDTH,
-    NEUTRAL,
     _cell_of,
     _cells,
     colour,
@@ -40,7 +43,7 @@ from layoutkit.output.picture import (
 )
 from layoutkit.ranges import default_form
 from layoutkit.read.maps import MappingKind, read_maps_file
-from layoutkit.window.accounting import Accounting, Occupant, account
+from layoutkit.window.accounting import Accounting, Occupant, account, occupant_kind
 from layoutkit.window.kernel import KernelConfig
 from layoutkit.window.layout import predict
 from layoutkit.window.profiles import JitWindow, jit_window, profile
@@ -69,7 +72,7 @@ def predicted(binary: str, jit: str) -> tuple[Accounting, Accounting, Span]:
     assert sym is not None
     anchor = sym.value + bias
     window = jit_window(jit, image.arch, anchor, kernel.user_space)
-    p = predict(image, kernel, window, bias, states=256)
+    p = predict(image, kernel, window, bias, Scenario(demand=Demand(states=256)))
     return p.worst, p.best, Span(anchor, anchor + max(sym.size, 1))
 
 
@@ -78,8 +81,8 @@ def from_maps() -> Case:
     """x86_64-nopie-jit4: the real maps, anonymous executable mappings as "jit"."""
     maps = read_maps_file(str(MAPS_DIR / "x86_64-nopie-jit4.maps"))
     meta = json.loads((MAPS_DIR / "x86_64-nopie-jit4.meta.json").read_text())
-    occupants = [Occupant("jit" if m.kind is MappingKind.ANONYMOUS and m.executable
-                          else m.kind.value, m.span, m.path) for m in maps.mappings]
+    occupants = [Occupant(K.JIT if m.kind is MappingKind.ANONYMOUS and m.executable
+                          else occupant_kind(m.kind), m.span, m.path) for m in maps.mappings]
     anchor = int(meta["lj_vm_exit_handler"], 16)
     jit = jit_window("luajit-2.1", by_name("x86_64"), anchor, Span(0x10000, 0x7ffffffff000))
     areas = tuple(Span(int(a["address"], 16), int(a["address"], 16) + 64 * KiB)
@@ -122,15 +125,15 @@ def test_the_real_inputs_have_the_features_the_picture_must_handle() -> None:
     a64, _, _ = predicted("aarch64/nopie", "luajit-2.1")
     # Window clipped at the bottom by mmap_min_addr, most of it under the heap reserve.
     assert a64.jit.window.start == 0x1000
-    assert [o.kind for o in a64.occupants][-1] == "heap-reserve"
-    assert {o.kind for o in a64.occupants} == {"image", "heap-reserve"}
+    assert [o.kind.value for o in a64.occupants][-1] == "heap-reserve"
+    assert {o.kind.value for o in a64.occupants} == {"image", "heap-reserve"}
     gen, _, _ = predicted("x86_64/nopie", "generic")
     # About 1 GiB of window (the mutual-reach width 2^31 - 4 centred on the anchor,
     # clipped at the bottom) with a 32 KiB image.
     assert gen.jit.window.size > 1000 * MiB
-    assert sum(o.span.size for o in gen.occupants if o.kind == "image") == 32 * KiB
+    assert sum(o.span.size for o in gen.occupants if o.kind.value == "image") == 32 * KiB
     maps = from_maps().acc
-    assert [o.kind for o in maps.occupants] == ["jit", *["executable"] * 5, "heap"]
+    assert [o.kind.value for o in maps.occupants] == ["jit", *["image"] * 5, "heap"]
 
 
 # --- SVG -----------------------------------------------------------------------------------
@@ -149,7 +152,7 @@ def test_svg_is_well_formed_and_carries_title_anchor_and_summary(case: Case) -> 
     (verdict,) = texts(root, "verdict")
     cap = acc.capacity
     assert f"{cap.states_fit} JIT states fit, {cap.states_requested} requested" in verdict
-    assert verdict.endswith(cap.verdict)
+    assert verdict.endswith(cap.verdict.value)
     assert ("miss probability" in verdict) == (acc.miss_probability is not None)
     ticks = texts(root, "tick-label")
     assert f"{acc.jit.window.start:#x}" in ticks
@@ -160,7 +163,7 @@ def test_svg_is_well_formed_and_carries_title_anchor_and_summary(case: Case) -> 
 def test_svg_draws_every_occupant_and_free_run_visibly_in_address_order(case: Case) -> None:
     root = ET.fromstring(draw(case))
     occupants = elements(root, "occupant")
-    assert [e.get("data-kind") for e in occupants] == [o.kind for o in case.acc.occupants]
+    assert [e.get("data-kind") for e in occupants] == [o.kind.value for o in case.acc.occupants]
     free = elements(root, "free")
     assert len(free) == len(case.acc.free)
     assert len(elements(root, "jit-area")) == len(case.jit_areas)
@@ -170,7 +173,7 @@ def test_svg_draws_every_occupant_and_free_run_visibly_in_address_order(case: Ca
     assert xs == sorted(xs)
     for e, occ in zip(occupants, case.acc.occupants, strict=True):
         assert e.get("fill") == colour(occ.kind)
-        assert occ.kind in "".join(e.itertext())  # the tooltip names it
+        assert occ.kind.value in "".join(e.itertext())  # the tooltip names it
 
 
 def text_boxes(root: ET.Element) -> list[tuple[str, float, float, float]]:
@@ -210,11 +213,11 @@ def test_svg_text_never_overlaps_and_stays_on_the_canvas(case: Case) -> None:
 def test_svg_labels_the_anchor_occupant_and_the_legend_names_every_kind(case: Case) -> None:
     root = ET.fromstring(draw(case))
     holder = next(o for o in case.acc.occupants if case.anchor.start in o.span)
-    assert any(label.startswith(holder.kind) for label in texts(root, "item-label"))
+    assert any(label.startswith(holder.kind.value) for label in texts(root, "item-label"))
     legend = root.find(f".//{NS}g[@class='legend']")
     assert legend is not None
     names = {"".join(t.itertext()) for t in legend.iter(f"{NS}text")}
-    assert {o.kind for o in case.acc.occupants} <= names
+    assert {o.kind.value for o in case.acc.occupants} <= names
 
 
 def test_svg_breaks_a_dominating_stretch_and_draws_a_balanced_one_to_scale() -> None:
@@ -238,7 +241,7 @@ def test_svg_breaks_a_dominating_stretch_and_draws_a_balanced_one_to_scale() -> 
     assert elements(textseg, "break") == []
     free, reserve_ = elements(textseg, "free")[0], elements(textseg, "occupant")[-1]
     acc = next(c for c in CASES if c.name == "aarch64/nopie-bfd-textseg worst").acc
-    assert reserve_.get("data-kind") == acc.occupants[-1].kind == "heap-reserve"
+    assert reserve_.get("data-kind") == acc.occupants[-1].kind.value == "heap-reserve"
     reserve_in_window = acc.occupants[-1].span.overlap(acc.jit.window)
     ratio = float(free.get("width", "0")) / float(reserve_.get("width", "0"))
     assert ratio == pytest.approx(acc.free[0].size / reserve_in_window, rel=0.02)
@@ -249,15 +252,18 @@ def test_svg_is_deterministic(case: Case) -> None:
     assert draw(case) == draw(case)
 
 
-def test_svg_escapes_labels_and_colours_unknown_kinds_neutrally() -> None:
+def test_every_occupant_kind_has_a_colour_and_a_symbol() -> None:
+    assert set(KIND_COLOURS) == set(K) == set(KIND_SYMBOLS)
+
+
+def test_svg_escapes_labels() -> None:
     acc = hand_made()
-    odd = Occupant("weird<kind>", Span(0x2800000, 0x2810000), 'a "b" & <c>\x01\udcff')
+    odd = Occupant(K.ANONYMOUS, Span(0x2800000, 0x2810000), 'a "b" & <c>\x01\udcff')
     acc2 = account(acc.jit, [*acc.occupants, odd])
     doc = svg(acc2, Span(0x2001234, 0x2001235), title='<script>&"x"</script>')
     root = ET.fromstring(doc)
     assert root.findtext(f"{NS}title") == '<script>&"x"</script>'
-    (weird,) = [e for e in elements(root, "occupant") if e.get("data-kind") == "weird<kind>"]
-    assert weird.get("fill") == NEUTRAL
+    (weird,) = [e for e in elements(root, "occupant") if "<c>" in "".join(e.itertext())]
     assert 'a "b" & <c>??' in "".join(weird.itertext())
 
 
@@ -338,12 +344,12 @@ def hand_made() -> Accounting:
                     usable=Span(0x1010000, 0x3600000), hint_lo=0x1000000,
                     hint_hi=0x3800000, slot=64 * KiB, random_probes=30)
     return account(jit, [
-        Occupant("jit", Span(0x1400000, 0x1410000)),  # 64 KiB in cell 4
-        Occupant("anonymous", Span(0x1800000, 0x19C0000)),  # cells 8, 9 (768 KiB of 9)
-        Occupant("image", Span(0x2000000, 0x2040000), "/bin/x"),  # 256 KiB in cell 16
-        Occupant("heap", Span(0x2100000, 0x2300000), "[heap]"),  # cells 17, 18
-        Occupant("heap-reserve", Span(0x2300000, 0x3300000), "[heap]"),  # cells 19-34
-        Occupant("unheard-of", Span(0x4000000, 0x4100000)),  # outside: not accounted
+        Occupant(K.JIT, Span(0x1400000, 0x1410000)),  # 64 KiB in cell 4
+        Occupant(K.ANONYMOUS, Span(0x1800000, 0x19C0000)),  # cells 8, 9 (768 KiB of 9)
+        Occupant(K.IMAGE, Span(0x2000000, 0x2040000), "/bin/x"),  # 256 KiB in cell 16
+        Occupant(K.HEAP, Span(0x2100000, 0x2300000), "[heap]"),  # cells 17, 18
+        Occupant(K.HEAP_RESERVE, Span(0x2300000, 0x3300000), "[heap]"),  # cells 19-34
+        Occupant(K.ANONYMOUS, Span(0x4000000, 0x4100000)),  # outside: not accounted
     ])
 
 

@@ -66,6 +66,6 @@ def test_live_stripped_luajit_gives_its_exit_handler() -> None:
     finally:
         proc.kill()
         proc.wait()
-    assert result.anchor.how_found == "jit-code"
-    assert result.anchor.address == int(printed.group(1), 16)
+    assert result.anchor.how_found.value == "jit-code"
+    assert result.anchor.span.start == int(printed.group(1), 16)
     assert result.generation is not None and result.generation.profile == "luajit-2.1"

@@ -7,6 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from layoutkit.core.arches import by_name
+from layoutkit.core.kinds import OccupantKind as K
+from layoutkit.core.scenario import Demand, Scenario
 from layoutkit.core.spans import Span
 from layoutkit.elf import ElfReader
 from layoutkit.ranges import default_form
@@ -36,11 +38,11 @@ def hand_window(lo: int = 0x100000, slots: int = 16, probes: int = 3,
 
 
 # Window [0x100000, 0x200000): 16 slots. What occupies it (and around it):
-IMAGE = Occupant("image", Span(0x0F8000, 0x121000), "/bin/x")  # starts below the window
-HEAP = Occupant("heap", Span(0x150000, 0x1A0000), "[heap]")
-RESERVE = Occupant("heap-reserve", Span(0x190000, 0x1C8000), "[heap]")  # overlaps HEAP
-JIT = Occupant("jit", Span(0x1D0000, 0x1E0000))
-STACK = Occupant("stack", Span(0x300000, 0x310000), "[stack]")  # outside the window
+IMAGE = Occupant(K.IMAGE, Span(0x0F8000, 0x121000), "/bin/x")  # starts below the window
+HEAP = Occupant(K.HEAP, Span(0x150000, 0x1A0000), "[heap]")
+RESERVE = Occupant(K.HEAP_RESERVE, Span(0x190000, 0x1C8000), "[heap]")  # overlaps HEAP
+JIT = Occupant(K.JIT, Span(0x1D0000, 0x1E0000))
+STACK = Occupant(K.STACK, Span(0x300000, 0x310000), "[stack]")  # outside the window
 OCCUPANTS = [STACK, JIT, RESERVE, HEAP, IMAGE]
 
 
@@ -57,7 +59,7 @@ def test_account_free_runs_slots_and_overlaps() -> None:
     # Two runs of two slots: the lower one is reported.
     assert acc.largest_free == Span(0x130000, 0x150000)
     # Occupants that touch the window, in address order, with their bytes inside it.
-    assert [o.kind for o in acc.occupants] == ["image", "heap", "heap-reserve", "jit"]
+    assert [o.kind.value for o in acc.occupants] == ["image", "heap", "heap-reserve", "jit"]
     overlaps = [o.overlap(jw.window) for o in acc.occupants]
     assert overlaps == [0x121000 - 0x100000, 0x1A0000 - 0x150000, 0x1C8000 - 0x190000,
                         0x10000]
@@ -66,7 +68,7 @@ def test_account_free_runs_slots_and_overlaps() -> None:
 def test_account_occupant_in_the_boundary_slot_is_listed_but_takes_no_slot() -> None:
     jw = jit_window("luajit-2.1", ARM64, 0x7F00003DD0, Span(0x1000, 1 << 48))
     # LuaJIT never keeps the lowest window slot (target - range): `target - p < range`.
-    edge = Occupant("anonymous", Span(jw.window.start, jw.window.start + SZ))
+    edge = Occupant(K.ANONYMOUS, Span(jw.window.start, jw.window.start + SZ))
     acc = account(jw, [edge])
     assert acc.occupants == (edge,)
     assert acc.free_slots == 1982
@@ -89,19 +91,20 @@ def test_capacity_counts_whole_areas_per_state(mcode: int | None, per_state: int
     assert cap.mcode_per_state == (512 * KiB if mcode is None else mcode)
     assert cap.states_fit == 4 // per_state
     assert cap.demand == 2 * cap.mcode_per_state
-    assert cap.verdict == ("ok" if 4 // per_state >= 2 else "insufficient")
+    assert cap.verdict.value == ("ok" if 4 // per_state >= 2 else "insufficient")
 
 
 def test_states_fit_over_several_runs() -> None:
     # 16 slots, occupied so that runs of 3, 5 and 6 slots remain: 14 areas; a state of
     # 4 areas (256 KiB) needs them only in total (each area is allocated on its own).
     jw = hand_window()
-    taken = [Occupant("x", Span(0x130000, 0x140000)), Occupant("y", Span(0x190000, 0x1A0000))]
+    taken = [Occupant(K.ANONYMOUS, Span(0x130000, 0x140000)),
+             Occupant(K.ANONYMOUS, Span(0x190000, 0x1A0000))]
     acc = account(jw, taken, states=4, mcode=256 * KiB)
     assert [s.size // SZ for s in acc.free] == [3, 5, 6]
     assert acc.capacity.areas_free == 14
     assert acc.capacity.states_fit == 14 // 4 == 3
-    assert acc.capacity.verdict == "insufficient"
+    assert acc.capacity.verdict.value == "insufficient"
 
 
 def test_miss_probability_written_out() -> None:
@@ -114,7 +117,7 @@ def test_miss_probability_written_out() -> None:
     assert miss_probability(jw, acc.free, SZ) == 27 / 64
     # One free slot of 16, 5 probes: (15/16)^5.
     five = hand_window(probes=5)
-    one = account(five, [Occupant("x", Span(0x100000, 0x1F0000))])
+    one = account(five, [Occupant(K.ANONYMOUS, Span(0x100000, 0x1F0000))])
     assert one.free_slots == 1
     assert one.miss_probability == pytest.approx((15 / 16) ** 5, rel=1e-12)
 
@@ -122,7 +125,7 @@ def test_miss_probability_written_out() -> None:
 def test_miss_probability_edge_cases() -> None:
     jw = hand_window()
     assert account(jw, []).miss_probability == 0.0  # every hint hits
-    full = account(jw, [Occupant("x", jw.window)])
+    full = account(jw, [Occupant(K.ANONYMOUS, jw.window)])
     assert full.miss_probability == 1.0
     # An empty window (nothing to draw from).
     empty = JitWindow(PROFILES["luajit-2.1"], default_form(ARM64), 0x100000,
@@ -151,7 +154,7 @@ def test_luajit2017_hints_miss_when_only_the_outer_halves_are_free() -> None:
     # 990 slots stay free, yet no hint can ever land on them.
     target, rng = 0x7F00000000, 62 * MiB
     jw = jit_window("luajit-2017", ARM64, target + 0x3DD0, Span(0x1000, 1 << 48))
-    acc = account(jw, [Occupant("x", Span(target - rng // 2, target + rng // 2))])
+    acc = account(jw, [Occupant(K.ANONYMOUS, Span(target - rng // 2, target + rng // 2))])
     assert acc.free_slots == 1982 - rng // SZ == 990
     assert acc.miss_probability == 1.0
 
@@ -220,7 +223,7 @@ def test_predict_aarch64_nopie_worst_and_best() -> None:
         image = reader.image()
     kernel = KernelConfig.for_arch(ARM64, mmap_min_addr=4096)
     jw = jit_window("luajit-2.1", ARM64, 0x403DD0, kernel.user_space)
-    pred = predict(image, kernel, jw, 0)
+    pred = predict(image, kernel, jw, 0, Scenario())
 
     assert pred.bias_range == (0, 0)  # ET_EXEC: at its link address
     # arch_randomize_brk (arm64): randomize_page(mm->brk, SZ_1G): [brk, brk + 1 GiB - page].
@@ -233,7 +236,7 @@ def test_predict_aarch64_nopie_worst_and_best() -> None:
     assert worst.free == (below,)
     assert worst.free_slots == below.size // SZ == 63
     assert worst.capacity.states_fit == 63 // 8 == 7
-    heaps = [o for o in worst.occupants if o.kind == "heap-reserve"]
+    heaps = [o for o in worst.occupants if o.kind.value == "heap-reserve"]
     assert len(heaps) == 1 and heaps[0].span.start < above.start
 
     # Best: the heap placed beyond the window: below and above the image are free.
@@ -241,7 +244,7 @@ def test_predict_aarch64_nopie_worst_and_best() -> None:
     assert best.free == (below, above)
     assert best.free_slots == 63 + above.size // SZ == 63 + 988 == 1051
     assert best.capacity.states_fit == 1051 // 8 == 131
-    assert all(o.span.start >= usable_end for o in best.occupants if o.kind == "heap-reserve")
+    assert all(o.span.start >= usable_end for o in best.occupants if o.kind.value == "heap-reserve")
 
 
 def test_predict_heap_zero_leaves_only_the_image() -> None:
@@ -249,8 +252,8 @@ def test_predict_heap_zero_leaves_only_the_image() -> None:
         image = reader.image()
     kernel = KernelConfig.for_arch(ARM64, mmap_min_addr=4096)
     jw = jit_window("luajit-2.1", ARM64, 0x403DD0, kernel.user_space)
-    pred = predict(image, kernel, jw, 0, heap=0, states=8)
+    pred = predict(image, kernel, jw, 0, Scenario(heap=0, demand=Demand(states=8)))
     for acc in (pred.worst, pred.best):
         assert acc.free == (Span(0x10000, 0x400000), Span(0x430000, 0x41F0000))
         assert acc.capacity.states_fit == 1051 // 8
-        assert acc.capacity.verdict == "ok"
+        assert acc.capacity.verdict.value == "ok"

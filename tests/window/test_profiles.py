@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from layoutkit.cli import cli
 from layoutkit.commands.inspect import inspect_binary
 from layoutkit.core.arches import Arch, by_name
+from layoutkit.core.scenario import Scenario
 from layoutkit.core.spans import Span
 from layoutkit.errors import UsageError
 from layoutkit.window.accounting import account
@@ -541,7 +542,7 @@ def test_riscv64_binary_with_luajit_symbols_gets_generic() -> None:
     assert result.profile == "generic"
     assert any("LuaJIT has no JIT for riscv64" in n for n in result.notes)
     with pytest.raises(UsageError, match="LuaJIT has no JIT for riscv64"):
-        inspect_binary(ELF_DIR / "riscv64" / "nopie", jit="luajit-2.1")
+        inspect_binary(ELF_DIR / "riscv64" / "nopie", Scenario(jit="luajit-2.1"))
     code = CliRunner().invoke(cli, ["inspect", str(ELF_DIR / "riscv64" / "nopie"),
                                     "--jit", "luajit-2.1"]).exit_code
     assert code == 2
@@ -557,7 +558,7 @@ def test_256_states_cannot_fit_an_empty_arm64_window() -> None:
     # 512 KiB = 8 areas of 64 KiB per state: 1982 // 8 = 247 (not 124 MiB / 512 KiB = 248).
     assert acc.capacity.mcode_per_state == 512 * KiB
     assert acc.capacity.states_fit == 1982 // 8 == 247
-    assert acc.capacity.verdict == "insufficient"
+    assert acc.capacity.verdict.value == "insufficient"
 
 
 def inspect_json(*args: str) -> tuple[int, dict[str, object]]:

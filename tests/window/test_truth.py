@@ -223,8 +223,8 @@ def test_analyse_maps_reads_anchor_bias_and_jit_areas(variant: str) -> None:
     binary = ELF_DIR / "x86_64" / variant
     for number, run in enumerate(jit_runs(variant)):
         analysis = analyse_maps(parse_maps(run.maps_text, source=f"{variant} run {number}"))
-        assert analysis.anchor.address == run.anchor
-        assert analysis.anchor.how_found == "symbol"
+        assert analysis.anchor.span.start == run.anchor
+        assert analysis.anchor.how_found.value == "symbol"
         assert analysis.anchor_object == os.path.realpath(binary)
         assert analysis.bias == run.load_bias(binary)
         # Adjacent areas merge into one mapping: count bytes.
@@ -243,7 +243,7 @@ def test_uselib_anchor_is_found_in_the_library() -> None:
         analysis = analyse_maps(parse_maps(run.maps_text, source=f"uselib run {number}"))
         assert analysis.anchor_object == os.path.realpath(lib)
         assert analysis.bias == lib_bias
-        assert analysis.anchor.address == run.anchor
+        assert analysis.anchor.span.start == run.anchor
         assert sum(a.span.size for a in analysis.jit_areas) == 4 * SZ
         jw = jit_window("luajit-2.1", X86_64, run.anchor, limit)
         for got, requested in run.areas:

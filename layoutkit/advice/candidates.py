@@ -1,12 +1,13 @@
-"""``layoutkit advise``: linker flags (or a runtime change) that widen a JIT's window.
+"""The candidates of ``layoutkit advise``: linker flags (or a runtime change) that widen
+a JIT's window.
 
 Candidates, each predicted with the same kernel model and accounting as ``inspect``
 (worst case over ASLR) and ranked by worst-case free slots, then capacity:
 
 - ``rebase``: move the whole non-PIE image so the window lies wholly in user space,
   clear of mmap_min_addr (``-Ttext-segment`` for GNU ld and gold, ``--image-base`` for
-  lld and mold), within what the code model links (facts.md §5: x86-64 and riscv64
-  non-PIE executables cannot be linked above 2 GiB with Debian's crt objects);
+  lld and mold), within what the code model links (x86-64 and riscv64 non-PIE
+  executables cannot be linked above 2 GiB with Debian's crt objects: ``Arch.link``);
 - ``pie``: link as a PIE: the kernel puts it at ELF_ET_DYN_BASE (+ ASLR), far from
   everything but its own heap, and the link address no longer matters;
 - ``relocate-text``: keep the code where it is rebased to, but give .bss its own segment
@@ -20,39 +21,40 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from layoutkit.advice import linkers, relocate
+from layoutkit.advice.edits import Edit, MakePie, Rebase, RelocateText
 from layoutkit.core.arches import Arch, GiB
+from layoutkit.core.kinds import AdviceKind, Verdict
 from layoutkit.core.model import ElfImage, LoadKind, Perm, Section, Segment
+from layoutkit.core.scenario import DEFAULT_SCENARIO, Scenario
 from layoutkit.core.spans import Span, align_up
 from layoutkit.core.units import format_size
 from layoutkit.elf import ElfReader
 from layoutkit.errors import NoFitError, UsageError
-from layoutkit.ranges import FormKind, forms
+from layoutkit.ranges import FormKind, data_reach, forms
 from layoutkit.read import refs
 from layoutkit.window.accounting import Accounting
 from layoutkit.window.anchor import find_anchor, luajit_generation
 from layoutkit.window.kernel import PAGE, KernelConfig
-from layoutkit.window.layout import DEFAULT_HEAP, Prediction, predict
+from layoutkit.window.layout import Prediction, predict
 from layoutkit.window.profiles import Generation, JitWindow, choose_profile, window_for_span
-
-# Non-PIE images above 2 GiB do not link on these arches with Debian's crt objects
-# (32-bit absolute relocations overflow with every linker; facts.md §5, fixtures/README).
-_LOW_2G = frozenset({"x86_64", "riscv64"})
-# How far code can reach data PC-relatively (the far form of ranges.REACH): ADRP
-# +-4 GiB, RIP-relative / AUIPC / TOC-relative +-2 GiB, LARL +-4 GiB.
-_DATA_REACH = {"aarch64": 4 * GiB, "x86_64": 2 * GiB, "riscv64": 2 * GiB,
-               "ppc64le": 2 * GiB, "ppc64": 2 * GiB, "s390x": 4 * GiB,
-               "loongarch64": 2 * GiB, "mips64el": 2 * GiB, "mips64": 2 * GiB}
 
 
 @dataclass(frozen=True)
 class Recommendation:
-    kind: str  # "rebase", "pie", "relocate-text", "runtime"
+    kind: AdviceKind
     linker: str  # "bfd", "gold", "lld", "mold" or "any"
     flags: tuple[str, ...]  # exactly as they go on a gcc/clang command line
-    base: int | None
-    bss: int | None
+    edit: Edit | None  # what the flags do to the image; None for runtime advice
     prediction: Prediction | None  # None for runtime advice
     reasons: tuple[str, ...]
+
+    @property
+    def base(self) -> int | None:
+        return self.edit.base if isinstance(self.edit, Rebase | RelocateText) else None
+
+    @property
+    def bss(self) -> int | None:
+        return self.edit.bss if isinstance(self.edit, RelocateText) else None
 
     @property
     def worst(self) -> Accounting | None:
@@ -71,27 +73,6 @@ class Advice:
     current: Prediction
     recommendations: tuple[Recommendation, ...]
     notes: tuple[str, ...]
-
-
-def _shift(image: ElfImage, delta: int, kind: LoadKind | None = None) -> ElfImage:
-    segments = tuple(replace(seg, vaddr=seg.vaddr + delta) if seg.type == "PT_LOAD" else seg
-                     for seg in image.segments)
-    return replace(image, segments=segments, load_kind=kind or image.load_kind,
-                   e_type="ET_DYN" if kind in (LoadKind.PIE,) else image.e_type)
-
-
-def _split_bss(image: ElfImage, bss_at: int) -> ElfImage:
-    """The image as GNU ld lays it out with -Tbss: the RW PT_LOAD keeps its file part,
-    the zero-fill part moves into a PT_LOAD of its own at ``bss_at``."""
-    segments: list[Segment] = []
-    for seg in image.segments:
-        if seg.type == "PT_LOAD" and seg.memsz > seg.filesz and Perm.W in seg.flags:
-            segments.append(replace(seg, memsz=max(seg.filesz, 1)))
-            segments.append(replace(seg, vaddr=bss_at, offset=0, filesz=0,
-                                    memsz=seg.memsz - seg.filesz))
-        else:
-            segments.append(seg)
-    return replace(image, segments=tuple(segments))
 
 
 def synthetic_image(arch: Arch, linker: str, *, text: int = 1 << 20,
@@ -122,25 +103,30 @@ def _extent_below(profile: str, arch: Arch, anchor: Span, kernel: KernelConfig,
 
 def advise(
     binary: str | None,
+    scenario: Scenario = DEFAULT_SCENARIO,
     *,
     arch_name: str | None = None,
     linker: str | None = None,
-    jit: str | None = None,
-    form: str | None = None,
     anchor: str | None = None,
-    heap: int = DEFAULT_HEAP,
-    states: int = 1,
-    mcode: int | None = None,
-    va_bits: int | None = None,
-    mmap_min_addr: int | None = None,
 ) -> Advice:
+    """Ranked recommendations for ``binary`` (None: the default link of ``arch_name``),
+    each predicted under ``scenario``. The binary is opened once, for the whole advice."""
+    if binary is None:
+        return _advise(None, scenario, arch_name=arch_name, linker=linker, anchor=anchor)
+    with ElfReader(binary) as reader:
+        return _advise(reader, scenario, arch_name=arch_name, linker=linker, anchor=anchor)
+
+
+def _advise(reader: ElfReader | None, scenario: Scenario, *, arch_name: str | None,
+            linker: str | None, anchor: str | None) -> Advice:
+    jit, form = scenario.jit, scenario.form
     notes: list[str] = []
     generation = None
-    if binary is not None:
-        with ElfReader(binary) as reader:
-            image = reader.image()
-            found = find_anchor(reader, anchor)
-            generation = luajit_generation(image, found)
+    if reader is not None:
+        binary = reader.path
+        image = reader.image()
+        found = find_anchor(reader, anchor)
+        generation = luajit_generation(image, found)
         if arch_name is not None and image.arch.name != arch_name:
             from layoutkit.core.arches import by_name
             if by_name(arch_name) is not image.arch:
@@ -171,13 +157,13 @@ def advise(
     profile, note = choose_profile(arch, jit, generation)
     if note:
         notes.append(note)
-    kernel = KernelConfig.for_arch(arch, va_bits=va_bits, mmap_min_addr=mmap_min_addr)
+    kernel = KernelConfig.under(arch, scenario.kernel)
 
     def evaluate(img: ElfImage, anchor_at: Span) -> Prediction:
         bias, _ = kernel.nominal_bias(img)
         runtime = Span(anchor_at.start + bias, anchor_at.end + bias)
         return predict(img, kernel, _window(profile, arch, runtime, kernel, form), bias,
-                       heap=heap, states=states, mcode=mcode)
+                       scenario)
 
     current = evaluate(image, anchor_link)
     recs: list[Recommendation] = []
@@ -189,7 +175,7 @@ def advise(
         below = _extent_below(profile, arch, anchor_link, kernel, form)
         offset = anchor_link.start - image_span.start
         base = align_up(max(floor + below - offset, floor), page)
-        limit = 2 * GiB if arch.name in _LOW_2G else kernel.user_top
+        limit = 2 * GiB if arch.link.low_2g else kernel.user_top
         clamped = base + image_span.size > limit
         if clamped:
             # The whole window cannot lie above mmap_min_addr: go as high as links.
@@ -198,36 +184,38 @@ def advise(
                 raise NoFitError(f"no base: a {format_size(image_span.size)} {arch} image "
                                  f"does not fit between {floor:#x} and {limit:#x}")
         delta = base - image_span.start
+        rebase = Rebase(base)
         moved_anchor = Span(anchor_link.start + delta, anchor_link.end + delta)
-        moved = _shift(image, delta)
-        pred = evaluate(moved, moved_anchor)
+        pred = evaluate(rebase.apply(image), moved_anchor)
         window = pred.worst.jit.window
         reasons = [(f"the highest base that still links: the window [{window.start:#x}, "
                     f"{window.end:#x}) keeps what lies above mmap_min_addr") if clamped else
                    (f"the lowest base that puts the window [{window.start:#x}, "
                     f"{window.end:#x}) wholly above mmap_min_addr, far below the mmap area"),
                    f"aligned to the {format_size(page)} max page size of {arch}"]
-        if arch.name in _LOW_2G:
+        if arch.link.low_2g:
             reasons.append(f"{arch} non-PIE images must stay below 2 GiB (32-bit absolute "
                            "relocations in Debian's crt objects)")
         if chosen in ("lld", "mold") and arch.name != "x86_64":
             reasons.append(f"with a cross gcc 12, -fuse-ld={chosen} needs -B DIR where DIR "
                            f"holds an ld.{chosen} link")
         flags = (*linkers.fuse_ld(chosen), *linkers.base_flags(chosen, base))
-        recs.append(Recommendation("rebase", chosen, flags, base, None, pred, tuple(reasons)))
+        recs.append(Recommendation(AdviceKind.REBASE, chosen, flags, rebase, pred,
+                                   tuple(reasons)))
         # The brk heap follows the bss: with -Tbss (GNU ld, gold) it starts above the window.
         bss = image.section(".bss")
         has_bss = any(s.memsz > s.filesz for s in image.loads) if synthetic else bss is not None
         if has_bss and linkers.separate_bss_supported(chosen):
             bss_at = align_up(pred.worst.jit.window.end + 0x10000, page)
-            ok, why = _bss_move_ok(binary, bss, bss_at, delta, arch, base)
+            ok, why = _bss_move_ok(reader, bss, bss_at, delta, arch, base)
             if ok:
-                pred_b = evaluate(_split_bss(moved, bss_at), moved_anchor)
+                relocate_text = RelocateText(base, bss_at)
+                pred_b = evaluate(relocate_text.apply(image), moved_anchor)
                 recs.append(Recommendation(
-                    "relocate-text", chosen,
+                    AdviceKind.RELOCATE_TEXT, chosen,
                     (*linkers.fuse_ld(chosen), *linkers.base_flags(chosen, base),
                      f"-Wl,-Tbss={bss_at:#x}"),
-                    base, bss_at, pred_b,
+                    relocate_text, pred_b,
                     (f".bss gets its own PT_LOAD at {bss_at:#x}, above the window, so the "
                      "brk heap that starts after it cannot grow into the window",
                      why,
@@ -239,25 +227,25 @@ def advise(
         notes.append(f"{image.load_kind.describe()}: the kernel ignores the link address, so "
                      "no rebase flag would change anything")
     if image.load_kind is not LoadKind.PIE:
-        pie = _shift(image, -image_span.start, LoadKind.PIE)
-        pie = replace(pie, interpreter=pie.interpreter or "(interpreter)")
+        make_pie = MakePie()
         pie_anchor = Span(anchor_link.start - image_span.start,
                           anchor_link.end - image_span.start)
-        pred_p = evaluate(pie, pie_anchor)
+        pred_p = evaluate(make_pie.apply(image), pie_anchor)
         recs.append(Recommendation(
-            "pie", chosen, (*linkers.fuse_ld(chosen), "-fPIE", "-pie"), None, None, pred_p,
+            AdviceKind.PIE, chosen, (*linkers.fuse_ld(chosen), "-fPIE", "-pie"), make_pie,
+            pred_p,
             ("the kernel loads a PIE at ELF_ET_DYN_BASE + ASLR, far from the mmap area and "
              "the stack; the link address stops mattering",
              "compile every object with -fPIE as well",
              "its brk heap still follows the image (the worst case counts it)")))
-    pie_rec = next((r for r in recs if r.kind == "pie"), None)
-    rebase = next((r for r in recs if r.kind == "rebase"), None)
-    if pie_rec and pie_rec.worst and (rebase is None or (
-            rebase.worst and pie_rec.worst.free_slots >= rebase.worst.free_slots)):
+    pie_rec = next((r for r in recs if r.kind is AdviceKind.PIE), None)
+    rebase_rec = next((r for r in recs if r.kind is AdviceKind.REBASE), None)
+    if pie_rec and pie_rec.worst and (rebase_rec is None or (
+            rebase_rec.worst and pie_rec.worst.free_slots >= rebase_rec.worst.free_slots)):
         pie_rec = replace(pie_rec, reasons=(*pie_rec.reasons, (
             f"on {arch} with {kernel.va_bits}-bit VA a PIE gets as much room as any rebase "
             "and needs no address picked: prefer it where the code can be built -fPIE")))
-        recs = [pie_rec if r.kind == "pie" else r for r in recs]
+        recs = [pie_rec if r.kind is AdviceKind.PIE else r for r in recs]
     # A change that leaves less room than there is now is no advice.
     for rec in [r for r in recs if r.worst and r.worst.free_slots < current.worst.free_slots]:
         recs.remove(rec)
@@ -265,17 +253,18 @@ def advise(
                      f"{current.worst.free_slots} free slots, the change would leave "
                      f"{rec.worst.free_slots if rec.worst else 0}")
     recs.sort(key=lambda r: (-(r.worst.free_slots if r.worst else 0),
-                             r.kind != "relocate-text"))
+                             r.kind is not AdviceKind.RELOCATE_TEXT))
     best = (recs[0].worst if recs else None) or current.worst
-    runtime = _runtime(profile, best, states, mcode)
+    runtime = _runtime(best, scenario.demand.states, scenario.demand.mcode)
     recs.extend(runtime)
-    if best.capacity.verdict != "ok":
+    if best.capacity.verdict is not Verdict.OK:
         alternatives = "; ".join(r.reasons[0] for r in runtime) or "none"
         far = next((f for f in forms(arch) if f.kind is FormKind.FAR), None)
-        if profile == "generic" and far is not None and form != far.name:
+        if not best.jit.profile.luajit and far is not None and form != far.name:
             alternatives += f"; a JIT that calls through {far.name}: --form {far.name}"
         raise NoFitError(
-            f"{states} JIT state(s) of {format_size(best.capacity.mcode_per_state)} do not "
+            f"{scenario.demand.states} JIT state(s) of "
+            f"{format_size(best.capacity.mcode_per_state)} do not "
             f"fit the {profile} window of {arch} even after the best change "
             f"({best.capacity.states_fit} fit in {best.free_slots} free slots): "
             f"runtime alternatives: {alternatives}")
@@ -283,7 +272,7 @@ def advise(
                   tuple(recs), tuple(notes))
 
 
-def _bss_move_ok(binary: str | None, bss: Section | None, bss_at: int, delta: int,
+def _bss_move_ok(reader: ElfReader | None, bss: Section | None, bss_at: int, delta: int,
                  arch: Arch, base: int) -> tuple[bool, str]:
     """Whether every reference from the code into .bss still reaches at ``bss_at``.
 
@@ -291,19 +280,18 @@ def _bss_move_ok(binary: str | None, bss: Section | None, bss_at: int, delta: in
     constraints (relocate.py). Without one: the arch's data-reference reach.
     """
     bss_size = bss.size if bss is not None else 0
-    if arch.name in _LOW_2G and bss_at + bss_size > 2 * GiB:
+    if arch.link.low_2g and bss_at + bss_size > 2 * GiB:
         # Non-PIE code addresses .bss with sign-extended 32-bit absolutes (R_X86_64_32S,
         # R_RISCV_HI20): all of it must end below 2 GiB, not just start there.
         return False, (f".bss of {format_size(bss_size)} at {bss_at:#x} would end above the "
                        f"2 GiB a non-PIE {arch} image's absolute references reach")
-    if binary is None or bss is None:
-        reach = _DATA_REACH.get(arch.name, 2 * GiB)
+    if reader is None or bss is None:
+        reach = data_reach(arch)
         if bss_at - base >= reach:
             return False, f".bss {format_size(bss_at - base)} from the code is beyond {reach}"
         return True, (f"code reaches .bss {format_size(bss_at - base)} away: within the "
                       f"{format_size(reach)} of {arch}'s PC-relative data references")
-    with ElfReader(binary) as reader:
-        pairs = refs.scan(reader)
+    pairs = refs.scan(reader)
     try:
         allowed = relocate.move_range(pairs, [bss.name])
     except relocate.Infeasible as e:
@@ -320,9 +308,10 @@ def _bss_move_ok(binary: str | None, bss: Section | None, bss_at: int, delta: in
                    f"[{allowed.lo:#x}, {allowed.hi:#x}]")
 
 
-def _runtime(profile: str, acc: Accounting, states: int, mcode: int | None) -> list[Recommendation]:
+def _runtime(acc: Accounting, states: int, mcode: int | None) -> list[Recommendation]:
+    """What the running JIT can change (LuaJIT only): maxmcode, the 2025 allocator."""
     out: list[Recommendation] = []
-    if not profile.startswith("luajit"):
+    if not acc.jit.profile.luajit:
         return out
     area = acc.capacity.area_size
     per_state = (acc.free_slots * acc.jit.slot) // max(states, 1) // area * area
@@ -330,73 +319,15 @@ def _runtime(profile: str, acc: Accounting, states: int, mcode: int | None) -> l
     if 0 < per_state < want:
         kib = per_state >> 10
         out.append(Recommendation(
-            "runtime", "any", (), None, None, None,
+            AdviceKind.RUNTIME, "any", (), None, None,
             (f"limit each of the {states} JIT state(s) to {kib} KiB of machine code: "
              f"jit.opt.start(\"maxmcode={kib}\") or luajit -Omaxmcode={kib}",
              f"{acc.free_slots} free slots of {format_size(acc.jit.slot)} shared by "
              f"{states} state(s)")))
-    if profile != "luajit-2025":
+    if acc.jit.profile.aborts:
         out.append(Recommendation(
-            "runtime", "any", (), None, None, None,
+            AdviceKind.RUNTIME, "any", (), None, None,
             ("upgrade to LuaJIT v2.1 at or after commit 68354f44 (2025-11-06): a full "
              "window then costs speed (calls through a register), not trace aborts",
              "the 2025 allocator also centres a 2^JR - 64 KiB window on the exact anchor")))
     return out
-
-
-@dataclass(frozen=True)
-class RelocationCheck:
-    """Whether (and how far) some sections can move while the rest stays."""
-
-    sections: tuple[str, ...]
-    address: int  # where the first of them is now
-    allowed: relocate.MoveRange
-    requested: int | None  # the address asked for, if any
-    references: int  # PC-relative references between the group and the rest
-
-    @property
-    def feasible(self) -> bool:
-        return self.requested is None or self.allowed.allows(self.requested - self.address)
-
-
-def check_move(binary: str, sections: list[str], address: int | None) -> RelocationCheck:
-    """Decode the PC-relative references of ``binary`` and bound a move of ``sections``.
-
-    With an ``address`` the move is what ``--section-start`` does with GNU ld (checked
-    with real links here): the section and every allocated section after it move
-    together, the sections before it stay. The references (refs.py) become difference
-    constraints (relocate.py); an address outside the feasible range is a
-    :class:`NoFitError` naming the reference that would break. x86-64 and riscv64
-    non-PIE code must also stay below 2 GiB.
-    """
-    with ElfReader(binary) as reader:
-        image = reader.image()
-        present = {s.name: s for s in image.sections if s.alloc}
-        missing = [name for name in sections if name not in present]
-        if missing:
-            raise UsageError(f"--move: no allocated section {', '.join(missing)} in {binary}")
-        if address is not None and len(sections) == 1:
-            start = present[sections[0]].addr
-            sections = [s.name for s in image.sections if s.alloc and s.addr >= start]
-        pairs = refs.scan(reader)
-    try:
-        allowed = relocate.move_range(pairs, sections)
-    except relocate.Infeasible as e:
-        raise NoFitError(str(e), path=binary) from None
-    first = min(present[name].addr for name in sections)
-    if image.arch.name in _LOW_2G and image.load_kind is LoadKind.EXEC:
-        end = max(present[name].addr + present[name].size for name in sections)
-        allowed = replace(allowed, hi=min(allowed.hi, 2 * GiB - end))
-    moved = set(sections)
-    count = sum(p.count for p in pairs if (p.src in moved) != (p.dst in moved))
-    check = RelocationCheck(tuple(sections), first, allowed, address, count)
-    if not check.feasible and address is not None:
-        offset = address - first
-        limit = allowed.limit_hi if offset > allowed.hi else allowed.limit_lo
-        who = (f"the {limit.form} at {limit.pc:#x} to {limit.target:#x}" if limit
-               else "a reference")
-        raise NoFitError(
-            f"moving {', '.join(sections)} from {first:#x} to {address:#x} breaks {who}: "
-            f"they can go from {max(0, first + allowed.lo):#x} to {first + allowed.hi:#x}",
-            path=binary)
-    return check

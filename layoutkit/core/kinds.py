@@ -1,0 +1,60 @@
+"""The project's vocabularies as enums: one definition each, their values the words the
+text and JSON outputs print (so outputs read as before, and JSON consumers see strings)."""
+
+from __future__ import annotations
+
+import enum
+
+
+class OccupantKind(enum.Enum):
+    """What takes room in or next to a JIT window (one name per kind, everywhere)."""
+
+    IMAGE = "image"  # the analysed executable's own segments
+    LIBRARY = "library"  # a shared object (including the dynamic loader)
+    HEAP = "heap"  # the brk heap as mapped
+    HEAP_RESERVE = "heap-reserve"  # where the brk heap will grow (--heap)
+    STACK = "stack"
+    STACK_GUARD = "stack-guard"  # the kernel's gap below a stack (stack_guard_gap)
+    JIT = "jit"  # JIT code already mapped
+    ANONYMOUS = "anonymous"
+    FILE = "file"  # any other mapped file
+    DELETED = "deleted"  # a mapped file that has been unlinked
+    VDSO = "vdso"  # kernel-provided areas: [vdso], [vvar], [vsyscall], ...
+    MAPPED_BEFORE = "mapped-before-and-stack"  # above a library: earlier mappings, stack
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Verdict(enum.Enum):
+    """Whether the requested JIT states fit."""
+
+    OK = "ok"
+    INSUFFICIENT = "insufficient"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class AdviceKind(enum.Enum):
+    """What a recommendation changes."""
+
+    REBASE = "rebase"  # move the whole non-PIE image (-Ttext-segment / --image-base)
+    PIE = "pie"  # link as a PIE
+    RELOCATE_TEXT = "relocate-text"  # rebase, and .bss (so the brk heap) above the window
+    RUNTIME = "runtime"  # a setting of the running JIT (maxmcode, the 2025 allocator)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Status(enum.Enum):
+    """``check``'s verdict on one path."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    NA = "n/a"
+    ERROR = "error"
+
+    def __str__(self) -> str:
+        return self.value
