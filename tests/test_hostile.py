@@ -321,3 +321,18 @@ def test_closed_pipe_keeps_the_exit_code_of_the_work(tmp_path: Path) -> None:
                        (["maps", str(listing), "--arch", "aarch64", "--states", "5000"], 1)):
         full, piped, err = _closed_pipe(args)
         assert (full, piped, err) == (code, code, b"")
+
+
+# -- the settings file is input too -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("content", "code", "message"), [
+    (b'min_window = "\xff"\n', 2, "byte 14 is not UTF-8 (TOML files are UTF-8)"),
+    (b"a = " + b"[" * 5000 + b"]" * 5000 + b"\n", 3, "settings file nests too deeply to be "
+                                                     "read"),
+])
+def test_settings_file_that_cannot_be_read(tmp_path: Path, content: bytes, code: int,
+                                           message: str) -> None:
+    (tmp_path / "layoutkit.toml").write_bytes(content)
+    done = cli("check", str(ELF_DIR / X64_NOPIE), cwd=tmp_path)
+    assert one_error(done, code) == f"layoutkit: {tmp_path / 'layoutkit.toml'}: {message}"
