@@ -68,21 +68,36 @@ def _only_escapes(text: str) -> bool:
     return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text)
 
 
+def _all_utf8(value: object) -> bool:
+    if isinstance(value, str):
+        return is_utf8(value)
+    if isinstance(value, dict):
+        return all(_all_utf8(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_all_utf8(item) for item in value)
+    return True
+
+
 def json_safe(value: object) -> object:
-    """A copy of a JSON document with every string valid UTF-8 and lossless.
+    """A JSON document with every string valid UTF-8 and lossless: ``value`` itself when
+    it already is (no copy of a large document), else a copy.
 
     A dict entry whose string is not UTF-8 gets a sibling ``KEY_base64`` with the raw
     bytes, placed right after it; strings in lists are escaped only (free text).
     """
+    return value if _all_utf8(value) else _safe_copy(value)
+
+
+def _safe_copy(value: object) -> object:
     if isinstance(value, str):
         return value if is_utf8(value) else escaped(value)
     if isinstance(value, dict):
         out: dict[object, object] = {}
         for key, item in value.items():
-            out[key] = json_safe(item)
+            out[key] = _safe_copy(item)
             if isinstance(item, str) and not is_utf8(item):
                 out[f"{key}_base64"] = base64.b64encode(raw_bytes(item)).decode("ascii")
         return out
     if isinstance(value, (list, tuple)):
-        return [json_safe(item) for item in value]
+        return [_safe_copy(item) for item in value]
     return value

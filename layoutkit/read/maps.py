@@ -167,6 +167,7 @@ def parse_maps(text: str, *, source: str = "maps", executable: str | None = None
 
 def _parse(lines: Iterable[str], source: str, executable: str | None) -> ProcessMaps:
     parsed: list[tuple[int, int, str, int, str, int, str, bool]] = []
+    strings: dict[str, str] = {}
     last_start = last_end = -1
     for number, line in enumerate(lines, start=1):
         if number > MAX_LINES:
@@ -197,6 +198,9 @@ def _parse(lines: Iterable[str], source: str, executable: str | None) -> Process
         if deleted:
             path = path[: -len(_DELETED)]
         device = f"{match['major']}:{match['minor']}"
+        # One string per distinct path and device: a listing repeats them many times.
+        path = strings.setdefault(path, path)
+        device = strings.setdefault(device, device)
         parsed.append((start, end, match["perms"], int(match["offset"], 16), device,
                        int(match["inode"]), path, deleted))
     if not parsed:
