@@ -17,18 +17,21 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
 from click.testing import CliRunner
 
 from layoutkit.cli import EXIT_CODES, _handled
+from layoutkit.commands import check
 from layoutkit.core.text import json_safe, shown
 from tests.support import ELF_DIR, ROOT, require
 from tests.test_bad_elf import ElfBytes
 
 X64_NOPIE, A64_NOPIE = "x86_64/nopie", "aarch64/nopie"
 NOT_UTF8 = b"lk-\xff\xfe-name"  # not UTF-8 in any position
+_JUDGE = check.judge
 
 
 def cli(*args: str | bytes, env: dict[str, str] | None = None,
@@ -336,3 +339,33 @@ def test_settings_file_that_cannot_be_read(tmp_path: Path, content: bytes, code:
     (tmp_path / "layoutkit.toml").write_bytes(content)
     done = cli("check", str(ELF_DIR / X64_NOPIE), cwd=tmp_path)
     assert one_error(done, code) == f"layoutkit: {tmp_path / 'layoutkit.toml'}: {message}"
+
+
+# -- a worker process that dies -----------------------------------------------------------
+
+
+def _dies_on_boom(item: Any, settings: Any) -> Any:
+    """``judge``, except that the worker process ends at once (as a crash in a native
+    library would) on a file called boom."""
+    if Path(item.real).name == "boom":
+        os._exit(70)
+    return _JUDGE(item, settings)
+
+
+def test_a_worker_that_dies_costs_only_its_file(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Twenty binaries in a pool of two (forked workers inherit the patched judge): the
+    one whose worker dies is an internal error (exit 5), the other nineteen are judged
+    exactly as without the crash, and in the same order."""
+    for i in range(19):
+        shutil.copy(ELF_DIR / X64_NOPIE, tmp_path / f"good{i:02}")
+    shutil.copy(ELF_DIR / X64_NOPIE, tmp_path / "boom")
+    clean = check.check_paths([str(tmp_path)], check.Settings(), jobs=1)
+    monkeypatch.setattr(check, "judge", _dies_on_boom)
+    summary = check.check_paths([str(tmp_path)], check.Settings(), jobs=2)
+    [boom] = [r for r in summary.results if r.path.endswith("/boom")]
+    assert (boom.status, boom.internal) == ("error", True)
+    assert boom.reason.startswith("the worker process judging this file died")
+    assert [r for r in summary.results if r is not boom] == \
+           [r for r in clean.results if not r.path.endswith("/boom")]
+    assert summary.exit_code == 5
