@@ -305,13 +305,36 @@ class ElfReader:
                                      "no kernel loads an image aligned beyond 1 GiB")
             yield segment
 
+    def _names_table(self, count: int) -> tuple[int, int] | None:
+        """File offset and size of the section name table (e_shstrndx), checked."""
+        if not count or not self._elf["e_shstrndx"]:
+            return None
+        index = self._elf.get_shstrndx()
+        header = self._elf._get_section_header(index)
+        offset, size = header["sh_offset"], header["sh_size"]
+        self._check_range(f"section name table (section #{index})", offset, size)
+        return offset, size
+
+    def _section_name(self, index: int, header: Any, names: tuple[int, int] | None) -> str:
+        if not index or names is None:
+            return ""
+        if header["sh_name"] >= names[1]:
+            raise self._fail(f"section #{index} sh_name {header['sh_name']:#x} lies outside "
+                             f"the section name table ({names[1]} bytes)")
+        length = min(_MAX_STRING, names[1] - header["sh_name"])
+        data = self._read("section name table", names[0] + header["sh_name"], length,
+                          _MAX_STRING)
+        return data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
     def _sections(self) -> Iterator[Section]:
         limit = 1 << min(self._elf.elfclass, _USER_LIMIT_BITS)
-        for index in range(self._section_count()):
+        count = self._section_count()
+        names = self._names_table(count)
+        for index in range(count):
             header = self._elf._get_section_header(index)
             stype = header["sh_type"]
             section = Section(
-                name=self._elf._get_section_name(header) if index else "",
+                name=self._section_name(index, header, names),
                 type=stype if isinstance(stype, str) else f"{stype:#x}",
                 addr=header["sh_addr"],
                 offset=header["sh_offset"],
@@ -421,22 +444,25 @@ class ElfReader:
     def _lookup(self, name: str) -> Iterator[Symbol]:
         sym_size = _SIZES[self._elf.elfclass][3]
         needle = name.encode() + b"\0"
-        tables = [s for s in self._image.sections if s.type in ("SHT_SYMTAB", "SHT_DYNSYM")]
-        tables.sort(key=lambda s: s.type != "SHT_SYMTAB")
-        for table in tables:
-            index = self._image.sections.index(table)
-            section = self._elf.get_section(index)
-            assert isinstance(section, SymbolTableSection)
-            link = section["sh_link"]
+        tables = [(i, s) for i, s in enumerate(self._image.sections)
+                  if s.type in ("SHT_SYMTAB", "SHT_DYNSYM")]
+        tables.sort(key=lambda pair: pair[1].type != "SHT_SYMTAB")
+        for index, table in tables:
+            # The raw header is checked before pyelftools builds the section from it.
+            header = self._elf._get_section_header(index)
+            link, entsize = header["sh_link"], header["sh_entsize"]
+            what = shown(table.name, 60) or f"section #{index}"
             if not 0 < link < len(self._image.sections):
-                raise self._fail(f"{table.name} sh_link is {link}: no section of the "
+                raise self._fail(f"{what} sh_link is {link}: no section of the "
                                  f"{len(self._image.sections)} is its string table")
             strtab = self._image.sections[link]
-            if section["sh_entsize"] != sym_size:
-                raise self._fail(f"{table.name} sh_entsize is {section['sh_entsize']}, not "
-                                 f"{sym_size} (the size of an ELF{self._elf.elfclass} symbol)")
+            if entsize != sym_size:
+                raise self._fail(f"{what} sh_entsize is {entsize}, not {sym_size} (the size "
+                                 f"of an ELF{self._elf.elfclass} symbol)")
             self._check_range(table.name, table.offset, table.size)
             self._check_range(strtab.name or "string table", strtab.offset, strtab.size)
+            section = self._elf.get_section(index)
+            assert isinstance(section, SymbolTableSection)
             offsets = bulk.find_all(self._stream, strtab.offset, strtab.size, needle)
             hits = bulk.match_u32(self._stream, table.offset, table.size // sym_size, sym_size,
                                   set(offsets), little_endian=self._elf.little_endian)
