@@ -27,12 +27,37 @@ def oracle(binary: Path, kind: str) -> str:
     return binary.with_name(f"{binary.name}.readelf-{kind}W.txt").read_text()
 
 
+# Cost markers, cheapest first: a test is marked with the costliest thing it needs, and
+# `pytest -m unit` (or `-m "not qemu_system"`) picks by cost. Unmarked tests are unit
+# tests (tests/conftest.py marks them); require() fails a test that asks for a tool its
+# marker does not admit, so the markers cannot drift from what the tests really run.
+COSTS = ("unit", "toolchain", "qemu_user", "qemu_system")
+_running_cost = [len(COSTS) - 1]  # the current test's cost rank (set by conftest.py)
+
+
+def set_running_cost(rank: int) -> None:
+    _running_cost[0] = rank
+
+
+def tool_cost(tool: str) -> int:
+    """The cost rank a test needs to use ``tool``."""
+    if tool.startswith("qemu-system"):
+        return COSTS.index("qemu_system")
+    if tool.startswith("qemu-"):
+        return COSTS.index("qemu_user")
+    return COSTS.index("toolchain")
+
+
 def require(tool: str) -> str:
     """The path of ``tool``; skips without it, except in CI (LAYOUTKIT_REQUIRE_ALL=1),
     where a missing tool is a failure: a silently skipped test proves nothing."""
     import os
     import shutil
 
+    need = tool_cost(tool)
+    if need > _running_cost[0]:
+        pytest.fail(f"this test uses {tool}: mark it @pytest.mark.{COSTS[need]} "
+                    f"(it is marked {COSTS[_running_cost[0]]})")
     path = shutil.which(tool)
     if path is None:
         if os.environ.get("LAYOUTKIT_REQUIRE_ALL"):

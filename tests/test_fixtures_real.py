@@ -22,7 +22,7 @@ QEMU = {
 }
 
 
-@pytest.mark.slow
+@pytest.mark.toolchain
 def test_fixtures_rebuild_bit_for_bit() -> None:
     require("make")
     for tool in ("aarch64-linux-gnu-gcc", "riscv64-linux-gnu-gcc", "ld.lld", "mold"):
@@ -44,6 +44,7 @@ def test_fixtures_rebuild_bit_for_bit() -> None:
     assert "check-determinism: OK" in proc.stdout
 
 
+@pytest.mark.qemu_user
 @pytest.mark.parametrize("arch", ["x86_64", *QEMU])
 @pytest.mark.parametrize("variant", ["nopie", "pie"])
 def test_anchor_symbol_is_where_the_running_program_says(arch: str, variant: str) -> None:

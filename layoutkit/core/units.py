@@ -44,7 +44,3 @@ def format_size(size: int) -> str:
                 return f"{sign}{size // scale} {unit}"
             return f"{sign}{size / scale:.1f} {unit}"
     return f"{sign}{size} B"
-
-
-def hexaddr(value: int) -> str:
-    return f"{value:#x}"

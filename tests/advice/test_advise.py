@@ -233,6 +233,7 @@ def test_linker_detection_picks_the_fixture_linker(arch: str, linker: str) -> No
         k for k in KINDS_OF[linker] if (arch, linker, k) not in KNOWN_WORSE)
 
 
+@pytest.mark.toolchain
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_advised_build_lands_where_advised_and_the_prediction_follows(
         builder: Builder, case: tuple[str, str, str]) -> None:
@@ -265,6 +266,7 @@ def test_advised_build_lands_where_advised_and_the_prediction_follows(
     assert abs(built.jit.window.start - rec.worst.jit.window.start) < 4096
 
 
+@pytest.mark.toolchain
 @pytest.mark.parametrize("case", [pytest.param(c, id=case_id(c)) for c in CASES])
 def test_advised_build_is_no_worse_than_the_current_layout(
         builder: Builder, case: tuple[str, str, str]) -> None:
@@ -298,6 +300,7 @@ def run_jit(command: list[str]) -> tuple[int, list[tuple[int, int]], list[str]]:
     return int(printed.group(1), 16), areas, maps
 
 
+@pytest.mark.toolchain
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] == "x86_64"], ids=case_id)
 def test_x86_64_advised_build_runs_with_its_jit_areas_in_the_window(
         builder: Builder, case: tuple[str, str, str]) -> None:
@@ -333,6 +336,7 @@ def test_x86_64_advised_build_runs_with_its_jit_areas_in_the_window(
         assert heap_start >= target + rng
 
 
+@pytest.mark.qemu_user
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] in QEMU], ids=case_id)
 def test_foreign_advised_build_runs_under_qemu(builder: Builder,
                                                case: tuple[str, str, str]) -> None:
@@ -356,6 +360,7 @@ def test_foreign_advised_build_runs_under_qemu(builder: Builder,
 
 # ------------------------------------------------------------------ 3. the example
 
+@pytest.mark.toolchain
 def test_aarch64_nopie_at_0x400000_gets_a_full_free_124_mib_window(builder: Builder) -> None:
     fixture = ELF_DIR / "aarch64" / "nopie"
     adv = advise(str(fixture), Scenario(jit="luajit-2.1"))
@@ -459,6 +464,7 @@ def test_advise_without_binary_for_every_arch(arch: str, linker: str,
 
 # ------------------------------------------------------------------ 5. limits of the address space
 
+@pytest.mark.toolchain
 @pytest.mark.parametrize("binary", [None, "nopie", "nopie-bfd-textseg", "nopie-gold-textseg",
                                     "nopie-lld-base", "nopie-mold-base"])
 def test_va_bits_39_keeps_every_aarch64_recommendation_below_2_to_the_39(
@@ -489,6 +495,7 @@ LOW_2G_FIXTURES = [(arch, variant, form) for arch in ("x86_64", "riscv64")
                    if (ELF_DIR / arch / variant).exists()]
 
 
+@pytest.mark.toolchain
 @pytest.mark.parametrize(("arch", "variant", "form"), LOW_2G_FIXTURES,
                          ids=[f"{a}-{v}-{f or 'default'}" for a, v, f in LOW_2G_FIXTURES])
 def test_x86_64_and_riscv64_recommendations_stay_below_2_gib(arch: str, variant: str,
@@ -526,6 +533,7 @@ def test_riscv64_calculator_points_to_auipc_jalr() -> None:
     assert "--form auipc+jalr" in proc.stderr
 
 
+@pytest.mark.toolchain
 def test_x86_64_large_bss_advice_still_links(builder: Builder) -> None:
     big = builder.root / "bigbss.o"
     subprocess.run([builder.cc("x86_64"), *CFLAGS, "-fno-pie", "-c", "-o", str(big),

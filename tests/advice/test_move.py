@@ -24,6 +24,7 @@ def section(binary: Path, name: str) -> tuple[int, int]:
     return int(match.group(1), 16), int(match.group(2), 16)
 
 
+@pytest.mark.toolchain
 def test_aarch64_text_move_is_bounded_by_its_calls_into_the_plt() -> None:
     """Independent decode: GNU objdump's `bl <target>` from .text into .plt. B/BL reaches
     [pc - 2^27, pc + 2^27 - 4]: .text may move no further than its tightest call allows."""
@@ -46,6 +47,7 @@ def test_aarch64_text_move_is_bounded_by_its_calls_into_the_plt() -> None:
     assert check.allowed.hi == hi or check.allowed.limit_hi is not None
 
 
+@pytest.mark.toolchain
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="runs the moved build natively")
 def test_x86_64_feasible_move_links_and_runs(tmp_path: Path) -> None:
     gcc = require("gcc")

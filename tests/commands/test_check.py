@@ -225,6 +225,7 @@ def test_fifo_is_skipped_in_a_walk_and_an_error_by_name(tmp_path: Path) -> None:
     assert doc["results"][0]["reason"] == "not a regular file or directory"
 
 
+@pytest.mark.toolchain
 def test_fake_deb_is_an_error_for_that_path(tmp_path: Path) -> None:
     require("dpkg-deb")
     fake = tmp_path / "fake_1.0_amd64.deb"
@@ -453,6 +454,7 @@ ELF_MEMBERS = {"luajit": "usr/bin/luajit", "sysbench": "usr/bin/sysbench",
 TRIPLETS = {"amd64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}
 
 
+@pytest.mark.toolchain
 def test_real_debian_packages(debs: dict[str, Any]) -> None:
     expected: dict[str, Any] = {}
     for name, (deb, into) in debs.items():

@@ -314,6 +314,7 @@ def rgb(hex_colour: str) -> bytes:
     return bytes.fromhex(hex_colour.removeprefix("#"))
 
 
+@pytest.mark.toolchain
 @pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[4]], ids=[IDS[0], IDS[3], IDS[4]])
 def test_svg_really_renders_with_rsvg_convert(case: Case, tmp_path: Path) -> None:
     tool = require("rsvg-convert")

@@ -46,6 +46,7 @@ def test_x86_64_stub_group_names_the_handler_with_and_without_gc64() -> None:
     assert recover(by_name("x86_64"), [(base, gc64)], Span(0x1000, 0x2000)) is None
 
 
+@pytest.mark.toolchain
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="runs Debian's x86-64 luajit")
 def test_live_stripped_luajit_gives_its_exit_handler() -> None:
     luajit = require("luajit")

@@ -504,6 +504,7 @@ def detect(path: str | os.PathLike[str], **kwargs: bool) -> Generation | None:
                                  needs_libluajit=kwargs.get("needs_libluajit", False))
 
 
+@pytest.mark.toolchain
 @pytest.mark.parametrize("which", ["luajit", "libluajit-5.1.so.2"])
 def test_detect_generation_in_debian_luajit(which: str) -> None:
     path = require("luajit") if which == "luajit" else str(luajit_library())

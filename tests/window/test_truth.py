@@ -32,9 +32,11 @@ from layoutkit.window.kernel import KernelConfig
 from layoutkit.window.profiles import jit_window
 from tests.support import ELF_DIR, FIXTURES, oracle, require
 
-pytestmark = pytest.mark.skipif(
-    sys.platform != "linux" or platform.machine() != "x86_64",
-    reason="runs x86-64 programs natively on a Linux kernel")
+pytestmark = [
+    pytest.mark.toolchain,  # runs real programs natively (the fixtures, Debian's luajit)
+    pytest.mark.skipif(sys.platform != "linux" or platform.machine() != "x86_64",
+                       reason="runs x86-64 programs natively on a Linux kernel"),
+]
 
 SZ = 64 * 1024  # the fixtures' and LuaJIT's (sizemcode) area size
 PAGE = 4096
