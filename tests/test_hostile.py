@@ -199,6 +199,7 @@ def test_5_code_section_without_alloc_is_not_scanned(tmp_path: Path) -> None:
 # -- 6. dpkg-deb's stderr is not UTF-8 -----------------------------------------------------
 
 
+@pytest.mark.toolchain
 def test_6_deb_with_a_non_utf8_name(tmp_path: Path) -> None:
     require("dpkg-deb")
     raw = os.fsencode(tmp_path) + b"/" + NOT_UTF8 + b".deb"

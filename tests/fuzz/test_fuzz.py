@@ -33,8 +33,12 @@ def test_every_regression_folder_names_a_harness() -> None:
     assert {p.name for p in REGRESSIONS.iterdir() if p.is_dir()} <= set(HARNESSES)
 
 
-@pytest.mark.parametrize(("name", "path"), [pytest.param(n, p, id=f"{n}/{p.name}")
-                                             for n, p in _cases()])
+def _marks(name: str) -> tuple[pytest.MarkDecorator, ...]:
+    return (pytest.mark.toolchain,) if name == "deb" else ()  # dpkg-deb unpacks it
+
+
+@pytest.mark.parametrize(("name", "path"), [
+    pytest.param(n, p, id=f"{n}/{p.name}", marks=_marks(n)) for n, p in _cases()])
 def test_regression_input(name: str, path: Path) -> None:
     if name == "deb":
         require("dpkg-deb")
@@ -42,7 +46,7 @@ def test_regression_input(name: str, path: Path) -> None:
     module.one_input(path.read_bytes())
 
 
-@pytest.mark.parametrize("name", HARNESSES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(n)) for n in HARNESSES])
 def test_short_campaign(name: str, tmp_path: Path) -> None:
     """A short coverage-guided run from the seeds: libFuzzer ends it with DONE after
     SHORT_RUNS executions and no crash (a crash ends it early, exit code non-zero)."""
