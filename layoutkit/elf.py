@@ -8,12 +8,11 @@ gigabytes; large tables are scanned in chunks (:mod:`layoutkit.read.bulk`).
 
 from __future__ import annotations
 
-import errno
 import os
 import struct
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 from elftools.common.exceptions import ELFError as _PyElfError
 from elftools.common.utils import struct_parse
@@ -24,8 +23,9 @@ from layoutkit.boundary import reading
 from layoutkit.core import arches
 from layoutkit.core.model import ElfImage, LoadKind, Perm, Section, Segment, Symbol
 from layoutkit.core.text import shown
-from layoutkit.errors import ElfError, InputError
+from layoutkit.errors import ElfError
 from layoutkit.read import bulk
+from layoutkit.read.files import READ_FAULTS, find_build_id, identify, open_binary
 
 # What pyelftools (and the struct module under it) raise on damaged input.
 _PARSE_ERRORS = (_PyElfError, struct.error, EOFError, ValueError, KeyError, IndexError,
@@ -43,67 +43,14 @@ _MAX_ALIGN = 1 << 30  # real images use 4 KiB to 64 KiB (2 MiB for huge-page bui
 _SIZES = {32: (52, 32, 40, 16), 64: (64, 56, 64, 24)}
 # No kernel has user space above 2^57 (x86-64 LA57; arm64 52-bit; riscv Sv57).
 _USER_LIMIT_BITS = 57
-# What the kernel says when a read fails, in the input's terms (never errno text).
-_READ_FAULTS = {
-    errno.EIO: "the kernel reports an I/O error reading it (a special file such as "
-               "/proc/PID/mem, or a failing disk)",
-    errno.EINVAL: "the kernel refuses to read it as a file (a special /proc or /sys file)",
-    errno.EISDIR: "it is a directory",
-}
-
-# Magic numbers of formats people feed to ELF tools by mistake.
-_OTHER_FORMATS = (
-    (b"\xcf\xfa\xed\xfe", "a Mach-O file (64-bit), not ELF"),
-    (b"\xce\xfa\xed\xfe", "a Mach-O file (32-bit), not ELF"),
-    (b"\xfe\xed\xfa\xcf", "a Mach-O file (64-bit, big-endian), not ELF"),
-    (b"\xca\xfe\xba\xbe", "a Mach-O universal binary (or Java class file), not ELF"),
-    (b"MZ", "a PE/COFF (Windows) file, not ELF"),
-    (b"#!", "a script, not ELF"),
-    (b"!<arch>\n", "an ar archive (static library), not ELF"),
-)
 
 T = TypeVar("T")
 
 DF_1_PIE = 0x08000000  # binutils include/elf/common.h
-NT_GNU_BUILD_ID = 3
 SHN_UNDEF = 0
 SHN_ABS = 0xFFF1
 SHN_COMMON = 0xFFF2
 _SPECIAL_SHNDX = {"SHN_UNDEF": SHN_UNDEF, "SHN_ABS": SHN_ABS, "SHN_COMMON": SHN_COMMON}
-
-
-def _identify(head: bytes) -> str | None:
-    """Why ``head`` is not an ELF file, or None when it starts like one."""
-    if head[:4] == b"\x7fELF":
-        return None
-    if not head:
-        return "empty file, not ELF"
-    for magic, what in _OTHER_FORMATS:
-        if head.startswith(magic):
-            return what
-    return "not an ELF file (bad magic)"
-
-
-def open_binary(path: str | os.PathLike[str]) -> BinaryIO:
-    """Open ``path`` for reading, turning OS errors into :class:`InputError`."""
-    name = os.fspath(path)
-    try:
-        # stat before open: opening a FIFO or a device could block forever.
-        if os.path.exists(name) and not os.path.isdir(name) and not os.path.isfile(name):
-            raise InputError("not a regular file", path=name)
-        stream = open(name, "rb")  # noqa: SIM115 (owned by the caller)
-    except FileNotFoundError:
-        raise InputError("no such file", path=name) from None
-    except IsADirectoryError:
-        raise InputError("is a directory, not a file", path=name) from None
-    except PermissionError:
-        raise InputError("permission denied", path=name) from None
-    except OSError as e:
-        raise InputError(f"cannot open: {os.strerror(e.errno or errno.EIO)}", path=name) from e
-    if not os.path.isfile(name):
-        stream.close()
-        raise InputError("not a regular file", path=name)
-    return stream
 
 
 class ElfReader:
@@ -116,7 +63,7 @@ class ElfReader:
             with reading("ELF file", self.path):
                 self._size = os.fstat(self._stream.fileno()).st_size
                 head = self._first_bytes()
-                why = _identify(head)
+                why = identify(head)
                 if why:
                     raise ElfError(why, path=self.path)
                 self._check_ident(head)
@@ -163,7 +110,7 @@ class ElfReader:
         try:
             return self._stream.read(16)
         except OSError as e:
-            why = _READ_FAULTS.get(e.errno or 0, "the kernel refuses to read it")
+            why = READ_FAULTS.get(e.errno or 0, "the kernel refuses to read it")
             raise self._fail(f"cannot read the file: {why}") from None
 
     def _check_ident(self, head: bytes) -> None:
@@ -403,7 +350,7 @@ class ElfReader:
         regions += [(s.offset, s.size) for s in sections if s.type == "SHT_NOTE"]
         for offset, size in regions:
             data = self._read("note", offset, size, _MAX_NOTES)
-            found = _find_build_id(data, self._elf.little_endian)
+            found = find_build_id(data, self._elf.little_endian)
             if found is not None:
                 return found
         return None
@@ -494,27 +441,6 @@ class ElfReader:
         if not lo <= value <= hi:
             raise self._fail(f"symbol {shown(name, 60)} in {table}: st_value {value:#x} lies "
                              f"outside the loaded image [{lo:#x}, {hi:#x})")
-
-
-def _find_build_id(data: bytes, little_endian: bool) -> str | None:
-    """The NT_GNU_BUILD_ID descriptor in a run of ELF notes, as hex.
-
-    Parsed here rather than with pyelftools' iter_notes, which reads n_descsz bytes as
-    stored (a hostile note could ask for 4 GiB); this walk never leaves ``data``.
-    """
-    fmt = "<III" if little_endian else ">III"
-    pos = 0
-    while pos + 12 <= len(data):
-        namesz, descsz, ntype = struct.unpack_from(fmt, data, pos)
-        name_start = pos + 12
-        desc_start = name_start + (namesz + 3) // 4 * 4
-        desc_end = desc_start + descsz
-        if desc_end > len(data):
-            return None
-        if ntype == NT_GNU_BUILD_ID and data[name_start:name_start + namesz] == b"GNU\0":
-            return data[desc_start:desc_end].hex()
-        pos = desc_start + (descsz + 3) // 4 * 4
-    return None
 
 
 def read_elf(path: str | os.PathLike[str]) -> ElfImage:
