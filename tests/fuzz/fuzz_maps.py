@@ -9,6 +9,7 @@ renderings. Seeds: every listing in fixtures/maps.
 from __future__ import annotations
 
 from layoutkit.commands.maps import analyse_maps
+from layoutkit.errors import UsageError
 from layoutkit.output import document
 from layoutkit.output.text import maps_lines
 from layoutkit.read.maps import read_maps_file
@@ -23,10 +24,12 @@ def seeds() -> dict[str, bytes]:
 
 def exercise(path: str) -> None:
     maps = read_maps_file(path)
-    for arch in (None, "aarch64"):
-        result = analyse_maps(maps, arch_name=arch)
-        "\n".join(maps_lines(result))
-        document.dumps(document.maps_json(result))
+    try:
+        result = analyse_maps(maps)
+    except UsageError:  # no mapped file readable here names the arch
+        result = analyse_maps(maps, arch_name="aarch64")
+    "\n".join(maps_lines(result))
+    document.dumps(document.maps_json(result))
 
 
 def one_input(data: bytes) -> None:
