@@ -19,8 +19,9 @@ import subprocess
 import sys
 import time
 
-from layoutkit import native
 from layoutkit.errors import ProbeError
+from layoutkit.native.probe import run_probe
+from layoutkit.native.protocol import ProbeMode, ReplayResult, ScanResult
 
 MiB = 1 << 20
 SLOT = 64 * 1024
@@ -28,9 +29,9 @@ MAP_FIXED_NOREPLACE = 0x100000  # include/uapi/asm-generic/mman-common.h
 PROT_NONE = 0  # the mmap module has no PROT_NONE
 
 
-def scan(radius: int, linear: bool) -> native.ScanResult:
-    result = native.run_probe(radius=radius, linear=linear)
-    assert isinstance(result, native.ScanResult)
+def scan(radius: int, linear: bool) -> ScanResult:
+    result = run_probe(radius=radius, linear=linear)
+    assert isinstance(result, ScanResult)
     return result
 
 
@@ -73,7 +74,7 @@ def main() -> int:
     try:
         runs = {name: [scan(radius, linear) for _ in range(args.repeat)]
                 for name, linear in (("bisect", False), ("linear", True))}
-        replay = native.run_probe(mode="replay", threads=4, areas=8)
+        replay = run_probe(mode=ProbeMode.REPLAY, threads=4, areas=8)
     except ProbeError as err:
         print(f"bench_probe: {err}", file=sys.stderr)
         return err.exit_code
@@ -91,7 +92,7 @@ def main() -> int:
     peer = min(python_scan(start, slots) for _ in range(args.repeat))
     print(f"  python ctypes  {peer[0] * 1e3:8.3f} ms  {slots:5d} mmap calls  free {peer[1]}")
     print(f"  cat /proc/self/maps (fork+exec+read) {best_cat(args.repeat) * 1e3:8.3f} ms")
-    assert isinstance(replay, native.ReplayResult)
+    assert isinstance(replay, ReplayResult)
     print(f"replay luajit-2.1, 4 threads x 8 areas: {replay.ns_per_allocation / 1e3:.1f} us "
           f"per allocation, {replay.attempts} attempts, {replay.failed_allocations} failed")
     return 0

@@ -166,14 +166,14 @@ def inspect(binary: str | None, anchor: str | None, svg_path: str | None, fmt: s
     """
     from layoutkit.commands.inspect import inspect_binary
     from layoutkit.commands.samples import default_binary
-    from layoutkit.output import document, picture, text
+    from layoutkit.output import document, svg, text
 
     scenario = scenario_from(scenario_args)
     bundled = binary is None
     path = str(default_binary()) if binary is None else binary
     result = inspect_binary(path, scenario, anchor=anchor)
     if svg_path:
-        picture.write_svg(svg_path, result.prediction.worst, result.runtime_anchor,
+        svg.write_svg(svg_path, result.prediction.worst, result.runtime_anchor,
                           f"{os.path.basename(path)}: {result.profile} window, "
                           "worst case over ASLR")
     _show(fmt, lambda: text.inspection_lines(result, bundled=bundled),
@@ -204,13 +204,13 @@ def maps_command(target: str, anchor: str | None, arch_name: str | None,
     the requested states do not fit).
     """
     from layoutkit.commands.maps import analyse_target
-    from layoutkit.output import document, picture, text
+    from layoutkit.output import document, svg, text
 
     scenario = scenario_from(scenario_args)
     result = analyse_target(target, scenario, anchor=anchor, arch_name=arch_name,
                             path_map=path_map)
     if svg_path:
-        picture.write_svg(svg_path, result.accounting, result.anchor.span,
+        svg.write_svg(svg_path, result.accounting, result.anchor.span,
                           f"{result.maps.source}: {result.profile} window as mapped",
                           tuple(a.span for a in result.jit_areas))
     _show(fmt, lambda: text.maps_lines(result), lambda: document.maps_json(result),
@@ -382,44 +382,33 @@ def probe_command(arch_name: str | None, runner: str, jit: str, anchor: str | No
     its stdout goes to stderr with --format json), or is terminated with --kill-after.
     A static CMD exits 4 (use ``layoutkit verify``, the layout twin).
     """
-    from layoutkit import native
+    from layoutkit.commands.probe import probe
+    from layoutkit.native.toolchain import Runner
+    from layoutkit.output.probe import probe_json, probe_lines
 
     if command:
-        if threads or radius or arch_name or runner != "native":
+        if threads or radius or arch_name or Runner.named(runner) is not Runner.NATIVE:
             raise UsageError("with CMD the probe scans natively around CMD's code: "
                              "--arch, --runner, --radius and --threads do not apply")
         _probe_program(command, jit, anchor, when, object_name, kill_after, fmt)
         return
 
-    result = native.run_probe(
-        arch_name, runner=runner, mode="replay" if threads else "scan", jit=jit,
-        anchor=anchor if anchor in (None, "stack") else parse_address(anchor or ""),
-        radius=None if radius is None else parse_size(radius),
-        threads=max(threads, 1), areas=areas, seed=seed)
-    _show(fmt, lambda: native.result_lines(result), lambda: native.result_json(result))
-    failed = (result.verdict in ("full", "rlimit_as") if isinstance(result, native.ScanResult)
-              else bool(result.failed_allocations) or result.threads_started < result.threads)
-    if failed:
-        sys.exit(EXIT_FINDINGS)
+    report = probe(arch_name=arch_name, runner=runner, jit=jit,
+                   anchor=anchor if anchor in (None, "stack") else parse_address(anchor or ""),
+                   radius=None if radius is None else parse_size(radius),
+                   threads=threads, areas=areas, seed=seed)
+    _show(fmt, lambda: probe_lines(report), lambda: probe_json(report), report.exit_code)
 
 
 def _probe_program(command: tuple[str, ...], jit: str, anchor: str | None, when: str,
                    object_name: str | None, kill_after: bool, fmt: str) -> None:
-    from layoutkit.native import preload
+    from layoutkit.native.preload import probe_program
+    from layoutkit.output.probe import program_json, program_lines
 
-    run = preload.start_program(command, when=when, jit=jit, anchor=anchor,
-                                object_name=object_name,
-                                stdout=2 if fmt == "json" else None)
-    try:
-        result = run.wait_report()
-    except LayoutkitError:
-        run.finish(kill=True)
-        raise
-    status = run.finish(kill=kill_after)
-    _show(fmt, lambda: preload.program_lines(result, status),
-          lambda: preload.program_json(result, status))
-    if not result.measured[1] or not result.jit_inside:
-        sys.exit(EXIT_FINDINGS)
+    result = probe_program(command, when=when, jit=jit, anchor=anchor,
+                           object_name=object_name, kill_after=kill_after,
+                           stdout=2 if fmt == "json" else None)
+    _show(fmt, lambda: program_lines(result), lambda: program_json(result), result.exit_code)
 
 
 @cli.command(name="verify", epilog=EXIT_CODES)
@@ -453,8 +442,9 @@ def verify_command(binary: str, arch_name: str | None, runner: str, runs: int,
     Exit 0 when both hold and the capacity verdict is ok, 1 when not, 4 when the runner
     or the cross compiler is not available (the message says what to install).
     """
-    from layoutkit.commands.verify import verification_json, verification_lines, verify
+    from layoutkit.commands.verify import verify
     from layoutkit.core.kinds import AdviceKind
+    from layoutkit.output.verify import verification_json, verification_lines
 
     result = verify(binary, scenario_from(scenario_args), arch_name=arch_name, runner=runner,
                     runs=runs, advice=None if advice is None else AdviceKind(advice),

@@ -17,25 +17,26 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from layoutkit import native
 from layoutkit.advice.candidates import advise
 from layoutkit.advice.edits import Rebase
 from layoutkit.core.kinds import AdviceKind
 from layoutkit.core.model import ElfImage, LoadKind, Perm
 from layoutkit.core.scenario import DEFAULT_SCENARIO, Scenario
 from layoutkit.core.spans import Span, largest
-from layoutkit.core.units import format_size
 from layoutkit.elf import ElfReader
 from layoutkit.errors import EXIT_FINDINGS, EXIT_OK, ProbeError, UsageError
-from layoutkit.native import qemu_system
+from layoutkit.native.compare import Cause, Difference, differences, model_accounting
+from layoutkit.native.guest.boot import GuestResult, run_in_guest
+from layoutkit.native.guest.probe import probe_scan_args, scan_result
+from layoutkit.native.probe import run_probe
+from layoutkit.native.protocol import ScanResult
+from layoutkit.native.toolchain import Runner
 from layoutkit.native.twin import Twin, TwinSpec, build_twin
-from layoutkit.output import document as report
 from layoutkit.read.maps import ProcessMaps
-from layoutkit.window.accounting import Accounting, account, states_fit
+from layoutkit.window.accounting import Accounting, states_fit
 from layoutkit.window.anchor import find_anchor, luajit_generation
 from layoutkit.window.kernel import PAGE, KernelConfig, defaults
 from layoutkit.window.layout import Prediction, predict
@@ -64,15 +65,15 @@ class Figures:
 
 @dataclass(frozen=True)
 class Run:
-    result: native.ScanResult
+    result: ScanResult
     predicted: Accounting  # from the run's own maps
     measured: Figures
-    differences: tuple[native.Difference, ...]
+    differences: tuple[Difference, ...]
     states_fit: int  # JIT states that fit in the measured free runs
 
     @property
     def unexplained(self) -> int:
-        return sum(d.reason == "unexplained" for d in self.differences)
+        return sum(d.cause is Cause.UNEXPLAINED for d in self.differences)
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class Verification:
     target: str
     advice: str | None  # "rebase -Wl,-Ttext-segment=..." or None
     twin: Twin
-    runner: str
+    runner: Runner
     kernel: RunnerKernel
     profile: str
     states: int
@@ -114,21 +115,25 @@ class Verification:
         return all(r.states_fit >= self.states for r in self.runs)
 
     @property
-    def verdict(self) -> str:
-        failed = [text for ok, text in (
+    def failures(self) -> tuple[str, ...]:
+        """The checks that failed, each as a sentence (empty when all hold)."""
+        return tuple(text for ok, text in (
             (self.agrees, "the scan and the accounting of the run's own maps disagree "
                           "where no documented cause applies"),
             (self.contained, "the measurement lies outside the kernel model's range"),
             (self.capacity_ok, f"fewer than {self.states} JIT state(s) fit"),
-        ) if not ok]
-        return "ok" if not failed else "failed: " + "; ".join(failed)
+        ) if not ok)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
 
     @property
     def exit_code(self) -> int:
-        return EXIT_OK if self.verdict == "ok" else EXIT_FINDINGS
+        return EXIT_OK if self.ok else EXIT_FINDINGS
 
 
-def _runner_kernel(maps: ProcessMaps, spec: TwinSpec, runner: str,
+def _runner_kernel(maps: ProcessMaps, spec: TwinSpec, runner: Runner,
                    mmap_min_addr: int | None) -> RunnerKernel:
     """Kernel values as the runner shows them: the release (uname; qemu-user reports the
     host's), the smallest VA size of the arch that holds every mapping the run saw, and
@@ -137,7 +142,7 @@ def _runner_kernel(maps: ProcessMaps, spec: TwinSpec, runner: str,
     choices = defaults(spec.arch).va_choices
     va_bits = next((v for v in sorted(choices) if top <= 1 << v), max(choices))
     how = ("the host kernel (qemu-user passes uname and /proc/sys through)"
-           if runner == "qemu-user" else "the kernel the probe ran on")
+           if runner is Runner.QEMU_USER else "the kernel the probe ran on")
     return RunnerKernel(os.uname().release, va_bits, mmap_min_addr, how)
 
 
@@ -151,7 +156,7 @@ def _image_holes(maps: ProcessMaps, image: ElfImage, bias: int) -> list[Span]:
             and any(m.span.overlaps(g) for g in gaps) and m.size > PAGE]
 
 
-def _guest_runs(twin: Twin, profile: str, runs: int) -> qemu_system.GuestResult:
+def _guest_runs(twin: Twin, profile: str, runs: int) -> GuestResult:
     """``runs`` scans by the twin in one boot of the guest (qemu-system runner).
 
     The guest's programs read no stdin, so the window is computed beforehand around the
@@ -161,10 +166,9 @@ def _guest_runs(twin: Twin, profile: str, runs: int) -> qemu_system.GuestResult:
         raise UsageError("the qemu-system runner verifies non-PIE executables only (the "
                          "window of a PIE is known only once it is loaded); use --runner "
                          "native or qemu-user")
-    args = qemu_system.probe_scan_args(twin.path, twin.spec.arch, jit=profile)
+    args = probe_scan_args(twin.path, twin.spec.arch, jit=profile)
     programs = [(twin.path, [*args, "--seed", str(seed)]) for seed in range(1, runs + 1)]
-    return qemu_system.run_in_guest(twin.spec.arch.name, programs,
-                                    timeout=60 + 30 * runs)
+    return run_in_guest(twin.spec.arch.name, programs, timeout=60 + 30 * runs)
 
 
 def _capacity(runs: Sequence[Span], profile_area: int, per_state: int) -> int:
@@ -192,15 +196,14 @@ def _advised(image: ElfImage, anchor: int, path: str, kind: AdviceKind | None,
 
 
 def verify(path: str, scenario: Scenario = DEFAULT_SCENARIO, *, arch_name: str | None = None,
-           runner: str = "native", runs: int = DEFAULT_RUNS, advice: AdviceKind | None = None,
-           base: int | None = None, anchor_spec: str | None = None) -> Verification:
+           runner: Runner | str = Runner.NATIVE, runs: int = DEFAULT_RUNS,
+           advice: AdviceKind | None = None, base: int | None = None,
+           anchor_spec: str | None = None) -> Verification:
     """Build the twin of ``path`` (as advised), run it ``runs`` times, compare.
 
     The kernel values are the runner's (measured), not the scenario's overrides."""
     jit, states, mcode = scenario.jit, scenario.demand.states, scenario.demand.mcode
-    if runner not in (*native.RUNNERS, qemu_system.RUNNER):
-        raise UsageError(f"unknown runner {runner!r} (known: "
-                         f"{', '.join((*native.RUNNERS, qemu_system.RUNNER))})")
+    runner = Runner.named(runner)
     if advice is not None and advice not in ADVICE_KINDS:
         raise UsageError(f"--advice {advice}: one of {', '.join(map(str, ADVICE_KINDS))}")
     if not 1 <= runs <= 100:
@@ -226,25 +229,25 @@ def verify(path: str, scenario: Scenario = DEFAULT_SCENARIO, *, arch_name: str |
     if note:
         notes.append(note)
     done: list[Run] = []
-    guest = _guest_runs(twin, profile, runs) if runner == qemu_system.RUNNER else None
+    guest = _guest_runs(twin, profile, runs) if runner is Runner.QEMU_SYSTEM else None
     for seed in range(1, runs + 1):
         if guest is not None:
-            result = qemu_system.scan_result(guest.runs[seed - 1], image.arch, jit=profile)
+            result = scan_result(guest.runs[seed - 1], image.arch, jit=profile)
         else:
-            found_result = native.run_probe(image.arch, runner=runner, jit=profile,
-                                            seed=seed, executable=twin.path)
-            assert isinstance(found_result, native.ScanResult)
+            found_result = run_probe(image.arch, runner=runner, jit=profile, seed=seed,
+                                     executable=twin.path)
+            assert isinstance(found_result, ScanResult)
             result = found_result
         ctx = result.context
         bias = ctx.self_anchor - anchor
         if bias % ctx.page_size or (spec.kind is LoadKind.EXEC and bias):
             raise ProbeError(f"the twin's anchor is at {ctx.self_anchor:#x}, not at the "
                              f"target's {anchor:#x} (plus a load bias)")
-        predicted = account(ctx.jit, native.occupants(ctx.maps()), states=states, mcode=mcode)
+        predicted = model_accounting(result, states=states, mcode=mcode)
         measured = Figures.of_runs(result.free_runs, result.slot)
         fit = _capacity(result.free_runs, predicted.capacity.area_size,
                         predicted.capacity.mcode_per_state)
-        done.append(Run(result, predicted, measured, tuple(native.differences(result)), fit))
+        done.append(Run(result, predicted, measured, tuple(differences(result)), fit))
     first = done[0].result.context
     if guest is not None:
         kernel_seen = RunnerKernel(guest.facts.release, guest.facts.va_bits,
@@ -260,7 +263,7 @@ def verify(path: str, scenario: Scenario = DEFAULT_SCENARIO, *, arch_name: str |
     window = window_for_span(profile, image.arch, point, kernel.user_space,
                              form_name=scenario.form)
     model = predict(laid, kernel, window, bias, scenario)
-    holes = _image_holes(first.maps(), laid, bias) if runner == "qemu-user" else []
+    holes = _image_holes(first.maps(), laid, bias) if runner is Runner.QEMU_USER else []
     if holes:
         notes.append("qemu-user reserves the holes between the image's PT_LOAD segments ("
                      + ", ".join(str(h) for h in holes) + "); a real kernel maps an "
@@ -269,119 +272,12 @@ def verify(path: str, scenario: Scenario = DEFAULT_SCENARIO, *, arch_name: str |
     if image.interpreter is None:
         notes.append("the target is linked statically; the twin is dynamic (its loader, "
                      "libc and liblkprobe.so sit in the mmap area, far from the image)")
-    if runner == "qemu-user":
+    if runner is Runner.QEMU_USER:
         notes.append("liblkprobe.so (the probe's code and buffers) and the runner's own "
                      "libraries are in the mmap area, where the target's libraries would be")
     return Verification(path, advice_text, twin, runner, kernel_seen, profile, states,
                         tuple(done), model, tuple(notes))
 
 
-# --- output -----------------------------------------------------------------------------
-
-def _figures_json(fig: Figures) -> dict[str, Any]:
-    return {"free_bytes": fig.free_bytes, "free_slots": fig.free_slots,
-            "largest_free": report.span_json(fig.largest_free)}
-
-
-def verification_json(v: Verification) -> dict[str, Any]:
-    """The ``verify`` command's JSON document."""
-    worst = v.worst_run
-    ctx = worst.result.context
-    return report.document("verify", {
-        "target": v.target, "advice": v.advice, "arch": v.twin.spec.arch.name,
-        "twin": str(v.twin.path), "twin_loads": [report.segment_json(s)
-                                                 for s in v.twin.image.loads],
-        "runner": v.runner,
-        "kernel": {"release": v.kernel.release, "va_bits": v.kernel.va_bits,
-                   "mmap_min_addr": report.hexa(v.kernel.mmap_min_addr),
-                   "source": v.kernel.how},
-        "profile": v.profile, "window": report.span_json(ctx.jit.usable),
-        "predicted": _figures_json(Figures.of_accounting(worst.predicted)),
-        "measured": _figures_json(worst.measured),
-        "model": {"worst": v.model.worst.free_slots, "best": v.model.best.free_slots,
-                  "worst_free_bytes": v.model.worst.free_bytes,
-                  "best_free_bytes": v.model.best.free_bytes},
-        "runs": [{"anchor": report.hexa(r.result.context.anchor),
-                  "counts": vars(r.result.counts), "probe_ns": r.result.probe_ns,
-                  "predicted": _figures_json(Figures.of_accounting(r.predicted)),
-                  "measured": _figures_json(r.measured), "states_fit": r.states_fit,
-                  "leaked_mappings": r.result.context.leaked}
-                 for r in v.runs],
-        "difference": {
-            "free_slots": worst.measured.free_slots - worst.predicted.free_slots,
-            "unexplained": sum(r.unexplained for r in v.runs),
-            "slots": [{"run": i + 1, "slot": report.hexa(d.slot), "probe": d.probe,
-                       "model_free": d.model_free, "reason": d.reason}
-                      for i, r in enumerate(v.runs) for d in r.differences],
-        },
-        "checks": {"agrees": v.agrees, "within_model": v.contained,
-                   "capacity": v.capacity_ok, "states": v.states},
-        "infidelities": list(ctx.infidelities),
-        "notes": list(v.notes),
-        "verdict": v.verdict,
-    })
-
-
-def _largest(span: Span | None) -> str:
-    return "-" if span is None else f"{format_size(span.size)} at {span.start:#x}"
-
-
-def verification_lines(v: Verification) -> Iterator[str]:
-    """The ``verify`` command's text output, verdict last."""
-    spec = v.twin.spec
-    ctx = v.worst_run.result.context
-    yield f"Target:      {v.target} ({spec.arch}, {spec.kind.describe()})"
-    if v.advice:
-        yield f"Advice:      {v.advice}"
-    yield (f"Twin:        {v.twin.path}: {len(spec.loads)} PT_LOAD segment(s) as the "
-           "target's (vaddr, memsz, flags)")
-    for seg in spec.loads:
-        yield (f"  LOAD  {seg.vaddr:#x}  memsz {seg.memsz:#x}  "
-               f"{report.flags_text(seg)}  end {seg.vaddr + seg.memsz:#x}")
-    low = "unknown" if v.kernel.mmap_min_addr is None else f"{v.kernel.mmap_min_addr:#x}"
-    yield (f"Runner:      {v.runner}; kernel {v.kernel.release}, va_bits {v.kernel.va_bits}, "
-           f"mmap_min_addr {low} ({v.kernel.how})")
-    for note in ctx.infidelities:
-        yield f"Runner note: {note}"
-    yield (f"Window:      {v.profile} {ctx.jit.usable} ({format_size(ctx.jit.usable.size)}) "
-           f"around {ctx.anchor:#x}")
-    yield "Runs:"
-    yield "  Run  Anchor              Free  EEXIST  Moved  EPERM  Probe      Predicted  Measured"
-    for n, r in enumerate(v.runs, 1):
-        c = r.result.counts
-        probe = f"{r.result.probe_ns / 1e6:.2f} ms"
-        yield (f"  {n:<4} {r.result.context.anchor:<#18x}  {c.free:<5} {c.eexist:<7} "
-               f"{c.moved:<6} {c.eperm:<6} {probe:<10} "
-               f"{r.predicted.free_slots:<10} {r.measured.free_slots}")
-    worst = v.worst_run
-    pred = Figures.of_accounting(worst.predicted)
-    rows = (("free slots", str(pred.free_slots), str(worst.measured.free_slots),
-             str(v.model.worst.free_slots), str(v.model.best.free_slots)),
-            ("free bytes", format_size(pred.free_bytes), format_size(worst.measured.free_bytes),
-             format_size(v.model.worst.free_bytes), format_size(v.model.best.free_bytes)),
-            ("largest free", _largest(pred.largest_free), _largest(worst.measured.largest_free),
-             _largest(v.model.worst.largest_free), _largest(v.model.best.largest_free)))
-    yield "Side by side (the run with the fewest free slots):"
-    yield f"  {'':<13} {'own maps':<22} {'measured':<22} {'model worst':<22} model best"
-    for name, own, meas, low, high in rows:
-        yield f"  {name:<13} {own:<22} {meas:<22} {low:<22} {high}"
-    diffs = [(k, d) for k, r in enumerate(v.runs, 1) for d in r.differences]
-    yield (f"Differences: {len(diffs)} slot(s) over {len(v.runs)} run(s), "
-           f"{sum(d.reason == 'unexplained' for _, d in diffs)} unexplained")
-    for k, d in diffs[:20]:
-        side = "free in the maps, not to the probe" if d.model_free else "free to the probe only"
-        yield f"  run {k}  {d.slot:#x}  {d.probe}  {side}: {d.reason}"
-    if len(diffs) > 20:
-        yield f"  ... {len(diffs) - 20} more (--format json lists them all)"
-    for note in v.notes:
-        yield f"Note:        {note}"
-    yes = {True: "yes", False: "NO"}
-    yield (f"Checks:      (a) agrees with its own maps: {yes[v.agrees]}; (b) inside the "
-           f"model's range [{v.model.worst.free_slots}, {v.model.best.free_slots}]: "
-           f"{yes[v.contained]}; capacity ({v.states} state(s)): "
-           f"{min(r.states_fit for r in v.runs)} fit: {yes[v.capacity_ok]}")
-    yield f"Verdict:     {v.verdict}"
-
-
 __all__: Sequence[str] = ("ADVICE_KINDS", "Figures", "Run", "RunnerKernel", "Verification",
-                          "verification_json", "verification_lines", "verify")
+                          "verify")

@@ -1,6 +1,6 @@
 /* layoutkit guest /init: the first and only process of a throw-away qemu-system guest.
  *
- * Plain C11, built static for the guest's arch by layoutkit.native.qemu_system and put
+ * Plain C11, built static for the guest's arch by layoutkit/native/guest/boot.py and put
  * into the initramfs as /init (booted with rdinit=/init). It:
  *   1. turns the kernel's console messages off (klogctl), so that nothing interleaves
  *      with what it prints, and mounts /proc;

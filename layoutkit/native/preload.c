@@ -1,6 +1,6 @@
 /* layoutkit preload probe: where can a JIT map code inside a *running* program?
  *
- * An LD_PRELOAD library, built by layoutkit.native.preload. Its constructor reads:
+ * An LD_PRELOAD library, built by layoutkit/native/preload.py. Its constructor reads:
  *   LAYOUTKIT_PROBE_OUT     report path (required; without it the library does nothing)
  *   LAYOUTKIT_PROBE_WHEN    start | ms:N | signal:NAME (USR1, USR2, or a number)
  *   LAYOUTKIT_PROBE_RADIUS  bytes scanned below and above the holder's code
@@ -14,12 +14,12 @@
  *
  * The grandchild is a single-threaded copy of the address space. It uses system calls
  * only (it may run in a signal handler's context): it reads /proc/self/maps, scans
- * [lowest code - radius, highest code + radius) of the holder slot by slot with
- * mmap(MAP_FIXED_NOREPLACE) exactly as probe.c does (bisecting free runs, unmapping at
- * once what it is given, never MAP_FIXED), reads the maps again, copies the bytes of the
- * anonymous executable mappings (JIT code: its own copy, for exit-handler recovery) and
- * writes one JSON object to "<out>.tmp" with its own file descriptor, renames it to
- * <out> and _exit(0)s. It never writes into the program's memory.
+ * [lowest code - radius, highest code + radius) of the holder slot by slot with the slot
+ * scan of lk_scan.h that probe.c uses (MAP_FIXED_NOREPLACE, bisecting free runs,
+ * unmapping at once what it is given, never MAP_FIXED), reads the maps again, copies the
+ * bytes of the anonymous executable mappings (JIT code: its own copy, for exit-handler
+ * recovery) and writes one JSON object (the report format of layoutkit/native/protocol.py)
+ * to "<out>.tmp" with its own file descriptor, renames it to <out> and _exit(0)s. It never writes into the program's memory.
  *
  * What the program sees: with ms:N a one-shot POSIX timer and a handler for SIGRTMIN+2;
  * with signal:NAME a handler for that signal (SA_RESTART); both are restored after
@@ -41,10 +41,8 @@
 #include <unistd.h>
 
 #include "lk_io.h"
+#include "lk_scan.h"
 
-#ifndef MAP_FIXED_NOREPLACE
-#define MAP_FIXED_NOREPLACE 0x100000
-#endif
 #ifndef __WALL
 #define __WALL 0x40000000
 #endif
@@ -67,7 +65,6 @@ static char outcomes[SLOTS_MAX];
 static char wbuf[1u << 16];
 static size_t wused;
 static int wfd = -1;
-static unsigned long calls;
 
 /* ------------------------------------------------------------ output, syscalls only */
 
@@ -179,39 +176,6 @@ static int is_holder(const struct line *l) {
     return strlen(exe_path) == l->path_len && !memcmp(exe_path, l->path, l->path_len);
 }
 
-/* ------------------------------------------------------------ scan (as probe.c) */
-
-static uintptr_t win_start;
-
-static char try_slots(size_t i, size_t j) {
-    uintptr_t addr = win_start + i * slot;
-    size_t len = (j - i) * slot;
-    void *p = mmap((void *)addr, len, PROT_NONE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-    calls++;
-    if (p == MAP_FAILED) {
-        switch (errno) {
-        case EEXIST: return 'X';
-        case EPERM: case EACCES: return 'P';
-        case ENOMEM: return 'M';
-        default: return '?';
-        }
-    }
-    munmap(p, len);
-    return (uintptr_t)p == addr ? '.' : 'm';
-}
-
-static void scan_range(size_t i, size_t j) {
-    char o = try_slots(i, j);
-    if (o == '.' || j - i == 1) {
-        memset(outcomes + i, o, j - i);
-        return;
-    }
-    size_t mid = i + (j - i) / 2;
-    scan_range(i, mid);
-    scan_range(mid, j);
-}
-
 static void put_jit_code(void) {
     size_t budget = JIT_MAX;
     int first = 1;
@@ -262,24 +226,27 @@ static void probe_child(void) {
     } else {
         lo &= ~(slot - 1);
         hi = (hi + slot - 1) & ~(slot - 1);
-        win_start = lo > radius ? lo - radius : 0;
+        struct lk_scan s = {.start = lo > radius ? lo - radius : 0, .slot = slot,
+                            .outcomes = outcomes};
         uintptr_t end = hi + radius > hi ? hi + radius : UINTPTR_MAX & ~(slot - 1);
-        size_t n = (end - win_start) / slot;
-        if (n > SLOTS_MAX) n = SLOTS_MAX;
+        s.n = (end - s.start) / slot;
+        if (s.n > SLOTS_MAX) s.n = SLOTS_MAX;
         uint64_t t0 = now_ns();
-        if (n) scan_range(0, n);
+        lk_scan(&s, 0);
         uint64_t ns = now_ns() - t0;
         slurp("/proc/self/maps", maps_after, sizeof maps_after);
         put_addr("code_start", lo);
         put_addr("code_end", hi);
-        put_addr("start", win_start);
-        put_addr("end", win_start + n * slot);
-        puts_(",\"probe_ns\":");
+        puts_(",\"window\":[\"");
+        put_hex(s.start);
+        puts_("\",\"");
+        put_hex(s.start + s.n * slot);
+        puts_("\"],\"strategy\":\"bisect\",\"probe_ns\":");
         put_dec(ns);
         puts_(",\"mmap_calls\":");
-        put_dec(calls);
+        put_dec(s.calls);
         puts_(",\"outcomes\":\"");
-        put(outcomes, n);
+        put(outcomes, s.n);
         puts_("\",\"maps_before\":");
         put_str(maps_before);
         puts_(",\"maps_after\":");

@@ -26,7 +26,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
@@ -34,23 +34,17 @@ from typing import IO, Any
 from layoutkit.commands.maps import MapsAnalysis, analyse_maps
 from layoutkit.core.scenario import Scenario
 from layoutkit.core.spans import Span, align_up, largest
-from layoutkit.core.units import format_size
 from layoutkit.elf import ElfReader
-from layoutkit.errors import LayoutkitError, ProbeError, UsageError
-from layoutkit.native import (
-    ProbeContext,
-    ScanCounts,
-    ScanResult,
-    cached_build,
-    differences,
-    host_arch,
-)
-from layoutkit.output import document as report
+from layoutkit.errors import EXIT_FINDINGS, EXIT_OK, LayoutkitError, ProbeError, UsageError
+from layoutkit.native.build import NATIVE_DIR, compile_c
+from layoutkit.native.compare import Difference, differences
+from layoutkit.native.protocol import ProbeContext, ScanResult, addr
+from layoutkit.native.toolchain import Runner, host_arch
 from layoutkit.read.maps import parse_maps
 from layoutkit.window.kernel import KernelConfig
 from layoutkit.window.profiles import jit_window
 
-SOURCE = Path(__file__).with_name("preload.c")
+SOURCE = NATIVE_DIR / "preload.c"
 CFLAGS = ("-std=c11", "-O2", "-Wall", "-Wextra", "-shared", "-fPIC")
 TIMEOUT = 30.0  # seconds to wait for the report once the moment has come
 _POLL = 0.02
@@ -58,8 +52,8 @@ _POLL = 0.02
 
 def build_preload() -> Path:
     """The preload library for this machine, built once with ``cc -shared -fPIC``."""
-    return cached_build(host_arch(), SOURCE, CFLAGS, "liblayoutkit-probe.so", tag="preload-",
-                        what="the preload probe")
+    return compile_c(host_arch(), SOURCE, CFLAGS, "liblayoutkit-probe.so", kind="probe",
+                     what="the preload probe")
 
 
 def _check_when(when: str) -> str:
@@ -209,6 +203,8 @@ class ProgramResult:
     mmap_calls: int
     probe_ns: int
     notes: tuple[str, ...]  # analyse_maps' notes, and whether the scan covers the window
+    differences: tuple[Difference, ...]  # the scan against the model, slot for slot
+    program_status: int | None = None  # CMD's exit status once it ended (None: running)
 
     @property
     def measured(self) -> tuple[int, int, Span | None]:
@@ -222,119 +218,58 @@ class ProgramResult:
         usable = self.analysis.accounting.jit.usable
         return all(usable.contains(a.span) for a in self.analysis.jit_areas)
 
-
-def _runs(start: int, slot: int, outcomes: str) -> tuple[Span, ...]:
-    runs: list[Span] = []
-    for i, o in enumerate(outcomes):
-        if o != ".":
-            continue
-        s = start + i * slot
-        if runs and runs[-1].end == s:
-            runs[-1] = Span(runs[-1].start, s + slot)
-        else:
-            runs.append(Span(s, s + slot))
-    return tuple(runs)
+    @property
+    def exit_code(self) -> int:
+        """1 when the window has no free slot or JIT code lies outside it."""
+        return EXIT_OK if self.measured[1] and self.jit_inside else EXIT_FINDINGS
 
 
 def _result(run: ProgramRun, doc: dict[str, Any]) -> ProgramResult:
-    slot = int(doc["slot"])
-    start, end = int(doc["start"], 16), int(doc["end"], 16)
-    child = int(doc["pid"])
+    try:
+        scanned = Span(addr(doc["window"][0]), addr(doc["window"][1]))
+        child = int(doc["pid"])
+        page_size = int(doc["page_size"])
+        maps_before, maps_after = str(doc["maps_before"]), str(doc["maps_after"])
+        code = tuple((addr(c["start"]), bytes.fromhex(c["hex"])) for c in doc["jit_code"])
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise ProbeError(f"the preload probe's report is malformed ({e})") from e
     pid = run.process.pid
-    maps = parse_maps(doc["maps_before"], source=f"pid {pid} (copy in preload child {child})")
-    code = tuple((int(c["start"], 16), bytes.fromhex(c["hex"])) for c in doc["jit_code"])
+    maps = parse_maps(maps_before, source=f"pid {pid} (copy in preload child {child})")
     analysis = analyse_maps(maps, Scenario(jit=run.jit), anchor=run.anchor, jit_code=code)
     window = analysis.accounting.jit
-    lo, hi = max(window.usable.start, start), min(window.usable.end, end)
-    i, j = (lo - start) // slot, max((lo - start) // slot, (hi - start) // slot)
-    outcomes = doc["outcomes"][i:j]
-    clipped = Span(start + i * slot, start + j * slot)
-    ctx = ProbeContext(
-        arch=analysis.arch, runner="preload", jit=replace(window, usable=clipped),
+    ctx = ProbeContext(  # the copy runs on this machine's kernel
+        arch=analysis.arch, runner=Runner.NATIVE, jit=window,
         anchor=analysis.anchor.span.start, anchor_source=analysis.anchor.how_found.value,
-        self_anchor=analysis.anchor.span.start, page_size=int(doc["page_size"]),
+        self_anchor=analysis.anchor.span.start, page_size=page_size,
         rlimit_as=None, vm_size=0, mmap_min_addr=analysis.kernel.mmap_min_addr,
-        maps_before=doc["maps_before"], maps_after=doc["maps_after"], infidelities=())
-    counts = ScanCounts(free=outcomes.count("."), eexist=outcomes.count("X"),
-                        eperm=outcomes.count("P"), enomem=outcomes.count("M"),
-                        moved=outcomes.count("m"), other=outcomes.count("?"))
-    scan = ScanResult(context=ctx, window=clipped, slot=slot, outcomes=outcomes,
-                      counts=counts, free_runs=_runs(clipped.start, slot, outcomes),
-                      probe_ns=int(doc["probe_ns"]), mmap_calls=int(doc["mmap_calls"]),
-                      strategy="bisect")
+        maps_before=maps_before, maps_after=maps_after, infidelities=())
+    scan = ScanResult.from_report(doc, ctx, within=window.usable)
+    scan = replace(scan, context=replace(ctx, jit=replace(window, usable=scan.window)))
     notes = list(analysis.notes)
-    if clipped != window.usable:
-        notes.append(f"the scan around the holder's code covers only {clipped} of the usable "
-                     f"window {window.usable}: give --object for the object holding the anchor")
-    return ProgramResult(run.command, run.when, pid, child, Span(start, end), scan, analysis,
-                         int(doc["mmap_calls"]), int(doc["probe_ns"]), tuple(notes))
+    if scan.window != window.usable:
+        notes.append(f"the scan around the holder's code covers only {scan.window} of the "
+                     f"usable window {window.usable}: give --object for the object holding "
+                     "the anchor")
+    return ProgramResult(run.command, run.when, pid, child, scanned, scan, analysis,
+                         scan.mmap_calls, scan.probe_ns, tuple(notes),
+                         tuple(differences(scan)))
 
 
-# --- output -----------------------------------------------------------------------------
-
-def program_json(result: ProgramResult, status: int | None) -> dict[str, Any]:
-    """The ``probe -- CMD`` JSON document."""
-    a = result.analysis
-    jit = result.scan.context.jit
-    free_bytes, free_slots, big = result.measured
-    return report.document("probe", {
-        "mode": "program", "command": list(result.command), "when": result.when,
-        "pid": result.program_pid, "arch": a.arch.name, "profile": jit.profile.name,
-        "anchor": {"name": a.anchor.name, "address": report.hexa(a.anchor.span.start),
-                   "source": a.anchor.how_found.value, "detail": a.anchor.detail},
-        "anchor_object": a.anchor_object, "bias": report.hexa(a.bias),
-        "window": report.span_json(jit.window), "usable": report.span_json(jit.usable),
-        "scanned": report.span_json(result.scanned), "slot": result.scan.slot,
-        "measured": {"free_bytes": free_bytes, "free_slots": free_slots,
-                     "largest_free": report.span_json(big)},
-        "model": report.window_json(a.accounting),
-        "jit_areas": [{**(report.span_json(j.span) or {}), "distance": j.distance,
-                       "inside_window": a.accounting.jit.usable.contains(j.span)}
-                      for j in a.jit_areas],
-        "mmap_calls": result.mmap_calls, "probe_ns": result.probe_ns,
-        "model_differences": [
-            {"slot": report.hexa(d.slot), "probe": d.probe, "model_free": d.model_free,
-             "reason": d.reason} for d in differences(result.scan)],
-        "notes": list(result.notes), "program_status": status,
-        "maps": result.scan.context.maps_before,
-    })
+def probe_program(command: Sequence[str], *, when: str = "start", jit: str = "luajit-2.1",
+                  anchor: str | None = None, object_name: str | None = None,
+                  kill_after: bool = False, stdout: int | IO[Any] | None = None
+                  ) -> ProgramResult:
+    """Run ``command`` with the preload probe, wait for its report, then let the program
+    finish (or terminate it with ``kill_after``); the result carries its exit status."""
+    run = start_program(command, when=when, jit=jit, anchor=anchor, object_name=object_name,
+                        stdout=stdout)
+    try:
+        result = run.wait_report()
+    except LayoutkitError:
+        run.finish(kill=True)
+        raise
+    return replace(result, program_status=run.finish(kill=kill_after))
 
 
-def program_lines(result: ProgramResult, status: int | None) -> Iterator[str]:
-    """The ``probe -- CMD`` text output, verdict last."""
-    a = result.analysis
-    jit = result.scan.context.jit
-    free_bytes, free_slots, big = result.measured
-    yield (f"Program:     {' '.join(result.command)} (pid {result.program_pid}, "
-           f"--when {result.when})")
-    yield (f"Probe:       {a.arch} preload copy (pid {result.child_pid}), "
-           f"profile {jit.profile.name}")
-    yield (f"Anchor:      {a.anchor.name} {a.anchor.span.start:#x} ({a.anchor.how_found}: "
-           f"{a.anchor.detail})")
-    yield f"Window:      {jit.window}  usable {jit.usable} ({format_size(jit.usable.size)})"
-    yield (f"Probing:     {result.scanned} scanned, {result.mmap_calls} mmap calls, "
-           f"{result.probe_ns / 1e6:.3f} ms")
-    yield (f"Measured:    {format_size(free_bytes)} free in {free_slots} slots; largest free "
-           f"run {big if big else '-'}")
-    yield f"JIT areas:   {len(a.jit_areas)}"
-    for area in a.jit_areas:
-        inside = "inside" if a.accounting.jit.usable.contains(area.span) else "OUTSIDE"
-        yield (f"  {area.span.start:#x}-{area.span.end:#x}  {format_size(area.span.size)}  "
-               f"distance {area.distance:+#x}  {inside} the window")
-    for note in result.notes:
-        yield f"Note:        {note}"
-    diffs = differences(result.scan)
-    unexplained = [d for d in diffs if d.reason == "unexplained"]
-    yield (f"Model:       {len(diffs)} slot(s) differ from layoutkit's accounting of the "
-           f"same maps ({len(unexplained)} unexplained)")
-    yield f"Program:     {'still running' if status is None else f'exit status {status}'}"
-    verdict = f"ok: {format_size(free_bytes)} free" if free_slots else "window full"
-    if not result.jit_inside:
-        verdict += "; JIT code outside the window"
-    yield f"Verdict:     {verdict}"
-
-
-__all__: Sequence[str] = (
-    "ProgramResult", "ProgramRun", "build_preload", "program_json", "program_lines",
-    "start_program",
-)
+__all__: Sequence[str] = ("ProgramResult", "ProgramRun", "build_preload", "probe_program",
+                          "start_program")

@@ -1,13 +1,14 @@
 /* layoutkit native probe: where can a JIT map code in *this* process?
  *
- * Plain C11 + pthreads, no third-party code. Built by layoutkit.native for the target
- * architecture and run natively or under qemu-user. Prints one JSON object on stdout.
+ * Plain C11 + pthreads, no third-party code. Built by layoutkit/native/probe.py for the
+ * target architecture and run natively, under qemu-user or in a qemu-system guest. Prints
+ * one JSON object on stdout (read by layoutkit/native/protocol.py).
  *
  * Modes:
  *   scan    every slot of [start, end) is asked for with
  *           mmap(addr, slot, PROT_NONE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED_NOREPLACE)
- *           and unmapped at once when it was granted. Never MAP_FIXED: that would
- *           replace whatever is there.
+ *           and unmapped at once when it was granted (lk_scan.h). Never MAP_FIXED: that
+ *           would replace whatever is there.
  *   replay  N threads each allocate `areas` areas with a JIT allocator's own probe
  *           sequence (plain mmap hints, as LuaJIT does), then unmap everything.
  *
@@ -41,19 +42,12 @@
 #include <unistd.h>
 
 #include "lk_io.h"
-
-/* Linux uapi value: include/uapi/asm-generic/mman-common.h
- * "#define MAP_FIXED_NOREPLACE 0x100000" (the same on every arch, Linux 4.17+). */
-#ifndef MAP_FIXED_NOREPLACE
-#define MAP_FIXED_NOREPLACE 0x100000
-#endif
+#include "lk_scan.h"
 
 #define MAPS_MAX (1u << 20)
 #define THREADS_MAX 1024
 #define AREAS_MAX 4096
 #define STACK_SIZE (256u * 1024u)
-
-enum outcome { FREE = '.', EEXIST_ = 'X', EPERM_ = 'P', ENOMEM_ = 'M', MOVED = 'm', OTHER = '?' };
 
 static char maps_before[MAPS_MAX];
 static char maps_during[MAPS_MAX];
@@ -185,59 +179,11 @@ static void prepare(const struct args *a) {
 
 /* ---------------------------------------------------------------- scan */
 
-struct scan {
-    char *slots;  /* one outcome character per slot */
-    size_t n;
-    uint64_t ns;
-    unsigned long calls;  /* mmap requests made */
-    unsigned long counts[6];
-};
-
-/* One request for slots [i, j): the outcome character, unmapping what was granted. */
-static char try_slots(const struct args *a, struct scan *s, size_t i, size_t j) {
-    uintptr_t addr = a->start + i * a->slot;
-    size_t len = (j - i) * a->slot;
-    void *p = mmap((void *)addr, len, PROT_NONE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-    s->calls++;
-    if (p == MAP_FAILED) {
-        switch (errno) {
-        case EEXIST: return EEXIST_;
-        case EPERM: case EACCES: return EPERM_;  /* below mmap_min_addr */
-        case ENOMEM: return ENOMEM_;  /* RLIMIT_AS, vm.max_map_count, above TASK_SIZE */
-        default: return OTHER;
-        }
-    }
-    munmap(p, len);
-    /* Another address: the flag was ignored (qemu-user, kernels before 4.17) and the
-     * kernel put the mapping elsewhere. It was ours and is gone; the slot counts as
-     * occupied. */
-    return (uintptr_t)p == addr ? FREE : MOVED;
-}
-
-/* Bisection: a whole run that maps is free slot by slot (MAP_FIXED_NOREPLACE fails
- * iff any page of it is taken); a run that does not is split until single slots,
- * whose outcome is recorded. Same per-slot result as asking slot by slot, with far
- * fewer system calls when the window is mostly free. */
-static void scan_range(const struct args *a, struct scan *s, size_t i, size_t j) {
-    char o = try_slots(a, s, i, j);
-    if (o == FREE || j - i == 1) {
-        memset(s->slots + i, o, j - i);
-        return;
-    }
-    size_t mid = i + (j - i) / 2;
-    scan_range(a, s, i, mid);
-    scan_range(a, s, mid, j);
-}
-
-static void scan(const struct args *a, struct scan *s) {
+/* The slot scan itself (lk_scan.h), timed. */
+static uint64_t scan(const struct args *a, struct lk_scan *s) {
     uint64_t t0 = now_ns();
-    if (a->linear) {
-        for (size_t i = 0; i < s->n; i++) s->slots[i] = try_slots(a, s, i, i + 1);
-    } else if (s->n) {
-        scan_range(a, s, 0, s->n);
-    }
-    s->ns = now_ns() - t0;
+    lk_scan(s, a->linear);
+    return now_ns() - t0;
 }
 
 /* ---------------------------------------------------------------- replay */
@@ -300,7 +246,7 @@ static uintptr_t alloc_luajit21(struct worker *w, uintptr_t last, size_t sz) {
     return 0;
 }
 
-/* LuaJIT since 68354f44 (2025-11-06), as facts.md §2 describes it: below the last
+/* LuaJIT since commit 68354f44 (2025-11-06), src/lj_mcode.c mcode_alloc: below the last
  * area, then up to 16 attempts, each drawing up to 15 hints until one is in
  * [mcmin, mcmax); when all fail the area goes anywhere (mmap(NULL), a fallback). */
 static uintptr_t alloc_luajit2025(struct worker *w, uintptr_t last, size_t sz) {
@@ -391,34 +337,33 @@ static void print_maps(void) {
 }
 
 static int run_scan(const struct args *a) {
-    struct scan s;
-    memset(&s, 0, sizeof s);
-    s.n = (a->end - a->start) / a->slot;
-    s.slots = malloc(s.n + 1);
-    if (!s.slots) return fprintf(stderr, "probe: out of memory\n"), 3;
-    memset(s.slots, 0, s.n + 1);
+    struct lk_scan s = {.start = a->start, .slot = a->slot,
+                        .n = (a->end - a->start) / a->slot};
+    unsigned long counts[LK_OUTCOME_KINDS] = {0};
+    s.outcomes = malloc(s.n + 1);
+    if (!s.outcomes) return fprintf(stderr, "probe: out of memory\n"), 3;
+    memset(s.outcomes, 0, s.n + 1);
     prepare(a);
     slurp("/proc/self/maps", maps_before, sizeof maps_before);
-    scan(a, &s);
+    uint64_t ns = scan(a, &s);
     slurp("/proc/self/maps", maps_after, sizeof maps_after);
     print_head(a);
-    const char kinds[] = {FREE, EEXIST_, EPERM_, ENOMEM_, MOVED, OTHER};
-    const char *names[] = {"free", "eexist", "eperm", "enomem", "moved", "other"};
     for (size_t i = 0; i < s.n; i++)
-        for (int k = 0; k < 6; k++)
-            if (s.slots[i] == kinds[k]) s.counts[k]++;
+        for (int k = 0; k < LK_OUTCOME_KINDS; k++)
+            if (s.outcomes[i] == lk_outcome_letters[k]) counts[k]++;
     printf(",\"slots\":%zu,\"counts\":{", s.n);
-    for (int k = 0; k < 6; k++) printf("%s\"%s\":%lu", k ? "," : "", names[k], s.counts[k]);
+    for (int k = 0; k < LK_OUTCOME_KINDS; k++)
+        printf("%s\"%s\":%lu", k ? "," : "", lk_outcome_keys[k], counts[k]);
     printf("},\"strategy\":\"%s\",\"mmap_calls\":%lu", a->linear ? "linear" : "bisect",
            s.calls);
-    printf(",\"probe_ns\":%llu,\"ns_per_slot\":%.1f", (unsigned long long)s.ns,
-           s.n ? (double)s.ns / (double)s.n : 0.0);
+    printf(",\"probe_ns\":%llu,\"ns_per_slot\":%.1f", (unsigned long long)ns,
+           s.n ? (double)ns / (double)s.n : 0.0);
     fputs(",\"free_runs\":[", stdout);
     int first = 1;
     for (size_t i = 0; i < s.n;) {
-        if (s.slots[i] != FREE) { i++; continue; }
+        if (s.outcomes[i] != LK_FREE) { i++; continue; }
         size_t j = i;
-        while (j < s.n && s.slots[j] == FREE) j++;
+        while (j < s.n && s.outcomes[j] == LK_FREE) j++;
         printf("%s[\"%#llx\",\"%#llx\"]", first ? "" : ",",
                (unsigned long long)(a->start + i * a->slot),
                (unsigned long long)(a->start + j * a->slot));
@@ -426,10 +371,10 @@ static int run_scan(const struct args *a) {
         i = j;
     }
     fputs("],\"outcomes\":", stdout);
-    json_str(s.slots);
+    json_str(s.outcomes);
     print_maps();
     puts("}");
-    free(s.slots);
+    free(s.outcomes);
     return 0;
 }
 

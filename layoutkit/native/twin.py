@@ -16,26 +16,24 @@ under ASLR too. The probe itself (its code and its megabytes of static buffers, 
 no target's bss could hold) lives in ``liblkprobe.so``, loaded from the mmap area, far
 from a non-PIE image; ``probe_anchor`` in the executable interposes the library's.
 
-Twins are cached under ``$XDG_CACHE_HOME/layoutkit/twin``, keyed by the generated linker
-script (the target's type, segments and anchor), the probe source and the compiler.
+Twins are cached under ``$XDG_CACHE_HOME/layoutkit/twin`` (``build.cached_build``), keyed
+by the generated linker script (the target's type, segments and anchor), the probe
+source and the compiler.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from layoutkit import native
 from layoutkit.core.arches import Arch
 from layoutkit.core.model import ElfImage, LoadKind, Perm, Segment
 from layoutkit.elf import ElfReader
 from layoutkit.errors import ProbeError
+from layoutkit.native.build import cached_build, run_tool, source_key
+from layoutkit.native.probe import CFLAGS, SOURCE
+from layoutkit.native.toolchain import Compiler
 from layoutkit.window.kernel import PAGE
 
 ANCHOR_SECTION = ".lk_anchor"
@@ -50,6 +48,13 @@ __attribute__((noinline, used, section(".lk_anchor"))) int probe_anchor(int x) {
 }
 int main(int argc, char **argv) { return lk_probe_main(argc, argv); }
 """
+
+# The probe as a library: its main renamed, so the twin's own main calls it.
+LIB_FLAGS = ("-fPIC", "-shared", "-Dmain=lk_probe_main")
+# GNU ld only (the script uses its PHDRS); no note, RELRO or eh_frame_hdr segment of the
+# twin's own; liblkprobe.so found beside the twin ($ORIGIN), wherever the cache is.
+LINK_FLAGS = ("-fuse-ld=bfd", "-Wl,--build-id=none", "-Wl,-z,norelro",
+              "-Wl,--hash-style=gnu", "-Wl,--no-eh-frame-hdr", "-Wl,-rpath,$ORIGIN")
 
 # Input sections by what they are, as GNU ld's default scripts group them.
 _HEAD = (".interp", ".note.gnu.property", ".note.gnu.build-id", ".note.ABI-tag", ".note*",
@@ -109,10 +114,6 @@ def load_mismatches(want: Sequence[Segment], got: Sequence[Segment], kind: LoadK
             if a != b:
                 found.append(f"PT_LOAD {i}: {what} {b:#x}, the target's is {a:#x}")
     return found
-
-
-def cache_dir() -> Path:
-    return native.cache_dir().with_name("twin")
 
 
 def _segment_name(i: int) -> str:
@@ -232,58 +233,27 @@ def linker_script(spec: TwinSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _too_small(stderr: str) -> str | None:
+    """GNU ld's complaint when the twin's sections overrun a target segment."""
+    if "backwards" in stderr or "overlap" in stderr:
+        return "the twin's own code and data do not fit inside the target's segments"
+    return None
+
+
 def _run(argv: list[str], what: str) -> None:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-    except (OSError, subprocess.SubprocessError) as e:
-        raise ProbeError(f"{what}: {e}") from e
-    if done.returncode != 0:
-        tail = " / ".join(done.stderr.strip().splitlines()[-4:])
-        if "backwards" in done.stderr or "overlap" in done.stderr:
-            raise ProbeError(f"{what}: the twin's own code and data do not fit inside the "
-                             f"target's segments ({tail})")
-        raise ProbeError(f"{what} failed: {tail}")
-
-
-def _compiler(arch: Arch) -> tuple[str, str]:
-    command, package = native._compiler(arch, "native")
-    path = shutil.which(command)
-    if path is None:
-        raise ProbeError(f"no C compiler for {arch} ({command} not found): "
-                         f"apt-get install {package}")
-    return path, package
+    run_tool(argv, what, diagnose=_too_small)
 
 
 def build_twin(spec: TwinSpec) -> Twin:
     """The twin of ``spec``, built once and cached; its PT_LOADs are checked."""
-    cc, _ = _compiler(spec.arch)
-    try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True,
-                                 check=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError) as e:
-        raise ProbeError(f"{cc} --version failed: {e}") from e
-    source = native.source_bytes(native.SOURCE)
+    compiler = Compiler.for_arch(spec.arch)
     script = linker_script(spec)  # the layout, and how it is reproduced
-    key = hashlib.sha256(b"\0".join([source, STUB.encode(), cc.encode(), version.encode(),
-                                     script.encode()])).hexdigest()[:20]
-    folder = cache_dir() / f"{spec.arch.name}-{key}"
+    key = [source_key(SOURCE), STUB.encode(), script.encode(),
+           " ".join((*CFLAGS, *LIB_FLAGS, *LINK_FLAGS)).encode()]
+    folder = cached_build("twin", "twin", compiler, key,
+                          lambda work: _link(spec, script, compiler.path, work),
+                          ["twin", "liblkprobe.so"])
     exe, lib = folder / "twin", folder / "liblkprobe.so"
-    if not (exe.is_file() and lib.is_file()):
-        try:
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            work = Path(tempfile.mkdtemp(prefix=".twin-", dir=folder.parent))
-        except OSError as e:
-            raise ProbeError(f"cannot write the twin cache {folder}: {e.strerror}") from e
-        try:
-            _link(spec, script, cc, work, folder)
-            try:
-                os.replace(work, folder)  # atomic: a concurrent build leaves one whole twin
-            except OSError:
-                if not exe.is_file():
-                    raise
-        finally:
-            if work.exists():
-                shutil.rmtree(work, ignore_errors=True)
     with ElfReader(exe) as reader:
         image = reader.image()
     twin = Twin(spec, exe, lib, image)
@@ -294,22 +264,20 @@ def build_twin(spec: TwinSpec) -> Twin:
     return twin
 
 
-def _link(spec: TwinSpec, script_text: str, cc: str, work: Path, folder: Path) -> None:
-    """Build liblkprobe.so and the twin in ``work`` (the rpath names ``folder``)."""
+def _link(spec: TwinSpec, script_text: str, cc: str, work: Path) -> None:
+    """Build liblkprobe.so and the twin in ``work``; the twin finds the library beside
+    itself (``$ORIGIN``), so the folder can be renamed into the cache."""
     lib = work / "liblkprobe.so"
-    _run([cc, *native.CFLAGS, "-fPIC", "-shared", "-Dmain=lk_probe_main", "-o", str(lib),
-          str(native.SOURCE)], f"building liblkprobe.so for {spec.arch}")
+    _run([cc, *CFLAGS, *LIB_FLAGS, "-o", str(lib), str(SOURCE)],
+         f"building liblkprobe.so for {spec.arch}")
     stub = work / "stub.c"
     stub.write_text(STUB)
     script = work / "twin.ld"
     script.write_text(script_text)
     pie = ["-fPIE", "-pie"] if spec.kind is LoadKind.PIE else ["-fno-pie", "-no-pie"]
-    _run([cc, "-O2", *pie, "-fuse-ld=bfd", "-o", str(work / "twin"), str(stub),
-          "-Wl,-T," + str(script), "-Wl,--build-id=none", "-Wl,-z,norelro",
-          "-Wl,--hash-style=gnu", "-Wl,--no-eh-frame-hdr",
-          f"-L{work}", "-llkprobe", f"-Wl,-rpath,{folder}"],
-         f"linking the twin of {spec.source}")
+    _run([cc, "-O2", *pie, "-o", str(work / "twin"), str(stub), "-Wl,-T," + str(script),
+          *LINK_FLAGS, f"-L{work}", "-llkprobe"], f"linking the twin of {spec.source}")
 
 
-__all__: Sequence[str] = ("Twin", "TwinSpec", "build_twin", "cache_dir", "linker_script",
+__all__: Sequence[str] = ("Twin", "TwinSpec", "build_twin", "linker_script",
                           "load_mismatches")

@@ -15,7 +15,7 @@ from layoutkit.core.spans import Span
 from layoutkit.core.text import escaped, shown
 from layoutkit.core.units import format_size
 from layoutkit.output.document import flags_text
-from layoutkit.output.picture import terminal_view
+from layoutkit.output.terminal import terminal_view
 from layoutkit.ranges import BranchForm
 from layoutkit.window.accounting import Accounting
 from layoutkit.window.profiles import Generation

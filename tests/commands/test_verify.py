@@ -8,15 +8,15 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from layoutkit import native
 from layoutkit.cli import cli
 from layoutkit.commands.verify import verify
 from layoutkit.core.kinds import AdviceKind
 from layoutkit.errors import EXIT_FINDINGS, EXIT_USAGE
+from layoutkit.native.compare import Cause
+from layoutkit.native.toolchain import Runner, host_arch
 from tests.support import ELF_DIR, require
 
-DOCUMENTED = {"stack guard gap", "below mmap_min_addr",
-              "moved (runner ignores MAP_FIXED_NOREPLACE)"}
+DOCUMENTED = {Cause.STACK_GUARD_GAP, Cause.BELOW_MMAP_MIN_ADDR, Cause.MOVED}
 
 
 @pytest.fixture(autouse=True)
@@ -35,17 +35,19 @@ def run(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+@pytest.mark.qemu_user
 def test_aarch64_nopie_at_0x400000_and_at_the_advised_base() -> None:
     """Issue part 6: measured free slots match the prediction from the run's own maps,
     lie in the model's range, and the advised base leaves more free slots."""
     qemu_aarch64()
-    default = verify(str(ELF_DIR / "aarch64/nopie"), runner="qemu-user", runs=2)
-    advised = verify(str(ELF_DIR / "aarch64/nopie"), runner="qemu-user", runs=2,
+    default = verify(str(ELF_DIR / "aarch64/nopie"), runner=Runner.QEMU_USER, runs=2)
+    advised = verify(str(ELF_DIR / "aarch64/nopie"), runner=Runner.QEMU_USER, runs=2,
                      advice=AdviceKind.REBASE)
     for v in (default, advised):
-        assert v.verdict == "ok", v.verdict
+        assert v.ok, v.failures
+        assert v.exit_code == 0
         for r in v.runs:
-            assert {d.reason for d in r.differences} <= DOCUMENTED
+            assert {d.cause for d in r.differences} <= DOCUMENTED
             # Slot for slot: measured = predicted, but for the documented slots.
             taken_only_to_probe = sum(d.model_free for d in r.differences)
             free_only_to_probe = sum(not d.model_free for d in r.differences)
@@ -53,8 +55,8 @@ def test_aarch64_nopie_at_0x400000_and_at_the_advised_base() -> None:
                     r.predicted.free_slots - taken_only_to_probe + free_only_to_probe)
             assert not r.result.context.leaked
     # The image at 0x400000: only slot 0 (below mmap_min_addr, qemu moves it) differs.
-    assert [(d.slot, d.reason) for d in default.runs[0].differences] == [
-        (0, "below mmap_min_addr")]
+    assert [(d.slot, d.cause) for d in default.runs[0].differences] == [
+        (0, Cause.BELOW_MMAP_MIN_ADDR)]
     assert default.twin.spec.loads[0].vaddr == 0x400000
     assert default.runs[0].result.context.anchor == 0x403dd0
     assert advised.advice == "rebase: -Wl,-Ttext-segment=0x4020000"
@@ -64,9 +66,10 @@ def test_aarch64_nopie_at_0x400000_and_at_the_advised_base() -> None:
             <= default.model.best.free_slots)
 
 
+@pytest.mark.toolchain
 def test_json_fields_native() -> None:
     require("cc")
-    if native.host_arch().name != "x86_64":
+    if host_arch().name != "x86_64":
         pytest.skip("the native expectations are for an x86-64 host")
     code, out, _ = run(str(ELF_DIR / "x86_64/pie"), "--runs", "2", "--format", "json")
     assert code == 0
@@ -90,6 +93,7 @@ def test_json_fields_native() -> None:
     assert doc["infidelities"] == []
 
 
+@pytest.mark.qemu_user
 def test_text_output_side_by_side() -> None:
     qemu_aarch64()
     code, out, _ = run(str(ELF_DIR / "aarch64/nopie"), "--arch", "arm64", "--runner",
@@ -102,6 +106,7 @@ def test_text_output_side_by_side() -> None:
     assert lines[-1] == "Verdict:     ok"
 
 
+@pytest.mark.qemu_user
 def test_qemu_user_image_holes_are_named_and_fail() -> None:
     """-Tbss: qemu-user reserves the hole between the segments (a kernel would not)."""
     qemu_aarch64()
@@ -114,6 +119,7 @@ def test_qemu_user_image_holes_are_named_and_fail() -> None:
     assert any(n.startswith("qemu-user reserves the holes") for n in doc["notes"])
 
 
+@pytest.mark.qemu_system
 def test_aarch64_nopie_on_qemu_system() -> None:
     """The twin (dynamic: loader, libc, liblkprobe.so in the initramfs) on Debian's arm64
     kernel: a real kernel answers EEXIST and EPERM, so only page 0 differs."""
@@ -152,7 +158,8 @@ def test_aarch64_nopie_on_qemu_system() -> None:
     assert advised["measured"]["free_slots"] > default["measured"]["free_slots"]
 
 
-@pytest.mark.parametrize("runner", ["qemu-user", "qemu-system"])
+@pytest.mark.parametrize("runner", [pytest.param("qemu-user", marks=pytest.mark.qemu_user),
+                                    pytest.param("qemu-system", marks=pytest.mark.qemu_system)])
 def test_ppc64le_twin_runs_on_both_runners(runner: str) -> None:
     """PPC64's .plt is a table the loader writes (WA): the twin must put it with the GOT,
     or ld.so faults. On Debian's ppc64el kernel (64 KiB pages) nothing differs."""
@@ -170,6 +177,7 @@ def test_ppc64le_twin_runs_on_both_runners(runner: str) -> None:
         assert doc["runs"][0]["counts"]["moved"] == 0
 
 
+@pytest.mark.toolchain
 def test_qemu_system_runner_refuses_a_pie() -> None:
     require("aarch64-linux-gnu-gcc")
     code, _, err = run(str(ELF_DIR / "aarch64/pie"), "--runner", "qemu-system")

@@ -1,9 +1,10 @@
-"""Debian's arm64 luajit in the qemu-system guest (facts.md §7).
+"""Debian's arm64 luajit in the qemu-system guest.
 
 ``luajit`` (dynamic: its loader, libc, libm and libgcc_s come from the cross sysroot;
 libluajit is bundled in the executable) runs fixtures/src/jit-heavy.lua under the static
-``mapswatch`` wrapper, which prints the program's /proc/PID/maps when it writes "ready"
-(the script then waits on stdin, which the wrapper holds open until the maps are read).
+``mapswatch`` wrapper (tests/native/mapswatch.c, a test-only helper), which prints the
+program's /proc/PID/maps when it writes "ready" (the script then waits on stdin, which
+the wrapper holds open until the maps are read).
 ``analyse_maps`` on that listing, with the guest's /usr/bin mapped to the unpacked
 package, must find the JIT areas inside luajit-2.1's window around the stripped
 executable's code.
@@ -21,7 +22,7 @@ import pytest
 from layoutkit.commands.maps import analyse_maps
 from layoutkit.core.scenario import KernelOverrides, Scenario
 from layoutkit.errors import ProbeError
-from layoutkit.native import qemu_system as qs
+from layoutkit.native.guest.boot import GuestResult, GuestRun, build_static, run_in_guest
 from layoutkit.read.maps import parse_maps
 from tests.support import require
 
@@ -29,6 +30,24 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "fixtures" / "src" / "jit-heavy.lua"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "layoutkit-tests"
 PACKAGES = ("luajit", "libluajit-5.1-2")
+MAPSWATCH = Path(__file__).with_name("mapswatch.c")
+_MAPS = re.compile(r"@@LAYOUTKIT-MAPS@@\n(.*?)@@LAYOUTKIT-MAPS-END@@\n", re.S)
+
+
+def build_mapswatch(arch: str) -> Path:
+    """``mapswatch.c`` built static: ``mapswatch MARKER PROGRAM ARG...`` prints the
+    program's /proc/PID/maps when it writes the line MARKER, while it waits on stdin."""
+    return build_static(MAPSWATCH, arch, "mapswatch")
+
+
+def watched_maps(run: GuestRun) -> tuple[str, str]:
+    """A mapswatch run's output split in two: the program's own stdout, and the maps
+    listing it printed at the marker."""
+    found = _MAPS.search(run.stdout)
+    if found is None:
+        raise ProbeError(f"{' '.join(run.argv[2:3])} printed no maps in the guest (status "
+                         f"{run.status}, signal {run.signal}): {run.stderr.strip()[-300:]}")
+    return run.stdout[:found.start()] + run.stdout[found.end():], found.group(1)
 
 
 def _arm64_debs() -> list[Path]:
@@ -50,26 +69,27 @@ def _arm64_debs() -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def luajit_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[qs.GuestResult, Path]:
+def luajit_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[GuestResult, Path]:
     for tool in ("qemu-system-aarch64", "aarch64-linux-gnu-gcc", "apt-get", "dpkg-deb"):
         require(tool)
     unpacked = tmp_path_factory.mktemp("luajit-arm64")
     for deb in _arm64_debs():
         subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], check=True)
     luajit = unpacked / "usr" / "bin" / "luajit"
-    watch = qs.build_mapswatch("aarch64")
-    result = qs.run_in_guest(
+    watch = build_mapswatch("aarch64")
+    result = run_in_guest(
         "aarch64", [(watch, ["ready", "/usr/bin/luajit", "/jit-heavy.lua", "200"])],
         timeout=120, files={"/usr/bin/luajit": luajit, "/jit-heavy.lua": SCRIPT})
     return result, unpacked
 
 
+@pytest.mark.qemu_system
 def test_luajit_runs_and_compiles_in_the_guest(
-        luajit_run: tuple[qs.GuestResult, Path]) -> None:
+        luajit_run: tuple[GuestResult, Path]) -> None:
     result, _ = luajit_run
     run = result.runs[0]
     assert (run.status, run.signal, run.stderr) == (0, None, "")
-    out, maps_text = qs.watched_maps(run)
+    out, maps_text = watched_maps(run)
     lines = out.splitlines()
     assert lines[0].startswith("version LuaJIT 2.1")
     assert lines[1].split()[:2] == ["status", "true"]  # the JIT is on
@@ -84,10 +104,11 @@ def test_luajit_runs_and_compiles_in_the_guest(
     assert not any("libluajit" in p for p in paths if p)  # bundled in the executable
 
 
+@pytest.mark.qemu_system
 def test_analyse_maps_finds_the_jit_areas_in_the_window(
-        luajit_run: tuple[qs.GuestResult, Path]) -> None:
+        luajit_run: tuple[GuestResult, Path]) -> None:
     result, unpacked = luajit_run
-    out, maps_text = qs.watched_maps(result.runs[0])
+    out, maps_text = watched_maps(result.runs[0])
     kernel = KernelOverrides(va_bits=result.facts.va_bits,
                              mmap_min_addr=result.facts.mmap_min_addr)
     analysis = analyse_maps(parse_maps(maps_text, source="guest luajit"),
@@ -115,10 +136,10 @@ def test_analyse_maps_finds_the_jit_areas_in_the_window(
 
 
 def test_watched_maps_needs_the_block() -> None:
-    run = qs.GuestRun(("/bin/0-mapswatch", "ready", "/usr/bin/luajit"), 3, None, 1,
+    run = GuestRun(("/bin/0-mapswatch", "ready", "/usr/bin/luajit"), 3, None, 1,
                       "version x\n", "mapswatch: /usr/bin/luajit never printed ready\n")
     with pytest.raises(ProbeError, match="printed no maps in the guest"):
-        qs.watched_maps(run)
-    run = qs.GuestRun(run.argv, 0, None, 1, "a\nready\n@@LAYOUTKIT-MAPS@@\n1000-2000 r-xp "
+        watched_maps(run)
+    run = GuestRun(run.argv, 0, None, 1, "a\nready\n@@LAYOUTKIT-MAPS@@\n1000-2000 r-xp "
                       "00000000 00:00 0 \n@@LAYOUTKIT-MAPS-END@@\nb\n", "")
-    assert qs.watched_maps(run) == ("a\nready\nb\n", "1000-2000 r-xp 00000000 00:00 0 \n")
+    assert watched_maps(run) == ("a\nready\nb\n", "1000-2000 r-xp 00000000 00:00 0 \n")

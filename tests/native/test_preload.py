@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from layoutkit.cli import cli
 from layoutkit.core.spans import Span
 from layoutkit.elf import ElfReader
-from layoutkit.native import differences, model_accounting
+from layoutkit.native.compare import Cause, differences, model_accounting
 from layoutkit.native.preload import ProgramRun, start_program
 from tests.support import ROOT, require
 
@@ -40,6 +40,7 @@ def _lines_until(run: ProgramRun, last: str) -> list[str]:
             return lines
 
 
+@pytest.mark.toolchain
 def test_jit_program_undisturbed_and_scan_agrees_with_model() -> None:
     exe = X86 / "pie"
     run = start_program([str(exe), "jit", "4", "wait"], when="signal:USR2",
@@ -79,7 +80,8 @@ def test_jit_program_undisturbed_and_scan_agrees_with_model() -> None:
     assert [j.span for j in a.jit_areas] == [Span(min(areas), max(areas) + 0x10000)]
     assert result.jit_inside
     # Kernel against model, slot for slot: only documented differences.
-    assert all(d.reason == "stack guard gap" for d in differences(result.scan))
+    assert all(d.cause is Cause.STACK_GUARD_GAP for d in differences(result.scan))
+    assert result.differences == tuple(differences(result.scan))
     acc = model_accounting(result.scan)
     assert acc.free_slots == result.measured[1]
     assert result.measured[0] == acc.free_bytes
@@ -88,6 +90,7 @@ def test_jit_program_undisturbed_and_scan_agrees_with_model() -> None:
     assert result.scan.context.maps_after == result.scan.context.maps_before
 
 
+@pytest.mark.toolchain
 def test_debian_luajit_jit_areas_inside_the_window() -> None:
     luajit = require("luajit")
     run = start_program([luajit, str(JIT_HEAVY)], when="ms:1500", stdin=subprocess.PIPE,
@@ -115,10 +118,11 @@ def test_debian_luajit_jit_areas_inside_the_window() -> None:
     for _, _, _, addr, _, size in traces:
         code = Span(int(addr, 16), int(addr, 16) + int(size))
         assert any(j.span.contains(code) for j in a.jit_areas)
-    assert all(d.reason == "stack guard gap" for d in differences(result.scan))
+    assert all(d.cause is Cause.STACK_GUARD_GAP for d in differences(result.scan))
     assert result.measured[1] == model_accounting(result.scan).free_slots
 
 
+@pytest.mark.toolchain
 def test_cli_program_json() -> None:
     # CMD inherits layoutkit's stdin: an open pipe keeps "wait" waiting until killed.
     read_end, write_end = os.pipe()

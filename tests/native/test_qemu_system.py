@@ -13,9 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from layoutkit import native
 from layoutkit.errors import ProbeError, UsageError
-from layoutkit.native import qemu_system as qs
+from layoutkit.native.compare import Cause, Difference, differences, model_accounting
+from layoutkit.native.guest.boot import GuestResult, GuestRun, parse_console, run_in_guest
+from layoutkit.native.guest.initramfs import initramfs, runtime_files
+from layoutkit.native.guest.kernels import fetch_kernel, system_for
+from layoutkit.native.guest.probe import build_guest_probe, probe_scan_args, scan_result
+from layoutkit.native.protocol import Outcome, ScanResult, ScanVerdict
+from layoutkit.native.toolchain import Runner
 from layoutkit.read.maps import parse_maps
 from tests.support import ELF_DIR, require
 
@@ -31,23 +36,24 @@ def _needs_guest() -> None:
 
 
 @pytest.fixture(scope="module")
-def guest() -> tuple[qs.GuestResult, Path]:
+def guest() -> tuple[GuestResult, Path]:
     _needs_guest()
-    probe = qs.build_guest_probe("aarch64")
+    probe = build_guest_probe("aarch64")
     programs = [
-        (probe, qs.probe_scan_args(probe, "aarch64", radius=RADIUS)),
-        (probe, qs.probe_scan_args(probe, "aarch64")),  # luajit-2.1's whole window
+        (probe, probe_scan_args(probe, "aarch64", radius=RADIUS)),
+        (probe, probe_scan_args(probe, "aarch64")),  # luajit-2.1's whole window
         (probe, ["--mode", "nonsense"]),
         (ELF_DIR / "aarch64" / "nopie", []),  # dynamic: loader and libc from the sysroot
     ]
-    return qs.run_in_guest("aarch64", programs, timeout=60), probe
+    return run_in_guest("aarch64", programs, timeout=60), probe
 
 
-def _scan(result: qs.GuestResult, index: int, radius: int | None) -> native.ScanResult:
-    return qs.scan_result(result.runs[index], "aarch64", radius=radius)
+def _scan(result: GuestResult, index: int, radius: int | None) -> ScanResult:
+    return scan_result(result.runs[index], "aarch64", radius=radius)
 
 
-def test_guest_boots_and_reads_the_kernel_facts(guest: tuple[qs.GuestResult, Path]) -> None:
+@pytest.mark.qemu_system
+def test_guest_boots_and_reads_the_kernel_facts(guest: tuple[GuestResult, Path]) -> None:
     result, _ = guest
     facts = result.facts
     assert facts.release.endswith("-cloud-arm64")
@@ -63,11 +69,12 @@ def test_guest_boots_and_reads_the_kernel_facts(guest: tuple[qs.GuestResult, Pat
     assert 0 < result.boot_s < result.total_s < 30
 
 
-def test_guest_scan_sees_eexist_and_eperm(guest: tuple[qs.GuestResult, Path]) -> None:
+@pytest.mark.qemu_system
+def test_guest_scan_sees_eexist_and_eperm(guest: tuple[GuestResult, Path]) -> None:
     result, _ = guest
     scan = _scan(result, 0, RADIUS)
     ctx = scan.context
-    assert ctx.runner == "qemu-system"
+    assert ctx.runner is Runner.QEMU_SYSTEM
     assert ctx.infidelities == ()
     assert not ctx.leaked
     # A static non-PIE probe: its code sits at the link address, whatever ASLR does.
@@ -76,7 +83,7 @@ def test_guest_scan_sees_eexist_and_eperm(guest: tuple[qs.GuestResult, Path]) ->
     assert scan.window.end == (ctx.self_anchor & ~0xFFFF) + RADIUS
     # Slot 0 holds page 0, below vm.mmap_min_addr: EPERM, the probe runs as uid 65534
     # (root would be allowed to map it).
-    assert scan.outcomes[0] == "P"
+    assert scan.outcomes[0] is Outcome.EPERM
     assert scan.counts.eperm == 1
     assert scan.counts.moved == scan.counts.enomem == scan.counts.other == 0
     maps = parse_maps(ctx.maps_before)
@@ -85,36 +92,39 @@ def test_guest_scan_sees_eexist_and_eperm(guest: tuple[qs.GuestResult, Path]) ->
     for m in inside:
         first = (m.start - scan.window.start) // scan.slot
         last = (min(m.end, scan.window.end) - 1 - scan.window.start) // scan.slot
-        assert set(scan.outcomes[first:last + 1]) == {"X"}, m
+        assert set(scan.outcomes[first:last + 1]) == {Outcome.EEXIST}, m
     assert scan.counts.eexist > 0
-    assert scan.verdict == "ok"
+    assert scan.verdict is ScanVerdict.OK
 
 
+@pytest.mark.qemu_system
 @pytest.mark.parametrize(("index", "radius"), [(0, RADIUS), (1, None)])
 def test_guest_scan_agrees_with_accounting_slot_for_slot(
-        guest: tuple[qs.GuestResult, Path], index: int, radius: int | None) -> None:
+        guest: tuple[GuestResult, Path], index: int, radius: int | None) -> None:
     result, _ = guest
     scan = _scan(result, index, radius)
-    acc = native.model_accounting(scan)
+    acc = model_accounting(scan)
     model_free = {s for gap in acc.free for s in range(gap.start, gap.end, scan.slot)}
     # The only difference: page 0, which the model counts free and the kernel refuses.
-    assert native.differences(scan) == [
-        native.Difference(0, "P", True, "below mmap_min_addr")]
+    assert differences(scan) == [
+        Difference(0, Outcome.EPERM, True, Cause.BELOW_MMAP_MIN_ADDR)]
     assert scan.free_slots() == model_free - {0}
     assert len(scan.outcomes) == scan.window.size // scan.slot
 
 
-def test_guest_reports_a_failing_program(guest: tuple[qs.GuestResult, Path]) -> None:
+@pytest.mark.qemu_system
+def test_guest_reports_a_failing_program(guest: tuple[GuestResult, Path]) -> None:
     result, _ = guest
     run = result.runs[2]
     assert run.argv == ("/bin/0-probe", "--mode", "nonsense")
     assert (run.status, run.signal, run.stdout, run.ok) == (2, None, "", False)
     assert "probe: unknown mode nonsense" in run.stderr
     with pytest.raises(ProbeError, match="status 2"):
-        qs.scan_result(run, "aarch64")
+        scan_result(run, "aarch64")
 
 
-def test_guest_runs_a_dynamic_program(guest: tuple[qs.GuestResult, Path]) -> None:
+@pytest.mark.qemu_system
+def test_guest_runs_a_dynamic_program(guest: tuple[GuestResult, Path]) -> None:
     result, _ = guest
     run = result.runs[3]
     assert run.argv == ("/bin/1-nopie",)
@@ -122,17 +132,19 @@ def test_guest_runs_a_dynamic_program(guest: tuple[qs.GuestResult, Path]) -> Non
     assert run.stdout.split() == ["lj_vm_exit_handler", "0x403dd0"]
 
 
-def test_kernel_is_cached_by_package_version(guest: tuple[qs.GuestResult, Path]) -> None:
+@pytest.mark.qemu_system
+def test_kernel_is_cached_by_package_version(guest: tuple[GuestResult, Path]) -> None:
     result, _ = guest
     kernel = result.kernel
     assert kernel.path.parent.name == f"{kernel.package}_{kernel.version}"
-    assert qs.fetch_kernel("aarch64") == kernel
+    assert fetch_kernel("aarch64") == kernel
 
 
-def test_guest_killed_at_the_timeout(guest: tuple[qs.GuestResult, Path]) -> None:
+@pytest.mark.qemu_system
+def test_guest_killed_at_the_timeout(guest: tuple[GuestResult, Path]) -> None:
     _, probe = guest
     with pytest.raises(ProbeError, match=r"did not power off within 0\.1 s and was killed"):
-        qs.run_in_guest("aarch64", [(probe, ["--mode", "scan"])], timeout=0.1)
+        run_in_guest("aarch64", [(probe, ["--mode", "scan"])], timeout=0.1)
 
 
 # --- no guest needed --------------------------------------------------------------------
@@ -158,7 +170,7 @@ def test_initramfs_layout(tmp_path: Path) -> None:
     init, prog = tmp_path / "init", tmp_path / "prog"
     init.write_bytes(b"INIT")
     prog.write_bytes(b"PROGRAM")
-    entries = _cpio_entries(qs.initramfs(init, [(prog, ["a b", "-x"]), (prog, [])]))
+    entries = _cpio_entries(initramfs(init, [(prog, ["a b", "-x"]), (prog, [])]))
     assert entries["init"] == (0o100755, 0, 0, b"INIT")
     assert entries["dev/console"][:3] == (0o020600, 5, 1)
     assert entries["bin/0-prog"] == (0o100755, 0, 0, b"PROGRAM")  # placed once
@@ -180,28 +192,28 @@ def test_parse_console() -> None:
            "wall_ns": 5, "stdout": "ok\n", "stdout_bytes": 3, "stderr": "", "stderr_bytes": 0}
     text = ("[    0.000000] Booting Linux\r\n" + _block("FACTS", FACTS) + _block("RUN", run)
             + "@@LAYOUTKIT-DONE@@\r\n")
-    facts, runs = qs.parse_console(text)
+    facts, runs = parse_console(text)
     assert (facts.release, facts.va_bits, facts.mmap_rnd_bits) == (
         "6.1.0-56-cloud-arm64", 48, 18)
-    assert runs == (qs.GuestRun(("/bin/0-p", "é"), None, 11, 5, "ok\n", ""),)
+    assert runs == (GuestRun(("/bin/0-p", "é"), None, 11, 5, "ok\n", ""),)
 
 
 def test_parse_console_rejects_cut_output() -> None:
     run = {"index": 0, "argv": ["/bin/0-p"], "status": 0, "signal": None, "wall_ns": 5,
            "stdout": "o", "stdout_bytes": 3, "stderr": "", "stderr_bytes": 0}
     with pytest.raises(ProbeError, match="cut short"):
-        qs.parse_console(_block("FACTS", FACTS) + _block("RUN", run))
+        parse_console(_block("FACTS", FACTS) + _block("RUN", run))
     with pytest.raises(ProbeError, match="no kernel facts"):
-        qs.parse_console("Kernel panic - not syncing: No working init found\n")
+        parse_console("Kernel panic - not syncing: No working init found\n")
 
 
 def test_unknown_arch_and_non_elf_program_are_refused(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no qemu-system guest is known for riscv64"):
-        qs.system_for("riscv64")
+        system_for("riscv64")
     script = tmp_path / "run.sh"
     script.write_text("#!/bin/sh\n")
     with pytest.raises(UsageError, match="not a program the guest can run"):
-        qs.run_in_guest("aarch64", [(script, [])], timeout=1)
+        run_in_guest("aarch64", [(script, [])], timeout=1)
 
 
 def test_runtime_files_of_a_dynamic_program(tmp_path: Path) -> None:
@@ -210,8 +222,8 @@ def test_runtime_files_of_a_dynamic_program(tmp_path: Path) -> None:
     sysroot = Path("/usr/aarch64-linux-gnu/lib")
     if not (sysroot / "libc.so.6").is_file():
         pytest.skip("no arm64 cross sysroot (libc6-arm64-cross)")
-    assert qs.runtime_files("aarch64", ELF_DIR / "aarch64" / "static") == {}
-    files = qs.runtime_files("aarch64", ELF_DIR / "aarch64" / "uselib")
+    assert runtime_files("aarch64", ELF_DIR / "aarch64" / "static") == {}
+    files = runtime_files("aarch64", ELF_DIR / "aarch64" / "uselib")
     assert files["/lib/ld-linux-aarch64.so.1"] == sysroot / "ld-linux-aarch64.so.1"
     assert files["/lib/aarch64-linux-gnu/libc.so.6"] == sysroot / "libc.so.6"
     assert files["/lib/aarch64-linux-gnu/libanchor.so"] == ELF_DIR / "aarch64" / "libanchor.so"
@@ -219,28 +231,37 @@ def test_runtime_files_of_a_dynamic_program(tmp_path: Path) -> None:
     prog.write_bytes(b"PROGRAM")
     lib = tmp_path / "libx.so"
     lib.write_bytes(b"LIB")
-    entries = _cpio_entries(qs.initramfs(prog, [(prog, [])], {"/lib/a/libx.so": lib}))
+    entries = _cpio_entries(initramfs(prog, [(prog, [])], {"/lib/a/libx.so": lib}))
     assert entries["lib"][0] == entries["lib/a"][0] == 0o040755
     assert entries["lib/a/libx.so"] == (0o100755, 0, 0, b"LIB")
 
 
+@pytest.mark.qemu_system
 def test_ppc64le_guest_scan_agrees_with_accounting() -> None:
     """Debian's ppc64el kernel on qemu-system-ppc64 -M pseries: 64 KiB pages."""
     require("qemu-system-ppc64")
     require("powerpc64le-linux-gnu-gcc")
     require("apt-get")
-    probe = qs.build_guest_probe("ppc64le")
-    args = qs.probe_scan_args(probe, "ppc64le", jit="generic", radius=RADIUS)
-    result = qs.run_in_guest("ppc64le", [(probe, args)], timeout=60)
+    probe = build_guest_probe("ppc64le")
+    args = probe_scan_args(probe, "ppc64le", jit="generic", radius=RADIUS)
+    result = run_in_guest("ppc64le", [(probe, args)], timeout=60)
     facts = result.facts
     assert facts.release.endswith("-powerpc64le")
     assert (facts.machine, facts.va_bits, facts.page_size) == ("ppc64le", 47, 65536)
     assert (facts.mmap_min_addr, facts.randomize_va_space) == (4096, 2)
-    scan = qs.scan_result(result.runs[0], "ppc64le", jit="generic", radius=RADIUS)
+    scan = scan_result(result.runs[0], "ppc64le", jit="generic", radius=RADIUS)
     assert not scan.context.leaked
     assert scan.counts.eexist > 0
     assert scan.counts.eperm == scan.counts.moved == scan.counts.other == 0
-    acc = native.model_accounting(scan)
-    assert native.differences(scan) == []
+    acc = model_accounting(scan)
+    assert differences(scan) == []
     assert scan.free_slots() == {s for gap in acc.free
                                  for s in range(gap.start, gap.end, scan.slot)}
+
+
+def test_old_import_path_still_names_the_guest_runner() -> None:
+    """Callers written against native/qemu_system.py (the workload) keep working."""
+    from layoutkit.native import qemu_system
+
+    assert qemu_system.run_in_guest is run_in_guest
+    assert qemu_system.fetch_kernel is fetch_kernel

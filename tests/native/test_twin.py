@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from layoutkit import native
 from layoutkit.advice.candidates import synthetic_image
 from layoutkit.core.arches import by_name
 from layoutkit.elf import ElfReader
 from layoutkit.errors import ProbeError
+from layoutkit.native.toolchain import TARGETS, host_arch
 from layoutkit.native.twin import ANCHOR_SECTION, TwinSpec, build_twin, linker_script
 from layoutkit.window.anchor import find_anchor
 from tests.support import ELF_DIR, require
@@ -40,10 +40,10 @@ def loads(path: Path) -> list[tuple[int, int, str]]:
 
 
 def compiler(arch: str) -> None:
-    if by_name(arch) == native.host_arch():
+    if by_name(arch) == host_arch():
         require("cc")
     else:
-        require(f"{native.TARGETS[by_name(arch).name].triplet}-gcc")
+        require(f"{TARGETS[by_name(arch).name].triplet}-gcc")
 
 
 def spec_of(path: Path) -> TwinSpec:
@@ -56,6 +56,7 @@ def spec_of(path: Path) -> TwinSpec:
 @pytest.mark.parametrize("name", ["aarch64/nopie", "aarch64/pie", "aarch64/nopie-bfd-textseg",
                                   "aarch64/nopie-mold-base", "x86_64/nopie", "x86_64/pie",
                                   "x86_64/nopie-mold-base"])
+@pytest.mark.toolchain
 def test_twin_reproduces_every_pt_load(name: str) -> None:
     target = ELF_DIR / name
     compiler(target.parent.name)
@@ -71,6 +72,7 @@ def test_twin_reproduces_every_pt_load(name: str) -> None:
     assert build_twin(spec).path == twin.path
 
 
+@pytest.mark.toolchain
 def test_twin_of_an_advised_layout_moves_the_bss_segment() -> None:
     """-Tbss layout (advise's relocate-text): a third, bss-only PT_LOAD far above."""
     compiler("aarch64")
@@ -84,6 +86,7 @@ def test_twin_of_an_advised_layout_moves_the_bss_segment() -> None:
                                 (0x8040000, 0x18, "RW ")]
 
 
+@pytest.mark.toolchain
 def test_target_segments_too_small_for_the_twin() -> None:
     compiler("aarch64")
     image = synthetic_image(by_name("aarch64"), "bfd")

@@ -27,20 +27,10 @@ from layoutkit.core.kinds import OccupantKind as K
 from layoutkit.core.scenario import Demand, Scenario
 from layoutkit.core.spans import Span
 from layoutkit.elf import ElfReader
-from layoutkit.output.picture import (
-    CHAR_WIDTH,
-    FONT,
-    FREE_COLOUR,
-    KIND_COLOURS,
-    KIND_SYMBOLS,
-    MIN_WIDTH,
-    _cell_of,
-    _cells,
-    colour,
-    svg,
-    symbol,
-    terminal_view,
-)
+from layoutkit.output.geometry import CHAR_WIDTH, FONT, MIN_WIDTH
+from layoutkit.output.legend import FREE_COLOUR, KIND_COLOURS, KIND_SYMBOLS, colour, symbol
+from layoutkit.output.svg import svg
+from layoutkit.output.terminal import _cell_of, _cells, terminal_view
 from layoutkit.ranges import default_form
 from layoutkit.read.maps import MappingKind, read_maps_file
 from layoutkit.window.accounting import Accounting, Occupant, account, occupant_kind

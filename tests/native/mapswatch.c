@@ -1,6 +1,6 @@
 /* layoutkit mapswatch: run a program and print its /proc/PID/maps at a marker line.
  *
- * Plain C11, built static for the guest's arch by layoutkit.native.qemu_system and run
+ * Plain C11, built static for the guest's arch by tests/native/test_guest_luajit.py and run
  * by the guest's /init like any program:
  *
  *   mapswatch MARKER PROGRAM [ARG...]

@@ -1,28 +1,21 @@
-"""Pictures of a JIT window: a standalone SVG document and a compact terminal view.
+"""The SVG picture of a JIT window: a standalone document, to scale, piecewise.
 
-Both draw one :class:`~layoutkit.window.accounting.Accounting`: the window around the anchor,
-the usable span, every occupant by kind, the free runs, optional JIT areas and the
-anchor. Both are pure (text in, text out) and deterministic: the same input gives the
+It draws one :class:`~layoutkit.window.accounting.Accounting`: the window around the
+anchor, the usable span, every occupant by kind, the free runs, optional JIT areas and
+the anchor. It is pure (text in, text out) and deterministic: the same input gives the
 same bytes.
 
-The SVG is drawn to scale, piecewise: the window is cut at every edge (occupant, free
-run, JIT area, usable span) into stretches, and each stretch is uniform (one thing, or
-nothing). A stretch that would dominate the drawing while small items are squeezed,
-or that is more than :data:`BREAK_RATIO` times the smallest item, is drawn *broken*: a
-fixed width with a zig-zag cut and an "≈ size" label. Every other stretch is linear at
-one scale, except that none is narrower than :data:`MIN_WIDTH` pixels, so a 16 KiB
-image in a 4 GiB window stays visible.
-
-The terminal view is linear (one cell = ``window.size / width`` bytes): each cell shows
-what holds the most bytes in it, and an occupant too small to win any cell takes the
-cell holding its middle (the anchor's occupant first, then the larger ones), so that
-nothing in the window disappears.
+The window is cut at every edge (occupant, free run, JIT area, usable span) into
+stretches, and each stretch is uniform (one thing, or nothing). A stretch that would
+dominate the drawing while small items are squeezed, or that is more than
+:data:`BREAK_RATIO` times the smallest item, is drawn *broken*: a fixed width with a
+zig-zag cut and an "≈ size" label. Every other stretch is linear at one scale, except
+that none is narrower than :data:`MIN_WIDTH` pixels, so a 16 KiB image in a 4 GiB
+window stays visible.
 """
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import os
 import re
 import tempfile
@@ -31,86 +24,33 @@ from dataclasses import dataclass
 from xml.sax.saxutils import escape, quoteattr
 
 from layoutkit.core.kinds import OccupantKind
-from layoutkit.core.kinds import OccupantKind as K
 from layoutkit.core.spans import Span
 from layoutkit.core.units import format_size
 from layoutkit.errors import UsageError
+from layoutkit.output.geometry import (
+    BAR_HEIGHT,
+    CANVAS_WIDTH,
+    CHAR_WIDTH,
+    FONT,
+    LABEL_ROWS,
+    MARGIN,
+    MIN_WIDTH,
+    ROW_HEIGHT,
+    TICK_ROWS,
+    Rows,
+    piecewise_scale,
+    text_span,
+)
+from layoutkit.output.legend import (
+    ANCHOR_COLOUR,
+    FREE_COLOUR,
+    JIT_AREA_COLOUR,
+    KIND_COLOURS,
+    approx_size,
+    colour,
+    percent,
+)
 from layoutkit.window.accounting import Accounting, Occupant
-
-# --- kinds: colours, terminal symbols, legend names ---------------------------------------
-
-# Fill colours (Tableau 10 and its light companions), one per occupant kind.
-KIND_COLOURS: dict[OccupantKind, str] = {
-    K.IMAGE: "#4e79a7",
-    K.LIBRARY: "#76b7b2",
-    K.HEAP: "#f28e2b",
-    K.HEAP_RESERVE: "#ffbe7d",
-    K.STACK: "#e15759",
-    K.STACK_GUARD: "#ff9d9a",
-    K.JIT: "#b07aa1",
-    K.ANONYMOUS: "#9c755f",
-    K.FILE: "#edc948",
-    K.DELETED: "#d4a6c8",
-    K.VDSO: "#bab0ac",
-    K.MAPPED_BEFORE: "#79706e",
-}
-FREE_COLOUR = "#b5dfa6"
-FREE_EDGE = "#59a14f"
-JIT_AREA_COLOUR = "#d62790"
-ANCHOR_COLOUR = "#c00000"
-
-# Terminal symbols: one ASCII character per occupant kind.
-KIND_SYMBOLS: dict[OccupantKind, str] = {
-    K.IMAGE: "#",
-    K.LIBRARY: "#",
-    K.HEAP: "h",
-    K.HEAP_RESERVE: "H",
-    K.STACK: "s",
-    K.STACK_GUARD: "g",
-    K.JIT: "J",
-    K.ANONYMOUS: "a",
-    K.FILE: "f",
-    K.DELETED: "d",
-    K.VDSO: "v",
-    K.MAPPED_BEFORE: "m",
-}
-FREE_SYMBOL = "."
-UNUSABLE_SYMBOL = "-"
-# Narrowest terminal view: two 64-bit addresses ("0x" and 16 digits) and a blank.
-MIN_COLUMNS = 40
-_SYMBOL_NAMES: dict[str, str] = {
-    FREE_SYMBOL: "free",
-    "#": "image/library",
-    "h": "heap",
-    "H": "heap-reserve",
-    "s": "stack",
-    "g": "stack-guard",
-    "J": "jit",
-    "a": "anonymous",
-    "f": "file",
-    "d": "deleted",
-    "v": "vdso",
-    "m": "mapped-before",
-    UNUSABLE_SYMBOL: "unusable",
-}
-
-# --- SVG geometry (pixels) -----------------------------------------------------------------
-
-PLOT_WIDTH = 1080.0
-MARGIN = 60.0
-CANVAS_WIDTH = PLOT_WIDTH + 2 * MARGIN
-FONT = 11
-CHAR_WIDTH = 0.61 * FONT  # DejaVu Sans Mono advance is 0.602 em; a little slack
-BAR_HEIGHT = 56.0
-MIN_WIDTH = 6.0  # narrowest drawn stretch
-BREAK_WIDTH = 110.0  # width of a broken (not to scale) stretch
-READABLE = 1.0  # an item narrower than this at linear scale is "squeezed"
-BREAK_SHARE = 2 / 3  # ... and a stretch holding this share of the bytes dominates
-BREAK_RATIO = 16384  # a stretch this many times the smallest item is always broken
-MAX_BREAKS = 6
-LABEL_ROWS = 3
-ROW_HEIGHT = 15.0
-TICK_ROWS = 2
 
 _XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
@@ -132,172 +72,6 @@ def _a(text: str) -> str:
 def _f(value: float) -> str:
     return f"{value:.1f}"
 
-
-def colour(kind: OccupantKind) -> str:
-    """Fill colour of an occupant kind (every kind has one: tests/output/test_picture.py)."""
-    return KIND_COLOURS[kind]
-
-
-def symbol(kind: OccupantKind) -> str:
-    """Terminal symbol of an occupant kind."""
-    return KIND_SYMBOLS[kind]
-
-
-def approx_size(size: int) -> str:
-    """About three significant digits in the largest binary unit that gives at least 1:
-    ``1 GiB`` (for 1 GiB - 64 KiB), ``61.8 MiB``, ``3.69 MiB``, ``1000 MiB``."""
-    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        value = size / scale
-        if value >= 0.9995:
-            decimals = 0 if value >= 99.95 else 1 if value >= 9.995 else 2
-            text = f"{value:.{decimals}f}"
-            if "." in text:
-                text = text.rstrip("0").rstrip(".")
-            return f"{text} {unit}"
-    return f"{size} B"
-
-
-def _percent(share: float) -> str:
-    """One decimal, never rounded to a misleading 0.0% or 100.0%."""
-    text = f"{share * 100:.1f}%"
-    if text == "100.0%" and share < 1:
-        return ">99.9%"
-    if text == "0.0%" and share > 0:
-        return "<0.1%"
-    return text
-
-
-# --- the piecewise scale -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Stretch:
-    span: Span
-    x0: float
-    x1: float
-    broken: bool
-
-
-@dataclass(frozen=True)
-class _Scale:
-    view: Span
-    stretches: tuple[_Stretch, ...]
-    starts: tuple[int, ...]
-    left: float
-    right: float
-
-    def x(self, address: int) -> float:
-        """Pixel position of ``address`` (clamped to the view)."""
-        if not self.stretches:
-            return self.left
-        if address <= self.view.start:
-            return self.left
-        if address >= self.view.end:
-            return self.right
-        i = bisect.bisect_right(self.starts, address) - 1
-        st = self.stretches[i]
-        return st.x0 + (st.x1 - st.x0) * (address - st.span.start) / st.span.size
-
-
-def _fill(sizes: Sequence[int], width: float) -> tuple[float, list[float]]:
-    """The linear scale and widths that give every size at least MIN_WIDTH and sum to
-    ``width`` (more when MIN_WIDTH alone needs more)."""
-    order = sorted(range(len(sizes)), key=lambda i: (sizes[i], i))
-    remaining = sum(sizes)
-    room = width
-    scale = 0.0
-    pinned: set[int] = set()
-    for i in order:
-        scale = room / remaining if remaining and room > 0 else 0.0
-        if sizes[i] * scale >= MIN_WIDTH:
-            break
-        pinned.add(i)
-        remaining -= sizes[i]
-        room -= MIN_WIDTH
-    else:
-        scale = 0.0
-    return scale, [MIN_WIDTH if i in pinned else sizes[i] * scale for i in range(len(sizes))]
-
-
-def _scale(view: Span, edges: Sequence[int], items: Sequence[int]) -> _Scale:
-    cuts = sorted({view.start, view.end, *(e for e in edges if view.start < e < view.end)})
-    spans = [Span(a, b) for a, b in itertools.pairwise(cuts) if b > a]
-    sizes = [s.size for s in spans]
-    smallest = min((size for size in items if size > 0), default=view.size or 1)
-    broken: set[int] = set()
-    for _ in range(MAX_BREAKS):
-        unbroken = [i for i in range(len(spans)) if i not in broken]
-        total = sum(sizes[i] for i in unbroken)
-        if len(unbroken) < 2 or total == 0:
-            break
-        scale = (PLOT_WIDTH - BREAK_WIDTH * len(broken)) / total
-        candidate = max(unbroken, key=lambda i: (sizes[i], -i))
-        if sizes[candidate] * scale < 2 * BREAK_WIDTH:
-            break  # drawing it broken would not save room
-        extreme = sizes[candidate] >= BREAK_RATIO * smallest
-        squeezed = smallest * scale < READABLE
-        dominant = sizes[candidate] >= BREAK_SHARE * total
-        if not (extreme or (squeezed and dominant)):
-            break
-        broken.add(candidate)
-    unbroken = [i for i in range(len(spans)) if i not in broken]
-    _, widths = _fill([sizes[i] for i in unbroken], PLOT_WIDTH - BREAK_WIDTH * len(broken))
-    width_of = dict(zip(unbroken, widths, strict=True))
-    stretches = []
-    x = MARGIN
-    for i, span in enumerate(spans):
-        w = BREAK_WIDTH if i in broken else width_of[i]
-        stretches.append(_Stretch(span, x, x + w, i in broken))
-        x += w
-    return _Scale(view, tuple(stretches), tuple(s.span.start for s in stretches), MARGIN,
-                  max(x, MARGIN))
-
-
-# --- label placement -----------------------------------------------------------------------
-
-
-class _Rows:
-    """Rows of text stacked away from the bar (row 0 nearest), each text tied to the bar
-    by a vertical line at ``x`` that crosses the rows nearer the bar. Text may not
-    overlap text, nor sit on a line that crosses its row."""
-
-    def __init__(self, count: int, pad: float = 6.0) -> None:
-        self.texts: list[list[tuple[float, float]]] = [[] for _ in range(count)]
-        self.lines: list[tuple[float, int]] = []  # (x, rows crossed: 0 .. n-1)
-        self.pad = pad
-
-    def block(self, x: float) -> None:
-        """A line across every row (the anchor's)."""
-        self.lines.append((x, len(self.texts)))
-
-    def fits(self, row: int, lo: float, hi: float, x: float) -> bool:
-        if any(lo < b + self.pad and a < hi + self.pad for a, b in self.texts[row]):
-            return False
-        if any(crossed > row and lo - 3 < lx < hi + 3 for lx, crossed in self.lines):
-            return False
-        return all(not a - 3 < x < b + 3 for r in range(row) for a, b in self.texts[r])
-
-    def place(self, w: float, xs: Sequence[float],
-              width: float) -> tuple[int, float, float] | None:
-        """Take the nearest row where a text ``w`` wide fits, tied by a line at one of
-        ``xs`` (best first), centred on it or beside it: (row, left edge, line x); None
-        when it fits nowhere."""
-        for row in range(len(self.texts)):
-            for x in xs:
-                for wanted in (x - w / 2, x - w - 4, x + 4):
-                    left = min(max(wanted, 4.0), width - 4.0 - w)
-                    if self.fits(row, left, left + w, x):
-                        self.texts[row].append((left, left + w))
-                        self.lines.append((x, row))
-                        return row, left, x
-        return None
-
-
-def _text_span(text: str, centre: float, width: float) -> tuple[float, float]:
-    """Left and right of ``text`` centred on ``centre``, kept inside the canvas."""
-    w = len(text) * CHAR_WIDTH
-    lo = min(max(centre - w / 2, 4.0), width - 4.0 - w)
-    return lo, lo + w
 
 
 # --- SVG -----------------------------------------------------------------------------------
@@ -386,7 +160,7 @@ def svg(acc: Accounting, anchor: Span, *, title: str, jit_areas: Sequence[Span] 
         if part is not None:
             edges += [part.start, part.end]
             items.append(part.size)
-    scale = _scale(view, edges, items)
+    scale = piecewise_scale(view, edges, items)
     width = max(CANVAS_WIDTH, scale.right + MARGIN)
     out: list[str] = []
 
@@ -397,7 +171,7 @@ def svg(acc: Accounting, anchor: Span, *, title: str, jit_areas: Sequence[Span] 
     largest = acc.largest_free
     summary = (f"free {format_size(acc.free_bytes)} in {len(acc.free)} "
                f"run{'' if len(acc.free) == 1 else 's'} · free slots {acc.free_slots} / "
-               f"{acc.slots} ({_percent(acc.free_share)}) · largest free run "
+               f"{acc.slots} ({percent(acc.free_share)}) · largest free run "
                + (f"{format_size(largest.size)} at {largest.start:#x}" if largest else "none"))
     cap = acc.capacity
     verdict = (f"capacity: {cap.states_fit} JIT state{'' if cap.states_fit == 1 else 's'} "
@@ -493,7 +267,7 @@ def svg(acc: Accounting, anchor: Span, *, title: str, jit_areas: Sequence[Span] 
                    f'<title>{_t(f"JIT area {area}")}</title></rect>')
 
     # Anchor: a line through everything, its label on its own row.
-    rows = _Rows(LABEL_ROWS)
+    rows = Rows(LABEL_ROWS)
     inside = anchor.start in view
     ax = scale.x(anchor.start)
     rows.block(ax)
@@ -507,7 +281,7 @@ def svg(acc: Accounting, anchor: Span, *, title: str, jit_areas: Sequence[Span] 
     where = "" if inside else (" (below the window)" if anchor.start < view.start
                                else " (above the window)")
     text = f"anchor {anchor.start:#x}{where}"
-    lo, _ = _text_span(text, ax, width)
+    lo, _ = text_span(text, ax, width)
     out.append(f'<text class="anchor-label" x="{_f(lo)}" y="{_f(anchor_y)}" '
                f'fill="{ANCHOR_COLOUR}" font-weight="bold">{_t(text)}</text>')
 
@@ -543,7 +317,7 @@ def svg(acc: Accounting, anchor: Span, *, title: str, jit_areas: Sequence[Span] 
     for _key, _text, span in sorted(labelled, key=lambda t: t[0]):
         ticks += [max(span.start, view.start), min(span.end, view.end)]
     ticks += [a.start for a in clipped_jit]
-    tick_rows = _Rows(TICK_ROWS, pad=10.0)
+    tick_rows = Rows(TICK_ROWS, pad=10.0)
     seen: set[int] = set()
     for address in ticks:
         if address in seen or not view.start <= address <= view.end:
@@ -607,132 +381,6 @@ def svg(acc: Accounting, anchor: Span, *, title: str, jit_areas: Sequence[Span] 
             '<rect width="100%" height="100%" fill="#ffffff"/>', *out, "</svg>"]
     return "\n".join(body) + "\n"
 
-
-# --- terminal view -------------------------------------------------------------------------
-
-
-def _cells(window: Span, width: int) -> list[Span]:
-    """``width`` cells covering ``window = [s, s + n)``: cell i is
-    ``[s + ceil(n*i/width), s + ceil(n*(i+1)/width))``, so that address ``a`` lies in
-    cell ``(a - s) * width // n`` (see :func:`_cell_of`)."""
-    s, n = window.start, window.size
-    return [Span(s - (-n * i // width), s - (-n * (i + 1) // width)) for i in range(width)]
-
-
-def _union_overlap(spans: Sequence[Span], cell: Span) -> int:
-    total, cursor = 0, cell.start
-    for span in sorted(spans):
-        lo, hi = max(span.start, cursor), min(span.end, cell.end)
-        if hi > lo:
-            total += hi - lo
-            cursor = hi
-    return total
-
-
-def _bar(acc: Accounting, width: int, anchor: Span, jit_areas: Sequence[Span]) -> list[str]:
-    window = acc.jit.window
-    cells = _cells(window, width)
-    occupied = [o.span for o in acc.occupants]
-    bar: list[str] = []
-    for whole in cells:
-        # A window narrower than ``width`` bytes has empty cells: look at one byte.
-        cell = Span(whole.start, whole.start + 1) if whole.empty else whole
-        votes: dict[str, int] = {}
-        # Priority among equals: JIT areas, occupants (in address order), free, unusable.
-        order: list[str] = []
-        jit_bytes = sum(a.overlap(cell) for a in jit_areas)
-        if jit_bytes:
-            votes["J"] = jit_bytes
-            order.append("J")
-        for occ in acc.occupants:
-            n = occ.span.overlap(cell)
-            if n:
-                sym = symbol(occ.kind)
-                votes[sym] = votes.get(sym, 0) + n
-                if sym not in order:
-                    order.append(sym)
-        free = sum(run.overlap(cell) for run in acc.free)
-        if free:
-            votes[FREE_SYMBOL] = free
-            order.append(FREE_SYMBOL)
-        rest = cell.size - _union_overlap([*occupied, *jit_areas, *acc.free], cell)
-        if rest > 0:
-            votes[UNUSABLE_SYMBOL] = rest
-            order.append(UNUSABLE_SYMBOL)
-        if not votes:
-            bar.append(UNUSABLE_SYMBOL)
-            continue
-        bar.append(max(order, key=lambda sym: (votes[sym], -order.index(sym))))
-    # Occupants too small to win a cell take the cell holding their middle.
-    forced: set[int] = set()
-    ranked = sorted(acc.occupants, key=lambda o: (anchor.start not in o.span, -o.span.size,
-                                                  o.span.start))
-    for occ in ranked:
-        part = occ.span.intersect(window)
-        if part is None:
-            continue
-        sym = symbol(occ.kind)
-        first = _cell_of(window, width, part.start)
-        last = _cell_of(window, width, part.end - 1)
-        if any(bar[i] == sym for i in range(first, last + 1)):
-            continue
-        mid = _cell_of(window, width, part.start + part.size // 2)
-        if mid not in forced:
-            bar[mid] = sym
-            forced.add(mid)
-    return bar
-
-
-def _cell_of(window: Span, width: int, address: int) -> int:
-    """The cell holding ``address`` (clamped to the bar)."""
-    if window.size == 0:
-        return 0
-    i = (address - window.start) * width // window.size
-    return min(max(i, 0), width - 1)
-
-
-def terminal_view(acc: Accounting, anchor: Span, *, width: int = 72,
-                  jit_areas: Sequence[Span] = ()) -> list[str]:
-    """A compact ASCII picture of ``acc``: the bar, the anchor marker, the window's
-    start and end addresses, and a legend (wrapped to ``width``).
-
-    Address ``a`` of the window ``[s, s + n)`` falls in cell ``(a - s) * width // n``;
-    each cell shows the symbol with the most bytes in it (among equals: JIT areas, then
-    occupants, then free, then unusable). An occupant that wins no cell takes the cell
-    holding its middle, unless another such occupant took it first (the anchor's
-    occupant first, then larger ones). ``-`` is any byte neither occupied nor free:
-    outside the usable span (or user space), or too little for a whole slot. The anchor
-    line puts ``^`` under the anchor's cell (``<``/``>`` when it is outside the window).
-    ``width`` is at least :data:`MIN_COLUMNS`; every line fits in it.
-    """
-    if width < MIN_COLUMNS:
-        raise ValueError(f"width must be at least {MIN_COLUMNS}, not {width}")
-    window = acc.jit.window
-    bar = _bar(acc, width, anchor, jit_areas)
-    text = f"anchor {anchor.start:#x}"
-    if anchor.start < window.start:
-        marker = "< " + text
-    elif anchor.start >= window.end:
-        marker = (text + " >").rjust(width)
-    else:
-        i = _cell_of(window, width, anchor.start)
-        if i + 2 + len(text) <= width:
-            marker = " " * i + "^ " + text
-        elif i - 1 - len(text) >= 0:
-            marker = " " * (i - 1 - len(text)) + text + " ^"
-        else:
-            marker = " " * i + "^"
-    lo, hi = f"{window.start:#x}", f"{window.end:#x}"
-    addresses = lo + " " * max(1, width - len(lo) - len(hi)) + hi
-    present = set(bar)
-    entries = [f"{sym} {name}" for sym, name in _SYMBOL_NAMES.items() if sym in present]
-    legend: list[str] = []
-    for entry in entries:
-        if legend and len(legend[-1]) + 2 + len(entry) <= width:
-            legend[-1] += "  " + entry
-        else:
-            legend.append(entry)
-    return ["".join(bar), marker, addresses, *legend]
 
 
 def write_svg(path: str, acc: Accounting, anchor: Span, title: str,

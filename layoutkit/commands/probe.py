@@ -1,0 +1,44 @@
+"""``layoutkit probe``: the native probe in its own process, or inside a running program.
+
+The probe's own scan or replay comes back with its differences from layoutkit's
+accounting of the same maps (a :class:`ProbeReport`, which carries its own exit code);
+``probe -- CMD`` is :func:`layoutkit.native.preload.probe_program`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from layoutkit.native.compare import Difference, differences
+from layoutkit.native.probe import run_probe
+from layoutkit.native.protocol import ProbeMode, ProbeResult, ScanResult
+from layoutkit.native.toolchain import Runner
+
+
+@dataclass(frozen=True)
+class ProbeReport:
+    """A probe run and, for a scan, where it differs from the model of its own maps."""
+
+    result: ProbeResult
+    differences: tuple[Difference, ...]  # empty for a replay
+
+    @property
+    def exit_code(self) -> int:
+        return self.result.exit_code
+
+
+def probe(*, arch_name: str | None = None, runner: Runner | str = Runner.NATIVE,
+          jit: str = "luajit-2.1", anchor: int | str | None = None, radius: int | None = None,
+          threads: int = 0, areas: int = 8, seed: int = 1) -> ProbeReport:
+    """Scan ``jit``'s window (or +-``radius``) around ``anchor`` (an address, ``stack``,
+    default the probe's own code), or with ``threads`` replay the allocator."""
+    result = run_probe(arch_name, runner=Runner.named(runner),
+                       mode=ProbeMode.REPLAY if threads else ProbeMode.SCAN, jit=jit,
+                       anchor=anchor, radius=radius, threads=max(threads, 1), areas=areas,
+                       seed=seed)
+    found = tuple(differences(result)) if isinstance(result, ScanResult) else ()
+    return ProbeReport(result, found)
+
+
+__all__: Sequence[str] = ("ProbeReport", "probe")
