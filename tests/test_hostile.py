@@ -370,3 +370,18 @@ def test_a_worker_that_dies_costs_only_its_file(tmp_path: Path,
     assert [r for r in summary.results if r is not boom] == \
            [r for r in clean.results if not r.path.endswith("/boom")]
     assert summary.exit_code == 5
+
+
+def test_maps_listing_with_a_mapping_below_its_load_bias(tmp_path: Path) -> None:
+    """Found by the maps fuzz harness (tests/fuzz/regressions/maps/): an object mapped
+    below the load bias its own mappings give made the link-time anchor negative (a
+    ValueError, exit 1). The fixture PIE's code PT_LOAD is at file offset 0x1000, vaddr
+    0x1000 (readelf -lW)."""
+    pie = ELF_DIR / "x86_64" / "pie"
+    listing = tmp_path / "inconsistent.maps"
+    listing.write_text(f"10000000-10001000 r-xp 00005000 fe:00 7 {pie}\n"
+                       f"555555555000-555555556000 r-xp 00001000 fe:00 7 {pie}\n")
+    assert one_error(cli("maps", str(listing))) == (
+        f"layoutkit: {listing}: {pie} is mapped at 0x10000000, below the load bias "
+        "0x555555554000 that its mapping at 0x555555555000 (file offset 0x1000) gives: the "
+        "listing is inconsistent")
