@@ -41,7 +41,7 @@ def _one(name: str, runs: int, work: Path, timeout: int) -> tuple[int, float]:
         if done >= runs:
             break
         start = time.monotonic()
-        log = work / f"log-{name}-{attempt}.txt"
+        log = work / f"log-{name}-{time.strftime('%Y%m%dT%H%M%S')}-{attempt}.txt"
         with log.open("w") as err:
             proc = subprocess.run(
                 [*NICE, sys.executable, "-m", "tests.fuzz.run", name, str(corpus),
