@@ -239,20 +239,18 @@ def advise(binary: str | None, arch_name: str | None, linker: str | None,
     Without BINARY, advises on the default link of --arch, as a calculator. Exit 1 when
     no change makes the requested states fit.
     """
-    from layoutkit.advice.candidates import advise as advise_layout
-    from layoutkit.advice.move import check_move, parse_move
+    from layoutkit.commands import advise as use_case
     from layoutkit.output import document, text
 
     scenario = scenario_from(scenario_args)
     if move is not None:
         if binary is None:
             raise UsageError("--move needs a BINARY: its references decide the range")
-        sections, where = parse_move(move)
-        check = check_move(binary, sections, where)
+        check = use_case.move(binary, move)
         _show(fmt, lambda: text.move_lines(check), lambda: document.move_json(check))
         return
-    result = advise_layout(binary, scenario, arch_name=arch_name, linker=linker,
-                           anchor=anchor)
+    result = use_case.advise(binary, scenario, arch_name=arch_name, linker=linker,
+                             anchor=anchor)
     _show(fmt, lambda: text.advice_lines(result), lambda: document.advice_json(result))
 
 

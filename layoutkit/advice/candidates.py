@@ -25,7 +25,7 @@ from layoutkit.advice.edits import Edit, MakePie, Rebase, RelocateText
 from layoutkit.core.arches import Arch, GiB
 from layoutkit.core.kinds import AdviceKind, Verdict
 from layoutkit.core.model import ElfImage, LoadKind, Perm, Section, Segment
-from layoutkit.core.scenario import DEFAULT_SCENARIO, Scenario
+from layoutkit.core.scenario import Scenario
 from layoutkit.core.spans import Span, align_up
 from layoutkit.core.units import format_size
 from layoutkit.elf import ElfReader
@@ -101,24 +101,10 @@ def _extent_below(profile: str, arch: Arch, anchor: Span, kernel: KernelConfig,
     return probe.start - jit.window.start + 0x10000  # + LuaJIT's target rounding
 
 
-def advise(
-    binary: str | None,
-    scenario: Scenario = DEFAULT_SCENARIO,
-    *,
-    arch_name: str | None = None,
-    linker: str | None = None,
-    anchor: str | None = None,
-) -> Advice:
-    """Ranked recommendations for ``binary`` (None: the default link of ``arch_name``),
-    each predicted under ``scenario``. The binary is opened once, for the whole advice."""
-    if binary is None:
-        return _advise(None, scenario, arch_name=arch_name, linker=linker, anchor=anchor)
-    with ElfReader(binary) as reader:
-        return _advise(reader, scenario, arch_name=arch_name, linker=linker, anchor=anchor)
-
-
-def _advise(reader: ElfReader | None, scenario: Scenario, *, arch_name: str | None,
-            linker: str | None, anchor: str | None) -> Advice:
+def candidates(reader: ElfReader | None, scenario: Scenario, *, arch_name: str | None,
+               linker: str | None, anchor: str | None) -> Advice:
+    """Ranked recommendations for the binary behind ``reader`` (None: the default link
+    of ``arch_name``), each predicted under ``scenario``."""
     jit, form = scenario.jit, scenario.form
     notes: list[str] = []
     generation = None

@@ -20,8 +20,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from layoutkit.advice.candidates import advise
 from layoutkit.advice.edits import Rebase
+from layoutkit.commands.advise import advise
 from layoutkit.core.kinds import AdviceKind
 from layoutkit.core.model import ElfImage, LoadKind, Perm
 from layoutkit.core.scenario import DEFAULT_SCENARIO, Scenario

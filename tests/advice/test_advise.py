@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from layoutkit.advice.candidates import Advice, Recommendation, advise
+from layoutkit.advice.candidates import Advice, Recommendation
 from layoutkit.cli import cli
+from layoutkit.commands.advise import advise
 from layoutkit.commands.inspect import inspect_binary
 from layoutkit.core.arches import arch_names
 from layoutkit.core.scenario import Demand, Scenario

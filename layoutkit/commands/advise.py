@@ -1,0 +1,31 @@
+"""``layoutkit advise``: open the binary once and rank the changes that widen its JIT
+window (advice/candidates.py), or bound a move of some sections (advice/move.py)."""
+
+from __future__ import annotations
+
+from layoutkit.advice.candidates import Advice, candidates
+from layoutkit.advice.move import RelocationCheck, check_move, parse_move
+from layoutkit.core.scenario import DEFAULT_SCENARIO, Scenario
+from layoutkit.elf import ElfReader
+
+
+def advise(
+    binary: str | None,
+    scenario: Scenario = DEFAULT_SCENARIO,
+    *,
+    arch_name: str | None = None,
+    linker: str | None = None,
+    anchor: str | None = None,
+) -> Advice:
+    """Ranked recommendations for ``binary`` (None: the default link of ``arch_name``),
+    each predicted under ``scenario``. The binary is opened once, for the whole advice."""
+    if binary is None:
+        return candidates(None, scenario, arch_name=arch_name, linker=linker, anchor=anchor)
+    with ElfReader(binary) as reader:
+        return candidates(reader, scenario, arch_name=arch_name, linker=linker, anchor=anchor)
+
+
+def move(binary: str, spec: str) -> RelocationCheck:
+    """``--move SECTION[,SECTION...][=ADDR]`` on ``binary``."""
+    sections, where = parse_move(spec)
+    return check_move(binary, sections, where)
