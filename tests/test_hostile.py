@@ -26,6 +26,7 @@ from click.testing import CliRunner
 from layoutkit.cli import EXIT_CODES, _handled
 from layoutkit.commands import check
 from layoutkit.core.text import json_safe, shown
+from tests.output.test_schemas import errors as schema_errors
 from tests.support import ELF_DIR, ROOT, require
 from tests.test_bad_elf import ElfBytes
 
@@ -208,7 +209,9 @@ def test_6_deb_with_a_non_utf8_name(tmp_path: Path) -> None:
     name = os.fsdecode(raw)
     done = cli("check", raw, "--format", "json")
     assert done.returncode == 3, done.stderr.decode()
-    result = json.loads(done.stdout.decode("utf-8", "strict"))["results"][0]
+    whole = json.loads(done.stdout.decode("utf-8", "strict"))
+    assert schema_errors(whole) == []
+    result = whole["results"][0]
     assert result["status"] == "error"
     assert result["reason"].startswith("not a Debian package: ")
     assert result["path"] == shown(name, 1 << 20)
@@ -231,6 +234,7 @@ def test_7_inspect_a_file_with_a_non_utf8_name(tmp_path: Path) -> None:
     image = json.loads(doc.stdout.decode("utf-8", "strict"))
     assert image["path"] == shown_name.decode()
     assert base64.b64decode(image["path_base64"]) == raw
+    assert schema_errors(image) == []
     # Refused input names the file the same way on stderr.
     (tmp_path / "dir").mkdir()
     bad = os.fsencode(tmp_path) + b"/dir/" + NOT_UTF8
@@ -251,6 +255,7 @@ def test_7_maps_listing_with_non_utf8_and_control_characters(tmp_path: Path) -> 
     [occupant] = [o for o in doc["occupants"] if o["path"].startswith("/opt/")]
     assert occupant["path"] == "/opt/lk-\\xff/\\x1b[31mred"
     assert base64.b64decode(occupant["path_base64"]) == path
+    assert schema_errors(doc) == []
     text = cli("maps", str(listing), "--arch", "x86_64", env={"PYTHONIOENCODING": "ascii"})
     assert text.returncode == 0, text.stderr.decode()
     assert b"/opt/lk-\\xff/\\x1b[31mred" in text.stdout

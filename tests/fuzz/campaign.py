@@ -1,6 +1,6 @@
 """The long fuzz campaign: every harness in turn, on one core, until each has run N inputs.
 
-    python -m tests.fuzz.campaign --runs 150000 --work DIR
+    python -m tests.fuzz.campaign DIR --runs 150000 [HARNESS...]
 
 Each harness runs as ``python -m tests.fuzz.run NAME DIR/corpus-NAME -runs=...`` with
 ``LAYOUTKIT_FUZZ_KEEP_GOING=DIR/crashes`` (a crash is recorded and the run goes on) and
@@ -60,7 +60,7 @@ def _one(name: str, runs: int, work: Path, timeout: int) -> tuple[int, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=150_000, help="executions per harness")
-    parser.add_argument("--work", type=Path, required=True, help="corpora, logs, crashes")
+    parser.add_argument("work", type=Path, help="corpora, logs, crashes")
     parser.add_argument("--timeout", type=int, default=20, help="seconds per execution")
     parser.add_argument("harness", nargs="*", default=list(HARNESSES))
     args = parser.parse_args()
