@@ -15,17 +15,20 @@ from typing import Any, TypeVar
 
 import click
 
+from layoutkit.boundary import internal
 from layoutkit.config import SCENARIO_KEYS, scenario_from
 from layoutkit.core import arches
 from layoutkit.core.units import parse_address, parse_size
 from layoutkit.errors import (
     EXIT_FINDINGS,
     EXIT_INPUT,
+    EXIT_INTERNAL,
     EXIT_PROBE,
     EXIT_USAGE,
     LayoutkitError,
     UsageError,
 )
+from layoutkit.output import console
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,7 +39,8 @@ LINKER_NAMES = ("bfd", "gold", "lld", "mold")
 
 EXIT_CODES = f"""Exit codes: 0 ok; {EXIT_FINDINGS} a check failed or no advice is possible;
 {EXIT_USAGE} usage error; {EXIT_INPUT} an input could not be analysed; {EXIT_PROBE} the
-native probe is unavailable or failed."""
+native probe is unavailable or failed; {EXIT_INTERNAL} internal error (a bug in layoutkit:
+please report it; --debug shows the traceback)."""
 
 
 def output_options(func: F) -> F:
@@ -118,13 +122,15 @@ def _show(fmt: str, text: Callable[[], Iterable[str]], doc: Callable[[], dict[st
 
 
 def _handled(func: F) -> F:
-    """Turn :class:`LayoutkitError` into one line on stderr and its exit code."""
+    """Turn :class:`LayoutkitError` into one line on stderr and its exit code; anything
+    else is a bug in layoutkit (the internal boundary): one line, exit 5."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         ctx = click.get_current_context()
         try:
-            return func(*args, **kwargs)
+            with internal(f"layoutkit {ctx.info_name}"):
+                return func(*args, **kwargs)
         except LayoutkitError as err:
             if ctx.find_root().params.get("debug"):
                 raise
@@ -267,7 +273,9 @@ def ranges(arch_names: tuple[str, ...], fmt: str) -> None:
 
 CHECK_EXIT_CODES = f"""Exit codes: 0 ok, every JIT-hosting binary passes; {EXIT_FINDINGS} at
 least one fails; {EXIT_USAGE} usage error (an unknown config key too); {EXIT_INPUT} an input
-could not be analysed and nothing failed (the others are still checked and reported)."""
+could not be analysed (the others are still checked and reported); {EXIT_INTERNAL} internal
+error on some path (a bug in layoutkit: please report it). {EXIT_INTERNAL} outranks
+{EXIT_INPUT}, which outranks {EXIT_FINDINGS}."""
 
 
 @cli.command(epilog=CHECK_EXIT_CODES)
@@ -444,10 +452,6 @@ def verify_command(binary: str, arch_name: str | None, runner: str, runs: int,
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        cli.main(args=argv, prog_name="layoutkit")
-    except BrokenPipeError:
-        # Output piped into `head`: stop quietly (as pyelftools' readelf does).
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        sys.exit(EXIT_FINDINGS)
+    """The entry point: output that never fails on a closed pipe or an encoding."""
+    console.install()
+    cli.main(args=argv, prog_name="layoutkit")

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from layoutkit.boundary import reading
 from layoutkit.core.scenario import DEFAULT_HEAP, Demand, KernelOverrides, Scenario
+from layoutkit.core.text import shown
 from layoutkit.core.units import parse_address, parse_size
 from layoutkit.errors import UsageError
 
@@ -37,6 +39,7 @@ KEYS: dict[str, tuple[type, ...]] = {
 }
 
 CONFIG_FILES = ("layoutkit.toml", "pyproject.toml")
+MAX_CONFIG = 1 << 20  # bytes: a pyproject.toml is a few KiB
 
 
 @dataclass(frozen=True)
@@ -53,11 +56,25 @@ class Config:
 def _table(path: Path) -> dict[str, Any] | None:
     try:
         with path.open("rb") as stream:
-            data = tomllib.load(stream)
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"{path}: not valid TOML: {e}") from None
+            raw = stream.read(MAX_CONFIG + 1)
+    except PermissionError:
+        raise UsageError(f"cannot read {shown(str(path))}: permission denied") from None
+    except OSError:
+        raise UsageError(f"cannot read {shown(str(path))}: the system refuses to read "
+                         "it") from None
+    if len(raw) > MAX_CONFIG:
+        raise UsageError(f"{shown(str(path))}: larger than {MAX_CONFIG} bytes: not a "
+                         "settings file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{shown(str(path))}: byte {e.start} is not UTF-8 (TOML files are "
+                         "UTF-8)") from None
+    with reading("settings file", str(path)):
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise UsageError(f"{shown(str(path))}: not valid TOML: {e}") from None
     data = dict(data)
     tool = data.get("tool", {})
     table = tool.get("layoutkit") if isinstance(tool, dict) else None

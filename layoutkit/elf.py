@@ -8,22 +8,24 @@ gigabytes; large tables are scanned in chunks (:mod:`layoutkit.read.bulk`).
 
 from __future__ import annotations
 
-import errno
 import os
 import struct
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 from elftools.common.exceptions import ELFError as _PyElfError
 from elftools.common.utils import struct_parse
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
+from layoutkit.boundary import reading
 from layoutkit.core import arches
 from layoutkit.core.model import ElfImage, LoadKind, Perm, Section, Segment, Symbol
-from layoutkit.errors import ElfError, InputError
+from layoutkit.core.text import shown
+from layoutkit.errors import ElfError
 from layoutkit.read import bulk
+from layoutkit.read.files import READ_FAULTS, find_build_id, identify, open_binary
 
 # What pyelftools (and the struct module under it) raise on damaged input.
 _PARSE_ERRORS = (_PyElfError, struct.error, EOFError, ValueError, KeyError, IndexError,
@@ -39,60 +41,16 @@ _MAX_ALIGN = 1 << 30  # real images use 4 KiB to 64 KiB (2 MiB for huge-page bui
 
 # Header sizes by ELF class (System V gABI): e_ehsize, e_phentsize, e_shentsize, sym size.
 _SIZES = {32: (52, 32, 40, 16), 64: (64, 56, 64, 24)}
-
-# Magic numbers of formats people feed to ELF tools by mistake.
-_OTHER_FORMATS = (
-    (b"\xcf\xfa\xed\xfe", "a Mach-O file (64-bit), not ELF"),
-    (b"\xce\xfa\xed\xfe", "a Mach-O file (32-bit), not ELF"),
-    (b"\xfe\xed\xfa\xcf", "a Mach-O file (64-bit, big-endian), not ELF"),
-    (b"\xca\xfe\xba\xbe", "a Mach-O universal binary (or Java class file), not ELF"),
-    (b"MZ", "a PE/COFF (Windows) file, not ELF"),
-    (b"#!", "a script, not ELF"),
-    (b"!<arch>\n", "an ar archive (static library), not ELF"),
-)
+# No kernel has user space above 2^57 (x86-64 LA57; arm64 52-bit; riscv Sv57).
+_USER_LIMIT_BITS = 57
 
 T = TypeVar("T")
 
 DF_1_PIE = 0x08000000  # binutils include/elf/common.h
-NT_GNU_BUILD_ID = 3
 SHN_UNDEF = 0
 SHN_ABS = 0xFFF1
 SHN_COMMON = 0xFFF2
 _SPECIAL_SHNDX = {"SHN_UNDEF": SHN_UNDEF, "SHN_ABS": SHN_ABS, "SHN_COMMON": SHN_COMMON}
-
-
-def _identify(head: bytes) -> str | None:
-    """Why ``head`` is not an ELF file, or None when it starts like one."""
-    if head[:4] == b"\x7fELF":
-        return None
-    if not head:
-        return "empty file, not ELF"
-    for magic, what in _OTHER_FORMATS:
-        if head.startswith(magic):
-            return what
-    return "not an ELF file (bad magic)"
-
-
-def open_binary(path: str | os.PathLike[str]) -> BinaryIO:
-    """Open ``path`` for reading, turning OS errors into :class:`InputError`."""
-    name = os.fspath(path)
-    try:
-        # stat before open: opening a FIFO or a device could block forever.
-        if os.path.exists(name) and not os.path.isdir(name) and not os.path.isfile(name):
-            raise InputError("not a regular file", path=name)
-        stream = open(name, "rb")  # noqa: SIM115 (owned by the caller)
-    except FileNotFoundError:
-        raise InputError("no such file", path=name) from None
-    except IsADirectoryError:
-        raise InputError("is a directory, not a file", path=name) from None
-    except PermissionError:
-        raise InputError("permission denied", path=name) from None
-    except OSError as e:
-        raise InputError(f"cannot open: {os.strerror(e.errno or errno.EIO)}", path=name) from e
-    if not os.path.isfile(name):
-        stream.close()
-        raise InputError("not a regular file", path=name)
-    return stream
 
 
 class ElfReader:
@@ -102,14 +60,17 @@ class ElfReader:
         self.path = os.fspath(path)
         self._stream = open_binary(self.path)
         try:
-            self._size = os.fstat(self._stream.fileno()).st_size
-            why = _identify(self._stream.read(8))
-            if why:
-                raise ElfError(why, path=self.path)
-            self._stream.seek(0)
-            self._elf = self._guard(lambda: ELFFile(self._stream))
-            self._check_header()
-            self._image = self._guard(self._build)
+            with reading("ELF file", self.path):
+                self._size = os.fstat(self._stream.fileno()).st_size
+                head = self._first_bytes()
+                why = identify(head)
+                if why:
+                    raise ElfError(why, path=self.path)
+                self._check_ident(head)
+                self._stream.seek(0)
+                self._elf = self._guard("ELF header", lambda: ELFFile(self._stream))
+                self._guard("ELF header", self._check_header)
+                self._image = self._guard("headers", self._build)
         except BaseException:
             self._stream.close()
             raise
@@ -130,8 +91,9 @@ class ElfReader:
     def _fail(self, message: str) -> ElfError:
         return ElfError(message, path=self.path)
 
-    def _guard(self, build: Callable[[], T]) -> T:
-        """Run ``build`` and turn every parser failure into :class:`ElfError`."""
+    def _guard(self, what: str, build: Callable[[], T]) -> T:
+        """Run ``build`` and turn every parser failure into :class:`ElfError` naming
+        ``what`` was being read (the parser's own words are kept as the cause only)."""
         try:
             return build()
         except ElfError:
@@ -139,19 +101,40 @@ class ElfReader:
         except MemoryError:
             raise self._fail("damaged ELF: a size field is absurd") from None
         except _PARSE_ERRORS as e:
-            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise self._fail(f"damaged ELF: {detail}") from e
+            raise self._fail(f"damaged ELF: the {what} cannot be parsed "
+                             f"(a field points outside the file or holds an impossible "
+                             f"value)") from e
+
+    def _first_bytes(self) -> bytes:
+        """The identification bytes (e_ident); a read the kernel refuses is bad input."""
+        try:
+            return self._stream.read(16)
+        except OSError as e:
+            why = READ_FAULTS.get(e.errno or 0, "the kernel refuses to read it")
+            raise self._fail(f"cannot read the file: {why}") from None
+
+    def _check_ident(self, head: bytes) -> None:
+        """EI_CLASS and EI_DATA (System V gABI, "ELF Identification")."""
+        if len(head) < 6:
+            raise self._fail(f"truncated: {self._size} bytes, shorter than the ELF header")
+        if head[4] not in (1, 2):
+            raise self._fail(f"EI_CLASS is {head[4]:#04x}: not 1 (ELFCLASS32) or "
+                             "2 (ELFCLASS64)")
+        if head[5] not in (1, 2):
+            raise self._fail(f"EI_DATA is {head[5]:#04x}: not 1 (little-endian) or "
+                             "2 (big-endian)")
 
     def _check_range(self, what: str, offset: int, size: int) -> None:
         if offset < 0 or size < 0 or offset + size > self._size:
             raise self._fail(
-                f"{what} [{offset:#x}, {offset + size:#x}) lies outside the file "
+                f"{shown(what)} [{offset:#x}, {offset + size:#x}) lies outside the file "
                 f"({self._size} bytes)"
             )
 
     def _read(self, what: str, offset: int, size: int, cap: int) -> bytes:
         if size > cap:
-            raise self._fail(f"{what} is {size} bytes, more than the {cap} a sane ELF has")
+            raise self._fail(f"{shown(what)} is {size} bytes, more than the {cap} a sane "
+                             "ELF has")
         self._check_range(what, offset, size)
         self._stream.seek(offset)
         return self._stream.read(size)
@@ -166,12 +149,15 @@ class ElfReader:
             raise self._fail(f"truncated: {self._size} bytes, shorter than the ELF header")
         if hdr["e_phnum"]:
             if hdr["e_phentsize"] != phentsize:
-                raise self._fail(f"e_phentsize is {hdr['e_phentsize']}, not {phentsize}")
+                raise self._fail(f"e_phentsize is {hdr['e_phentsize']}, not {phentsize} "
+                                 f"(the size of an ELF{bits} program header)")
             self._check_range("program header table", hdr["e_phoff"], hdr["e_phnum"] * phentsize)
+        if hdr["e_shoff"] and hdr["e_shentsize"] != shentsize:
+            # Checked before the count: e_shnum 0 means "read the count from section 0".
+            raise self._fail(f"e_shentsize is {hdr['e_shentsize']}, not {shentsize} "
+                             f"(the size of an ELF{bits} section header)")
         shnum = self._section_count()
         if shnum:
-            if hdr["e_shentsize"] != shentsize:
-                raise self._fail(f"e_shentsize is {hdr['e_shentsize']}, not {shentsize}")
             self._check_range("section header table", hdr["e_shoff"], shnum * shentsize)
             if self._elf["e_shstrndx"] != 0 and self._elf.get_shstrndx() >= shnum:
                 raise self._fail("e_shstrndx points past the section header table")
@@ -183,7 +169,7 @@ class ElfReader:
         # e_shnum == 0 with a table present means "count in section 0's sh_size".
         _, _, shentsize, _ = _SIZES[self._elf.elfclass]
         self._check_range("section header table", hdr["e_shoff"], shentsize)
-        count: int = self._elf.num_sections()
+        count: int = self._guard("section header table", self._elf.num_sections)
         return count
 
     # -- building the image --------------------------------------------------------------
@@ -239,8 +225,7 @@ class ElfReader:
         return int.from_bytes(raw, "little" if self._elf.little_endian else "big")
 
     def _segments(self) -> Iterator[Segment]:
-        # No kernel has user space above 2^57 (x86-64 LA57; arm64 52-bit; riscv Sv57).
-        limit = 1 << min(self._elf.elfclass, 57)
+        limit = 1 << min(self._elf.elfclass, _USER_LIMIT_BITS)
         for index in range(self._elf.num_segments()):
             header = self._elf._get_segment_header(index)
             ptype = header["p_type"]
@@ -259,7 +244,7 @@ class ElfReader:
                 if segment.vaddr + segment.memsz > limit:
                     raise self._fail(
                         f"PT_LOAD #{index} at {segment.vaddr:#x} of {segment.memsz:#x} bytes "
-                        f"runs past any user address space")
+                        f"runs past any user address space (2^{min(self._elf.elfclass, 57)})")
                 if segment.filesz > segment.memsz:
                     raise self._fail(f"PT_LOAD #{index} has p_filesz > p_memsz")
                 if segment.align > _MAX_ALIGN:
@@ -267,18 +252,48 @@ class ElfReader:
                                      "no kernel loads an image aligned beyond 1 GiB")
             yield segment
 
+    def _names_table(self, count: int) -> tuple[int, int] | None:
+        """File offset and size of the section name table (e_shstrndx), checked."""
+        if not count or not self._elf["e_shstrndx"]:
+            return None
+        index = self._elf.get_shstrndx()
+        header = self._elf._get_section_header(index)
+        offset, size = header["sh_offset"], header["sh_size"]
+        self._check_range(f"section name table (section #{index})", offset, size)
+        return offset, size
+
+    def _section_name(self, index: int, header: Any, names: tuple[int, int] | None) -> str:
+        if not index or names is None:
+            return ""
+        if header["sh_name"] >= names[1]:
+            raise self._fail(f"section #{index} sh_name {header['sh_name']:#x} lies outside "
+                             f"the section name table ({names[1]} bytes)")
+        length = min(_MAX_STRING, names[1] - header["sh_name"])
+        data = self._read("section name table", names[0] + header["sh_name"], length,
+                          _MAX_STRING)
+        return data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
     def _sections(self) -> Iterator[Section]:
-        for index in range(self._section_count()):
+        limit = 1 << min(self._elf.elfclass, _USER_LIMIT_BITS)
+        count = self._section_count()
+        names = self._names_table(count)
+        for index in range(count):
             header = self._elf._get_section_header(index)
             stype = header["sh_type"]
-            yield Section(
-                name=self._elf._get_section_name(header) if index else "",
+            section = Section(
+                name=self._section_name(index, header, names),
                 type=stype if isinstance(stype, str) else f"{stype:#x}",
                 addr=header["sh_addr"],
                 offset=header["sh_offset"],
                 size=header["sh_size"],
                 flags=header["sh_flags"],
             )
+            if section.alloc and section.addr + section.size > limit:
+                raise self._fail(
+                    f"section #{index} {shown(section.name, 60)} (SHF_ALLOC) at "
+                    f"{section.addr:#x} of {section.size:#x} bytes runs past any user "
+                    f"address space (2^{min(self._elf.elfclass, _USER_LIMIT_BITS)})")
+            yield section
 
     def _interpreter(self, segments: tuple[Segment, ...]) -> str | None:
         for seg in segments:
@@ -335,7 +350,7 @@ class ElfReader:
         regions += [(s.offset, s.size) for s in sections if s.type == "SHT_NOTE"]
         for offset, size in regions:
             data = self._read("note", offset, size, _MAX_NOTES)
-            found = _find_build_id(data, self._elf.little_endian)
+            found = find_build_id(data, self._elf.little_endian)
             if found is not None:
                 return found
         return None
@@ -356,7 +371,8 @@ class ElfReader:
 
     def symbols(self, name: str) -> list[Symbol]:
         """Every entry called ``name`` in ``.symtab`` and ``.dynsym`` (LOCAL and HIDDEN too)."""
-        return self._guard(lambda: list(self._lookup(name)))
+        with reading("ELF file", self.path):
+            return self._guard("symbol tables", lambda: list(self._lookup(name)))
 
     def symbol(self, name: str) -> Symbol | None:
         """The defined symbol ``name`` (``.symtab`` preferred), or None."""
@@ -375,26 +391,32 @@ class ElfReader:
     def _lookup(self, name: str) -> Iterator[Symbol]:
         sym_size = _SIZES[self._elf.elfclass][3]
         needle = name.encode() + b"\0"
-        tables = [s for s in self._image.sections if s.type in ("SHT_SYMTAB", "SHT_DYNSYM")]
-        tables.sort(key=lambda s: s.type != "SHT_SYMTAB")
-        for table in tables:
-            index = self._image.sections.index(table)
-            section = self._elf.get_section(index)
-            assert isinstance(section, SymbolTableSection)
-            link = section["sh_link"]
+        tables = [(i, s) for i, s in enumerate(self._image.sections)
+                  if s.type in ("SHT_SYMTAB", "SHT_DYNSYM")]
+        tables.sort(key=lambda pair: pair[1].type != "SHT_SYMTAB")
+        for index, table in tables:
+            # The raw header is checked before pyelftools builds the section from it.
+            header = self._elf._get_section_header(index)
+            link, entsize = header["sh_link"], header["sh_entsize"]
+            what = shown(table.name, 60) or f"section #{index}"
             if not 0 < link < len(self._image.sections):
-                raise self._fail(f"{table.name} links to no string table")
+                raise self._fail(f"{what} sh_link is {link}: no section of the "
+                                 f"{len(self._image.sections)} is its string table")
             strtab = self._image.sections[link]
-            if section["sh_entsize"] != sym_size:
-                raise self._fail(f"{table.name} entry size is {section['sh_entsize']}")
+            if entsize != sym_size:
+                raise self._fail(f"{what} sh_entsize is {entsize}, not {sym_size} (the size "
+                                 f"of an ELF{self._elf.elfclass} symbol)")
             self._check_range(table.name, table.offset, table.size)
             self._check_range(strtab.name or "string table", strtab.offset, strtab.size)
+            section = self._elf.get_section(index)
+            assert isinstance(section, SymbolTableSection)
             offsets = bulk.find_all(self._stream, strtab.offset, strtab.size, needle)
             hits = bulk.match_u32(self._stream, table.offset, table.size // sym_size, sym_size,
                                   set(offsets), little_endian=self._elf.little_endian)
             for hit in hits:
                 entry = section.get_symbol(hit).entry
                 shndx = entry["st_shndx"]
+                self._check_symbol(name, table.name, entry)
                 yield Symbol(
                     name=name,
                     value=entry["st_value"],
@@ -407,25 +429,18 @@ class ElfReader:
                 )
 
 
-def _find_build_id(data: bytes, little_endian: bool) -> str | None:
-    """The NT_GNU_BUILD_ID descriptor in a run of ELF notes, as hex.
-
-    Parsed here rather than with pyelftools' iter_notes, which reads n_descsz bytes as
-    stored (a hostile note could ask for 4 GiB); this walk never leaves ``data``.
-    """
-    fmt = "<III" if little_endian else ">III"
-    pos = 0
-    while pos + 12 <= len(data):
-        namesz, descsz, ntype = struct.unpack_from(fmt, data, pos)
-        name_start = pos + 12
-        desc_start = name_start + (namesz + 3) // 4 * 4
-        desc_end = desc_start + descsz
-        if desc_end > len(data):
-            return None
-        if ntype == NT_GNU_BUILD_ID and data[name_start:name_start + namesz] == b"GNU\0":
-            return data[desc_start:desc_end].hex()
-        pos = desc_start + (descsz + 3) // 4 * 4
-    return None
+    def _check_symbol(self, name: str, table: str, entry: Any) -> None:
+        """A defined symbol (not absolute, not TLS) lies in the loaded image or at its end."""
+        if entry["st_shndx"] in ("SHN_UNDEF", "SHN_ABS", "SHN_COMMON") or \
+                entry["st_info"]["type"] == "STT_TLS":
+            return
+        value: int = entry["st_value"]
+        loads = self._image.loads
+        lo = min(seg.vaddr for seg in loads)
+        hi = max(seg.vaddr + seg.memsz for seg in loads)
+        if not lo <= value <= hi:
+            raise self._fail(f"symbol {shown(name, 60)} in {table}: st_value {value:#x} lies "
+                             f"outside the loaded image [{lo:#x}, {hi:#x})")
 
 
 def read_elf(path: str | os.PathLike[str]) -> ElfImage:

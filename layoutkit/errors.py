@@ -7,12 +7,15 @@ carry it.
 
 from __future__ import annotations
 
+from layoutkit.core.text import escaped, shown
+
 # Exit codes, shared by every command.
 EXIT_OK = 0
 EXIT_FINDINGS = 1  # a check failed, or no advice is possible
 EXIT_USAGE = 2  # bad command line (click uses 2 as well)
 EXIT_INPUT = 3  # an input could not be analysed
 EXIT_PROBE = 4  # native probe unavailable or failed
+EXIT_INTERNAL = 5  # a bug in layoutkit itself (not bad input): please report it
 
 
 class LayoutkitError(Exception):
@@ -26,7 +29,9 @@ class LayoutkitError(Exception):
         self.path = path
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
+        """One line: the path escaped and cut (:mod:`layoutkit.core.text`), the message."""
+        message = escaped(self.message)
+        return f"{shown(self.path)}: {message}" if self.path else message
 
     def to_json(self) -> dict[str, object]:
         return {"error": type(self).__name__, "message": self.message, "path": self.path}
@@ -38,6 +43,10 @@ class InputError(LayoutkitError):
 
 class ElfError(InputError):
     """The file is not an ELF file layoutkit can analyse (or is damaged)."""
+
+
+class UnforeseenInputError(InputError):
+    """A reader stopped on input it does not foresee (the input boundary's catch-all)."""
 
 
 class UnsupportedArchError(ElfError):
@@ -52,10 +61,10 @@ class MapsError(InputError):
         self.line = line
 
     def __str__(self) -> str:
-        where = self.path or "maps"
+        where = shown(self.path or "maps")
         if self.line is not None:
             where = f"{where}:{self.line}"
-        return f"{where}: {self.message}"
+        return f"{where}: {escaped(self.message)}"
 
     def to_json(self) -> dict[str, object]:
         data = super().to_json()
@@ -79,3 +88,9 @@ class ProbeError(LayoutkitError):
     """The native probe could not be built or run, or it failed."""
 
     exit_code = EXIT_PROBE
+
+
+class InternalError(LayoutkitError):
+    """A check of layoutkit's own logic failed: a bug to report, never bad input."""
+
+    exit_code = EXIT_INTERNAL

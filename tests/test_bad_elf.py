@@ -420,7 +420,7 @@ def _sym_size(e: ElfBytes) -> int:
 SYMTAB = [
     SymtabCase("symtab-entsize-0", X64, _set_sh(".symtab", "sh_entsize", _const(0))),
     SymtabCase("symtab-entsize-16", X64, _set_sh(".symtab", "sh_entsize", _const(16)),
-               "entry size"),
+               "sh_entsize"),
     SymtabCase("symtab-entsize-25", X64, _set_sh(".symtab", "sh_entsize", _const(25))),
     SymtabCase("symtab-entsize-24-elf32", I686, _set_sh(".symtab", "sh_entsize", _const(24))),
     SymtabCase("symtab-beyond-eof", X64,

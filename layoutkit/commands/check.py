@@ -17,16 +17,25 @@ from __future__ import annotations
 
 import mmap
 import os
-import shutil
 import stat
 import struct
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
+from layoutkit.boundary import REPORT_HINT, internal
+from layoutkit.commands.collect import (
+    ELF_MAGIC,
+    Item,
+    Unreadable,
+    is_deb,
+    os_reason,
+    unpack_deb,
+    walk,
+)
 from layoutkit.commands.inspect import inspect_binary
 from layoutkit.config import Config, config_size, scenario_from
 from layoutkit.core import arches
@@ -37,7 +46,9 @@ from layoutkit.elf import ElfReader
 from layoutkit.errors import (
     EXIT_FINDINGS,
     EXIT_INPUT,
+    EXIT_INTERNAL,
     EXIT_OK,
+    InternalError,
     LayoutkitError,
     UnsupportedArchError,
 )
@@ -45,7 +56,8 @@ from layoutkit.output.document import capacity_json, window_json
 from layoutkit.window.anchor import DEFAULT_ANCHORS
 from layoutkit.window.profiles import detect_generation, has_luajit
 
-ELF_MAGIC = b"\x7fELF"
+__all__ = ["Item", "walk"]  # re-exported for bench/bench_check.py
+
 # Byte strings without which a file cannot hold LuaJIT evidence: the VM symbol names and
 # DT_NEEDED names with "luajit" (in string tables), the version string (in data). A file
 # that has none of them is "n/a" after one memory-mapped pass, without parsing it.
@@ -94,6 +106,7 @@ class CheckResult:
     failures: tuple[str, ...] = ()  # which thresholds failed: "min_window", ...
     window: dict[str, Any] | None = None  # report.window_json of the worst case
     capacity: dict[str, Any] | None = None
+    internal: bool = False  # an "error" that is a bug in layoutkit, not bad input
 
     @property
     def artifact(self) -> str:
@@ -111,18 +124,15 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
-        """1 if anything failed, else 3 if anything could not be analysed, else 0."""
-        if self.count("fail"):
-            return EXIT_FINDINGS
+        """5 if layoutkit failed on any path, else 3 if any could not be analysed, else 1
+        if any failed, else 0: the exit code says "error" only once all are reported."""
+        if any(r.internal for r in self.results):
+            return EXIT_INTERNAL
         if self.count("error"):
             return EXIT_INPUT
+        if self.count("fail"):
+            return EXIT_FINDINGS
         return EXIT_OK
-
-
-@dataclass(frozen=True)
-class Item:
-    real: str  # where to read it
-    shown: str  # how to report it
 
 
 # -- judging one file ------------------------------------------------------------------
@@ -218,7 +228,16 @@ def jit_evidence(reader: ElfReader) -> str | None:
 
 
 def judge(item: Item, settings: Settings) -> CheckResult:
-    """The verdict on one file; any :class:`LayoutkitError` becomes status "error"."""
+    """The verdict on one file, isolated: bad input is status "error", a bug in layoutkit
+    an "error" marked internal; neither stops the run."""
+    try:
+        with internal(f"judging {item.shown}"):
+            return _judge(item, settings)
+    except InternalError as err:
+        return CheckResult(item.shown, "error", err.message, internal=True)
+
+
+def _judge(item: Item, settings: Settings) -> CheckResult:
     shown = item.shown
     try:
         try:
@@ -226,7 +245,7 @@ def judge(item: Item, settings: Settings) -> CheckResult:
             if why is not None:
                 return CheckResult(shown, "n/a", why)
         except OSError as e:
-            return CheckResult(shown, "error", f"cannot read: {e.strerror or e}")
+            return CheckResult(shown, "error", f"cannot read: {os_reason(e)}")
         with ElfReader(item.real) as reader:
             image = reader.image()
             evidence = jit_evidence(reader)
@@ -245,6 +264,8 @@ def judge(item: Item, settings: Settings) -> CheckResult:
         result = inspect_binary(item.real, settings.scenario)
     except UnsupportedArchError as err:
         return CheckResult(shown, "n/a", f"no JIT target layoutkit knows: {err.message}")
+    except InternalError:
+        raise
     except LayoutkitError as err:
         return CheckResult(shown, "error", err.message)
     except MemoryError:
@@ -295,83 +316,6 @@ def _limit_memory() -> None:
         pass
 
 
-# -- collecting files ------------------------------------------------------------------
-
-
-def _is_elf(path: str) -> bool:
-    with open(path, "rb") as stream:
-        return stream.read(4) == ELF_MAGIC
-
-
-def walk(top: str, shown_top: str | None = None) -> Iterator[Item | CheckResult]:
-    """ELF files under directory ``top`` (streamed), and errors for what cannot be read.
-
-    Symlinks are never followed (neither to directories nor to files: a symlinked file
-    is checked where it lives), so loops are impossible; directories already seen
-    (a bind mount of a parent) are skipped by device and inode as well.
-    """
-    seen: set[tuple[int, int]] = set()
-    stack = [top]
-    while stack:
-        folder = stack.pop()
-        try:
-            info = os.stat(folder, follow_symlinks=False)
-            key = (info.st_dev, info.st_ino)
-            if key in seen:
-                continue
-            seen.add(key)
-            entries = os.scandir(folder)
-        except OSError as e:
-            yield CheckResult(_show(folder, top, shown_top), "error",
-                              f"cannot list directory: {e.strerror or e}")
-            continue
-        subdirs: list[str] = []
-        with entries:  # streamed: a directory of a million files is never one list
-            yield from _files(entries, subdirs, top, shown_top)
-        stack.extend(sorted(subdirs, reverse=True))
-
-
-def _files(entries: Iterator[os.DirEntry[str]], subdirs: list[str], top: str,
-           shown_top: str | None) -> Iterator[Item | CheckResult]:
-    """The ELF files among one directory's ``entries``; subdirectories go to ``subdirs``."""
-    for entry in entries:
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                subdirs.append(entry.path)
-                continue
-            if not entry.is_file(follow_symlinks=False) or not _is_elf(entry.path):
-                continue
-        except OSError as e:
-            yield CheckResult(_show(entry.path, top, shown_top), "error",
-                              f"cannot read: {e.strerror or e}")
-            continue
-        yield Item(entry.path, _show(entry.path, top, shown_top))
-
-
-def _show(path: str, top: str, shown_top: str | None) -> str:
-    if shown_top is None:
-        return path
-    return f"{shown_top}:/{os.path.relpath(path, top)}"
-
-
-def _is_deb(path: str) -> bool:
-    return path.endswith(".deb")
-
-
-def _unpack_deb(path: str, into: str) -> str | None:
-    """Unpack ``path`` with ``dpkg-deb -x``; the reason on failure, else None."""
-    tool = shutil.which("dpkg-deb")
-    if tool is None:
-        return "dpkg-deb is not installed: cannot unpack a Debian package"
-    done = subprocess.run([tool, "-x", path, into], capture_output=True, text=True,
-                          check=False)
-    if done.returncode != 0:
-        detail = done.stderr.strip().splitlines()
-        why = detail[0] if detail else f"dpkg-deb exited with {done.returncode}"
-        return f"not a Debian package: {why.removeprefix('dpkg-deb: error: ')}"
-    return None
-
-
 # -- running ---------------------------------------------------------------------------
 
 
@@ -383,7 +327,7 @@ class _Runner:
         self.jobs = jobs if jobs is not None else (os.cpu_count() or 1)
         self.pool: ProcessPoolExecutor | None = None
         self.pending: list[Item] = []
-        self.inflight: list[Future[list[CheckResult]]] = []
+        self.inflight: list[tuple[Future[list[CheckResult]], list[Item]]] = []
 
     def _start_pool(self) -> ProcessPoolExecutor:
         if self.pool is None:
@@ -399,32 +343,62 @@ class _Runner:
                 yield from judge_batch(self.pending, self.settings)
                 self.pending = []
             return
-        pool = self._start_pool()
         while len(self.pending) >= BATCH:
             batch, self.pending = self.pending[:BATCH], self.pending[BATCH:]
-            self.inflight.append(pool.submit(judge_batch, batch, self.settings))
+            self._submit(batch)
         while len(self.inflight) > 4 * self.jobs:
-            yield from self.inflight.pop(0).result()
+            yield from self._collect()
+
+    def _submit(self, batch: list[Item]) -> None:
+        self.inflight.append((self._start_pool().submit(judge_batch, batch, self.settings),
+                              batch))
+
+    def _collect(self) -> list[CheckResult]:
+        """The oldest batch's results. A worker that died (a crash in a native library,
+        the kernel's OOM killer) breaks the pool: the batches it held are judged again,
+        one file per fresh worker, so only the file that kills a worker is an error."""
+        future, batch = self.inflight.pop(0)
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            if self.pool is not None:
+                self.pool.shutdown(cancel_futures=True)
+                self.pool = None
+            retry = [batch] + [b for _, b in self.inflight]
+            self.inflight = []
+            results = [self._alone(item) for item in batch]
+            for other in retry[1:]:
+                self._submit(other)
+            return results
+
+    def _alone(self, item: Item) -> CheckResult:
+        with ProcessPoolExecutor(max_workers=1, initializer=_limit_memory) as pool:
+            try:
+                return pool.submit(judge, item, self.settings).result()
+            except BrokenProcessPool:
+                return CheckResult(item.shown, "error", "the worker process judging this "
+                                   f"file died (killed by a signal); {REPORT_HINT}",
+                                   internal=True)
 
     def flush(self) -> Iterator[CheckResult]:
         """Everything still pending or in flight (before a package's files are removed)."""
         if self.pool is not None and self.pending:
-            self.inflight.append(self.pool.submit(judge_batch, self.pending, self.settings))
+            self._submit(self.pending)
         elif self.pending:
             yield from judge_batch(self.pending, self.settings)
         self.pending = []
         while self.inflight:
-            yield from self.inflight.pop(0).result()
+            yield from self._collect()
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(cancel_futures=True)
 
 
-def _items(runner: _Runner, found: Iterable[Item | CheckResult]) -> Iterator[CheckResult]:
+def _items(runner: _Runner, found: Iterable[Item | Unreadable]) -> Iterator[CheckResult]:
     for thing in found:
-        if isinstance(thing, CheckResult):
-            yield thing
+        if isinstance(thing, Unreadable):
+            yield CheckResult(thing.shown, "error", thing.reason)
         else:
             yield from runner.add(thing)
 
@@ -451,7 +425,7 @@ def check_paths(paths: Sequence[str], settings: Settings, *, jobs: int | None = 
             try:
                 info = os.stat(path)  # follows a symlink given by name
             except OSError as e:
-                keep([CheckResult(path, "error", f"cannot read: {e.strerror or e}")])
+                keep([CheckResult(path, "error", f"cannot read: {os_reason(e)}")])
                 continue
             if stat.S_ISDIR(info.st_mode):
                 keep(runner.flush())
@@ -459,10 +433,10 @@ def check_paths(paths: Sequence[str], settings: Settings, *, jobs: int | None = 
                 keep(_items(runner, walk(path)))
                 keep(runner.flush())
                 summary.results[before:] = sorted(summary.results[before:], key=_path_key)
-            elif stat.S_ISREG(info.st_mode) and _is_deb(path):
+            elif stat.S_ISREG(info.st_mode) and is_deb(path):
                 keep(runner.flush())
                 with tempfile.TemporaryDirectory(prefix="layoutkit-deb-") as tmp:
-                    why = _unpack_deb(path, tmp)
+                    why = unpack_deb(path, tmp)
                     if why is not None:
                         keep([CheckResult(path, "error", why)])
                         continue

@@ -19,9 +19,17 @@ from layoutkit.core.kinds import OccupantKind, Verdict
 from layoutkit.core.model import Perm
 from layoutkit.core.scenario import DEFAULT_SCENARIO, Scenario
 from layoutkit.core.spans import Span, normalize
+from layoutkit.core.text import shown
 from layoutkit.core.units import parse_address
 from layoutkit.elf import ElfReader
-from layoutkit.errors import EXIT_FINDINGS, EXIT_OK, InputError, LayoutkitError, UsageError
+from layoutkit.errors import (
+    EXIT_FINDINGS,
+    EXIT_OK,
+    InputError,
+    LayoutkitError,
+    MapsError,
+    UsageError,
+)
 from layoutkit.read import stubs
 from layoutkit.read.maps import (
     Mapping,
@@ -131,12 +139,23 @@ def _local_path(maps: ProcessMaps, path: str, path_map: tuple[tuple[str, str], .
     return path
 
 
-def _bias(reader: ElfReader, mappings: tuple[Mapping, ...]) -> int | None:
-    """Load bias: where a PT_LOAD's file offset is mapped, minus its p_vaddr."""
+def _bias(reader: ElfReader, mappings: tuple[Mapping, ...], source: str) -> int | None:
+    """Load bias: where a PT_LOAD's file offset is mapped, minus its p_vaddr.
+
+    Every mapping of the object lies at or above it (an image is mapped at bias + p_vaddr,
+    p_vaddr >= 0); a listing where one does not is inconsistent, and is refused."""
     for mapping in sorted(mappings, key=lambda m: m.offset):
         for seg in reader.image().loads:
             if mapping.offset <= seg.offset < mapping.offset + mapping.size and seg.filesz:
-                return mapping.start + (seg.offset - mapping.offset) - seg.vaddr
+                bias = mapping.start + (seg.offset - mapping.offset) - seg.vaddr
+                low = min(mappings, key=lambda m: m.start)
+                if low.start < bias:
+                    raise MapsError(
+                        f"{shown(low.path)} is mapped at {low.start:#x}, below the load "
+                        f"bias {bias:#x} that its mapping at {mapping.start:#x} (file "
+                        f"offset {mapping.offset:#x}) gives: the listing is inconsistent",
+                        path=source)
+                return bias
     return None
 
 
@@ -192,7 +211,8 @@ def analyse_maps(
                 reader = ElfReader(_local_path(maps, path, path_map))
             except LayoutkitError:
                 continue
-            readable.append((path, reader, _bias(reader, objects[path])))
+            readable.append((path, reader, None))
+            readable[-1] = (path, reader, _bias(reader, objects[path], maps.source))
         for path, reader, obj_bias in readable:
             if address is not None or obj_bias is None:
                 continue
@@ -303,14 +323,21 @@ def _from_jit_code(maps: ProcessMaps, code: Span, readable: list[tuple[str, ElfR
 
 def _occupants(maps: ProcessMaps, jit: list[Span], ignored: list[Mapping],
                heap: int) -> list[Occupant]:
+    """Every mapping as an occupant, JIT code as the merged ``jit`` spans (sorted and
+    disjoint, from :func:`_jit_areas`): one pass over the mappings, which come sorted
+    too, with a cursor into ``jit``, so time is linear in the listing."""
     occupants = [Occupant(OccupantKind.JIT, s) for s in jit]
-    jit_set = set(jit)
+    ignored_ids = {id(m) for m in ignored}
+    cursor = 0
     for m in maps.mappings:
-        if m.kind is MappingKind.ANONYMOUS and Perm.X in m.perms and (
-                any(s.contains(m.span) for s in jit_set) or m in ignored):
-            if m in ignored:
+        if m.kind is MappingKind.ANONYMOUS and Perm.X in m.perms:
+            if id(m) in ignored_ids:
                 occupants.append(Occupant(OccupantKind.ANONYMOUS, m.span, m.path))
-            continue
+                continue
+            while cursor < len(jit) and jit[cursor].end <= m.start:
+                cursor += 1
+            if cursor < len(jit) and jit[cursor].contains(m.span):
+                continue
         occupants.append(Occupant(occupant_kind(m.kind), m.span, m.path))
         if m.kind is MappingKind.STACK and m.start >= STACK_GUARD_GAP:
             occupants.append(Occupant(OccupantKind.STACK_GUARD,

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 from layoutkit.commands.check import CheckResult, Settings, Summary
+from layoutkit.core.text import escaped, json_safe, shown
 from layoutkit.output.document import document
 
 STATUSES = ("pass", "fail", "error", "n/a")
@@ -37,10 +38,14 @@ def counts(summary: Summary) -> dict[str, int]:
 
 def verdict(summary: Summary) -> str:
     c = counts(summary)
+    if c["error"]:  # an error outranks a failure (exit 3, or 5 for a bug in layoutkit)
+        bugs = sum(1 for r in summary.results if r.internal)
+        also = (f", {bugs} of them internal errors (please report)" if bugs else "") + (
+            f"; {c['fail']} binaries below the thresholds" if c["fail"] else
+            " (nothing failed)")
+        return f"ERROR: {c['error']} paths could not be analysed{also}"
     if c["fail"]:
         return f"FAIL: {c['fail']} binaries below the thresholds"
-    if c["error"]:
-        return f"ERROR: {c['error']} paths could not be analysed (nothing failed)"
     return "PASS" if c["pass"] else "PASS (no JIT-hosting binary found)"
 
 
@@ -48,11 +53,11 @@ def verdict(summary: Summary) -> str:
 
 
 def text_lines(summary: Summary) -> Iterator[str]:
-    width = max((len(r.path) for r in summary.results), default=4)
+    width = max((len(shown(r.path)) for r in summary.results), default=4)
     width = min(width, 72)
     yield f"{'Status':6}  {'Path':{width}}  Reason"
     for r in summary.results:
-        yield f"{r.status.upper():6}  {r.path:{width}}  {r.reason}"
+        yield f"{r.status.upper():6}  {shown(r.path):{width}}  {escaped(r.reason)}"
     c = counts(summary)
     yield ""
     yield (f"{c['total']} paths: {c['pass']} pass, {c['fail']} fail, {c['error']} error, "
@@ -206,9 +211,9 @@ def github_annotations(summary: Summary) -> Iterator[str]:
 
 def render(summary: Summary, settings: Settings, fmt: str) -> str:
     if fmt == "json":
-        return json.dumps(check_json(summary, settings), indent=2)
+        return json.dumps(json_safe(check_json(summary, settings)), indent=2)
     if fmt == "junit":
         return junit_xml(summary)
     if fmt == "sarif":
-        return json.dumps(sarif(summary, settings), indent=2)
+        return json.dumps(json_safe(sarif(summary, settings)), indent=2)
     return "\n".join(text_lines(summary))

@@ -16,6 +16,7 @@ from layoutkit.commands.inspect import Inspection, ReachWindow
 from layoutkit.commands.maps import MapsAnalysis
 from layoutkit.core.model import ElfImage, Segment
 from layoutkit.core.spans import Span
+from layoutkit.core.text import json_safe
 from layoutkit.ranges import BranchForm
 from layoutkit.read.refs import Bound
 from layoutkit.window.accounting import Accounting
@@ -34,7 +35,26 @@ def document(command: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def dumps(doc: dict[str, Any]) -> str:
-    return json.dumps(doc, indent=2)
+    """The document as indented JSON, valid for strict parsers whatever bytes a path
+    holds (:func:`layoutkit.core.text.json_safe`). An object or list that holds no
+    container is written on one line by the C encoder (a maps listing's 65,530
+    occupants are 65,530 lines, in a fraction of a second)."""
+    return _dump(json_safe(doc), "")
+
+
+def _is_leaf(value: dict[str, Any] | list[Any]) -> bool:
+    items = value.values() if isinstance(value, dict) else value
+    return not any(type(v) in (dict, list) for v in items)
+
+
+def _dump(value: object, pad: str) -> str:
+    if not isinstance(value, (dict, list)) or _is_leaf(value):
+        return json.dumps(value)
+    inner = pad + "  "
+    if isinstance(value, dict):
+        items = (f"{inner}{json.dumps(k)}: {_dump(v, inner)}" for k, v in value.items())
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    return "[\n" + ",\n".join(inner + _dump(v, inner) for v in value) + "\n" + pad + "]"
 
 
 def kernel_json(kernel: KernelConfig) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from layoutkit.commands.maps import MapsAnalysis
 from layoutkit.core.kinds import Verdict
 from layoutkit.core.model import ElfImage
 from layoutkit.core.spans import Span
+from layoutkit.core.text import escaped, shown
 from layoutkit.core.units import format_size
 from layoutkit.output.document import flags_text
 from layoutkit.output.terminal import terminal_view
@@ -33,16 +34,16 @@ def table(
 
 def image_lines(image: ElfImage) -> Iterator[str]:
     endian = "little" if image.little_endian else "big"
-    yield f"File:        {image.path}"
+    yield f"File:        {shown(image.path)}"
     yield (f"Format:      ELF{image.bits} {endian}-endian, {image.arch} "
            f"(e_machine {image.e_machine}), {image.e_type}, entry {image.entry:#x}")
     yield f"Load model:  {image.load_kind.describe()}"
     if image.interpreter:
-        yield f"Interpreter: {image.interpreter}"
+        yield f"Interpreter: {shown(image.interpreter)}"
     if image.soname:
-        yield f"SONAME:      {image.soname}"
+        yield f"SONAME:      {shown(image.soname)}"
     if image.needed:
-        yield f"Needed:      {', '.join(image.needed)}"
+        yield f"Needed:      {', '.join(shown(n) for n in image.needed)}"
     yield f"Build ID:    {image.build_id or '(none)'}"
     symtab = "yes" if image.has_symtab else "no (stripped)"
     yield f"Symbols:     .symtab {symtab}, .dynsym {'yes' if image.has_dynsym else 'no'}"
@@ -81,7 +82,8 @@ def inspection_lines(result: Inspection, *, bundled: bool = False) -> Iterator[s
     anchor, runtime = result.anchor, result.runtime_anchor
     where = (f"{runtime.start:#x}" if runtime.size == 1
              else f"[{runtime.start:#x}, {runtime.end:#x})")
-    yield f"Anchor:      {anchor.name} at {where} ({anchor.how_found}: {anchor.detail})"
+    yield (f"Anchor:      {shown(anchor.name)} at {where} ({anchor.how_found}: "
+           f"{escaped(anchor.detail)})")
     yield ""
     yield "Reach windows (where code can lie and still reach the anchor):"
     yield from table(
@@ -163,7 +165,8 @@ def window_lines(acc: Accounting, *, best: Accounting | None = None,
     if acc.occupants:
         yield from table(
             ((o.kind.value, f"{o.span.start:#x}", f"{o.span.end:#x}",
-              format_size(o.overlap(jit.window)), o.path or "-") for o in acc.occupants),
+              format_size(o.overlap(jit.window)), shown(o.path) if o.path else "-")
+             for o in acc.occupants),
             ("Kind", "Start", "End", "In window", "Path"),
         )
     else:
@@ -208,14 +211,15 @@ def prediction_lines(result: Inspection) -> Iterator[str]:
 
 def maps_lines(result: MapsAnalysis) -> Iterator[str]:
     maps, acc = result.maps, result.accounting
-    yield f"Source:      {maps.source} ({len(maps.mappings)} mappings)"
-    yield f"Executable:  {maps.executable or '(unknown)'}"
+    yield f"Source:      {shown(maps.source)} ({len(maps.mappings)} mappings)"
+    yield f"Executable:  {shown(maps.executable) if maps.executable else '(unknown)'}"
     kernel = result.kernel
     yield (f"Kernel:      {kernel.arch} VA bits {kernel.va_bits}, user space "
            f"[{kernel.mmap_min_addr:#x}, {kernel.user_top:#x})")
     anchor = result.anchor
     where = (f"{anchor.span.start:#x}" if anchor.span.size == 1 else _span(anchor.span))
-    yield f"Anchor:      {anchor.name} at {where} ({anchor.how_found}: {anchor.detail})"
+    yield (f"Anchor:      {shown(anchor.name)} at {where} ({anchor.how_found}: "
+           f"{escaped(anchor.detail)})")
     yield ""
     total = sum(a.span.size for a in result.jit_areas)
     yield f"JIT code: {len(result.jit_areas)} area(s), {format_size(total)}"
@@ -246,7 +250,7 @@ def _figures(acc: Accounting) -> str:
 
 
 def advice_lines(advice: Advice) -> Iterator[str]:
-    what = "default link" if advice.synthetic else advice.image.path
+    what = "default link" if advice.synthetic else shown(advice.image.path)
     yield f"Binary:      {what} ({advice.arch})"
     yield f"Linker:      {advice.linker} ({advice.linker_evidence})"
     yield f"JIT profile: {advice.profile}"

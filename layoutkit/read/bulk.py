@@ -79,6 +79,7 @@ def match_u32(
 
 # A64 PC-relative encodings (Arm ARM DDI 0487, C4.1): (name, mask, value, immediate
 # layout). Each decodes to a byte displacement from the instruction's address.
+A64_USER_TOP = 1 << 52  # arm64 VA_BITS is at most 52 (arch/arm64/Kconfig, ARM64_VA_BITS)
 A64_FORMS = ("b/bl", "b.cond/cbz/ldr-literal", "tbz/tbnz", "adr", "adrp+add")
 
 
@@ -95,7 +96,12 @@ def a64_pcrel(stream: BinaryIO, offset: int, size: int, vaddr: int,
 
     Returns, per chunk and form, (instruction addresses, target addresses, form index
     into A64_FORMS). ADRP's target is the page it names (pc & ~0xfff plus the offset).
+    Addresses are int64: the code must lie in an AArch64 user address space (below
+    2^52, the widest VA_BITS), so that no address or target overflows.
     """
+    if vaddr < 0 or vaddr + size > A64_USER_TOP:
+        raise ValueError(f"A64 code [{vaddr:#x}, {vaddr + size:#x}) lies outside any "
+                         f"AArch64 user address space (2^52)")
     out: list[tuple[np.ndarray, np.ndarray, int]] = []
     step = CHUNK - CHUNK % 4
     for pos in range(0, size - size % 4, step):

@@ -130,7 +130,8 @@ def x86_pcrel(code: bytes, address: int, *,
     found: list[tuple[int, int, int]] = []
     end = 0
     for pc, size, mnemonic, op_str in md.disasm_lite(code, address):
-        end = pc + size - address
+        # Offsets modulo the address size: capstone wraps an address past the top.
+        end = (pc + size - address) & ((1 << bits) - 1)
         if "rip" in op_str:
             match = _RIP.search(op_str)
             if match:

@@ -11,14 +11,22 @@ from __future__ import annotations
 
 import enum
 import errno
+import itertools
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
+from layoutkit.boundary import reading
 from layoutkit.core.model import Perm
 from layoutkit.core.spans import Span
+from layoutkit.core.text import shown
 from layoutkit.errors import MapsError
+
+_READ_FAULTS = {errno.EIO: "the kernel reports an I/O error",
+                errno.ESRCH: "the process exited while its maps were read",
+                errno.EINVAL: "the kernel refuses to read it as a file (a special file?)"}
 
 
 class MappingKind(enum.Enum):
@@ -45,10 +53,15 @@ _LINE = re.compile(
     r"(?: +(?P<path>.*))?"
 )
 _DELETED = " (deleted)"
-MAX_LINES = 1_000_000  # far above vm.max_map_count (65530 by default)
+# Limits, enforced while reading (memory stays bounded by them, time is linear):
+# a listing has at most MAX_LINES lines, 16 times vm.max_map_count's default (65530) and
+# 4 times the commonly raised 262144; a line has at most MAX_LINE bytes: a path is at
+# most PATH_MAX (4096) bytes, and the kernel writes a newline in it as 4 (\\012).
+MAX_LINES = 1 << 20
+MAX_LINE = 4 * 4096 + 256
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Mapping:
     """One line of /proc/PID/maps."""
 
@@ -147,27 +160,35 @@ def _guess_executable(rows: list[tuple[str, bool, int]]) -> str | None:
 
 def parse_maps(text: str, *, source: str = "maps", executable: str | None = None) -> ProcessMaps:
     """Parse a maps listing. Errors name ``source`` and the 1-based line number."""
-    parsed: list[tuple[int, int, str, int, str, int, str, bool]] = []
     # Split on "\n" only: the kernel escapes a newline in a path as \012, but any other
     # control character (\r, \f, \x1c, U+2028, ...) appears as it is.
-    for number, line in enumerate(text.split("\n"), start=1):
+    return _parse(text.split("\n"), source, executable)
+
+
+def _parse(lines: Iterable[str], source: str, executable: str | None) -> ProcessMaps:
+    parsed: list[tuple[int, int, str, int, str, int, str, bool]] = []
+    strings: dict[str, str] = {}
+    last_start = last_end = -1
+    for number, line in enumerate(lines, start=1):
         if number > MAX_LINES:
-            raise MapsError(f"more than {MAX_LINES} lines: not a maps listing", path=source)
+            raise MapsError(f"more than {MAX_LINES} lines: not a maps listing (a process has "
+                            "at most vm.max_map_count mappings)", path=source)
         if not line.strip():
             continue
         match = _LINE.fullmatch(line)
         if match is None:
-            shown = line if len(line) <= 60 else line[:57] + "..."
-            raise MapsError(f"not a maps line: {shown!r}", path=source, line=number)
+            raise MapsError(f"not a maps line: {shown(repr(line), 62)}", path=source,
+                            line=number)
         start, end = int(match["start"], 16), int(match["end"], 16)
         if start >= end:
             raise MapsError(f"empty or inverted span {start:#x}-{end:#x}", path=source,
                             line=number)
-        if parsed and start < parsed[-1][1]:
-            what = "overlaps" if start >= parsed[-1][0] else "is below"
+        if start < last_end:
+            what = "overlaps" if start >= last_start else "is below"
             raise MapsError(
                 f"{start:#x}-{end:#x} {what} the previous mapping "
                 f"(the kernel lists mappings sorted and disjoint)", path=source, line=number)
+        last_start, last_end = start, end
         # The path keeps its trailing blanks; a "path" of blanks only is the padding
         # the kernel (and qemu-user) print after an anonymous mapping.
         path = match["path"] or ""
@@ -177,17 +198,21 @@ def parse_maps(text: str, *, source: str = "maps", executable: str | None = None
         if deleted:
             path = path[: -len(_DELETED)]
         device = f"{match['major']}:{match['minor']}"
+        # One string per distinct path and device: a listing repeats them many times.
+        path = strings.setdefault(path, path)
+        device = strings.setdefault(device, device)
         parsed.append((start, end, match["perms"], int(match["offset"], 16), device,
                        int(match["inode"]), path, deleted))
     if not parsed:
         raise MapsError("no mappings in the listing", path=source)
     if executable is None:
         executable = _guess_executable([(p[6], p[7], p[5]) for p in parsed])
+    perms_of = {text: Perm.from_rwx(text) for text in {p[2] for p in parsed}}
     mappings = tuple(
         Mapping(
             start=start,
             end=end,
-            perms=Perm.from_rwx(perms),
+            perms=perms_of[perms],
             shared=perms[3] in "sS",
             offset=offset,
             device=device,
@@ -201,27 +226,50 @@ def parse_maps(text: str, *, source: str = "maps", executable: str | None = None
     return ProcessMaps(source=source, mappings=mappings, executable=executable)
 
 
+def _lines(stream: BinaryIO, source: str) -> Iterator[str]:
+    """The lines of a listing, read one at a time: a line longer than MAX_LINE or a NUL
+    byte is refused where it starts, before the rest is read."""
+    for number in itertools.count(1):
+        try:
+            raw = stream.readline(MAX_LINE + 1)
+        except OSError as e:
+            why = _READ_FAULTS.get(e.errno or 0, "the kernel refuses to read it")
+            raise MapsError(f"cannot read: {why}", path=source, line=number) from None
+        if not raw:
+            return
+        if len(raw) > MAX_LINE:
+            raise MapsError(f"line longer than {MAX_LINE} bytes: not a maps line (a path is "
+                            "at most PATH_MAX, 4096 bytes)", path=source, line=number)
+        if b"\0" in raw:
+            raise MapsError("binary data (NUL bytes): not a maps listing", path=source,
+                            line=number)
+        yield raw.decode("utf-8", "surrogateescape").removesuffix("\n")
+
+
+def _open(path: str, source: str) -> BinaryIO:
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise MapsError("no such process" if source.startswith("pid ") else "no such file",
+                        path=source) from None
+    except IsADirectoryError:
+        raise MapsError("is a directory, not a maps file", path=source) from None
+    except PermissionError:
+        raise MapsError("permission denied" + (
+            ": the process belongs to another user (run as that user, or as root)"
+            if source.startswith("pid ") else ""), path=source) from None
+    except OSError as e:
+        why = _READ_FAULTS.get(e.errno or 0, "the kernel refuses to open it")
+        raise MapsError(f"cannot open: {why}", path=source) from None
+
+
 def read_maps_file(path: str) -> ProcessMaps:
-    """Parse a saved maps listing."""
+    """Parse a saved maps listing, streamed (see :data:`MAX_LINES`, :data:`MAX_LINE`)."""
     # stat before open: opening a FIFO could block forever.
     if os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):
         raise MapsError("not a regular file", path=path)
-    try:
-        with open(path, "rb") as stream:
-            data = stream.read(256 << 20)  # ~2.5M lines: far beyond any real listing
-            if stream.read(1):
-                raise MapsError("larger than 256 MiB: not a maps listing", path=path)
-    except FileNotFoundError:
-        raise MapsError("no such file", path=path) from None
-    except IsADirectoryError:
-        raise MapsError("is a directory, not a maps file", path=path) from None
-    except PermissionError:
-        raise MapsError("permission denied", path=path) from None
-    except OSError as e:
-        raise MapsError(f"cannot read: {os.strerror(e.errno or errno.EIO)}", path=path) from e
-    if b"\0" in data:
-        raise MapsError("binary data (NUL bytes): not a maps listing", path=path)
-    return parse_maps(data.decode("utf-8", "surrogateescape"), source=path)
+    with _open(path, path) as stream, reading("maps listing", path):
+        return _parse(_lines(stream, path), path, None)
 
 
 def read_process_maps(pid: int) -> ProcessMaps:
@@ -231,30 +279,18 @@ def read_process_maps(pid: int) -> ProcessMaps:
         raise MapsError("not a process id", path=source)
     base = f"/proc/{pid}"
     try:
-        with open(f"{base}/maps", "rb") as stream:
-            data = stream.read()
-    except FileNotFoundError:
-        raise MapsError("no such process", path=source) from None
-    except PermissionError:
-        raise MapsError("permission denied: the process belongs to another user "
-                        "(run as that user, or as root)", path=source) from None
-    except ProcessLookupError:
-        raise MapsError("the process exited while its maps were read", path=source) from None
-    except OSError as e:
-        raise MapsError(f"cannot read maps: {os.strerror(e.errno or errno.EIO)}",
-                        path=source) from e
-    if not data:
-        # A zombie or a process that exited after open() reads as empty.
-        raise MapsError("the process has no user address space (a kernel thread, a zombie, "
-                        "or it exited)", path=source)
-    try:
         executable: str | None = os.readlink(f"{base}/exe")
     except OSError:
         executable = None
     if executable and executable.endswith(_DELETED):
         executable = executable[: -len(_DELETED)]
-    return parse_maps(data.decode("utf-8", "surrogateescape"), source=source,
-                      executable=executable)
+    with _open(f"{base}/maps", source) as stream, reading("maps listing", source):
+        lines = list(_lines(stream, source))
+        if not lines:
+            # A zombie or a process that exited after open() reads as empty.
+            raise MapsError("the process has no user address space (a kernel thread, a "
+                            "zombie, or it exited)", path=source)
+        return _parse(lines, source, executable)
 
 
 def mappings_in(maps: Iterable[Mapping], span: Span) -> list[Mapping]:

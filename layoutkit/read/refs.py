@@ -22,10 +22,12 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from layoutkit.boundary import reading
 from layoutkit.core.arches import Arch
 from layoutkit.core.model import Section
+from layoutkit.core.text import shown
 from layoutkit.elf import ElfReader
-from layoutkit.errors import ElfError
+from layoutkit.errors import ElfError, InternalError
 from layoutkit.ranges import form_by_name, forms
 from layoutkit.read import bulk
 from layoutkit.read.decode import decode, decode_one, x86_pcrel
@@ -128,12 +130,20 @@ def scan(reader: ElfReader) -> list[PairRefs]:
     image = reader.image()
     index = _Index(list(image.sections))
     collector = _Collector()
-    code = [s for s in image.sections if s.executable and s.type != "SHT_NOBITS" and s.size]
-    with open(reader.path, "rb") as stream:
+    # Only allocated code is loaded (and indexed): SHF_EXECINSTR without SHF_ALLOC is
+    # never mapped, so nothing branches from it at run time.
+    code = [s for s in image.sections
+            if s.executable and s.alloc and s.type != "SHT_NOBITS" and s.size]
+    with reading("ELF file", image.path), open(reader.path, "rb") as stream:
         for section in code:
             if section.offset + section.size > image.file_size:
-                raise ElfError(f"{section.name} lies outside the file", path=image.path)
+                raise ElfError(f"{shown(section.name, 60)} [{section.offset:#x}, "
+                               f"{section.offset + section.size:#x}) lies outside the file "
+                               f"({image.file_size} bytes)", path=image.path)
             if image.arch.name == "aarch64":
+                if section.addr + section.size > bulk.A64_USER_TOP:
+                    raise ElfError(f"{shown(section.name, 60)} at {section.addr:#x} lies above "
+                                   "any AArch64 user address space (2^52)", path=image.path)
                 _scan_a64(stream, section, index, collector, image.arch)
             elif image.arch.name in ("x86_64", "i386"):
                 _scan_x86(stream, section, index, collector, image.arch)
@@ -167,8 +177,9 @@ def _scan_a64(stream: BinaryIO, section: Section, index: _Index, out: _Collector
         stream.seek(section.offset + pc - section.addr)
         insn = decode_one(arch, stream.read(4), pc)
         if insn is None or insn.target != target:
-            raise ElfError(f"pre-scan and capstone disagree at {pc:#x}: "
-                           f"{target:#x} vs {insn}", path=str(stream.name))
+            # Both decode the same word: a disagreement is a bug here, not bad input.
+            raise InternalError(f"A64 pre-scan and capstone disagree at {pc:#x}: "
+                                f"{target:#x} vs {insn}", path=str(stream.name))
 
 
 def _limits(arch: Arch, mnemonic: str, size: int, rip: bool) -> tuple[int, int, str] | None:
@@ -250,7 +261,8 @@ def _scan_capstone(stream: BinaryIO, section: Section, index: _Index, out: _Coll
         chunk = stream.read(min(_DECODE_CHUNK, section.size - pos))
         last_end = 0
         for insn in decode(arch, chunk, section.addr + pos):
-            last_end = insn.address + insn.size - section.addr - pos
+            # Modulo the address size: capstone wraps an address past the top.
+            last_end = (insn.address + insn.size - section.addr - pos) & ((1 << arch.bits) - 1)
             if insn.target is None:
                 continue
             dst = index.find(insn.target)

@@ -14,7 +14,6 @@ target named most often wins.
 
 from __future__ import annotations
 
-import errno
 import os
 import struct
 from collections import Counter
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from layoutkit.core.arches import Arch
 from layoutkit.core.spans import Span
 from layoutkit.read.decode import decode_one
+from layoutkit.read.files import READ_FAULTS
 
 _STR_X30_SP = struct.pack("<I", 0xF90003FE)  # str x30, [sp] (A64 STR imm, unsigned offset 0)
 _PUSH_I8 = 0x6A
@@ -99,7 +99,8 @@ def read_memory(pid: int, spans: Iterable[Span]) -> tuple[list[tuple[int, bytes]
     try:
         fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
     except OSError as e:
-        return out, f"cannot open /proc/{pid}/mem: {os.strerror(e.errno or errno.EIO)}"
+        why = READ_FAULTS.get(e.errno or 0, "the system refuses to open it")
+        return out, f"cannot open /proc/{pid}/mem: {why}"
     try:
         for span in spans:
             size = min(span.size, budget)
@@ -108,7 +109,8 @@ def read_memory(pid: int, spans: Iterable[Span]) -> tuple[list[tuple[int, bytes]
             try:
                 out.append((span.start, os.pread(fd, size, span.start)))
             except OSError as e:
-                return out, f"cannot read JIT code: {os.strerror(e.errno or errno.EIO)}"
+                why = READ_FAULTS.get(e.errno or 0, "the kernel refuses to read it")
+                return out, f"cannot read JIT code: {why}"
             budget -= size
     finally:
         os.close(fd)

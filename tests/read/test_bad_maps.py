@@ -339,17 +339,18 @@ def test_file_empty(tmp_path: Path) -> None:
     assert_line_error(info.value, str(path), None, "no mappings")
 
 
-@pytest.mark.parametrize("data", [
-    b"\0" * 64,
-    listing(*GOOD).encode() + b"\0",
-    b"\x7fELF\x02\x01\x01\0" + bytes(56),
+@pytest.mark.parametrize(("data", "line"), [
+    (b"\0" * 64, 1),
+    (listing(*GOOD).encode() + b"\0", len(GOOD) + 1),
+    (b"\x7fELF\x02\x01\x01\0" + bytes(56), 1),
 ], ids=["zeros", "trailing-nul", "elf-header"])
-def test_file_binary(tmp_path: Path, data: bytes) -> None:
+def test_file_binary(tmp_path: Path, data: bytes, line: int) -> None:
+    """Refused at the line where the NUL byte is, before the rest is read."""
     path = tmp_path / "binary.maps"
     path.write_bytes(data)
     with pytest.raises(MapsError) as info:
         read_maps_file(str(path))
-    assert_line_error(info.value, str(path), None, "binary data")
+    assert_line_error(info.value, str(path), line, "binary data")
 
 
 def test_file_not_utf8(tmp_path: Path) -> None:

@@ -1,0 +1,68 @@
+"""The fuzz harnesses inside the test suite: every regression input, then a short run.
+
+Every file under tests/fuzz/regressions/HARNESS/ is an input a harness once crashed on:
+each must now pass the harness's rule. Then each harness runs a few hundred
+coverage-guided executions from its seed corpus (atheris, a few seconds each); the long
+campaign is ``python -m tests.fuzz.campaign`` (README, "Fuzzing").
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fuzz.harness import REGRESSIONS, regression_inputs
+from tests.fuzz.run import HARNESSES
+from tests.support import ROOT, require
+
+SHORT_RUNS = 200
+
+
+def _cases() -> list[tuple[str, Path]]:
+    return [(name, path) for name in HARNESSES for path in regression_inputs(name)]
+
+
+def test_every_regression_folder_names_a_harness() -> None:
+    assert REGRESSIONS.is_dir()
+    assert {p.name for p in REGRESSIONS.iterdir() if p.is_dir()} <= set(HARNESSES)
+
+
+def _marks(name: str) -> tuple[pytest.MarkDecorator, ...]:
+    return (pytest.mark.toolchain,) if name == "deb" else ()  # dpkg-deb unpacks it
+
+
+@pytest.mark.parametrize(("name", "path"), [
+    pytest.param(n, p, id=f"{n}/{p.name}", marks=_marks(n)) for n, p in _cases()])
+def test_regression_input(name: str, path: Path) -> None:
+    if name == "deb":
+        require("dpkg-deb")
+    module = importlib.import_module(f"tests.fuzz.fuzz_{name}")
+    module.one_input(path.read_bytes())
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(n)) for n in HARNESSES])
+def test_short_campaign(name: str, tmp_path: Path) -> None:
+    """A short coverage-guided run from the seeds: libFuzzer ends it with DONE after
+    SHORT_RUNS executions and no crash (a crash ends it early, exit code non-zero). No
+    per-input timeout: on a loaded machine one execution can take seconds, and a hang
+    is the campaign's to find (it runs with -timeout)."""
+    pytest.importorskip("atheris")
+    if name == "deb":
+        require("dpkg-deb")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("LAYOUTKIT_FUZZ_KEEP_GOING", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.fuzz.run", name, str(tmp_path / "corpus"),
+         f"-runs={SHORT_RUNS}", "-seed=1", "-timeout=0",
+         f"-artifact_prefix={tmp_path}/"],
+        capture_output=True, text=True, errors="replace", env=env, cwd=tmp_path,
+        timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(rf"^#{SHORT_RUNS}\s+DONE ", done.stderr, re.MULTILINE), done.stderr[-2000:]
+    assert not list(tmp_path.glob("crash-*"))
