@@ -7,6 +7,7 @@ reach table lives in :mod:`layoutkit.ranges`, the kernel's layout facts in
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from layoutkit.errors import UnsupportedArchError, UsageError
@@ -17,6 +18,19 @@ GiB = 1024 * MiB
 
 
 PAGE = 4096
+
+
+class Isa(enum.Enum):
+    """The instruction-set family: what decoding and the JIT's code look like."""
+
+    X86 = "x86"
+    ARM64 = "arm64"
+    ARM = "arm"
+    PPC = "ppc"
+    RISCV = "riscv"
+    MIPS = "mips"
+    S390 = "s390"
+    LOONGARCH = "loongarch"
 
 
 @dataclass(frozen=True)
@@ -33,6 +47,8 @@ class KernelFacts:
     mmap_min_addr: int
     mmap_rnd: int  # range of arch_mmap_rnd(): PIE load bias and mmap_base offset
     brk_rnd: int  # range of arch_randomize_brk()
+    # An older rule for brk: (the first release with ``brk_rnd``, the range before it).
+    brk_rnd_before: tuple[tuple[int, int], int] | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +73,7 @@ class Arch:
     e_machine: int  # ELF e_machine value (System V gABI, "Machine" table)
     bits: int  # ELF class: 32 or 64
     little_endian: bool
+    isa: Isa
     insn_align: int  # alignment of every instruction address
     # GNU ld's default max-page-size (ELF_MAXPAGESIZE in bfd/elf*-*.c); images and
     # PT_LOADs are aligned to it, so is every base an advice may give.
@@ -65,6 +82,8 @@ class Arch:
     link: LinkFacts
     # LJ_TARGET_JUMPRANGE (LuaJIT src/lj_arch.h); None: no reach-limited LuaJIT JIT.
     luajit_jumprange: int | None
+    # The same since commit 68354f44 (2025-11-06), which raised MIPS to 28.
+    luajit_jumprange_2025: int | None
     # capstone's (CS_ARCH_*, CS_MODE_* ...) constant names; () where capstone 5 has none.
     capstone: tuple[str, ...]
 
@@ -111,8 +130,8 @@ class Arch:
 # (arch/riscv/Kconfig min); ppc64 14 with 64 KiB pages (arch/powerpc/Kconfig min) = 1 GiB;
 # the others take 18 (unconfirmed). brk: arch_randomize_brk() randomize_page(mm->brk,
 # SZ_1G) on 64-bit (arch/arm64/kernel/process.c, mm/util.c generic, arch/x86/kernel/
-# process.c since v6.9; x86 used SZ_32M before); SZ_32M for 32-bit tasks; ppc64
-# brk_rnd() 1 GiB (arch/powerpc/kernel/process.c).
+# process.c since v6.9, commit 44c76825d6ee; x86 used SZ_32M before: brk_rnd_before);
+# SZ_32M for 32-bit tasks; ppc64 brk_rnd() 1 GiB (arch/powerpc/kernel/process.c).
 #
 # Link facts: GNU ld's TEXT_START_ADDR (binutils ld/emulparams/*), checked with the
 # fixtures (s390x is 0x1000000 for bfd, not gold's 0x80000000); lld's defaultImageBase
@@ -126,8 +145,10 @@ _ALL = frozenset({"bfd", "gold", "lld", "mold"})
 
 
 def _kernel(va: int, choices: tuple[int, ...], top: int, dyn: int | None, min_addr: int,
-            rnd_bits: int, brk: int, page: int = PAGE) -> KernelFacts:
-    return KernelFacts(va, choices, top, dyn, min_addr, (1 << rnd_bits) * page, brk)
+            rnd_bits: int, brk: int, page: int = PAGE,
+            brk_before: tuple[tuple[int, int], int] | None = None) -> KernelFacts:
+    return KernelFacts(va, choices, top, dyn, min_addr, (1 << rnd_bits) * page, brk,
+                       brk_before)
 
 
 def _link(gnu: int, lld: int | None, linkers: frozenset[str], low_2g: bool = False,
@@ -136,45 +157,45 @@ def _link(gnu: int, lld: int | None, linkers: frozenset[str], low_2g: bool = Fal
 
 
 ARCHES: tuple[Arch, ...] = (
-    Arch("x86_64", ("amd64", "x64", "x86-64"), 62, 64, True, 1, 4 * KiB,
-         _kernel(47, (47, 57), -PAGE, None, 65536, 28, _GIB),
-         _link(0x400000, 0x200000, _ALL, low_2g=True), 31, ("CS_ARCH_X86", "CS_MODE_64")),
-    Arch("i386", ("x86", "i686", "ia32"), 3, 32, True, 1, 4 * KiB,
+    Arch("x86_64", ("amd64", "x64", "x86-64"), 62, 64, True, Isa.X86, 1, 4 * KiB,
+         _kernel(47, (47, 57), -PAGE, None, 65536, 28, _GIB, brk_before=((6, 9), 32 * MiB)),
+         _link(0x400000, 0x200000, _ALL, low_2g=True), 31, 31, ("CS_ARCH_X86", "CS_MODE_64")),
+    Arch("i386", ("x86", "i686", "ia32"), 3, 32, True, Isa.X86, 1, 4 * KiB,
          _kernel(32, (32,), -_GIB, 0x400000, 65536, 8, 32 * MiB),
-         _link(0x08048000, 0x400000, _ALL), None, ("CS_ARCH_X86", "CS_MODE_32")),
-    Arch("aarch64", ("arm64",), 183, 64, True, 4, 64 * KiB,
+         _link(0x08048000, 0x400000, _ALL), None, None, ("CS_ARCH_X86", "CS_MODE_32")),
+    Arch("aarch64", ("arm64",), 183, 64, True, Isa.ARM64, 4, 64 * KiB,
          _kernel(48, (39, 42, 47, 48, 52), 0, None, 4096, 18, _GIB),
-         _link(0x400000, 0x200000, _ALL), 27, ("CS_ARCH_ARM64", "CS_MODE_ARM")),
-    Arch("arm", ("arm32", "armhf", "armel"), 40, 32, True, 2, 64 * KiB,
+         _link(0x400000, 0x200000, _ALL), 27, 27, ("CS_ARCH_ARM64", "CS_MODE_ARM")),
+    Arch("arm", ("arm32", "armhf", "armel"), 40, 32, True, Isa.ARM, 2, 64 * KiB,
          _kernel(32, (32,), -(_GIB + 16 * MiB), None, 4096, 8, 32 * MiB),
-         _link(0x10000, 0x10000, _ALL), 25, ("CS_ARCH_ARM", "CS_MODE_ARM")),
-    Arch("ppc64le", ("ppc64el", "powerpc64le"), 21, 64, True, 4, 64 * KiB,
+         _link(0x10000, 0x10000, _ALL), 25, 25, ("CS_ARCH_ARM", "CS_MODE_ARM")),
+    Arch("ppc64le", ("ppc64el", "powerpc64le"), 21, 64, True, Isa.PPC, 4, 64 * KiB,
          _kernel(47, (47, 52), 0, 0x100000000, 65536, 14, _GIB, page=64 * KiB),
-         _link(0x10000000, 0x10000000, _ALL), None,
+         _link(0x10000000, 0x10000000, _ALL), None, None,
          ("CS_ARCH_PPC", "CS_MODE_64", "CS_MODE_LITTLE_ENDIAN")),
-    Arch("ppc64", ("powerpc64",), 21, 64, False, 4, 64 * KiB,
+    Arch("ppc64", ("powerpc64",), 21, 64, False, Isa.PPC, 4, 64 * KiB,
          _kernel(47, (47, 52), 0, 0x100000000, 65536, 14, _GIB, page=64 * KiB),
-         _link(0x10000000, 0x10000000, _ALL), None,
+         _link(0x10000000, 0x10000000, _ALL), None, None,
          ("CS_ARCH_PPC", "CS_MODE_64", "CS_MODE_BIG_ENDIAN")),
-    Arch("riscv64", ("riscv",), 243, 64, True, 2, 4 * KiB,
+    Arch("riscv64", ("riscv",), 243, 64, True, Isa.RISCV, 2, 4 * KiB,
          _kernel(47, (38, 47, 56), 0, None, 4096, 18, _GIB),
-         _link(0x10000, 0x10000, frozenset({"bfd", "lld", "mold"}), low_2g=True), None,
+         _link(0x10000, 0x10000, frozenset({"bfd", "lld", "mold"}), low_2g=True), None, None,
          ("CS_ARCH_RISCV", "CS_MODE_RISCV64", "CS_MODE_RISCVC")),
-    Arch("mips64el", ("mips64le",), 8, 64, True, 4, 64 * KiB,
+    Arch("mips64el", ("mips64le",), 8, 64, True, Isa.MIPS, 4, 64 * KiB,
          _kernel(40, (40, 48), 0, None, 4096, 18, _GIB),
-         _link(0x120000000, 0x10000, frozenset({"bfd", "lld"})), 27,
+         _link(0x120000000, 0x10000, frozenset({"bfd", "lld"})), 27, 28,
          ("CS_ARCH_MIPS", "CS_MODE_MIPS64", "CS_MODE_LITTLE_ENDIAN")),
-    Arch("mips64", (), 8, 64, False, 4, 64 * KiB,
+    Arch("mips64", (), 8, 64, False, Isa.MIPS, 4, 64 * KiB,
          _kernel(40, (40, 48), 0, None, 4096, 18, _GIB),
-         _link(0x120000000, 0x10000, frozenset({"bfd", "lld"})), 27,
+         _link(0x120000000, 0x10000, frozenset({"bfd", "lld"})), 27, 28,
          ("CS_ARCH_MIPS", "CS_MODE_MIPS64", "CS_MODE_BIG_ENDIAN")),
-    Arch("s390x", ("s390",), 22, 64, False, 2, 4 * KiB,
+    Arch("s390x", ("s390",), 22, 64, False, Isa.S390, 2, 4 * KiB,
          _kernel(42, (42, 53), 0, 0x100000000, 4096, 18, _GIB),
-         _link(0x1000000, None, frozenset({"bfd", "gold", "mold"})), 32,
+         _link(0x1000000, None, frozenset({"bfd", "gold", "mold"})), 32, 32,
          ("CS_ARCH_SYSZ", "CS_MODE_BIG_ENDIAN")),
-    Arch("loongarch64", ("loong64", "loongarch"), 258, 64, True, 4, 64 * KiB,
+    Arch("loongarch64", ("loong64", "loongarch"), 258, 64, True, Isa.LOONGARCH, 4, 64 * KiB,
          _kernel(47, (39, 47), 0, None, 4096, 18, _GIB),
-         _link(0x120000000, None, frozenset({"bfd", "lld", "mold"})), None, ()),
+         _link(0x120000000, None, frozenset({"bfd", "lld", "mold"})), None, None, ()),
 )
 
 _BY_NAME = {name: arch for arch in ARCHES for name in (arch.name, *arch.aliases)}

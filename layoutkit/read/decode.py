@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import capstone
 
-from layoutkit.core.arches import Arch
+from layoutkit.core.arches import Arch, Isa
 from layoutkit.errors import UnsupportedArchError
 
 
@@ -78,7 +78,7 @@ def _signed(value: int, bits: int) -> int:
 
 def _target(arch: Arch, insn: capstone.CsInsn) -> int | None:
     is_branch = any(insn.group(group) for group in _BRANCH_GROUPS)
-    if arch.name in ("x86_64", "i386"):
+    if arch.isa is Isa.X86:
         for op in insn.operands:
             if op.type == capstone.x86.X86_OP_MEM and op.mem.base == capstone.x86.X86_REG_RIP:
                 return int(insn.address + insn.size + op.mem.disp)
@@ -88,7 +88,7 @@ def _target(arch: Arch, insn: capstone.CsInsn) -> int | None:
     if not imms:
         return None
     imm = int(imms[-1])
-    if arch.name == "riscv64":
+    if arch.isa is Isa.RISCV:
         # capstone 5 reports RISC-V's raw immediates: an offset for JAL and branches,
         # the upper 20 bits for AUIPC; JALR is register-relative (no target).
         if insn.mnemonic == "auipc":

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from layoutkit.boundary import reading
-from layoutkit.core.arches import Arch
+from layoutkit.core.arches import Arch, Isa
 from layoutkit.core.model import Section
 from layoutkit.core.text import shown
 from layoutkit.elf import ElfReader
@@ -140,12 +140,12 @@ def scan(reader: ElfReader) -> list[PairRefs]:
                 raise ElfError(f"{shown(section.name, 60)} [{section.offset:#x}, "
                                f"{section.offset + section.size:#x}) lies outside the file "
                                f"({image.file_size} bytes)", path=image.path)
-            if image.arch.name == "aarch64":
+            if image.arch.isa is Isa.ARM64:
                 if section.addr + section.size > bulk.A64_USER_TOP:
                     raise ElfError(f"{shown(section.name, 60)} at {section.addr:#x} lies above "
                                    "any AArch64 user address space (2^52)", path=image.path)
                 _scan_a64(stream, section, index, collector, image.arch)
-            elif image.arch.name in ("x86_64", "i386"):
+            elif image.arch.isa is Isa.X86:
                 _scan_x86(stream, section, index, collector, image.arch)
             else:
                 _scan_capstone(stream, section, index, collector, image.arch)
@@ -184,7 +184,7 @@ def _scan_a64(stream: BinaryIO, section: Section, index: _Index, out: _Collector
 
 def _limits(arch: Arch, mnemonic: str, size: int, rip: bool) -> tuple[int, int, str] | None:
     """Displacement limits of one decoded reference, relative to its own address."""
-    if arch.name in ("x86_64", "i386"):
+    if arch.isa is Isa.X86:
         if rip or size >= 5:
             return size - 2**31, size + 2**31 - 1, "rel32/disp32"
         return size - 128, size + 127, "rel8"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from layoutkit.core.arches import Isa
 from layoutkit.core.model import ElfImage, Perm, Symbol
 from layoutkit.core.spans import Span
 from layoutkit.core.units import parse_address
@@ -93,7 +94,7 @@ def _address_or_none(text: str) -> int | None:
 def _symbol_address(reader: ElfReader, symbol: Symbol) -> int:
     image = reader.image()
     address = symbol.value
-    if image.arch.name == "arm" and symbol.type == "FUNC":
+    if image.arch.isa is Isa.ARM and symbol.type == "FUNC":
         address &= ~1  # Thumb functions have bit 0 set (ELF for the Arm Architecture §5.5.3)
     opd = image.section(".opd")
     if opd is not None and symbol.type == "FUNC" and address in opd.span:

@@ -39,9 +39,6 @@ from layoutkit.core.model import ElfImage, LoadKind
 from layoutkit.core.spans import align_down, align_up
 from layoutkit.window.kernel import PAGE, KernelConfig, aslr
 
-BRK_X86_OLD = 32 << 20  # arch/x86/kernel/process.c before v6.9: 0x02000000
-X86_BRK_1G = (6, 9)  # commit 44c76825d6ee
-
 
 def release_version(release: str | None) -> tuple[int, int] | None:
     """(major, minor) of a release string such as ``6.1.0-27-arm64``; None if not one."""
@@ -53,8 +50,9 @@ def brk_range(kernel: KernelConfig) -> int:
     """Bytes over which ``arch_randomize_brk()`` spreads the heap start under ``kernel``
     (its release when known, else a current kernel's rule)."""
     version = release_version(kernel.release)
-    if kernel.arch.name == "x86_64" and version is not None and version < X86_BRK_1G:
-        return BRK_X86_OLD
+    before = kernel.arch.kernel.brk_rnd_before
+    if before is not None and version is not None and version < before[0]:
+        return before[1]
     return aslr(kernel.arch).brk_rnd
 
 

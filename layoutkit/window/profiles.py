@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import BinaryIO
 
-from layoutkit.core.arches import Arch
+from layoutkit.core.arches import Arch, Isa
 from layoutkit.core.spans import Span, align_down
 from layoutkit.errors import UsageError
 from layoutkit.ranges import BranchForm, default_form, form_by_name
@@ -80,7 +80,7 @@ class _LuaJitClassic(Profile):
     def window(self, arch: Arch, anchor: int, limit: Span, *,
                form_name: str | None = None, slot: int = SLOT) -> JitWindow:
         jr = _jumprange(arch)
-        if arch.name.startswith("mips"):
+        if arch.isa is Isa.MIPS:
             target = align_down(anchor, 1 << 28) + 0x08000000  # middle of the 256 MiB region
         else:
             target = anchor & ~0xFFFF
@@ -108,12 +108,14 @@ class _LuaJit2025(Profile):
     def window(self, arch: Arch, anchor: int, limit: Span, *,
                form_name: str | None = None, slot: int = SLOT) -> JitWindow:
         # 68354f44 widened MIPS to its whole 256 MiB region: JR 28 (src/lj_arch.h).
-        jr = 28 if arch.name.startswith("mips") else _jumprange(arch)
+        jr = arch.luajit_jumprange_2025
+        if jr is None:
+            raise UsageError(f"LuaJIT has no JIT for {arch}: use --jit generic")
         # mcode_setrange (68354f44), in uintptr_t arithmetic: mcmin rounded up to 64 KiB
         # and mcmax = mcmin + MCODE_RANGE64 computed before mcmin is clamped to 0x10000.
         mask = (1 << 64) - 1
         range64 = (1 << jr) - SLOT
-        if arch.name.startswith("mips"):
+        if arch.isa is Isa.MIPS:
             mcmin = anchor & ~((1 << jr) - 1)
             mcmax = mcmin + (1 << jr)
         else:

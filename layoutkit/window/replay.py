@@ -43,7 +43,8 @@ from layoutkit.window.replay_model import (
 __all__ = ["Generation", "HeapTiming", "PrngModel", "ReplayParams", "ReplayResult", "Spread",
            "replay", "safe_states", "simulate"]
 
-# facts.md §7: about 1.2 us per mmap on the x86-64 host, uncontended. Under many threads
+# About 1.2 us per mmap on an uncontended x86-64 host (bench/bench_probe.py scans; the
+# workload measured 2-9 us natively, tests/native/test_workload.py). Under many threads
 # the calls serialise on the mm lock, so the sum over all states is the warm-up cost.
 DEFAULT_SYSCALL_SECONDS = 1.2e-6
 DEFAULT_RETRIES = 4  # not yet calibrated against the real workload (issue 11, point 5)
@@ -139,11 +140,10 @@ def _generation(jit: JitWindow) -> Generation:
 
 def _jumprange(gen: Generation, kernel: KernelConfig) -> int:
     """LJ_TARGET_JUMPRANGE (src/lj_arch.h); 68354f44 raised MIPS to 28."""
-    jr = kernel.arch.luajit_jumprange
+    arch = kernel.arch
+    jr = arch.luajit_jumprange_2025 if gen is Generation.LJ2025 else arch.luajit_jumprange
     if jr is None:
         raise UsageError(f"LuaJIT has no JIT for {kernel.arch}: nothing to replay")
-    if gen is Generation.LJ2025 and kernel.arch.name.startswith("mips"):
-        return 28
     return jr
 
 

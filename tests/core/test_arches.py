@@ -45,3 +45,16 @@ def test_luajit_jumprange_is_lj_arch_h() -> None:
     got = {a.name: a.luajit_jumprange for a in ARCHES if a.luajit_jumprange is not None}
     assert got == {"x86_64": 31, "aarch64": 27, "arm": 25, "mips64el": 27, "mips64": 27,
                    "s390x": 32}
+    # 68354f44 (2025-11-06) raised MIPS to 28 and nothing else.
+    got_2025 = {a.name: a.luajit_jumprange_2025 for a in ARCHES
+                if a.luajit_jumprange_2025 is not None}
+    assert got_2025 == {**got, "mips64el": 28, "mips64": 28}
+
+
+def test_x86_64_brk_range_changed_in_6_9() -> None:
+    # arch/x86/kernel/process.c arch_randomize_brk: SZ_32M until v6.8, SZ_1G from v6.9
+    # (commit 44c76825d6ee); the other arches have always used their one range.
+    x86 = next(a for a in ARCHES if a.name == "x86_64")
+    assert x86.kernel.brk_rnd_before == ((6, 9), 32 << 20)
+    assert x86.kernel.brk_rnd == 1 << 30
+    assert all(a.kernel.brk_rnd_before is None for a in ARCHES if a is not x86)
