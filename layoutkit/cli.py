@@ -122,8 +122,9 @@ def _show(fmt: str, text: Callable[[], Iterable[str]], doc: Callable[[], dict[st
 
 
 def _handled(func: F) -> F:
-    """Turn :class:`LayoutkitError` into one line on stderr and its exit code; anything
-    else is a bug in layoutkit (the internal boundary): one line, exit 5."""
+    """Turn :class:`LayoutkitError` into one line on stderr and its exit code (with
+    ``--format json`` also an error document on stdout, unless it is a usage error);
+    anything else is a bug in layoutkit (the internal boundary): one line, exit 5."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -134,6 +135,11 @@ def _handled(func: F) -> F:
         except LayoutkitError as err:
             if ctx.find_root().params.get("debug"):
                 raise
+            if kwargs.get("fmt") == "json" and err.exit_code != EXIT_USAGE:
+                # JSON on every exit but a usage error: the failure is a document too.
+                from layoutkit.output.document import dumps, error_json
+
+                click.echo(dumps(error_json(ctx.info_name or "layoutkit", err)))
             click.echo(f"layoutkit: {err}", err=True)
             ctx.exit(err.exit_code)
 

@@ -7,21 +7,24 @@ JSON numbers lose in JavaScript and older jq; sizes and counts stay integers.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from layoutkit.advice import linkers
-from layoutkit.advice.candidates import Advice, Recommendation
-from layoutkit.advice.move import RelocationCheck
-from layoutkit.commands.inspect import Inspection, ReachWindow
-from layoutkit.commands.maps import MapsAnalysis
-from layoutkit.core.model import ElfImage, Segment
-from layoutkit.core.spans import Span
 from layoutkit.core.text import json_safe
-from layoutkit.ranges import BranchForm
-from layoutkit.read.refs import Bound
-from layoutkit.window.accounting import Accounting
-from layoutkit.window.kernel import KernelConfig
-from layoutkit.window.profiles import Generation
+from layoutkit.errors import LayoutkitError
+
+if TYPE_CHECKING:  # annotations only: writing a document loads no analysis module
+    from layoutkit.advice.candidates import Advice, Recommendation
+    from layoutkit.advice.move import RelocationCheck
+    from layoutkit.commands.inspect import Inspection, ReachWindow
+    from layoutkit.commands.maps import MapsAnalysis
+    from layoutkit.core.model import ElfImage, Segment
+    from layoutkit.core.spans import Span
+    from layoutkit.ranges import BranchForm
+    from layoutkit.read.refs import Bound
+    from layoutkit.window.accounting import Accounting
+    from layoutkit.window.kernel import KernelConfig
+    from layoutkit.window.profiles import Generation
 
 SCHEMA_VERSION = 1
 
@@ -32,6 +35,13 @@ def hexa(value: int | None) -> str | None:
 
 def document(command: str, body: dict[str, Any]) -> dict[str, Any]:
     return {"schema": f"layoutkit/{command}/{SCHEMA_VERSION}", "command": command, **body}
+
+
+def error_json(command: str, err: LayoutkitError) -> dict[str, Any]:
+    """The document a command writes with ``--format json`` when it fails (any exit but
+    a usage error): the failure is a field, never an empty stdout."""
+    return {"schema": f"layoutkit/error/{SCHEMA_VERSION}", "command": command,
+            "exit_code": err.exit_code, "error": err.to_json()}
 
 
 def dumps(doc: dict[str, Any]) -> str:

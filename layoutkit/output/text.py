@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from layoutkit.advice import linkers
-from layoutkit.advice.candidates import Advice
-from layoutkit.advice.move import RelocationCheck
-from layoutkit.commands.inspect import Inspection
-from layoutkit.commands.maps import MapsAnalysis
 from layoutkit.core.kinds import Verdict
-from layoutkit.core.model import ElfImage
-from layoutkit.core.spans import Span
 from layoutkit.core.text import escaped, shown
 from layoutkit.core.units import format_size
 from layoutkit.output.document import flags_text
 from layoutkit.output.terminal import terminal_view
-from layoutkit.ranges import BranchForm
-from layoutkit.window.accounting import Accounting
-from layoutkit.window.profiles import Generation
+
+if TYPE_CHECKING:  # annotations only: rendering loads no analysis module
+    from layoutkit.advice.candidates import Advice
+    from layoutkit.advice.move import RelocationCheck
+    from layoutkit.commands.inspect import Inspection
+    from layoutkit.commands.maps import MapsAnalysis
+    from layoutkit.core.model import ElfImage
+    from layoutkit.core.spans import Span
+    from layoutkit.ranges import BranchForm
+    from layoutkit.window.accounting import Accounting
+    from layoutkit.window.profiles import Generation
 
 
 def table(

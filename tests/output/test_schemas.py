@@ -262,7 +262,7 @@ def test_every_schema_is_exercised() -> None:
     """Each committed schema is the schema of a document these tests validate."""
     exercised = {"layoutkit/inspect/1", "layoutkit/maps/1", "layoutkit/advise/1",
                  "layoutkit/advise-move/1", "layoutkit/ranges/1", "layoutkit/check/1",
-                 "layoutkit/probe/1", "layoutkit/verify/1"}
+                 "layoutkit/probe/1", "layoutkit/verify/1", "layoutkit/error/1"}
     assert {schema_id(p) for p in schema_files()} == exercised
 
 
@@ -349,3 +349,35 @@ def test_an_address_as_a_number_is_caught(name: str) -> None:
                 assert errors(mutant), f"{'/'.join(path)}/{key}: a number went unnoticed"
                 checked += 1
     assert checked > 3
+
+
+# --- JSON on every exit but a usage error ---------------------------------------------
+
+FAILURES = [
+    pytest.param(("inspect", str(ROOT / "README.md")), 3, "ElfError", id="inspect-not-elf"),
+    pytest.param(("maps", str(ROOT / "no-such-listing.maps")), 3, "MapsError",
+                 id="maps-missing"),
+    pytest.param(("advise", str(ELF_DIR / "aarch64" / "nopie"), "--states", "400"), 1,
+                 "NoFitError", id="advise-no-fit"),
+    pytest.param(("verify", str(ROOT / "README.md")), 3, "ElfError", id="verify-not-elf"),
+]
+
+
+@pytest.mark.parametrize(("args", "code", "error"), FAILURES)
+def test_a_failing_command_still_writes_a_json_document(args: tuple[str, ...], code: int,
+                                                        error: str) -> None:
+    """With --format json every exit but a usage error (2) writes one document on stdout:
+    the failure is a field, never silence (the one-line message stays on stderr)."""
+    result = CliRunner().invoke(cli, [args[0], "--format", "json", *args[1:]])
+    assert result.exit_code == code, result.output
+    doc = json.loads(result.stdout)
+    validator(doc["schema"]).validate(doc)
+    assert (doc["schema"], doc["command"], doc["exit_code"], doc["error"]["error"]) == (
+        "layoutkit/error/1", args[0], code, error)
+    assert result.stderr.startswith("layoutkit: ") and result.stderr.count("\n") == 1
+
+
+def test_a_usage_error_writes_no_document() -> None:
+    result = CliRunner().invoke(cli, ["inspect", "--format", "json", "--va-bits", "3",
+                                      str(ELF_DIR / "aarch64" / "nopie")])
+    assert (result.exit_code, result.stdout) == (2, "")
