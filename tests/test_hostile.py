@@ -370,7 +370,7 @@ def test_a_worker_that_dies_costs_only_its_file(tmp_path: Path,
     monkeypatch.setattr(check, "judge", _dies_on_boom)
     summary = check.check_paths([str(tmp_path)], check.Settings(), jobs=2)
     [boom] = [r for r in summary.results if r.path.endswith("/boom")]
-    assert (boom.status, boom.internal) == ("error", True)
+    assert (boom.status.value, boom.internal) == ("error", True)
     assert boom.reason.startswith("the worker process judging this file died")
     assert [r for r in summary.results if r is not boom] == \
            [r for r in clean.results if not r.path.endswith("/boom")]

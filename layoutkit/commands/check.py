@@ -5,8 +5,8 @@ loop cannot trap the walk; ELF files picked by magic) and Debian packages (unpac
 ``dpkg-deb -x`` into a temporary directory, removed afterwards). A binary is judged when
 it embeds or links a JIT target: LuaJIT's VM symbols, a LuaJIT version string, or
 DT_NEEDED on libluajit. The figures are the worst case over ASLR
-(:func:`layoutkit.commands.inspect.inspect_binary`). Everything else is "n/a"; a file that
-cannot be analysed is "error" and the run goes on.
+(:func:`layoutkit.commands.inspect.inspect_binary`). Everything else is n/a; a file that
+cannot be analysed is an error and the run goes on.
 
 Files are judged in a process pool when there are more than a few; the walk is streamed
 and at most a bounded number of batches is in flight, so a directory of a million files
@@ -39,7 +39,7 @@ from layoutkit.commands.collect import (
 from layoutkit.commands.inspect import inspect_binary
 from layoutkit.config import Config, config_size, scenario_from
 from layoutkit.core import arches
-from layoutkit.core.kinds import Verdict
+from layoutkit.core.kinds import Status, Verdict
 from layoutkit.core.scenario import Scenario
 from layoutkit.core.units import format_size
 from layoutkit.elf import ElfReader
@@ -52,7 +52,7 @@ from layoutkit.errors import (
     LayoutkitError,
     UnsupportedArchError,
 )
-from layoutkit.output.document import capacity_json, window_json
+from layoutkit.window.accounting import Accounting
 from layoutkit.window.anchor import DEFAULT_ANCHORS
 from layoutkit.window.profiles import detect_generation, has_luajit
 
@@ -77,36 +77,21 @@ class Settings:
     arches: tuple[str, ...] = ()  # judge only these (canonical names); () = all
     scenario: Scenario = field(default_factory=Scenario)  # the JIT (None: detected per binary)
 
-    def describe(self) -> dict[str, Any]:
-        s = self.scenario
-        return {
-            "min_window": self.min_window,
-            "min_free_slots": self.min_free_slots,
-            "states": s.demand.states,
-            "mcode": s.demand.mcode,
-            "jit": s.jit,
-            "heap": s.heap,
-            "va_bits": s.kernel.va_bits,
-            "mmap_min_addr": (None if s.kernel.mmap_min_addr is None
-                              else f"{s.kernel.mmap_min_addr:#x}"),
-            "arch": list(self.arches),
-        }
 
 
 @dataclass(frozen=True)
 class CheckResult:
-    """The verdict on one path. ``status`` is "pass", "fail", "n/a" or "error"."""
+    """The verdict on one path: a plain value (output/checkreport.py renders it)."""
 
     path: str  # as reported: the path, or PKG.deb:/member for a package member
-    status: str
+    status: Status
     reason: str
     arch: str | None = None
     profile: str | None = None
     evidence: str | None = None
     failures: tuple[str, ...] = ()  # which thresholds failed: "min_window", ...
-    window: dict[str, Any] | None = None  # report.window_json of the worst case
-    capacity: dict[str, Any] | None = None
-    internal: bool = False  # an "error" that is a bug in layoutkit, not bad input
+    worst: Accounting | None = None  # the worst case over ASLR the verdict rests on
+    internal: bool = False  # an error that is a bug in layoutkit, not bad input
 
     @property
     def artifact(self) -> str:
@@ -119,7 +104,7 @@ class CheckResult:
 class Summary:
     results: list[CheckResult] = field(default_factory=list)
 
-    def count(self, status: str) -> int:
+    def count(self, status: Status) -> int:
         return sum(1 for r in self.results if r.status == status)
 
     @property
@@ -128,9 +113,9 @@ class Summary:
         if any failed, else 0: the exit code says "error" only once all are reported."""
         if any(r.internal for r in self.results):
             return EXIT_INTERNAL
-        if self.count("error"):
+        if self.count(Status.ERROR):
             return EXIT_INPUT
-        if self.count("fail"):
+        if self.count(Status.FAIL):
             return EXIT_FINDINGS
         return EXIT_OK
 
@@ -234,7 +219,7 @@ def judge(item: Item, settings: Settings) -> CheckResult:
         with internal(f"judging {item.shown}"):
             return _judge(item, settings)
     except InternalError as err:
-        return CheckResult(item.shown, "error", err.message, internal=True)
+        return CheckResult(item.shown, Status.ERROR, err.message, internal=True)
 
 
 def _judge(item: Item, settings: Settings) -> CheckResult:
@@ -243,33 +228,33 @@ def _judge(item: Item, settings: Settings) -> CheckResult:
         try:
             why = prescan(item.real)
             if why is not None:
-                return CheckResult(shown, "n/a", why)
+                return CheckResult(shown, Status.NA, why)
         except OSError as e:
-            return CheckResult(shown, "error", f"cannot read: {os_reason(e)}")
+            return CheckResult(shown, Status.ERROR, f"cannot read: {os_reason(e)}")
         with ElfReader(item.real) as reader:
             image = reader.image()
             evidence = jit_evidence(reader)
         arch = image.arch.name
         if evidence is None:
-            return CheckResult(shown, "n/a", NO_JIT, arch=arch)
+            return CheckResult(shown, Status.NA, NO_JIT, arch=arch)
         if settings.arches and arch not in settings.arches:
-            return CheckResult(shown, "n/a", f"{arch} is not among the checked "
+            return CheckResult(shown, Status.NA, f"{arch} is not among the checked "
                                f"architectures ({', '.join(settings.arches)})", arch=arch,
                                evidence=evidence)
         if settings.scenario.jit is None and not has_luajit(image.arch):
             # No JIT there (riscv64, ppc64), or one that reaches every address (i386).
-            return CheckResult(shown, "n/a", f"no LuaJIT JIT window on {arch} (no JIT, or "
+            return CheckResult(shown, Status.NA, f"no LuaJIT JIT window on {arch} (no JIT, or "
                                "every address in reach); --jit generic judges branch reach",
                                arch=arch, evidence=evidence)
         result = inspect_binary(item.real, settings.scenario)
     except UnsupportedArchError as err:
-        return CheckResult(shown, "n/a", f"no JIT target layoutkit knows: {err.message}")
+        return CheckResult(shown, Status.NA, f"no JIT target layoutkit knows: {err.message}")
     except InternalError:
         raise
     except LayoutkitError as err:
-        return CheckResult(shown, "error", err.message)
+        return CheckResult(shown, Status.ERROR, err.message)
     except MemoryError:
-        return CheckResult(shown, "error", "out of memory (worker limit "
+        return CheckResult(shown, Status.ERROR, "out of memory (worker limit "
                            f"{format_size(WORKER_MEMORY)})")
     worst = result.prediction.worst
     failures: list[str] = []
@@ -295,9 +280,9 @@ def _judge(item: Item, settings: Settings) -> CheckResult:
                   f"{format_size(settings.min_window)}, free slots {worst.free_slots} of "
                   f"{worst.slots} >= {settings.min_free_slots}, {cap.states_fit} JIT states "
                   f"fit >= {cap.states_requested} (worst case over ASLR)")
-    return CheckResult(shown, "fail" if failures else "pass", reason, arch=arch,
+    return CheckResult(shown, Status.FAIL if failures else Status.PASS, reason, arch=arch,
                        profile=result.profile, evidence=evidence, failures=tuple(failures),
-                       window=window_json(worst), capacity=capacity_json(worst))
+                       worst=worst)
 
 
 def judge_batch(items: Sequence[Item], settings: Settings) -> list[CheckResult]:
@@ -376,7 +361,7 @@ class _Runner:
             try:
                 return pool.submit(judge, item, self.settings).result()
             except BrokenProcessPool:
-                return CheckResult(item.shown, "error", "the worker process judging this "
+                return CheckResult(item.shown, Status.ERROR, "the worker process judging this "
                                    f"file died (killed by a signal); {REPORT_HINT}",
                                    internal=True)
 
@@ -398,7 +383,7 @@ class _Runner:
 def _items(runner: _Runner, found: Iterable[Item | Unreadable]) -> Iterator[CheckResult]:
     for thing in found:
         if isinstance(thing, Unreadable):
-            yield CheckResult(thing.shown, "error", thing.reason)
+            yield CheckResult(thing.shown, Status.ERROR, thing.reason)
         else:
             yield from runner.add(thing)
 
@@ -425,7 +410,7 @@ def check_paths(paths: Sequence[str], settings: Settings, *, jobs: int | None = 
             try:
                 info = os.stat(path)  # follows a symlink given by name
             except OSError as e:
-                keep([CheckResult(path, "error", f"cannot read: {os_reason(e)}")])
+                keep([CheckResult(path, Status.ERROR, f"cannot read: {os_reason(e)}")])
                 continue
             if stat.S_ISDIR(info.st_mode):
                 keep(runner.flush())
@@ -438,7 +423,7 @@ def check_paths(paths: Sequence[str], settings: Settings, *, jobs: int | None = 
                 with tempfile.TemporaryDirectory(prefix="layoutkit-deb-") as tmp:
                     why = unpack_deb(path, tmp)
                     if why is not None:
-                        keep([CheckResult(path, "error", why)])
+                        keep([CheckResult(path, Status.ERROR, why)])
                         continue
                     before = len(summary.results)
                     keep(_items(runner, walk(tmp, path)))
@@ -446,11 +431,11 @@ def check_paths(paths: Sequence[str], settings: Settings, *, jobs: int | None = 
                     summary.results[before:] = sorted(summary.results[before:],
                                                       key=_path_key)
                     if len(summary.results) == before:
-                        keep([CheckResult(path, "n/a", "the package holds no ELF file")])
+                        keep([CheckResult(path, Status.NA, "the package holds no ELF file")])
             elif stat.S_ISREG(info.st_mode):
                 keep(runner.add(Item(path, path)))
             else:
-                keep([CheckResult(path, "error", "not a regular file or directory")])
+                keep([CheckResult(path, Status.ERROR, "not a regular file or directory")])
         keep(runner.flush())
     finally:
         runner.close()

@@ -15,10 +15,11 @@ from typing import Any
 from urllib.parse import quote
 
 from layoutkit.commands.check import CheckResult, Settings, Summary
+from layoutkit.core.kinds import Status
 from layoutkit.core.text import escaped, json_safe, shown
-from layoutkit.output.document import document
+from layoutkit.output.document import capacity_json, document, window_json
 
-STATUSES = ("pass", "fail", "error", "n/a")
+STATUSES = (Status.PASS, Status.FAIL, Status.ERROR, Status.NA)
 SARIF_SCHEMA = ("https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/"
                 "sarif-schema-2.1.0.json")
 RULE_ID = "LK001"
@@ -33,7 +34,7 @@ def _version() -> str:
 
 
 def counts(summary: Summary) -> dict[str, int]:
-    return {"total": len(summary.results), **{s: summary.count(s) for s in STATUSES}}
+    return {"total": len(summary.results), **{s.value: summary.count(s) for s in STATUSES}}
 
 
 def verdict(summary: Summary) -> str:
@@ -57,7 +58,7 @@ def text_lines(summary: Summary) -> Iterator[str]:
     width = min(width, 72)
     yield f"{'Status':6}  {'Path':{width}}  Reason"
     for r in summary.results:
-        yield f"{r.status.upper():6}  {shown(r.path):{width}}  {escaped(r.reason)}"
+        yield f"{r.status.value.upper():6}  {shown(r.path):{width}}  {escaped(r.reason)}"
     c = counts(summary)
     yield ""
     yield (f"{c['total']} paths: {c['pass']} pass, {c['fail']} fail, {c['error']} error, "
@@ -71,20 +72,37 @@ def text_lines(summary: Summary) -> Iterator[str]:
 def result_json(r: CheckResult) -> dict[str, Any]:
     return {
         "path": r.path,
-        "status": r.status,
+        "status": r.status.value,
         "reason": r.reason,
         "arch": r.arch,
         "profile": r.profile,
         "evidence": r.evidence,
         "failures": list(r.failures),
-        "window": r.window,
-        "capacity": r.capacity,
+        "window": window_json(r.worst) if r.worst else None,
+        "capacity": capacity_json(r.worst) if r.worst else None,
+    }
+
+
+def thresholds_json(settings: Settings) -> dict[str, Any]:
+    """What the binaries were judged against: the thresholds and the scenario."""
+    s = settings.scenario
+    return {
+        "min_window": settings.min_window,
+        "min_free_slots": settings.min_free_slots,
+        "states": s.demand.states,
+        "mcode": s.demand.mcode,
+        "jit": s.jit,
+        "heap": s.heap,
+        "va_bits": s.kernel.va_bits,
+        "mmap_min_addr": (None if s.kernel.mmap_min_addr is None
+                          else f"{s.kernel.mmap_min_addr:#x}"),
+        "arch": list(settings.arches),
     }
 
 
 def check_json(summary: Summary, settings: Settings) -> dict[str, Any]:
     return document("check", {
-        "thresholds": settings.describe(),
+        "thresholds": thresholds_json(settings),
         "summary": {**counts(summary), "exit_code": summary.exit_code},
         "results": [result_json(r) for r in summary.results],
     })
@@ -104,13 +122,13 @@ def junit_xml(summary: Summary) -> str:
     for r in summary.results:
         case = ET.SubElement(suite, "testcase", classname="layoutkit.check", name=r.path,
                              time="0")
-        if r.status == "fail":
+        if r.status is Status.FAIL:
             node = ET.SubElement(case, "failure", message=r.reason,
                                  type=",".join(r.failures))
             node.text = _figures(r)
-        elif r.status == "error":
+        elif r.status is Status.ERROR:
             ET.SubElement(case, "error", message=r.reason, type="not-analysed")
-        elif r.status == "n/a":
+        elif r.status is Status.NA:
             ET.SubElement(case, "skipped", message=r.reason)
         else:
             ET.SubElement(case, "system-out").text = r.reason
@@ -119,11 +137,12 @@ def junit_xml(summary: Summary) -> str:
 
 
 def _figures(r: CheckResult) -> str:
-    w, cap = r.window or {}, r.capacity or {}
-    return (f"{r.reason}\nprofile {r.profile}, window {w.get('start')}..{w.get('end')}, "
-            f"free {w.get('free_bytes')} B, free slots {w.get('free_slots')} of "
-            f"{w.get('slots')}, JIT states fit {cap.get('states_fit')} of "
-            f"{cap.get('states_requested')}")
+    if r.worst is None:
+        return r.reason
+    w, cap = r.worst, r.worst.capacity
+    return (f"{r.reason}\nprofile {r.profile}, window {w.jit.window.start:#x}.."
+            f"{w.jit.window.end:#x}, free {w.free_bytes} B, free slots {w.free_slots} of "
+            f"{w.slots}, JIT states fit {cap.states_fit} of {cap.states_requested}")
 
 
 # -- SARIF 2.1.0 -----------------------------------------------------------------------
@@ -139,7 +158,7 @@ def _uri(path: str) -> str:
 def sarif(summary: Summary, settings: Settings) -> dict[str, Any]:
     results = []
     for r in summary.results:
-        if r.status != "fail":
+        if r.status is not Status.FAIL:
             continue
         location: dict[str, Any] = {"physicalLocation": {
             "artifactLocation": {"uri": _uri(r.artifact)}}}
@@ -151,14 +170,16 @@ def sarif(summary: Summary, settings: Settings) -> dict[str, Any]:
             "level": "error",
             "message": {"text": f"{r.path}: {_figures(r)}"},
             "locations": [location],
-            "properties": {"failures": list(r.failures), "window": r.window,
-                           "capacity": r.capacity, "profile": r.profile},
+            "properties": {"failures": list(r.failures),
+                           "window": window_json(r.worst) if r.worst else None,
+                           "capacity": capacity_json(r.worst) if r.worst else None,
+                           "profile": r.profile},
         })
     notes = [{
         "level": "error",
         "message": {"text": f"{r.path}: {r.reason}"},
         "locations": [{"physicalLocation": {"artifactLocation": {"uri": _uri(r.artifact)}}}],
-    } for r in summary.results if r.status == "error"]
+    } for r in summary.results if r.status is Status.ERROR]
     return {
         "$schema": SARIF_SCHEMA,
         "version": "2.1.0",
@@ -179,9 +200,9 @@ def sarif(summary: Summary, settings: Settings) -> dict[str, Any]:
                 }],
             }},
             "invocations": [{
-                "executionSuccessful": summary.count("error") == 0,
+                "executionSuccessful": summary.count(Status.ERROR) == 0,
                 "toolExecutionNotifications": notes,
-                "properties": {"thresholds": settings.describe()},
+                "properties": {"thresholds": thresholds_json(settings)},
             }],
             "results": results,
         }],
@@ -202,8 +223,8 @@ def _escape_property(text: str) -> str:
 def github_annotations(summary: Summary) -> Iterator[str]:
     """``::error file=...::`` workflow commands, one per failing or unanalysable path."""
     for r in summary.results:
-        if r.status in ("fail", "error"):
-            title = "JIT window too small" if r.status == "fail" else "not analysed"
+        if r.status in (Status.FAIL, Status.ERROR):
+            title = "JIT window too small" if r.status is Status.FAIL else "not analysed"
             yield (f"::error file={_escape_property(r.artifact)},"
                    f"title={_escape_property('layoutkit check: ' + title)}::"
                    f"{_escape_data(r.path + ': ' + r.reason)}")

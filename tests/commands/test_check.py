@@ -400,7 +400,7 @@ def test_dask_recipe_on_a_local_cluster(tree: Path) -> None:
         from_sequence: Any = db.from_sequence  # untyped in some dask releases
         bag = from_sequence(paths, partition_size=1)
         summary = Summary(list(bag.map_partitions(check_partition, settings).compute()))
-    assert [(r.path, r.status) for r in summary.results] == [
+    assert [(r.path, r.status.value) for r in summary.results] == [
         (paths[0], "fail"), (paths[1], "pass"), (paths[2], "n/a")]
     assert summary.exit_code == 1
     assert summary.results == check_paths(paths, settings, jobs=1).results
