@@ -12,7 +12,7 @@ import os
 import struct
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from elftools.common.exceptions import ELFError as _PyElfError
 from elftools.common.utils import struct_parse
@@ -380,6 +380,11 @@ class ElfReader:
             if sym.defined:
                 return sym
         return None
+
+    def raw_stream(self) -> BinaryIO:
+        """The open file, for whole-file byte scans (a version string): the caller seeks
+        before it reads. One open file per command, however many readers need it."""
+        return self._stream
 
     def read_vaddr(self, vaddr: int, size: int) -> bytes:
         """``size`` file-backed bytes of the image at link-time address ``vaddr``."""

@@ -112,7 +112,7 @@ def candidates(reader: ElfReader | None, scenario: Scenario, *, arch_name: str |
         binary = reader.path
         image = reader.image()
         found = find_anchor(reader, anchor)
-        generation = luajit_generation(image, found)
+        generation = luajit_generation(reader, found)
         if arch_name is not None and image.arch.name != arch_name:
             from layoutkit.core.arches import by_name
             if by_name(arch_name) is not image.arch:

@@ -36,7 +36,7 @@ from layoutkit.commands.collect import (
     unpack_deb,
     walk,
 )
-from layoutkit.commands.inspect import inspect_binary
+from layoutkit.commands.inspect import inspect_reader
 from layoutkit.config import Config, config_size, scenario_from
 from layoutkit.core import arches
 from layoutkit.core.kinds import Status, Verdict
@@ -206,9 +206,8 @@ def jit_evidence(reader: ElfReader) -> str | None:
     for needed in image.needed:
         if "luajit" in needed:
             return f"DT_NEEDED {needed}"
-    with open(reader.path, "rb") as stream:
-        generation = detect_generation(stream, image.file_size, luajit_symbols=False,
-                                       needs_libluajit=False)
+    generation = detect_generation(reader.raw_stream(), image.file_size,
+                                   luajit_symbols=False, needs_libluajit=False)
     return generation.evidence if generation else None
 
 
@@ -231,22 +230,22 @@ def _judge(item: Item, settings: Settings) -> CheckResult:
                 return CheckResult(shown, Status.NA, why)
         except OSError as e:
             return CheckResult(shown, Status.ERROR, f"cannot read: {os_reason(e)}")
-        with ElfReader(item.real) as reader:
+        with ElfReader(item.real) as reader:  # the one open of this file
             image = reader.image()
             evidence = jit_evidence(reader)
-        arch = image.arch.name
-        if evidence is None:
-            return CheckResult(shown, Status.NA, NO_JIT, arch=arch)
-        if settings.arches and arch not in settings.arches:
-            return CheckResult(shown, Status.NA, f"{arch} is not among the checked "
-                               f"architectures ({', '.join(settings.arches)})", arch=arch,
-                               evidence=evidence)
-        if settings.scenario.jit is None and not has_luajit(image.arch):
-            # No JIT there (riscv64, ppc64), or one that reaches every address (i386).
-            return CheckResult(shown, Status.NA, f"no LuaJIT JIT window on {arch} (no JIT, or "
-                               "every address in reach); --jit generic judges branch reach",
-                               arch=arch, evidence=evidence)
-        result = inspect_binary(item.real, settings.scenario)
+            arch = image.arch.name
+            if evidence is None:
+                return CheckResult(shown, Status.NA, NO_JIT, arch=arch)
+            if settings.arches and arch not in settings.arches:
+                return CheckResult(shown, Status.NA, f"{arch} is not among the checked "
+                                   f"architectures ({', '.join(settings.arches)})", arch=arch,
+                                   evidence=evidence)
+            if settings.scenario.jit is None and not has_luajit(image.arch):
+                # No JIT there (riscv64, ppc64), or one that reaches every address (i386).
+                return CheckResult(shown, Status.NA, f"no LuaJIT JIT window on {arch} (no "
+                                   "JIT, or every address in reach); --jit generic judges "
+                                   "branch reach", arch=arch, evidence=evidence)
+            result = inspect_reader(reader, settings.scenario)
     except UnsupportedArchError as err:
         return CheckResult(shown, Status.NA, f"no JIT target layoutkit knows: {err.message}")
     except InternalError:

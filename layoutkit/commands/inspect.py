@@ -82,13 +82,17 @@ def inspect_binary(
     anchor: str | None = None,
 ) -> Inspection:
     """Read ``path``; work out its anchor, reach windows and JIT window accounting."""
-    jit = scenario.jit
     with ElfReader(path) as reader:
-        image = reader.image()
-        found = find_anchor(reader, anchor)
-        generation = None
-        if jit is None:
-            generation = luajit_generation(image, found)
+        return inspect_reader(reader, scenario, anchor=anchor)
+
+
+def inspect_reader(reader: ElfReader, scenario: Scenario = DEFAULT_SCENARIO, *,
+                   anchor: str | None = None) -> Inspection:
+    """:func:`inspect_binary` on a file already open (``check`` opens each file once)."""
+    jit = scenario.jit
+    image = reader.image()
+    found = find_anchor(reader, anchor)
+    generation = luajit_generation(reader, found) if jit is None else None
     kernel = KernelConfig.under(image.arch, scenario.kernel)
     bias, how = kernel.nominal_bias(image)
     runtime = found.span.shifted(bias)

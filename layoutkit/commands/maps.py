@@ -264,7 +264,7 @@ def analyse_maps(
         placed = PlacedAnchor.at_runtime(found.name, found.span, found.how, found.detail,
                                          bias)
         if jit is None and holder_reader is not None:
-            generation = luajit_generation(holder_reader.image(), placed.anchor)
+            generation = luajit_generation(holder_reader, placed.anchor)
     finally:
         for _, reader, _ in readable:
             reader.close()

@@ -211,7 +211,7 @@ def verify(path: str, scenario: Scenario = DEFAULT_SCENARIO, *, arch_name: str |
     with ElfReader(path) as reader:
         image = reader.image()
         found = find_anchor(reader, anchor_spec)
-        generation = luajit_generation(image, found) if jit is None else None
+        generation = luajit_generation(reader, found) if jit is None else None
     if arch_name is not None:
         from layoutkit.core.arches import by_name
         if by_name(arch_name) is not image.arch:

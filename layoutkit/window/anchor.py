@@ -138,15 +138,16 @@ def find_anchor(reader: ElfReader, spec: str | None = None) -> Anchor:
                   f"{why}; the window must reach the whole code span")
 
 
-def luajit_generation(image: ElfImage, anchor: Anchor) -> Generation | None:
-    """The LuaJIT allocator generation of ``image``: its version string (streamed), else
-    the evidence of its VM symbols or of DT_NEEDED on libluajit; None for no LuaJIT."""
-    with open(image.path, "rb") as stream:
-        return detect_generation(
-            stream, image.file_size,
-            luajit_symbols=anchor.how_found in (HowFound.SYMBOL, HowFound.JIT_CODE)
-            and anchor.name.startswith("lj_"),
-            needs_libluajit=any("luajit" in name for name in image.needed))
+def luajit_generation(reader: ElfReader, anchor: Anchor) -> Generation | None:
+    """The LuaJIT allocator generation of the binary behind ``reader``: its version string
+    (streamed from the open file), else the evidence of its VM symbols or of DT_NEEDED on
+    libluajit; None for no LuaJIT."""
+    image = reader.image()
+    return detect_generation(
+        reader.raw_stream(), image.file_size,
+        luajit_symbols=anchor.how_found in (HowFound.SYMBOL, HowFound.JIT_CODE)
+        and anchor.name.startswith("lj_"),
+        needs_libluajit=any("luajit" in name for name in image.needed))
 
 
 def _from_symbol(reader: ElfReader, symbol: Symbol) -> Anchor:
