@@ -291,8 +291,3 @@ def read_process_maps(pid: int) -> ProcessMaps:
             raise MapsError("the process has no user address space (a kernel thread, a "
                             "zombie, or it exited)", path=source)
         return _parse(lines, source, executable)
-
-
-def mappings_in(maps: Iterable[Mapping], span: Span) -> list[Mapping]:
-    """Mappings that overlap ``span``."""
-    return [m for m in maps if m.span.overlaps(span)]
