@@ -8,9 +8,10 @@ disappears. Pure and deterministic, like the SVG.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 
-from layoutkit.core.spans import Span
+from layoutkit.core.spans import Span, normalize
 from layoutkit.output.legend import (
     FREE_SYMBOL,
     MIN_COLUMNS,
@@ -31,50 +32,54 @@ def _cells(window: Span, width: int) -> list[Span]:
     return [Span(s - (-n * i // width), s - (-n * (i + 1) // width)) for i in range(width)]
 
 
-def _union_overlap(spans: Sequence[Span], cell: Span) -> int:
-    total, cursor = 0, cell.start
-    for span in sorted(spans):
-        lo, hi = max(span.start, cursor), min(span.end, cell.end)
-        if hi > lo:
-            total += hi - lo
-            cursor = hi
+def _union_overlap(merged: Sequence[Span], starts: Sequence[int], cell: Span) -> int:
+    """Bytes of ``cell`` covered by ``merged`` (sorted, disjoint; ``starts`` their starts)."""
+    total = 0
+    i = max(0, bisect.bisect_right(starts, cell.start) - 1)
+    while i < len(merged) and merged[i].start < cell.end:
+        total += merged[i].overlap(cell)
+        i += 1
     return total
 
 
 def _bar(acc: Accounting, width: int, anchor: Span, jit_areas: Sequence[Span]) -> list[str]:
+    """Linear in the occupants: each span votes only in the cells it touches."""
     window = acc.jit.window
-    cells = _cells(window, width)
-    occupied = [o.span for o in acc.occupants]
-    bar: list[str] = []
-    for whole in cells:
-        # A window narrower than ``width`` bytes has empty cells: look at one byte.
-        cell = Span(whole.start, whole.start + 1) if whole.empty else whole
-        votes: dict[str, int] = {}
-        # Priority among equals: JIT areas, occupants (in address order), free, unusable.
-        order: list[str] = []
-        jit_bytes = sum(a.overlap(cell) for a in jit_areas)
-        if jit_bytes:
-            votes["J"] = jit_bytes
-            order.append("J")
-        for occ in acc.occupants:
-            n = occ.span.overlap(cell)
+    # A window narrower than ``width`` bytes has empty cells: look at one byte.
+    cells = [Span(c.start, c.start + 1) if c.empty else c for c in _cells(window, width)]
+    votes: list[dict[str, int]] = [{} for _ in cells]
+    # Priority among equals: JIT areas, occupants (in address order), free, unusable.
+    order: list[list[str]] = [[] for _ in cells]
+
+    def vote(sym: str, span: Span) -> None:
+        first = _cell_of(window, width, max(span.start, window.start))
+        last = _cell_of(window, width, min(span.end, window.end) - 1)
+        for i in range(first, last + 1):
+            n = span.overlap(cells[i])
             if n:
-                sym = symbol(occ.kind)
-                votes[sym] = votes.get(sym, 0) + n
-                if sym not in order:
-                    order.append(sym)
-        free = sum(run.overlap(cell) for run in acc.free)
-        if free:
-            votes[FREE_SYMBOL] = free
-            order.append(FREE_SYMBOL)
-        rest = cell.size - _union_overlap([*occupied, *jit_areas, *acc.free], cell)
+                votes[i][sym] = votes[i].get(sym, 0) + n
+                if sym not in order[i]:
+                    order[i].append(sym)
+
+    for area in jit_areas:
+        vote("J", area)
+    for occ in acc.occupants:
+        vote(symbol(occ.kind), occ.span)
+    for run in acc.free:
+        vote(FREE_SYMBOL, run)
+    merged = normalize([*(o.span for o in acc.occupants), *jit_areas, *acc.free])
+    starts = [m.start for m in merged]
+    bar: list[str] = []
+    for i, cell in enumerate(cells):
+        rest = cell.size - _union_overlap(merged, starts, cell)
         if rest > 0:
-            votes[UNUSABLE_SYMBOL] = rest
-            order.append(UNUSABLE_SYMBOL)
-        if not votes:
+            votes[i][UNUSABLE_SYMBOL] = rest
+            order[i].append(UNUSABLE_SYMBOL)
+        if not votes[i]:
             bar.append(UNUSABLE_SYMBOL)
             continue
-        bar.append(max(order, key=lambda sym: (votes[sym], -order.index(sym))))
+        v, o = votes[i], order[i]
+        bar.append(max(o, key=lambda sym: (v[sym], -o.index(sym))))
     # Occupants too small to win a cell take the cell holding their middle.
     forced: set[int] = set()
     ranked = sorted(acc.occupants, key=lambda o: (anchor.start not in o.span, -o.span.size,
