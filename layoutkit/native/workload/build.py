@@ -150,6 +150,7 @@ def _debian_luajit(m: Machine) -> LuajitBuild:
              f"downloading {', '.join(DEBIAN_PACKAGES)} ({m.debian_arch})", cwd=work)
         keep = work / "keep"  # moved into the cache when complete
         root = keep / "x"
+        root.mkdir(parents=True)  # dpkg-deb -x creates the last folder only
         versions = []
         for package in DEBIAN_PACKAGES:
             debs = sorted(work.glob(f"{package}_*.deb"))
