@@ -49,6 +49,11 @@ __attribute__((noinline, used, section(".lk_anchor"))) int probe_anchor(int x) {
 int main(int argc, char **argv) { return lk_probe_main(argc, argv); }
 """
 
+# The stub's code is not padded to a function alignment (GCC: "-falign-functions=1 ...
+# means that functions are not aligned"), so probe_anchor can stand at the target's exact
+# anchor, at any address the ISA allows (1 on x86, 4 on arm64 and ppc64).
+STUB_FLAGS = ("-O2", "-falign-functions=1")
+
 # The probe as a library: its main renamed, so the twin's own main calls it.
 LIB_FLAGS = ("-fPIC", "-shared", "-Dmain=lk_probe_main")
 # GNU ld only (the script uses its PHDRS); no note, RELRO or eh_frame_hdr segment of the
@@ -249,7 +254,7 @@ def build_twin(spec: TwinSpec) -> Twin:
     compiler = Compiler.for_arch(spec.arch)
     script = linker_script(spec)  # the layout, and how it is reproduced
     key = [source_key(SOURCE), STUB.encode(), script.encode(),
-           " ".join((*CFLAGS, *LIB_FLAGS, *LINK_FLAGS)).encode()]
+           " ".join((*CFLAGS, *LIB_FLAGS, *STUB_FLAGS, *LINK_FLAGS)).encode()]
     folder = cached_build("twin", "twin", compiler, key,
                           lambda work: _link(spec, script, compiler.path, work),
                           ["twin", "liblkprobe.so"])
@@ -275,7 +280,7 @@ def _link(spec: TwinSpec, script_text: str, cc: str, work: Path) -> None:
     script = work / "twin.ld"
     script.write_text(script_text)
     pie = ["-fPIE", "-pie"] if spec.kind is LoadKind.PIE else ["-fno-pie", "-no-pie"]
-    _run([cc, "-O2", *pie, "-o", str(work / "twin"), str(stub), "-Wl,-T," + str(script),
+    _run([cc, *STUB_FLAGS, *pie, "-o", str(work / "twin"), str(stub), "-Wl,-T," + str(script),
           *LINK_FLAGS, f"-L{work}", "-llkprobe"], f"linking the twin of {spec.source}")
 
 

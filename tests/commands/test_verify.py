@@ -189,3 +189,39 @@ def test_stripped_binary_needs_an_anchor() -> None:
     code, _, err = run(str(ELF_DIR / "aarch64/nopie-stripped"), "--runner", "qemu-user")
     assert code == EXIT_USAGE
     assert "give --anchor" in err
+
+
+def _anchor_of(path: str) -> int:
+    from layoutkit.elf import ElfReader
+
+    with ElfReader(path) as reader:
+        symbol = reader.symbol("lj_vm_exit_handler")
+    assert symbol is not None
+    return symbol.value
+
+
+@pytest.mark.toolchain
+@pytest.mark.skipif(host_arch().name != "x86_64", reason="runs the x86-64 twin natively")
+@pytest.mark.parametrize("offset", [1, 3, 4, 8])
+def test_twin_anchor_at_any_x86_64_address(offset: int) -> None:
+    """The twin's probe_anchor stands at the target's exact anchor, whatever its alignment
+    (LuaJIT's lj_vm_exit_handler is 8-, 4- or 1-aligned in real builds): the probe reports
+    its own anchor at exactly that address."""
+    require("gcc")
+    target = str(ELF_DIR / "x86_64/nopie")
+    anchor = _anchor_of(target) + offset
+    v = verify(target, anchor_spec=hex(anchor), runs=1)
+    assert [r.result.context.self_anchor for r in v.runs] == [anchor]
+    assert v.exit_code == 0
+
+
+@pytest.mark.qemu_user
+@pytest.mark.parametrize("offset", [4, 8, 12])
+def test_twin_anchor_at_any_aarch64_address(offset: int) -> None:
+    """On arm64 every instruction address is 4-aligned: an anchor 4 or 8 past a 16-byte
+    boundary is placed exactly too."""
+    qemu_aarch64()
+    target = str(ELF_DIR / "aarch64/nopie")
+    anchor = _anchor_of(target) + offset
+    v = verify(target, runner=Runner.QEMU_USER, anchor_spec=hex(anchor), runs=1)
+    assert [r.result.context.self_anchor for r in v.runs] == [anchor]
