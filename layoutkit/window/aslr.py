@@ -32,28 +32,11 @@ below it together.
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
 
 from layoutkit.core.model import ElfImage, LoadKind
 from layoutkit.core.spans import align_down, align_up
-from layoutkit.window.kernel import PAGE, KernelConfig, aslr
-
-
-def release_version(release: str | None) -> tuple[int, int] | None:
-    """(major, minor) of a release string such as ``6.1.0-27-arm64``; None if not one."""
-    match = re.match(r"(\d+)\.(\d+)", release or "")
-    return (int(match.group(1)), int(match.group(2))) if match else None
-
-
-def brk_range(kernel: KernelConfig) -> int:
-    """Bytes over which ``arch_randomize_brk()`` spreads the heap start under ``kernel``
-    (its release when known, else a current kernel's rule)."""
-    version = release_version(kernel.release)
-    before = kernel.arch.kernel.brk_rnd_before
-    if before is not None and version is not None and version < before[0]:
-        return before[1]
-    return aslr(kernel.arch).brk_rnd
+from layoutkit.window.kernel import PAGE, KernelConfig
 
 
 @dataclass(frozen=True)
@@ -79,12 +62,11 @@ def draw(image: ElfImage, kernel: KernelConfig, bias: int, *, runs: int, seed: i
     if not randomize:
         return Layouts((bias,) * runs, (start,) * runs, (0,) * runs, 0)
     gen = random.Random(seed * 0x100000001B3 + 0x61736C72)  # "aslr": its own stream
-    rnd = aslr(kernel.arch)
-    brk = brk_range(kernel)
+    brk = kernel.brk_rnd
     align = max(PAGE, image.max_align)
     biases, heaps, shifts = [], [], []
     for _ in range(runs):
-        mmap_rnd = gen.randrange(rnd.mmap_rnd // PAGE) * PAGE  # arch_mmap_rnd()
+        mmap_rnd = gen.randrange(kernel.mmap_rnd // PAGE) * PAGE  # arch_mmap_rnd()
         brk_off = gen.randrange(brk // PAGE) * PAGE  # randomize_page(brk, range)
         if image.load_kind is LoadKind.EXEC:
             run_bias = bias

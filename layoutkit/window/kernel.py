@@ -9,6 +9,7 @@ image is put before randomisation.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 from layoutkit.core.arches import Arch, KernelFacts
@@ -69,6 +70,21 @@ class KernelConfig:
         return (1 << self.va_bits) + defaults(self.arch).top_adjust
 
     @property
+    def mmap_rnd(self) -> int:
+        """Range of ``arch_mmap_rnd()``: a PIE's load bias and the mmap base move by it."""
+        return self.arch.kernel.mmap_rnd
+
+    @property
+    def brk_rnd(self) -> int:
+        """Bytes over which ``arch_randomize_brk()`` spreads the heap start under this
+        kernel: its release's rule when the release is known, else a current kernel's."""
+        version = release_version(self.release)
+        before = self.arch.kernel.brk_rnd_before
+        if before is not None and version is not None and version < before[0]:
+            return before[1]
+        return self.arch.kernel.brk_rnd
+
+    @property
     def user_space(self) -> Span:
         """Where an unprivileged process can map anything: ``[mmap_min_addr, TASK_SIZE)``."""
         return Span(self.mmap_min_addr, self.user_top)
@@ -122,14 +138,7 @@ class KernelConfig:
 MMAP_GAP_MIN = 128 << 20  # mm/util.c: MIN_GAP (128 MiB)
 
 
-@dataclass(frozen=True)
-class Aslr:
-    """Per-arch randomisation ranges (bytes) of a 64-bit (or native 32-bit) task."""
-
-    mmap_rnd: int  # range of arch_mmap_rnd(): PIE load bias and mmap_base offset
-    brk_rnd: int  # range of arch_randomize_brk()
-
-
-def aslr(arch: Arch) -> Aslr:
-    """The arch's ASLR ranges (sources beside the table in core/arches.py)."""
-    return Aslr(arch.kernel.mmap_rnd, arch.kernel.brk_rnd)
+def release_version(release: str | None) -> tuple[int, int] | None:
+    """(major, minor) of a release string such as ``6.1.0-27-arm64``; None if not one."""
+    match = re.match(r"(\d+)\.(\d+)", release or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None

@@ -18,7 +18,7 @@ from layoutkit.core.scenario import Scenario
 from layoutkit.core.spans import Span, align_down, align_up, normalize
 from layoutkit.core.units import format_size
 from layoutkit.window.accounting import Accounting, Occupant, account
-from layoutkit.window.kernel import PAGE, KernelConfig, aslr
+from layoutkit.window.kernel import PAGE, KernelConfig
 from layoutkit.window.profiles import JitWindow
 
 
@@ -61,22 +61,21 @@ def predict(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
     """Accounting of ``jit`` (placed for load ``bias``) over the kernel's randomisation."""
     heap = scenario.heap
     states, mcode = scenario.demand.states, scenario.demand.mcode
-    rnd = aslr(kernel.arch)
     notes: list[str] = []
     img = Occupant(OccupantKind.IMAGE, image_span(image, bias), image.path)
     fixed: list[Occupant] = image_occupants(image, bias)
     if image.load_kind is LoadKind.EXEC:
         bias_range = (0, 0)
     elif image.load_kind is LoadKind.PIE:
-        bias_range = (bias, bias + rnd.mmap_rnd - PAGE)
+        bias_range = (bias, bias + kernel.mmap_rnd - PAGE)
     else:
-        bias_range = (bias - rnd.mmap_rnd + PAGE, bias)
+        bias_range = (bias - kernel.mmap_rnd + PAGE, bias)
     if image.load_kind in (LoadKind.EXEC, LoadKind.PIE):
         # fs/binfmt_elf.c: brk starts at the end of the highest PT_LOAD (bss included),
         # then arch_randomize_brk() moves it up by [0, brk_rnd).
         end = max(seg.vaddr + seg.memsz for seg in image.loads) + bias
         h0 = align_up(end, PAGE)
-        lo, hi = 0, rnd.brk_rnd - PAGE
+        lo, hi = 0, kernel.brk_rnd - PAGE
         edges = [jit.window.start, jit.window.end, jit.usable.start, jit.usable.end,
                  img.span.start, img.span.end]
         results = []
@@ -88,7 +87,7 @@ def predict(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
         spread = bias_range[1] - bias_range[0]
         heap_start: tuple[int, int] | None = (h0 + lo, h0 + hi + spread)
         notes.append(f"brk heap starts {format_size(0)}..{format_size(hi)} after the bss "
-                     f"(randomised by up to {format_size(rnd.brk_rnd)}) and is given "
+                     f"(randomised by up to {format_size(kernel.brk_rnd)}) and is given "
                      f"{format_size(heap)} to grow (--heap)")
     else:
         # A library (or static PIE) sits at the top of the mmap area: what was mapped

@@ -25,7 +25,7 @@ from layoutkit.core.model import ElfImage, LoadKind
 from layoutkit.core.scenario import DEFAULT_HEAP
 from layoutkit.core.spans import align_down
 from layoutkit.errors import UsageError
-from layoutkit.window.aslr import Layouts, brk_range, draw
+from layoutkit.window.aslr import Layouts, draw
 from layoutkit.window.kernel import PAGE, KernelConfig
 from layoutkit.window.profiles import JitWindow
 from layoutkit.window.replay_engine import Engine
@@ -152,7 +152,7 @@ def kernel_label(kernel: KernelConfig) -> str:
     rel = f"Linux {kernel.release}" if kernel.release else "Linux (current rules)"
     return (f"{rel} {kernel.arch}, {kernel.source}: VA {kernel.va_bits} bits, "
             f"mmap_min_addr {kernel.mmap_min_addr:#x}, brk randomised over "
-            f"{brk_range(kernel) >> 20} MiB")
+            f"{kernel.brk_rnd >> 20} MiB")
 
 
 def _paint(taken: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -257,3 +259,21 @@ def test_predict_heap_zero_leaves_only_the_image() -> None:
         assert acc.free == (Span(0x10000, 0x400000), Span(0x430000, 0x41F0000))
         assert acc.capacity.states_fit == 1051 // 8
         assert acc.capacity.verdict.value == "ok"
+
+
+@pytest.mark.parametrize(("release", "spread"), [
+    ("6.8.12-amd64", 32 * MiB),  # arch/x86/kernel/process.c before 44c76825d6ee: SZ_32M
+    ("6.12.48+deb13-amd64", GiB),  # v6.9 and later: SZ_1G
+    (None, GiB),  # no release known: a current kernel's rule
+])
+def test_predict_brk_range_follows_the_kernel_release(release: str | None,
+                                                      spread: int) -> None:
+    """The worst/best corners and the replay read the same brk rule (KernelConfig)."""
+    with ElfReader(ELF_DIR / "x86_64" / "nopie") as reader:
+        image = reader.image()
+    x86 = by_name("x86_64")
+    kernel = replace(KernelConfig.for_arch(x86), release=release)
+    jw = jit_window("luajit-2.1", x86, 0x4044A0, kernel.user_space)
+    pred = predict(image, kernel, jw, 0, Scenario())
+    assert pred.heap_start is not None
+    assert pred.heap_start[1] - pred.heap_start[0] == spread - PAGE

@@ -12,8 +12,8 @@ import numpy as np
 
 from layoutkit.core.arches import by_name
 from layoutkit.elf import ElfReader
-from layoutkit.window.aslr import brk_range, draw, release_version
-from layoutkit.window.kernel import KernelConfig
+from layoutkit.window.aslr import draw
+from layoutkit.window.kernel import KernelConfig, release_version
 from layoutkit.window.replay import HeapTiming, ReplayParams, replay, simulate
 from tests.support import ELF_DIR
 from tests.window.test_replay import load
@@ -25,13 +25,13 @@ PAGE = 4096
 def test_brk_range_per_arch_and_kernel_version() -> None:
     arm64 = KernelConfig.for_arch(by_name("aarch64"))
     x86 = KernelConfig.for_arch(by_name("x86_64"))
-    assert brk_range(arm64) == GiB  # arch/arm64/kernel/process.c: SZ_1G
-    assert brk_range(replace(arm64, release="4.19.0-27-arm64")) == GiB
+    assert arm64.brk_rnd == GiB  # arch/arm64/kernel/process.c: SZ_1G
+    assert replace(arm64, release="4.19.0-27-arm64").brk_rnd == GiB
     # arch/x86/kernel/process.c: 0x02000000 before commit 44c76825d6ee (v6.9).
-    assert brk_range(replace(x86, release="6.8.12-amd64")) == 32 * MiB
-    assert brk_range(replace(x86, release="6.9.0")) == GiB
-    assert brk_range(replace(x86, release="6.12.48+deb13-amd64")) == GiB
-    assert brk_range(x86) == GiB
+    assert replace(x86, release="6.8.12-amd64").brk_rnd == 32 * MiB
+    assert replace(x86, release="6.9.0").brk_rnd == GiB
+    assert replace(x86, release="6.12.48+deb13-amd64").brk_rnd == GiB
+    assert x86.brk_rnd == GiB
     assert release_version("6.1.0-27-arm64") == (6, 1)
     assert release_version("unknown") is None
 
