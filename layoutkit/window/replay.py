@@ -25,12 +25,14 @@ from layoutkit.core.model import ElfImage, LoadKind
 from layoutkit.core.scenario import DEFAULT_HEAP
 from layoutkit.core.spans import align_down
 from layoutkit.errors import UsageError
+from layoutkit.window import replay_compiled
 from layoutkit.window.aslr import Layouts, draw
 from layoutkit.window.kernel import PAGE, KernelConfig
 from layoutkit.window.profiles import JitWindow
 from layoutkit.window.replay_engine import Engine
 from layoutkit.window.replay_model import (
     SLOT,
+    EngineKind,
     Generation,
     HeapTiming,
     Ints,
@@ -40,8 +42,8 @@ from layoutkit.window.replay_model import (
     lcg_columns,
 )
 
-__all__ = ["Generation", "HeapTiming", "PrngModel", "ReplayParams", "ReplayResult", "Spread",
-           "replay", "safe_states", "simulate"]
+__all__ = ["EngineKind", "Generation", "HeapTiming", "Outcome", "PrngModel", "ReplayParams",
+           "ReplayResult", "Spread", "engine_kind", "replay", "safe_states", "simulate"]
 
 # About 1.2 us per mmap on an uncontended x86-64 host (bench/bench_probe.py scans; the
 # workload measured 2-9 us natively, tests/native/test_workload.py). Under many threads
@@ -79,6 +81,8 @@ class ReplayParams:
     # Independent hints (per-state streams, one-slot areas): draw the first hit from its
     # geometric law instead of every miss. Same distribution; False replays every hint.
     closed_form: bool = True
+    # None: the compiled engine when it was built with the package, else numpy.
+    engine: EngineKind | None = None
 
     def __post_init__(self) -> None:
         for name in ("states", "runs", "cores"):
@@ -192,8 +196,13 @@ def _setup(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
     runs = params.runs
     space = 1 << (jr - 16)
     m_cols = states * areas + 2 * space if gen is Generation.LJ2025 else 0
-    # taken + free lists (bool, int32 x 2 per column) and held areas (int32 per area).
-    need = runs * (n_w + m_cols) * 9 + states * runs * areas * 4
+    if engine_kind(params) is EngineKind.COMPILED:
+        # One run at a time: every run's window (bytes) in, aborts per run and state out.
+        need = runs * (n_w + 5 * 8) + runs * states * 8 + (n_w + m_cols) * 10 + states * (
+            areas * 4 + 100)
+    else:
+        # taken + free lists (bool, int32 x 2 per column) and held areas (int32 per area).
+        need = runs * (n_w + m_cols) * 9 + states * runs * areas * 4
     if need > MEMORY_LIMIT:
         raise UsageError(f"--runs {runs} with {states} states needs about {need >> 20} MiB "
                          f"for this window: use fewer runs")
@@ -257,7 +266,17 @@ def simulate(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
     n = params.states if states is None else states
     lay = draw(image, kernel, bias, runs=params.runs, seed=params.seed,
                randomize=params.aslr)
-    return Engine(_setup(image, kernel, jit, bias, params, n, lay)).run()
+    setup = _setup(image, kernel, jit, bias, params, n, lay)
+    if engine_kind(params) is EngineKind.COMPILED:
+        return replay_compiled.run(setup)
+    return Engine(setup).run()
+
+
+def engine_kind(params: ReplayParams) -> EngineKind:
+    """The engine ``params`` asks for, or the fastest one built."""
+    if params.engine is not None:
+        return params.engine
+    return EngineKind.COMPILED if replay_compiled.available() else EngineKind.NUMPY
 
 
 def _p_abort(outcome: Outcome) -> float:

@@ -49,6 +49,13 @@ class PrngModel(enum.Enum):
     LCG_ZERO_SEED = "lcg-zero-seed"
 
 
+class EngineKind(enum.Enum):
+    """Which engine runs the replay: the same rules, two implementations."""
+
+    COMPILED = "compiled"  # layoutkit/window/_replay.c, built with the package
+    NUMPY = "numpy"  # layoutkit/window/replay_engine.py, vectorised over runs
+
+
 @dataclass(frozen=True, eq=False)
 class Setup:
     """Everything the engine needs, already in slot columns."""

@@ -1,0 +1,51 @@
+"""The allocator replay's compiled engine (``_replay.c``): the one place that imports it.
+
+The C engine runs the rules of :mod:`layoutkit.window.replay_engine` (the numpy engine,
+its twin and reference) one run at a time with one scalar step per request, where numpy
+pays a few dozen calls per step across the runs. It is built when the package is
+installed (``setup.py``); when it is missing (a source tree nobody built) the replay runs
+the numpy engine instead, and the test suite fails under ``LAYOUTKIT_REQUIRE_ALL=1``.
+
+Its random numbers are its own (one xoshiro256** stream per seed, run and state): on
+the same seed it gives the numpy engine's statistics within sampling error, and exactly
+its results with the zero-seeded LCG, where no randomness is left.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from layoutkit.window.replay_model import Generation, HeapTiming, Outcome, Setup
+
+try:
+    from layoutkit.window import _replay
+except ImportError:  # not built: the numpy engine stands in
+    _replay = None  # type: ignore[assignment]
+
+
+def available() -> bool:
+    """Whether the compiled engine was built with the package."""
+    return _replay is not None
+
+
+def run(s: Setup) -> Outcome:
+    """Replay every run of ``s``; the numpy engine's :class:`Outcome`."""
+    if _replay is None:
+        raise RuntimeError("layoutkit.window._replay is not built (pip install layoutkit)")
+    aborts = np.zeros((s.runs, s.states), dtype=np.int64)
+    syscalls, placed, far, held = (np.zeros(s.runs, dtype=np.int64) for _ in range(4))
+    lcg = s.lcg_table if s.lcg_table is not None else np.zeros(0, dtype=np.int64)
+    _replay.run(
+        taken=np.ascontiguousarray(s.taken, dtype=np.uint8),
+        heap_lo=np.ascontiguousarray(s.heap_lo, dtype=np.int64),
+        heap_hi=np.ascontiguousarray(s.heap_hi, dtype=np.int64),
+        lcg=np.ascontiguousarray(lcg, dtype=np.int64),
+        aborts=aborts, syscalls=syscalls, placed=placed, far=far, held=held,
+        generation=1 if s.generation is Generation.LJ2025 else 0,
+        heap_timing=0 if s.heap_timing is HeapTiming.BEFORE else 1,
+        runs=s.runs, states=s.states, areas=s.areas, k=s.k, retries=s.retries, seed=s.seed,
+        iterations=s.iterations, draw_lo=s.draw_lo, draw_n=s.draw_n,
+        accept_lo=s.accept_lo, accept_hi=s.accept_hi, jr=s.jr, n_w=s.taken.shape[1],
+        m_cols=s.m_cols, m_top=s.m_top,
+        fallback_top=-1 if s.fallback_top is None else s.fallback_top)
+    return Outcome(aborts, syscalls, placed, far, held)
