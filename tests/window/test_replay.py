@@ -5,8 +5,11 @@
   mean number of mmap/munmap calls a geometric sum, the 2025 far fallback likewise;
 - a scalar reference of LuaJIT 2.1's ``mcode_alloc`` with the zero-seeded LCG, written
   here from lj_mcode.c and lj_jit.h, run on the free slots that ``accounting.account``
-  finds: the vectorised engine must give the same aborts and calls, state by state;
+  finds: the engine must give the same aborts and calls, state by state;
 - reproducibility, and common random numbers across N.
+
+The closed forms and the scalar reference hold both engines, the compiled one (the
+default) and the numpy one; test_replay_engines.py compares the two directly.
 
 Inputs are the real fixtures ``fixtures/elf/aarch64/nopie`` (GNU ld default base
 0x400000) and ``nopie-bfd-textseg`` (linked with -Ttext-segment=0x7f00000000).
@@ -15,6 +18,7 @@ Inputs are the real fixtures ``fixtures/elf/aarch64/nopie`` (GNU ld default base
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,12 +31,14 @@ from layoutkit.core.model import ElfImage
 from layoutkit.core.spans import Span
 from layoutkit.elf import ElfReader
 from layoutkit.errors import UsageError
+from layoutkit.window import replay_compiled
 from layoutkit.window.accounting import Occupant, account
 from layoutkit.window.anchor import find_anchor
 from layoutkit.window.kernel import PAGE, KernelConfig
 from layoutkit.window.layout import image_occupants
 from layoutkit.window.profiles import JitWindow, window_for_span
 from layoutkit.window.replay import (
+    EngineKind,
     HeapTiming,
     PrngModel,
     ReplayParams,
@@ -73,6 +79,19 @@ def slots_of(spans: list[Span]) -> list[int]:
     return [a for span in spans for a in range(span.start, span.end, SLOT)]
 
 
+def engine(kind: EngineKind) -> EngineKind:
+    """``kind``, when it can run: the compiled engine missing is a failure in CI
+    (LAYOUTKIT_REQUIRE_ALL=1, setup.py builds it at install), a skip elsewhere."""
+    if kind is EngineKind.COMPILED and not replay_compiled.available():
+        if os.environ.get("LAYOUTKIT_REQUIRE_ALL"):
+            pytest.fail("layoutkit.window._replay was not built (setup.py builds it)")
+        pytest.skip("layoutkit.window._replay is not built")
+    return kind
+
+
+ENGINES = [EngineKind.COMPILED, EngineKind.NUMPY]
+
+
 def params(**kw: Any) -> ReplayParams:
     """The fixed layout (ASLR off) with the whole heap reserve grown before the JIT starts."""
     return replace(ReplayParams(aslr=False, heap_timing=HeapTiming.BEFORE, heap=HEAP), **kw)
@@ -82,8 +101,11 @@ def params(**kw: Any) -> ReplayParams:
 
 
 @pytest.mark.parametrize("path", [NOPIE, TEXTSEG], ids=["nopie", "textseg"])
-@pytest.mark.parametrize("closed_form", [True, False], ids=["geometric", "drawn"])
-def test_single_area_abort_chance_is_the_miss_probability(path: Path,
+@pytest.mark.parametrize(("kind", "closed_form"), [(EngineKind.COMPILED, True),
+                                                   (EngineKind.NUMPY, True),
+                                                   (EngineKind.NUMPY, False)],
+                         ids=["compiled", "numpy-geometric", "numpy-drawn"])
+def test_single_area_abort_chance_is_the_miss_probability(path: Path, kind: EngineKind,
                                                           closed_form: bool) -> None:
     image, kernel, jit, bias = load(path, "luajit-2.1")
     free = fixed_free(path, jit)
@@ -92,7 +114,8 @@ def test_single_area_abort_chance_is_the_miss_probability(path: Path,
     p_miss = (1 - hits / candidates) ** 26  # JR - 1 random hints, no first hint yet
     runs = 10000
     out = simulate(image, kernel, jit, bias,
-                   params(mcode=SLOT, runs=runs, retries=0, closed_form=closed_form))
+                   params(mcode=SLOT, runs=runs, retries=0, closed_form=closed_form,
+                          engine=engine(kind)))
     observed = float((out.aborts.sum(axis=1) > 0).mean())
     sigma = math.sqrt(p_miss * (1 - p_miss) / runs) + 1e-9
     assert abs(observed - p_miss) < 4 * sigma + 1e-4
@@ -107,7 +130,8 @@ def test_single_area_abort_chance_is_the_miss_probability(path: Path,
         assert p_miss == pytest.approx(0.4319, abs=1e-4)
 
 
-def test_single_area_2025_falls_back_far_without_abort() -> None:
+@pytest.mark.parametrize("kind", ENGINES, ids=lambda k: k.value)
+def test_single_area_2025_falls_back_far_without_abort(kind: EngineKind) -> None:
     image, kernel, jit, bias = load(NOPIE, "luajit-2025")
     # mcode_setrange around 0x403dd0 wraps below 0: mcmin 0x10000, mcmax 0x4400000.
     assert (jit.hint_lo, jit.hint_hi - 1) == (0x10000, 0x4400000)
@@ -120,7 +144,7 @@ def test_single_area_2025_falls_back_far_without_abort() -> None:
     r = (1 - exhaust) * (1 - hit)
     p_far = 1 - (1 - exhaust) * hit * (1 - r**15) / (1 - r)
     runs = 20000
-    res = replay(image, kernel, jit, bias, params(mcode=SLOT, runs=runs),
+    res = replay(image, kernel, jit, bias, params(mcode=SLOT, runs=runs, engine=engine(kind)),
                  search=False)
     assert res.p_abort == 0.0  # the first allocation never aborts: mmap(NULL) instead
     sigma = math.sqrt(p_far * (1 - p_far) / runs)
@@ -186,8 +210,10 @@ def reference(free: set[int], n_w: int, states: int, areas: int,
     return aborts, calls, placed
 
 
+@pytest.mark.parametrize("kind", ENGINES, ids=lambda k: k.value)
 @pytest.mark.parametrize(("states", "retries"), [(1, 0), (6, 2), (12, 1)])
-def test_lcg_replay_matches_the_scalar_reference(states: int, retries: int) -> None:
+def test_lcg_replay_matches_the_scalar_reference(states: int, retries: int,
+                                                 kind: EngineKind) -> None:
     image, kernel, jit, bias = load(NOPIE, "luajit-2.1")
     base = jit.target - ((1 << 26) - (1 << 21))
     n_w = 2 * (jit.target - base) // SLOT
@@ -195,7 +221,7 @@ def test_lcg_replay_matches_the_scalar_reference(states: int, retries: int) -> N
     want_aborts, want_calls, want_placed = reference(free, n_w, states, 8, retries)
     out = simulate(image, kernel, jit, bias,
                    params(states=states, runs=3, retries=retries,
-                          prng=PrngModel.LCG_ZERO_SEED))
+                          prng=PrngModel.LCG_ZERO_SEED, engine=engine(kind)))
     for run in range(3):  # no randomness left: every run is the same
         assert out.aborts[run].tolist() == want_aborts
         assert int(out.syscalls[run]) == want_calls
