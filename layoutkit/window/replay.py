@@ -78,8 +78,9 @@ class ReplayParams:
     prng: PrngModel | None = None  # None: the generation's own (see _DEFAULT_PRNG)
     cores: int = DEFAULT_CORES  # glibc caps arenas at 8 x cores (malloc/arena.c)
     syscall_seconds: float = DEFAULT_SYSCALL_SECONDS
-    # Independent hints (per-state streams, one-slot areas): draw the first hit from its
-    # geometric law instead of every miss. Same distribution; False replays every hint.
+    # numpy engine: with independent hints (per-state streams, one-slot areas) draw the
+    # first hit from its geometric law instead of every miss. Same distribution; False
+    # replays every hint. (The compiled engine draws every hint: it costs it little.)
     closed_form: bool = True
     # None: the compiled engine when it was built with the package, else numpy.
     engine: EngineKind | None = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from layoutkit.errors import UsageError
 from layoutkit.window.replay_model import Generation, HeapTiming, Outcome, Setup
 
 try:
@@ -31,7 +32,8 @@ def available() -> bool:
 def run(s: Setup) -> Outcome:
     """Replay every run of ``s``; the numpy engine's :class:`Outcome`."""
     if _replay is None:
-        raise RuntimeError("layoutkit.window._replay is not built (pip install layoutkit)")
+        raise UsageError("the compiled replay engine is not built (install layoutkit with "
+                         "pip, which compiles it), and the numpy engine was not chosen")
     aborts = np.zeros((s.runs, s.states), dtype=np.int64)
     syscalls, placed, far, held = (np.zeros(s.runs, dtype=np.int64) for _ in range(4))
     lcg = s.lcg_table if s.lcg_table is not None else np.zeros(0, dtype=np.int64)

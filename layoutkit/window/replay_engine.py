@@ -20,6 +20,10 @@ see :meth:`Engine.step_21` and :meth:`Engine.step_2025`. A failed allocation rai
 LJ_TRERR_MCODEAL; ``trace_abort`` then calls ``lj_trace_flushall`` which frees every area
 of the state (``lj_mcode_free``); the state, still hot, asks again for what it had, at
 most ``retries`` times.
+
+The same rules run compiled in ``_replay.c`` (the default engine, see
+:mod:`layoutkit.window.replay_compiled`): a change to a rule here is a change there too,
+and tests/window/test_replay_engines.py fails while the two disagree.
 """
 
 from __future__ import annotations

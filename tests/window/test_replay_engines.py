@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from layoutkit.errors import UsageError
+from layoutkit.window import replay_compiled
 from layoutkit.window.replay import (
     EngineKind,
     HeapTiming,
@@ -135,3 +137,16 @@ def test_the_compiled_engine_is_reproducible() -> None:
     assert one.aborts.tolist() == again.aborts.tolist()
     assert one.syscalls.tolist() == again.syscalls.tolist()
     assert one.syscalls.tolist() != other.syscalls.tolist()
+
+
+def test_without_the_build_the_numpy_engine_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source tree nobody built: the default falls back to numpy; asking for the compiled
+    engine is a usage error naming the fix."""
+    monkeypatch.setattr(replay_compiled, "_replay", None)
+    assert engine_kind(ReplayParams()) is EngineKind.NUMPY
+    image, kernel, jit, bias = load(NOPIE, "luajit-2.1")
+    out = simulate(image, kernel, jit, bias, ReplayParams(states=2, runs=3))
+    assert out.placed.tolist() == [16, 16, 16]  # 2 states x 512 KiB / 64 KiB, no abort
+    with pytest.raises(UsageError, match="compiled replay engine is not built"):
+        simulate(image, kernel, jit, bias,
+                 ReplayParams(states=2, runs=3, engine=EngineKind.COMPILED))
