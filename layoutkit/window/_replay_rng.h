@@ -46,9 +46,11 @@ static inline uint64_t rng_next(rng_t *g)
     return out;
 }
 
-/* Uniform in [0, n), n >= 1, without bias (Lemire's multiply-and-reject). */
+/* Uniform in [0, n), n >= 1, without bias (Lemire's multiply-and-reject; where the
+ * compiler has no 128-bit integers, the remainder of a draw below a multiple of n). */
 static inline int64_t rng_below(rng_t *g, uint64_t n)
 {
+#ifdef __SIZEOF_INT128__
     uint64_t x = rng_next(g);
     __uint128_t m = (__uint128_t)x * n;
     uint64_t low = (uint64_t)m;
@@ -61,6 +63,13 @@ static inline int64_t rng_below(rng_t *g, uint64_t n)
         }
     }
     return (int64_t)(m >> 64);
+#else
+    uint64_t limit = UINT64_MAX - UINT64_MAX % n, x;
+    do
+        x = rng_next(g);
+    while (x >= limit);
+    return (int64_t)(x % n);
+#endif
 }
 
 static inline double rng_unit(rng_t *g) { return (double)(rng_next(g) >> 11) * 0x1.0p-53; }
