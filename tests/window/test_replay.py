@@ -18,7 +18,6 @@ Inputs are the real fixtures ``fixtures/elf/aarch64/nopie`` (GNU ld default base
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ from layoutkit.core.model import ElfImage
 from layoutkit.core.spans import Span
 from layoutkit.elf import ElfReader
 from layoutkit.errors import UsageError
-from layoutkit.window import replay_compiled
 from layoutkit.window.accounting import Occupant, account
 from layoutkit.window.anchor import find_anchor
 from layoutkit.window.kernel import PAGE, KernelConfig
@@ -42,6 +40,7 @@ from layoutkit.window.replay import (
     HeapTiming,
     PrngModel,
     ReplayParams,
+    engine_kind,
     replay,
     safe_states,
     simulate,
@@ -82,7 +81,10 @@ def slots_of(spans: list[Span]) -> list[int]:
 def engine(kind: EngineKind) -> EngineKind:
     """``kind``, when it can run: the compiled engine missing is a failure in CI
     (LAYOUTKIT_REQUIRE_ALL=1, setup.py builds it at install), a skip elsewhere."""
-    if kind is EngineKind.COMPILED and not replay_compiled.available():
+    import os
+
+    built = engine_kind(ReplayParams()) is EngineKind.COMPILED  # the default when built
+    if kind is EngineKind.COMPILED and not built:
         if os.environ.get("LAYOUTKIT_REQUIRE_ALL"):
             pytest.fail("layoutkit.window._replay was not built (setup.py builds it)")
         pytest.skip("layoutkit.window._replay is not built")
