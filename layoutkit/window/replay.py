@@ -269,7 +269,11 @@ def simulate(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
                randomize=params.aslr)
     setup = _setup(image, kernel, jit, bias, params, n, lay)
     if engine_kind(params) is EngineKind.COMPILED:
-        return replay_compiled.run(setup)
+        runs, zeros = params.runs, np.zeros
+        out = Outcome(zeros((runs, n), dtype=np.int64), *(zeros(runs, dtype=np.int64)
+                                                          for _ in range(4)))
+        replay_compiled.run(setup, out)
+        return out
     return Engine(setup).run()
 
 

@@ -13,8 +13,6 @@ its results with the zero-seeded LCG, where no randomness is left.
 
 from __future__ import annotations
 
-import numpy as np
-
 from layoutkit.errors import UsageError
 from layoutkit.window.replay_model import Generation, HeapTiming, Outcome, Setup
 
@@ -29,20 +27,18 @@ def available() -> bool:
     return _replay is not None
 
 
-def run(s: Setup) -> Outcome:
-    """Replay every run of ``s``; the numpy engine's :class:`Outcome`."""
+def run(s: Setup, out: Outcome) -> None:
+    """Replay every run of ``s`` into ``out``'s zeroed arrays (C-contiguous int64;
+    ``s.taken`` and ``s.heap_lo``/``heap_hi``/``lcg_table`` as :func:`replay._setup`
+    makes them: C-contiguous, one byte and int64 per item)."""
     if _replay is None:
         raise UsageError("the compiled replay engine is not built (install layoutkit with "
                          "pip, which compiles it), and the numpy engine was not chosen")
-    aborts = np.zeros((s.runs, s.states), dtype=np.int64)
-    syscalls, placed, far, held = (np.zeros(s.runs, dtype=np.int64) for _ in range(4))
-    lcg = s.lcg_table if s.lcg_table is not None else np.zeros(0, dtype=np.int64)
     _replay.run(
-        taken=np.ascontiguousarray(s.taken, dtype=np.uint8),
-        heap_lo=np.ascontiguousarray(s.heap_lo, dtype=np.int64),
-        heap_hi=np.ascontiguousarray(s.heap_hi, dtype=np.int64),
-        lcg=np.ascontiguousarray(lcg, dtype=np.int64),
-        aborts=aborts, syscalls=syscalls, placed=placed, far=far, held=held,
+        taken=s.taken, heap_lo=s.heap_lo, heap_hi=s.heap_hi,
+        lcg=s.lcg_table if s.lcg_table is not None else s.heap_lo[:0],
+        aborts=out.aborts, syscalls=out.syscalls, placed=out.placed, far=out.far,
+        held=out.held,
         generation=1 if s.generation is Generation.LJ2025 else 0,
         heap_timing=0 if s.heap_timing is HeapTiming.BEFORE else 1,
         runs=s.runs, states=s.states, areas=s.areas, k=s.k, retries=s.retries, seed=s.seed,
@@ -50,4 +46,3 @@ def run(s: Setup) -> Outcome:
         accept_lo=s.accept_lo, accept_hi=s.accept_hi, jr=s.jr, n_w=s.taken.shape[1],
         m_cols=s.m_cols, m_top=s.m_top,
         fallback_top=-1 if s.fallback_top is None else s.fallback_top)
-    return Outcome(aborts, syscalls, placed, far, held)
