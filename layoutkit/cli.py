@@ -34,7 +34,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Kept in step with window/profiles.py PROFILES by tests/test_cli.py (importing the
 # profiles here would load the whole window model for `layoutkit --help`).
-PROFILE_NAMES = ("generic", "luajit-2017", "luajit-2.1", "luajit-2025")
+PROFILE_NAMES = ("generic", "luajit-2017", "luajit-2.1", "luajit-2025", "luajit-openresty")
 LINKER_NAMES = ("bfd", "gold", "lld", "mold")
 
 EXIT_CODES = f"""Exit codes: 0 ok; {EXIT_FINDINGS} a check failed or no advice is possible;

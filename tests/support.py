@@ -64,3 +64,22 @@ def require(tool: str) -> str:
             pytest.fail(f"{tool} is not installed (scripts/debian-packages.txt installs it)")
         pytest.skip(f"{tool} is not installed")
     return path
+
+
+def debian_unpacked(folder: Path, *packages: str) -> Path:
+    """Debian's ``packages`` for this machine's architecture, fetched with ``apt-get
+    download`` (from the apt lists already on the machine; nothing is installed) and
+    unpacked with ``dpkg-deb -x`` into ``folder``, which is returned."""
+    import subprocess
+
+    apt, dpkg = require("apt-get"), require("dpkg-deb")
+    debs = folder / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    subprocess.run([apt, "-qq", "-oAPT::Sandbox::User=root", "download", *packages],
+                   cwd=debs, check=True, capture_output=True)
+    root = folder / "root"
+    root.mkdir(exist_ok=True)
+    for package in packages:
+        (deb,) = sorted(debs.glob(f"{package}_*.deb"))
+        subprocess.run([dpkg, "-x", str(deb), str(root)], check=True)
+    return root

@@ -313,7 +313,7 @@ def _runtime(acc: Accounting, states: int, mcode: int | None) -> list[Recommenda
     if acc.jit.profile.aborts:
         out.append(Recommendation(
             AdviceKind.RUNTIME, "any", (), None, None,
-            ("upgrade to LuaJIT v2.1 at or after commit 68354f44 (2025-11-06): a full "
+            (f"upgrade to {acc.jit.profile.upgrade}: a full "
              "window then costs speed (calls through a register), not trace aborts",
              "the 2025 allocator also centres a 2^JR - 64 KiB window on the exact anchor")))
     return out

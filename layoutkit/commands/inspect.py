@@ -14,7 +14,13 @@ from layoutkit.ranges import BranchForm, forms
 from layoutkit.window.anchor import Anchor, PlacedAnchor, find_anchor, luajit_generation
 from layoutkit.window.kernel import KernelConfig
 from layoutkit.window.layout import Prediction, predict
-from layoutkit.window.profiles import Generation, JitWindow, choose_profile, window_for_span
+from layoutkit.window.profiles import (
+    Generation,
+    JitWindow,
+    choose_profile,
+    wants_generation,
+    window_for_span,
+)
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,7 @@ def inspect_reader(reader: ElfReader, scenario: Scenario = DEFAULT_SCENARIO, *,
     jit = scenario.jit
     image = reader.image()
     found = find_anchor(reader, anchor)
-    generation = luajit_generation(reader, found) if jit is None else None
+    generation = luajit_generation(reader, found) if wants_generation(jit) else None
     kernel = KernelConfig.under(image.arch, scenario.kernel)
     bias, how = kernel.nominal_bias(image)
     runtime = found.span.shifted(bias)

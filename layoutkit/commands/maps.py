@@ -52,7 +52,12 @@ from layoutkit.window.anchor import (
     luajit_generation,
 )
 from layoutkit.window.kernel import KernelConfig
-from layoutkit.window.profiles import Generation, choose_profile, window_for_span
+from layoutkit.window.profiles import (
+    Generation,
+    choose_profile,
+    wants_generation,
+    window_for_span,
+)
 
 # qemu-user maps one anonymous r-x page for its signal trampoline (qemu linux-user/
 # signal.c setup_sigtramp, seen in fixtures/maps/x86_64-host-view-of-qemu-*.maps); a real
@@ -263,7 +268,7 @@ def analyse_maps(
         # ``found`` was located at run-time addresses; place it once, as link-time + bias.
         placed = PlacedAnchor.at_runtime(found.name, found.span, found.how, found.detail,
                                          bias)
-        if jit is None and holder_reader is not None:
+        if wants_generation(jit) and holder_reader is not None:
             generation = luajit_generation(holder_reader, placed.anchor)
     finally:
         for _, reader, _ in readable:

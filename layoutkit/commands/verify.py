@@ -40,7 +40,7 @@ from layoutkit.window.accounting import Accounting, states_fit
 from layoutkit.window.anchor import find_anchor, luajit_generation
 from layoutkit.window.kernel import PAGE, KernelConfig, defaults
 from layoutkit.window.layout import Prediction, predict
-from layoutkit.window.profiles import choose_profile, window_for_span
+from layoutkit.window.profiles import choose_profile, wants_generation, window_for_span
 
 ADVICE_KINDS = (AdviceKind.REBASE, AdviceKind.RELOCATE_TEXT, AdviceKind.PIE)
 DEFAULT_RUNS = 3
@@ -211,7 +211,7 @@ def verify(path: str, scenario: Scenario = DEFAULT_SCENARIO, *, arch_name: str |
     with ElfReader(path) as reader:
         image = reader.image()
         found = find_anchor(reader, anchor_spec)
-        generation = luajit_generation(reader, found) if jit is None else None
+        generation = luajit_generation(reader, found) if wants_generation(jit) else None
     if arch_name is not None:
         from layoutkit.core.arches import by_name
         if by_name(arch_name) is not image.arch:

@@ -35,6 +35,7 @@ from layoutkit.native.protocol import (
 )
 from layoutkit.native.toolchain import Runner, host_arch, run_command
 from layoutkit.window.kernel import KernelConfig
+from layoutkit.window.profiles import profile
 
 SOURCE = NATIVE_DIR / "probe.c"
 CFLAGS = ("-std=c11", "-O2", "-Wall", "-Wextra", "-pthread")
@@ -49,8 +50,9 @@ def build_probe(arch: Arch) -> Path:
 
 def _check(mode: ProbeMode, jit: str, anchor: int | str | None, threads: int,
            areas: int) -> None:
-    if mode is ProbeMode.REPLAY and jit not in REPLAYS:
-        raise UsageError("replay knows luajit-2.1, luajit-2025 and generic (first fit)")
+    if mode is ProbeMode.REPLAY and profile(jit).allocator_name not in REPLAYS:
+        raise UsageError("replay knows luajit-2.1, luajit-2025 (and luajit-openresty, which "
+                         "runs one of them) and generic (first fit)")
     if not 1 <= threads <= 1024 or not 0 <= areas <= 4096:
         raise UsageError("--threads must be 1..1024 and --areas 0..4096")
     if isinstance(anchor, str) and anchor != "stack":

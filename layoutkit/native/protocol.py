@@ -146,12 +146,12 @@ REPLAYS: dict[str, Callable[[JitWindow], int]] = {
 def jump_range(window: JitWindow) -> int:
     """LJ_TARGET_JUMPRANGE of the window's allocator, recovered from the window (the
     replay's ``--jr``; a scan does not use it)."""
-    return REPLAYS.get(window.profile.name, _first_fit_jr)(window)
+    return REPLAYS.get(window.profile.allocator_name, _first_fit_jr)(window)
 
 
 def profile_args(window: JitWindow) -> list[str]:
     """The probe's arguments for the window's profile (slot, area size, jump range)."""
-    return ["--profile", window.profile.name, "--slot", str(window.slot),
+    return ["--profile", window.profile.allocator_name, "--slot", str(window.slot),
             "--area", str(window.profile.sizemcode), "--jr", str(jump_range(window))]
 
 

@@ -19,6 +19,7 @@ from layoutkit.core.spans import Span
 from layoutkit.core.units import parse_address
 from layoutkit.elf import ElfReader
 from layoutkit.errors import InputError, UsageError
+from layoutkit.window.openresty import openresty_generation
 from layoutkit.window.profiles import Generation, detect_generation
 
 DEFAULT_ANCHORS = ("lj_vm_exit_handler", "lj_vm_asm_begin")
@@ -139,10 +140,14 @@ def find_anchor(reader: ElfReader, spec: str | None = None) -> Anchor:
 
 
 def luajit_generation(reader: ElfReader, anchor: Anchor) -> Generation | None:
-    """The LuaJIT allocator generation of the binary behind ``reader``: its version string
+    """The LuaJIT allocator generation of the binary behind ``reader``: OpenResty's fork by
+    its exports (:mod:`layoutkit.window.openresty`), else its version string
     (streamed from the open file), else the evidence of its VM symbols or of DT_NEEDED on
     libluajit; None for no LuaJIT."""
     image = reader.image()
+    fork = openresty_generation(reader)
+    if fork is not None:
+        return fork
     return detect_generation(
         reader.raw_stream(), image.file_size,
         luajit_symbols=anchor.how_found in (HowFound.SYMBOL, HowFound.JIT_CODE)

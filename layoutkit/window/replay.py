@@ -136,11 +136,14 @@ class ReplayResult:
 
 
 def _generation(jit: JitWindow) -> Generation:
+    """The allocator the profile runs (a fork such as OpenResty's runs an upstream one,
+    with its own sizes)."""
     try:
-        return Generation(jit.profile.name)
+        return Generation(jit.profile.allocator_name)
     except ValueError:
         raise UsageError(f"the replay models LuaJIT's allocators, not {jit.profile.name!r}: "
-                         "use --jit luajit-2017|luajit-2.1|luajit-2025") from None
+                         "use --jit luajit-2017|luajit-2.1|luajit-2025|luajit-openresty"
+                         ) from None
 
 
 def _jumprange(gen: Generation, kernel: KernelConfig) -> int:
