@@ -34,7 +34,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Kept in step with window/profiles.py PROFILES by tests/test_cli.py (importing the
 # profiles here would load the whole window model for `layoutkit --help`).
-PROFILE_NAMES = ("generic", "luajit-2017", "luajit-2.1", "luajit-2025", "luajit-openresty")
+PROFILE_NAMES = ("generic", "luajit-2017", "luajit-2.1", "luajit-2025", "luajit-openresty",
+                 "php-opcache")
 LINKER_NAMES = ("bfd", "gold", "lld", "mold")
 
 EXIT_CODES = f"""Exit codes: 0 ok; {EXIT_FINDINGS} a check failed or no advice is possible;
@@ -85,6 +86,10 @@ def scenario_options(*, kernel: bool = True) -> Callable[[F], F]:
         click.option("--mcode", metavar="SIZE", default=None,
                      help="Code per JIT state (default: the profile's maxmcode, 512K "
                           "for LuaJIT 2.1)."),
+        click.option("--opcache-size", "opcache_size", metavar="MEM+JIT", default=None,
+                     help="php-opcache: opcache.memory_consumption + jit_buffer_size, "
+                          "e.g. 128M+64M, or one SIZE for the whole segment with the JIT "
+                          "on (default PHP 8.2's: 128M+0, the JIT off)."),
     ]
     if kernel:
         options += [

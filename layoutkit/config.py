@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from layoutkit.boundary import reading
-from layoutkit.core.scenario import DEFAULT_HEAP, Demand, KernelOverrides, Scenario
+from layoutkit.core.scenario import (
+    DEFAULT_HEAP,
+    Demand,
+    KernelOverrides,
+    Scenario,
+    parse_opcache_size,
+)
 from layoutkit.core.text import shown
 from layoutkit.core.units import parse_address, parse_size
 from layoutkit.errors import UsageError
@@ -36,6 +42,7 @@ KEYS: dict[str, tuple[type, ...]] = {
     "va_bits": (int,),
     "mmap_min_addr": (int, str),
     "arch": (str, list),
+    "opcache_size": (str,),
 }
 
 CONFIG_FILES = ("layoutkit.toml", "pyproject.toml")
@@ -124,7 +131,8 @@ def load_config(path: str | Path | None = None, *, cwd: str | Path | None = None
 
 
 # The scenario keys: command-line options (scenario_options in cli.py) and config keys alike.
-SCENARIO_KEYS = ("jit", "form", "heap", "states", "mcode", "va_bits", "mmap_min_addr")
+SCENARIO_KEYS = ("jit", "form", "heap", "states", "mcode", "va_bits", "mmap_min_addr",
+                 "opcache_size")
 
 
 def config_size(value: object) -> int | None:
@@ -164,4 +172,9 @@ def scenario_from(options: dict[str, Any], config: Config | None = None) -> Scen
         demand=Demand(states=1 if states is None else states, mcode=config_size(pick("mcode"))),
         kernel=KernelOverrides(va_bits=pick("va_bits"),
                                mmap_min_addr=_address(pick("mmap_min_addr"))),
+        opcache=parse_opcache_size(_text(pick("opcache_size"))),
     )
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)

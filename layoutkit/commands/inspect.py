@@ -14,6 +14,8 @@ from layoutkit.ranges import BranchForm, forms
 from layoutkit.window.anchor import Anchor, PlacedAnchor, find_anchor, luajit_generation
 from layoutkit.window.kernel import KernelConfig
 from layoutkit.window.layout import Prediction, predict
+from layoutkit.window.opcache import Placement
+from layoutkit.window.opcache import predict as predict_opcache
 from layoutkit.window.profiles import (
     Generation,
     JitWindow,
@@ -52,6 +54,7 @@ class Inspection:
     jit: JitWindow
     prediction: Prediction
     notes: tuple[str, ...]
+    opcache: Placement | None = None  # php-opcache: where the opcache segment goes
 
     @property
     def exit_code(self) -> int:
@@ -108,5 +111,7 @@ def inspect_reader(reader: ElfReader, scenario: Scenario = DEFAULT_SCENARIO, *,
                              form_name=scenario.form)
     prediction = predict(image, kernel, window, bias, scenario)
     notes = (*((note,) if note else ()), *prediction.notes)
+    opcache = predict_opcache(reader, profile, bias, scenario.opcache,
+                              prediction.heap_start[0] if prediction.heap_start else None)
     return Inspection(image, kernel, bias, how, found, windows, generation, profile, window,
-                      prediction, notes)
+                      prediction, notes, opcache)

@@ -52,6 +52,9 @@ from layoutkit.window.anchor import (
     luajit_generation,
 )
 from layoutkit.window.kernel import KernelConfig
+from layoutkit.window.opcache import PROFILE as OPCACHE
+from layoutkit.window.opcache import Placement
+from layoutkit.window.opcache import in_process as opcache_in_process
 from layoutkit.window.profiles import (
     Generation,
     choose_profile,
@@ -85,6 +88,7 @@ class MapsAnalysis:
     ignored: tuple[Mapping, ...]
     accounting: Accounting
     notes: tuple[str, ...]
+    opcache: Placement | None = None  # php-opcache: the opcache segment as mapped
 
     @property
     def exit_code(self) -> int:
@@ -296,8 +300,12 @@ def analyse_maps(
     occupants = _occupants(maps, spans, ignored, scenario.heap)
     acc = account(window, occupants, states=scenario.demand.states,
                   mcode=scenario.demand.mcode)
+    opcache = None
+    if profile == OPCACHE and holder is not None:
+        image_start = min(m.start for m in objects.get(holder, ()) or maps.mappings)
+        opcache = opcache_in_process(arch, maps.mappings, found.span, image_start)
     return MapsAnalysis(maps, arch, kernel, placed, holder, bias, generation, profile, areas,
-                        tuple(ignored), acc, tuple(notes))
+                        tuple(ignored), acc, tuple(notes), opcache)
 
 
 def _from_jit_code(maps: ProcessMaps, code: Span, readable: list[tuple[str, ElfReader,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from layoutkit.core.units import format_size, parse_size
 from layoutkit.errors import UsageError
 
 # How far the brk heap is assumed to grow past its start: one glibc malloc heap,
@@ -32,6 +33,52 @@ class Demand:
 
 
 @dataclass(frozen=True)
+class OpcacheSize:
+    """``opcache.memory_consumption`` and ``opcache.jit_buffer_size``, in bytes."""
+
+    memory: int
+    jit_buffer: int
+
+    @property
+    def total(self) -> int:
+        return self.memory + self.jit_buffer
+
+    @property
+    def jit_on(self) -> bool:
+        return self.jit_buffer > 0
+
+    def __str__(self) -> str:
+        if not self.memory:
+            return f"{format_size(self.total)} segment, JIT on (its buffer's share not given)"
+        jit = (f"{format_size(self.jit_buffer)} JIT buffer" if self.jit_on
+               else "no JIT buffer: the JIT is off")
+        return f"{format_size(self.memory)} + {jit} = {format_size(self.total)}"
+
+
+# PHP 8.2's built-in defaults (ext/opcache/zend_accelerator_module.c: memory_consumption
+# "128", jit_buffer_size "0"); `php -n -d zend_extension=opcache.so` prints them.
+PHP82_DEFAULT = OpcacheSize(128 << 20, 0)
+
+
+def parse_opcache_size(text: str | None) -> OpcacheSize:
+    """``MEM+JIT`` (``128M+64M``), or one SIZE: the whole segment with the JIT on (its
+    buffer's share unknown: the whole segment is judged as JIT code). None: 8.2's
+    defaults."""
+    if text is None:
+        return PHP82_DEFAULT
+    memory, plus, jit = text.partition("+")
+    try:
+        size = OpcacheSize(parse_size(memory), parse_size(jit)) if plus else \
+            OpcacheSize(0, parse_size(text))
+    except UsageError as e:
+        raise UsageError(f"--opcache-size {text!r}: {e}") from None
+    if size.memory < 0 or size.jit_buffer < 0 or size.total <= 0:
+        raise UsageError(f"--opcache-size {text!r}: MEM+JIT with MEM + JIT > 0, e.g. "
+                         "128M+64M")
+    return size
+
+
+@dataclass(frozen=True)
 class KernelOverrides:
     """Kernel values the user states instead of the architecture's defaults."""
 
@@ -48,6 +95,8 @@ class Scenario:
     heap: int = DEFAULT_HEAP  # brk heap growth past its start
     demand: Demand = field(default_factory=Demand)
     kernel: KernelOverrides = field(default_factory=KernelOverrides)
+    # PHP's opcache segment (--opcache-size; php-opcache only): PHP 8.2's defaults.
+    opcache: OpcacheSize = field(default_factory=lambda: PHP82_DEFAULT)
 
     def __post_init__(self) -> None:
         if self.heap < 0:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from layoutkit.advice import linkers
 from layoutkit.core.text import json_safe
 from layoutkit.errors import LayoutkitError
+from layoutkit.output.opcache import opcache_json
 
 if TYPE_CHECKING:  # annotations only: writing a document loads no analysis module
     from layoutkit.advice.candidates import Advice, Recommendation
@@ -178,6 +179,7 @@ def inspection_json(result: Inspection, *, bundled: bool = False) -> dict[str, A
         },
         "reach": [reach_json(r) for r in result.reach],
         **prediction_json(result),
+        "opcache": opcache_json(result.opcache),
     })
     doc["bundled_default"] = bundled
     return doc
@@ -284,6 +286,7 @@ def maps_json(result: MapsAnalysis) -> dict[str, Any]:
         "jit_bytes": sum(a.span.size for a in result.jit_areas),
         "capacity": capacity_json(acc),
         "generation": generation_json(result.profile, result.generation),
+        "opcache": opcache_json(result.opcache),
         "notes": list(result.notes),
     })
 

@@ -10,6 +10,7 @@ from layoutkit.core.kinds import Verdict
 from layoutkit.core.text import escaped, shown
 from layoutkit.core.units import format_size
 from layoutkit.output.document import flags_text
+from layoutkit.output.opcache import opcache_lines
 from layoutkit.output.terminal import terminal_view
 
 if TYPE_CHECKING:  # annotations only: rendering loads no analysis module
@@ -107,6 +108,9 @@ def inspection_lines(result: Inspection, *, bundled: bool = False) -> Iterator[s
     yield ""
     yield from prediction_lines(result)
     yield ""
+    if result.opcache is not None:
+        yield from opcache_lines(result.opcache)
+        yield ""
     yield verdict(result)
     yield accounting_verdict(result.prediction.worst)
 
@@ -242,6 +246,9 @@ def maps_lines(result: MapsAnalysis) -> Iterator[str]:
     for note in result.notes:
         yield f"Note: {note}"
     yield ""
+    if result.opcache is not None:
+        yield from opcache_lines(result.opcache)
+        yield ""
     yield accounting_verdict(acc)
 
 

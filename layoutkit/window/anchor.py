@@ -19,6 +19,7 @@ from layoutkit.core.spans import Span
 from layoutkit.core.units import parse_address
 from layoutkit.elf import ElfReader
 from layoutkit.errors import InputError, UsageError
+from layoutkit.window.opcache import php_generation
 from layoutkit.window.openresty import openresty_generation
 from layoutkit.window.profiles import Generation, detect_generation
 
@@ -141,11 +142,12 @@ def find_anchor(reader: ElfReader, spec: str | None = None) -> Anchor:
 
 def luajit_generation(reader: ElfReader, anchor: Anchor) -> Generation | None:
     """The LuaJIT allocator generation of the binary behind ``reader``: OpenResty's fork by
-    its exports (:mod:`layoutkit.window.openresty`), else its version string
+    its exports (:mod:`layoutkit.window.openresty`), PHP by execute_ex
+    (:mod:`layoutkit.window.opcache`), else its version string
     (streamed from the open file), else the evidence of its VM symbols or of DT_NEEDED on
     libluajit; None for no LuaJIT."""
     image = reader.image()
-    fork = openresty_generation(reader)
+    fork = openresty_generation(reader) or php_generation(reader)
     if fork is not None:
         return fork
     return detect_generation(

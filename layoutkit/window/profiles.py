@@ -200,6 +200,13 @@ PROFILES: dict[str, Profile] = {
         "the trace aborts: failed to allocate mcode memory", allocator="luajit-2.1",
         by_release=True, upgrade="OpenResty's luajit2 v2.1-20260311 or later (LuaJIT's "
         "68354f44 allocator)"),
+    # PHP's opcache JIT (layoutkit/window/opcache.py): its buffer must reach all of PHP's
+    # text with the direct call; the segment is placed by find_prefered_mmap_base.
+    "php-opcache": _Generic(
+        "php-opcache", "PHP opcache JIT: the buffer must reach PHP's text with direct calls",
+        2 << 20, 128 << 20, "one hint read from /proc/self/maps (find_prefered_mmap_base)",
+        "no gap within 4 GiB: the JIT calls PHP through a register (2-3% slower)",
+        aborts=False, luajit=False),
 }
 
 # Profiles reached only through detection: the same --jit name, another allocator.
