@@ -36,6 +36,7 @@ from layoutkit.window.accounting import Accounting
 from layoutkit.window.anchor import find_anchor, luajit_generation
 from layoutkit.window.kernel import PAGE, KernelConfig
 from layoutkit.window.layout import Prediction, predict
+from layoutkit.window.opcache import settings_advice, text_of
 from layoutkit.window.profiles import Generation, JitWindow, choose_profile, window_for_span
 
 
@@ -242,6 +243,10 @@ def candidates(reader: ElfReader | None, scenario: Scenario, *, arch_name: str |
                              r.kind is not AdviceKind.RELOCATE_TEXT))
     best = (recs[0].worst if recs else None) or current.worst
     runtime = _runtime(best, scenario.demand.states, scenario.demand.mcode)
+    found_text = text_of(reader, 0) if reader is not None else None
+    extent = found_text[1].end - image_span.start if found_text else None
+    runtime += [Recommendation(AdviceKind.RUNTIME, "any", (), None, None, reasons)
+                for reasons in settings_advice(arch, profile, scenario.opcache, extent)]
     recs.extend(runtime)
     if best.capacity.verdict is not Verdict.OK:
         alternatives = "; ".join(r.reasons[0] for r in runtime) or "none"

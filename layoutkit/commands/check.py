@@ -54,14 +54,18 @@ from layoutkit.errors import (
 )
 from layoutkit.window.accounting import Accounting
 from layoutkit.window.anchor import DEFAULT_ANCHORS
+from layoutkit.window.opcache import php_generation
+from layoutkit.window.opcache import text_of as opcache_text
 from layoutkit.window.profiles import detect_generation, has_luajit
 
 __all__ = ["Item", "walk"]  # re-exported for bench/bench_check.py
 
-# Byte strings without which a file cannot hold LuaJIT evidence: the VM symbol names and
-# DT_NEEDED names with "luajit" (in string tables), the version string (in data). A file
-# that has none of them is "n/a" after one memory-mapped pass, without parsing it.
-_IN_STRINGS: tuple[bytes, ...] = (b"lj_vm_", b"luajit", b"LuaJIT 2.")
+# Byte strings without which a file cannot hold JIT evidence: the VM symbol names and
+# DT_NEEDED names with "luajit" (in string tables), the version string (in data); PHP's
+# executor and opcache.so's extension entry (symbol names). A file that has none of them
+# is "n/a" after one memory-mapped pass, without parsing it.
+_IN_STRINGS: tuple[bytes, ...] = (b"lj_vm_", b"luajit", b"LuaJIT 2.", b"execute_ex",
+                                  b"zend_extension_entry")
 _IN_DATA: tuple[bytes, ...] = (b"LuaJIT 2.",)
 INLINE_MAX = 8  # up to this many files: no process pool
 BATCH = 16  # files per pool task
@@ -198,7 +202,8 @@ def prescan(path: str) -> str | None:
 
 
 def jit_evidence(reader: ElfReader) -> str | None:
-    """Why this binary hosts a LuaJIT JIT, or None when nothing says it does."""
+    """Why this binary hosts a JIT layoutkit judges (LuaJIT, PHP's opcache), or None when
+    nothing says it does."""
     image = reader.image()
     for name in DEFAULT_ANCHORS:
         if reader.symbol(name) is not None:
@@ -208,6 +213,8 @@ def jit_evidence(reader: ElfReader) -> str | None:
             return f"DT_NEEDED {needed}"
     generation = detect_generation(reader.raw_stream(), image.file_size,
                                    luajit_symbols=False, needs_libluajit=False)
+    if generation is None:
+        generation = php_generation(reader)  # PHP: its opcache JIT
     return generation.evidence if generation else None
 
 
@@ -245,6 +252,9 @@ def _judge(item: Item, settings: Settings) -> CheckResult:
                 return CheckResult(shown, Status.NA, f"no LuaJIT JIT window on {arch} (no "
                                    "JIT, or every address in reach); --jit generic judges "
                                    "branch reach", arch=arch, evidence=evidence)
+            if php_generation(reader) is not None and opcache_text(reader, 0) is None:
+                return CheckResult(shown, Status.NA, "opcache.so: its JIT calls PHP's own "
+                                   "text; check the php binary", arch=arch, evidence=evidence)
             result = inspect_reader(reader, settings.scenario)
     except UnsupportedArchError as err:
         return CheckResult(shown, Status.NA, f"no JIT target layoutkit knows: {err.message}")
@@ -272,6 +282,11 @@ def _judge(item: Item, settings: Settings) -> CheckResult:
         failures.append("capacity")
         figures.append(f"{cap.states_fit} of {cap.states_requested} JIT states fit "
                        f"({format_size(cap.mcode_per_state)} each)")
+    opcache = result.opcache
+    if opcache is not None and not opcache.direct:
+        # php-opcache: the segment out of direct-call reach is the JIT's capacity lost.
+        failures.append("capacity")
+        figures.append(f"opcache segment ({opcache.size}): {opcache.how}; {opcache.cost}")
     if failures:
         reason = "; ".join(figures) + " (worst case over ASLR)"
     else:
@@ -279,6 +294,8 @@ def _judge(item: Item, settings: Settings) -> CheckResult:
                   f"{format_size(settings.min_window)}, free slots {worst.free_slots} of "
                   f"{worst.slots} >= {settings.min_free_slots}, {cap.states_fit} JIT states "
                   f"fit >= {cap.states_requested} (worst case over ASLR)")
+        if opcache is not None:
+            reason += f"; opcache segment ({opcache.size}): {opcache.cost}"
     return CheckResult(shown, Status.FAIL if failures else Status.PASS, reason, arch=arch,
                        profile=result.profile, evidence=evidence, failures=tuple(failures),
                        worst=worst)

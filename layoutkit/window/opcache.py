@@ -262,3 +262,36 @@ def in_process(arch: Arch, mappings: Sequence[Mapping], text: Span,
     cost = ("none: the JIT calls PHP directly" if direct else
             "the JIT calls PHP through a register: 2-3% slower (php-src #8618)")
     return Placement(size, text, image_start, segment, how, direct, refused, cost)
+
+
+# --- settings advice ------------------------------------------------------------------
+
+
+def settings_advice(arch: Arch, profile: str, size: OpcacheSize,
+                    text_extent: int | None) -> list[tuple[str, ...]]:
+    """Runtime advice for PHP's opcache (each entry the reasons of one recommendation):
+    what ``opcache.jit_buffer_size`` keeps the JIT's calls direct. ``text_extent`` is
+    how far PHP's text ends above the image's first byte (None: unknown)."""
+    if profile != PROFILE:
+        return []
+    out: list[tuple[str, ...]] = []
+    if not size.jit_on:
+        out.append(("opcache.jit_buffer_size is 0 (PHP 8.2's default): the JIT is off; with "
+                    "a buffer (e.g. opcache.jit_buffer_size=64M) opcache places its segment "
+                    "directly below PHP's image",))
+    if arch.isa is Isa.ARM64:
+        out.append((f"keep opcache.jit_buffer_size at 128M or less on {arch}: PHP refuses a "
+                    "larger JIT buffer there (php-src #12582)",
+                    "the JIT's B/BL calls reach +-128 MiB; a buffer beyond them calls PHP "
+                    "through a register"))
+    elif size.jit_on and text_extent is not None:
+        form = default_form(arch)
+        # Below the image (offset in [total, total + 2 MiB)): the buffer's first byte must
+        # reach the text's last one.
+        most = align_down(form.disp_max + 1 - text_extent - HUGE - size.memory, HUGE)
+        if size.jit_buffer > most > 0:
+            out.append((f"opcache.jit_buffer_size={most >> 20}M or less: then the whole "
+                        f"buffer lies within {form.name} reach of PHP's text (now "
+                        f"{size.jit_buffer >> 20}M: calls through a register, 2-3% "
+                        "slower, php-src #8618)",))
+    return out

@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -185,7 +186,9 @@ def test_defaults_and_detection_are_php_s_own() -> None:
 
 @pytest.mark.toolchain
 @pytest.mark.parametrize("size", [OpcacheSize(32 * MiB, 32 * MiB),
-                                  OpcacheSize(128 * MiB, 64 * MiB)], ids=["64M", "192M"])
+                                  OpcacheSize(128 * MiB, 64 * MiB),
+                                  OpcacheSize(128 * MiB, 1914 * MiB)],
+                         ids=["64M", "192M", "advised-most"])
 def test_inspect_predicts_the_segment_exactly(size: OpcacheSize) -> None:
     proc = run_php(size, prefix=(require("setarch"), "x86_64", "-R"))
     try:
@@ -277,3 +280,63 @@ def test_blocked_placement_and_maps_judgement(blocker: Path, below: int, above: 
         assert data.start < image_start - below  # below the blocker
         assert judged.direct == (where == "below-in-reach")
     assert re.search(r"below|above|around", judged.how)
+
+
+# --- check ----------------------------------------------------------------------------
+
+
+def check_json(*args: str) -> tuple[int, dict[str, Any]]:
+    from click.testing import CliRunner
+
+    from layoutkit.cli import cli
+
+    out = CliRunner().invoke(cli, ["check", *args, "--format", "json"])
+    return out.exit_code, json.loads(out.stdout)
+
+
+@pytest.mark.toolchain
+def test_check_judges_php_and_leaves_opcache_so_to_it(tmp_path: Path) -> None:
+    subprocess.run([require("apt-get"), "-qq", "-oAPT::Sandbox::User=root", "download",
+                    "php8.2-opcache"], cwd=tmp_path, check=True, capture_output=True)
+    (deb,) = tmp_path.glob("php8.2-opcache_*.deb")
+    code, doc = check_json(PHP, str(deb), "--opcache-size", "128M+64M")
+    assert code == 0
+    results = {Path(r["path"]).name: r for r in doc["results"]}
+    assert results["php8.2"]["status"] == "pass"
+    assert results["php8.2"]["profile"] == PROFILE
+    assert "the JIT calls PHP directly" in results["php8.2"]["reason"]
+    assert results["opcache.so"]["status"] == "n/a"
+    assert "check the php binary" in results["opcache.so"]["reason"]
+    # A 3 GiB JIT buffer: find_prefered_mmap_base still takes the gap below the image
+    # (within 4 GiB of the text), but the buffer's start lies over 2 GiB below it.
+    code, doc = check_json(PHP, "--opcache-size", "128M+3G")
+    (result,) = doc["results"]
+    assert code == 1 and result["status"] == "fail" and result["failures"] == ["capacity"]
+    assert "through a register" in result["reason"]
+
+
+@pytest.mark.toolchain
+def test_advise_gives_the_largest_buffer_in_reach() -> None:
+    """128M + 3G puts the buffer's start over 2 GiB below the text: advise names the
+    largest jit_buffer_size whose buffer still reaches it wherever ASLR leaves the image
+    within its 2 MiB (the real run of that size is a case of
+    test_inspect_predicts_the_segment_exactly)."""
+    from click.testing import CliRunner
+
+    from layoutkit.cli import cli
+
+    out = CliRunner().invoke(cli, ["advise", PHP, "--opcache-size", "128M+3G"])
+    assert out.exit_code == 0, out.output
+    out_l = subprocess.run([require("readelf"), "-lW", PHP], check=True, capture_output=True,
+                           text=True).stdout
+    loads = [line.split() for line in out_l.splitlines() if line.split()[:1] == ["LOAD"]]
+    (code,) = [cols for cols in loads if cols[-2] == "E"]
+    # the text's mapping ends on a page boundary; the image starts at the first p_vaddr
+    extent = -(-(int(code[2], 16) + int(code[5], 16)) // 4096) * 4096 - int(loads[0][2], 16)
+    # buffer start >= image_start - (128M + jit + 2 MiB) + 128M; rel32 reaches +2^31 - 1
+    most = ((1 << 31) - extent - 2 * MiB - 128 * MiB) // (2 * MiB) * (2 * MiB)
+    assert f"opcache.jit_buffer_size={most >> 20}M or less" in out.output
+    assert most >> 20 == 1914
+    out = CliRunner().invoke(cli, ["advise", "--arch", "aarch64", "--jit", PROFILE,
+                                   "--opcache-size", "128M+256M"])
+    assert "keep opcache.jit_buffer_size at 128M or less on aarch64" in out.output

@@ -13,6 +13,7 @@ Ground truths, none taken from layoutkit's output:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import struct
@@ -240,3 +241,23 @@ def test_maps_judges_a_live_luajit2(luajit2: Path) -> None:
     for area in areas:  # the 2017-2025 acceptance test, strictly inside the range
         assert target - RANGE_X64 < area.start and area.end < target + RANGE_X64
     assert result.accounting.capacity.mcode_per_state == 40960 * KiB
+
+
+@pytest.mark.toolchain
+def test_check_judges_the_luajit2_packages(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from layoutkit.cli import cli
+
+    subprocess.run([require("apt-get"), "-qq", "-oAPT::Sandbox::User=root", "download",
+                    "luajit2", "libluajit2-5.1-2"], cwd=tmp_path, check=True,
+                   capture_output=True)
+    debs = sorted(str(p) for p in tmp_path.glob("*.deb"))
+    out = CliRunner().invoke(cli, ["check", *debs, "--format", "json"])
+    doc = json.loads(out.stdout)
+    judged = {r["path"].rsplit("/", 1)[-1]: r for r in doc["results"]
+              if r["status"] != "n/a"}
+    assert sorted(judged) == ["libluajit-5.1.so.2.1.0", "luajit"], doc
+    for result in judged.values():
+        assert (result["status"], result["profile"]) == ("pass", PROFILE)
+        assert result["capacity"]["mcode_per_state"] == 40960 * KiB
