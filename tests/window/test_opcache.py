@@ -236,6 +236,17 @@ def blocker(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return lib
 
 
+def maps_json_of(pid: int) -> dict[str, Any]:
+    from click.testing import CliRunner
+
+    from layoutkit.cli import cli
+
+    out = CliRunner().invoke(cli, ["maps", str(pid), "--format", "json"])
+    assert out.exit_code in (0, 1), out.output
+    loaded: dict[str, Any] = json.loads(out.stdout)
+    return loaded
+
+
 def without_segment(rows: list[tuple[Span, str, str]]) -> list[Region]:
     return [Region(s, heap=path == "[heap]") for s, _, path in rows
             if path != "/dev/zero (deleted)"]
@@ -255,9 +266,14 @@ def test_blocked_placement_and_maps_judgement(blocker: Path, below: int, above: 
     proc = run_php(size, env=env)
     try:
         rows = parse_maps(maps_until_ready(proc))
-        judged = analyse_target(str(proc.pid), Scenario(jit=PROFILE)).opcache
+        analysis = analyse_target(str(proc.pid))  # php-opcache detected, not given
+        doc = maps_json_of(proc.pid)
     finally:
         proc.communicate("")
+    assert analysis.profile == PROFILE
+    judged = analysis.opcache
+    assert_renames_caught(doc)
+    assert doc["opcache"]["direct_calls"] == (where == "below-in-reach")
     data, code = opcache_pair(rows)
     image_start, text = php_text(rows)
     blockers = [s for s, perms, path in rows if perms == "---p" and path == "" and
