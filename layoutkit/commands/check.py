@@ -285,7 +285,8 @@ def _judge(item: Item, settings: Settings) -> CheckResult:
     opcache = result.opcache
     if opcache is not None and not opcache.direct:
         # php-opcache: the segment out of direct-call reach is the JIT's capacity lost.
-        failures.append("capacity")
+        if "capacity" not in failures:
+            failures.append("capacity")
         figures.append(f"opcache segment ({opcache.size}): {opcache.how}; {opcache.cost}")
     if failures:
         reason = "; ".join(figures) + " (worst case over ASLR)"

@@ -16,6 +16,7 @@ from layoutkit.window.kernel import KernelConfig
 from layoutkit.window.layout import Prediction, predict
 from layoutkit.window.opcache import Placement
 from layoutkit.window.opcache import predict as predict_opcache
+from layoutkit.window.opcache import with_demand as opcache_demand
 from layoutkit.window.profiles import (
     Generation,
     JitWindow,
@@ -107,6 +108,7 @@ def inspect_reader(reader: ElfReader, scenario: Scenario = DEFAULT_SCENARIO, *,
     runtime = found.span.shifted(bias)
     windows = tuple(reach_window(f, runtime, kernel.user_space) for f in forms(image.arch))
     profile, note = choose_profile(image.arch, jit, generation)
+    scenario = opcache_demand(profile, scenario)
     window = window_for_span(profile, image.arch, runtime, kernel.user_space,
                              form_name=scenario.form)
     prediction = predict(image, kernel, window, bias, scenario)

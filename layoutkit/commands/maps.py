@@ -55,6 +55,7 @@ from layoutkit.window.kernel import KernelConfig
 from layoutkit.window.opcache import PROFILE as OPCACHE
 from layoutkit.window.opcache import Placement
 from layoutkit.window.opcache import in_process as opcache_in_process
+from layoutkit.window.opcache import with_demand as opcache_demand
 from layoutkit.window.profiles import (
     Generation,
     choose_profile,
@@ -298,12 +299,14 @@ def analyse_maps(
     areas = tuple(JitArea(s, (s.end - 1 - found.span.start) if s.start >= found.span.start
                           else (s.start - found.span.start)) for s in spans)
     occupants = _occupants(maps, spans, ignored, scenario.heap)
-    acc = account(window, occupants, states=scenario.demand.states,
-                  mcode=scenario.demand.mcode)
     opcache = None
     if profile == OPCACHE and holder is not None:
         image_start = min(m.start for m in objects.get(holder, ()) or maps.mappings)
         opcache = opcache_in_process(arch, maps.mappings, found.span, image_start)
+    # php-opcache: the JIT buffer as mapped (else --opcache-size) must lie in reach
+    mapped = replace(scenario, opcache=opcache.size) if opcache is not None else scenario
+    demand = opcache_demand(profile, mapped).demand
+    acc = account(window, occupants, states=demand.states, mcode=demand.mcode)
     return MapsAnalysis(maps, arch, kernel, placed, holder, bias, generation, profile, areas,
                         tuple(ignored), acc, tuple(notes), opcache)
 

@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from layoutkit.core.arches import Arch, Isa
 from layoutkit.core.model import Perm
-from layoutkit.core.scenario import OpcacheSize
+from layoutkit.core.scenario import OpcacheSize, Scenario
 from layoutkit.core.spans import Span, align_down, align_up, normalize
 from layoutkit.elf import ElfReader
 from layoutkit.ranges import default_form
@@ -295,3 +295,13 @@ def settings_advice(arch: Arch, profile: str, size: OpcacheSize,
                         f"{size.jit_buffer >> 20}M: calls through a register, 2-3% "
                         "slower, php-src #8618)",))
     return out
+
+
+def with_demand(profile: str, scenario: Scenario) -> Scenario:
+    """For ``php-opcache`` without ``--mcode``: the code that must lie in reach is the JIT
+    buffer (the whole segment when the JIT is off), one of it."""
+    if profile != PROFILE or scenario.demand.mcode is not None:
+        return scenario
+    size = scenario.opcache
+    wanted = size.jit_buffer if size.jit_on else size.total
+    return replace(scenario, demand=replace(scenario.demand, mcode=wanted))
