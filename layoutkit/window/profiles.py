@@ -287,9 +287,11 @@ def choose_profile(arch: Arch, requested: str | None,
     """The profile to use and, when it is not what the evidence said, why."""
     if requested is not None:
         chosen = profile(requested)  # validate the name
-        if chosen.by_release and generation is not None and \
-                profile(generation.profile).name == chosen.name:
-            return generation.profile, None  # the allocator of the detected release
+        if chosen.by_release:
+            if generation is not None and profile(generation.profile).name == chosen.name:
+                return generation.profile, None  # the allocator of the detected release
+            return requested, (f"--jit {requested}: the binary does not show which release "
+                               f"it is; assuming {chosen.summary}")
         return requested, None
     if generation is None:
         return "generic", "no LuaJIT found: the generic window of the direct branch (--jit)"

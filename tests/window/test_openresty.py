@@ -127,6 +127,8 @@ def test_both_generations_keep_openresty_sizes_and_upstream_windows() -> None:
     assert choose_profile(arch, "luajit-openresty", new) == (PROFILE_2025, None)
     assert choose_profile(arch, "luajit-2.1", new) == ("luajit-2.1", None)
     assert choose_profile(arch, None, new) == (PROFILE_2025, None)
+    name, note = choose_profile(arch, "luajit-openresty", None)  # nothing detected
+    assert name == PROFILE and note is not None and "2017-2025 allocator" in note
 
 
 def test_replay_runs_openresty_with_its_maxmcode() -> None:
