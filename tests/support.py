@@ -66,20 +66,37 @@ def require(tool: str) -> str:
     return path
 
 
-def debian_unpacked(folder: Path, *packages: str) -> Path:
-    """Debian's ``packages`` for this machine's architecture, fetched with ``apt-get
-    download`` (from the apt lists already on the machine; nothing is installed) and
-    unpacked with ``dpkg-deb -x`` into ``folder``, which is returned."""
+def debian_unpacked(folder: Path, *packages: str, arch: str | None = None) -> Path:
+    """Debian's ``packages`` fetched with ``apt-get download`` (nothing is installed) and
+    unpacked with ``dpkg-deb -x`` into ``folder``, which is returned. ``arch`` (a Debian
+    architecture such as ``arm64``): through a private apt state for that architecture,
+    refreshed once a day in the build cache; None: this machine's own apt lists."""
     import subprocess
+    import time
 
     apt, dpkg = require("apt-get"), require("dpkg-deb")
+    opts = ["-oAPT::Sandbox::User=root"]
+    if arch is not None:
+        from layoutkit.native.build import cache_dir
+
+        state = cache_dir("debian-apt") / arch
+        for sub in (state / "state" / "lists" / "partial",
+                    state / "cache" / "archives" / "partial"):
+            sub.mkdir(parents=True, exist_ok=True)
+        opts += [f"-oDir::State={state / 'state'}", f"-oDir::Cache={state / 'cache'}",
+                 f"-oAPT::Architecture={arch}", f"-oAPT::Architectures::={arch}",
+                 "-oDir::State::status=/dev/null"]
+        stamp = state / "updated"
+        if not stamp.is_file() or time.time() - stamp.stat().st_mtime > 24 * 3600:
+            subprocess.run([apt, *opts, "-qq", "update"], check=True, capture_output=True)
+            stamp.touch()
     debs = folder / "debs"
     debs.mkdir(parents=True, exist_ok=True)
-    subprocess.run([apt, "-qq", "-oAPT::Sandbox::User=root", "download", *packages],
-                   cwd=debs, check=True, capture_output=True)
+    subprocess.run([apt, *opts, "-qq", "download", *packages], cwd=debs, check=True,
+                   capture_output=True)
     root = folder / "root"
     root.mkdir(exist_ok=True)
     for package in packages:
-        (deb,) = sorted(debs.glob(f"{package}_*.deb"))
+        (deb,) = sorted(debs.glob(f"{package.split(':')[0]}_*.deb"))
         subprocess.run([dpkg, "-x", str(deb), str(root)], check=True)
     return root

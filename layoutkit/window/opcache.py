@@ -116,14 +116,26 @@ class Placement:
 
 def reaches(arch: Arch, code: Span, text: Span) -> bool:
     """Whether every byte of ``code`` reaches every byte of ``text`` with the arch's
-    direct call (x86-64 call rel32; AArch64 BL): PHP's JIT emits a direct call when the
-    target is within reach of both ends of its buffer (MAY_USE_32BIT_ADDR in
-    zend_jit_x86.dasc, arm64_may_use_b in zend_jit_arm64.dasc), else it loads the address
-    into a register."""
+    direct call. x86-64: PHP's JIT calls directly when the target is within rel32 of
+    both ends of its buffer (zend_jit_x86.dasc MAY_USE_32BIT_ADDR, from php-src #9579:
+    ``IS_SIGNED_32BIT(addr - dasm_buf) && IS_SIGNED_32BIT(addr - dasm_end)``), else it
+    loads the address into a register. AArch64: the same rule with B/BL's +-128 MiB is
+    assumed (zend_jit_arm64.dasc, arm64_may_use_b; not read here)."""
     form = default_form(arch)
     far_up = text.end - 1 - code.start
     far_down = text.start - (code.end - 1)
     return form.disp_min <= far_down and far_up <= form.disp_max
+
+
+def far_cost(arch: Arch, code: Span, text: Span) -> str:
+    """What a buffer at ``code`` costs when it does not reach all of ``text``: the share of
+    the text its direct calls miss (those calls go through a register)."""
+    form = default_form(arch)
+    lo, hi = max(text.start, code.end - 1 + form.disp_min), min(text.end,
+                                                                 code.start + form.disp_max + 1)
+    missed = text.size - max(0, hi - lo)
+    return (f"the JIT calls {100 * missed / text.size:.0f}% of PHP's text ({missed:#x} "
+            "bytes) through a register: 2-3% slower (php-src #8618)")
 
 
 def judge(arch: Arch, size: OpcacheSize, regions: Sequence[Region], execute_ex: int,
@@ -150,7 +162,7 @@ def judge(arch: Arch, size: OpcacheSize, regions: Sequence[Region], execute_ex: 
     elif direct:
         cost = "none: the JIT calls PHP directly"
     else:
-        cost = "the JIT calls PHP through a register: 2-3% slower (php-src #8618)"
+        cost = far_cost(arch, Span(segment.end - size.jit_buffer, segment.end), text)
     return Placement(size, text, image_start, segment, how, direct, refused, cost)
 
 
@@ -260,7 +272,7 @@ def in_process(arch: Arch, mappings: Sequence[Mapping], text: Span,
                                                "it: find_prefered_mmap_base found no gap"))
     refused = arch.isa is Isa.ARM64 and size.jit_buffer > AARCH64_JIT_MAX
     cost = ("none: the JIT calls PHP directly" if direct else
-            "the JIT calls PHP through a register: 2-3% slower (php-src #8618)")
+            far_cost(arch, code.span, text))
     return Placement(size, text, image_start, segment, how, direct, refused, cost)
 
 
@@ -281,19 +293,24 @@ def settings_advice(arch: Arch, profile: str, size: OpcacheSize,
                     "directly below PHP's image",))
     if arch.isa is Isa.ARM64:
         out.append((f"keep opcache.jit_buffer_size at 128M or less on {arch}: PHP refuses a "
-                    "larger JIT buffer there (php-src #12582)",
-                    "the JIT's B/BL calls reach +-128 MiB; a buffer beyond them calls PHP "
-                    "through a register"))
-    elif size.jit_on and text_extent is not None:
+                    "larger JIT buffer there (php-src #12582)",))
+    if size.jit_on and text_extent is not None:
         form = default_form(arch)
         # Below the image (offset in [total, total + 2 MiB)): the buffer's first byte must
         # reach the text's last one.
-        most = align_down(form.disp_max + 1 - text_extent - HUGE - size.memory, HUGE)
-        if size.jit_buffer > most > 0:
-            out.append((f"opcache.jit_buffer_size={most >> 20}M or less: then the whole "
-                        f"buffer lies within {form.name} reach of PHP's text (now "
-                        f"{size.jit_buffer >> 20}M: calls through a register, 2-3% "
-                        "slower, php-src #8618)",))
+        limit = align_down(form.disp_max + 1 - text_extent - HUGE, HUGE)
+        most = limit - size.memory
+        if size.total > limit:
+            setting = (f"opcache.jit_buffer_size={most >> 20}M or less" if most > 0 else
+                       f"opcache.memory_consumption + opcache.jit_buffer_size at most "
+                       f"{limit >> 20}M")
+            out.append((f"{setting}: then the whole JIT buffer lies within {form.name} "
+                        f"reach of PHP's text (now {size.memory >> 20}M + "
+                        f"{size.jit_buffer >> 20}M: calls through a register, 2-3% slower, "
+                        "php-src #8618)",
+                        f"the segment lies below the image with the buffer at its top: "
+                        f"memory_consumption + jit_buffer_size at most {limit >> 20}M keeps "
+                        "the buffer's first byte in reach of the text's last"))
     return out
 
 

@@ -173,6 +173,21 @@ class _Generic(Profile):
         return JitWindow(self, form, anchor, window, usable, 0, 0, slot, 0)
 
 
+@dataclass(frozen=True)
+class _CallsIn(Profile):
+    """A JIT whose code must call into the anchor but whose own jumps stay inside one
+    buffer of at most the branch range (PHP's opcache JIT; AArch64 refuses a larger
+    buffer): the one-way reach of the direct form to the anchor, not the mutual window."""
+
+    def window(self, arch: Arch, anchor: int, limit: Span, *,
+               form_name: str | None = None, slot: int = SLOT) -> JitWindow:
+        form = default_form(arch)
+        lo, hi = form.sources_to(anchor)
+        window = _clip(lo, hi, limit)
+        usable = window.aligned_inward(slot) or Span(window.start, window.start)
+        return JitWindow(self, form, anchor, window, usable, 0, 0, slot, 0)
+
+
 PROFILES: dict[str, Profile] = {
     "luajit-2017": _LuaJitClassic(
         "luajit-2017", "LuaJIT before 2017-03-08: random hints cover half the window",
@@ -202,7 +217,7 @@ PROFILES: dict[str, Profile] = {
         "68354f44 allocator)"),
     # PHP's opcache JIT (layoutkit/window/opcache.py): its buffer must reach all of PHP's
     # text with the direct call; the segment is placed by find_prefered_mmap_base.
-    "php-opcache": _Generic(
+    "php-opcache": _CallsIn(
         "php-opcache", "PHP opcache JIT: the buffer must reach PHP's text with direct calls",
         2 << 20, 128 << 20, "one hint read from /proc/self/maps (find_prefered_mmap_base)",
         "no gap within 4 GiB: the JIT calls PHP through a register (2-3% slower)",

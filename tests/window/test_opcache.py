@@ -28,7 +28,7 @@ from layoutkit.core.spans import Span
 from layoutkit.errors import UsageError
 from layoutkit.window.opcache import PROFILE, Region, preferred_base
 from tests.output.test_schemas import assert_renames_caught
-from tests.support import require
+from tests.support import debian_unpacked, require
 
 MiB, GiB = 1 << 20, 1 << 30
 PHP = "/usr/bin/php8.2"
@@ -356,3 +356,36 @@ def test_advise_gives_the_largest_buffer_in_reach() -> None:
     out = CliRunner().invoke(cli, ["advise", "--arch", "aarch64", "--jit", PROFILE,
                                    "--opcache-size", "128M+256M"])
     assert "keep opcache.jit_buffer_size at 128M or less on aarch64" in out.output
+
+
+# --- the arm64 packages (read here; nothing runs) -------------------------------------
+
+
+@pytest.mark.toolchain
+def test_arm64_php_detection_and_reach(tmp_path: Path) -> None:
+    """Debian's arm64 php8.2: found by execute_ex; below the image the JIT buffer's BL
+    calls (+-128 MiB, both ends of the buffer) reach the text with 128M + 64M, and none
+    of it with 128M + 128M, whose buffer starts over 128 MiB below the text."""
+    root = debian_unpacked(tmp_path, "php8.2-cli", arch="arm64")
+    php = root / "usr" / "bin" / "php8.2"
+    out = subprocess.run([require("readelf"), "-lW", "--dyn-syms", str(php)], check=True,
+                         capture_output=True, text=True).stdout
+    assert any(line.split()[-1:] == ["execute_ex"] and "FUNC" in line
+               for line in out.splitlines())
+    loads = [line.split() for line in out.splitlines() if line.split()[:1] == ["LOAD"]]
+    (code,) = [cols for cols in loads if cols[-2] == "E"]
+    text_lo = int(code[2], 16)
+    text_hi = -(-(text_lo + int(code[5], 16)) // 4096) * 4096
+    reach = (1 << 27) - 4  # BL: imm26 * 4
+    for jit, direct in ((64 * MiB, True), (128 * MiB, False)):
+        result = inspect_binary(php, Scenario(opcache=OpcacheSize(128 * MiB, jit)))
+        assert result.profile == PROFILE
+        place = result.opcache
+        assert place is not None and place.segment is not None and place.offset is not None
+        buffer = place.jit_buffer
+        assert buffer is not None and buffer.end <= place.image_start
+        text = Span(text_lo + result.bias, text_hi + result.bias)
+        assert place.text == text
+        assert (text.end - 1 - buffer.start <= reach) is direct
+        assert place.direct is direct
+        assert ("100% of PHP's text" in place.cost) is not direct

@@ -263,3 +263,35 @@ def test_check_judges_the_luajit2_packages(tmp_path: Path) -> None:
     for result in judged.values():
         assert (result["status"], result["profile"]) == ("pass", PROFILE)
         assert result["capacity"]["mcode_per_state"] == 40960 * KiB
+
+
+# --- the arm64 packages (read here; nothing runs) -------------------------------------
+
+RANGE_ARM64 = (1 << 26) - (1 << 21)  # 2^(27-1) - 2 MiB: LJ_TARGET_JUMPRANGE 27 on arm64
+
+
+@pytest.mark.toolchain
+def test_arm64_luajit2_detection_window_and_defaults(tmp_path: Path) -> None:
+    root = debian_unpacked(tmp_path, "luajit2", "libluajit2-5.1-2", arch="arm64")
+    binary = root / "usr" / "bin" / "luajit"
+    (library,) = (root / "usr" / "lib" / "aarch64-linux-gnu").glob("libluajit-5.1.so.2.*")
+    for path in (binary, library):
+        assert compiled_mcode_defaults(path) == (64, 40960)
+        exports = readelf_exdata(path)
+        assert len(exports) == 4
+        result = inspect_binary(path)
+        gen = result.generation
+        assert result.profile == PROFILE and gen is not None and gen.confidence == "high"
+        assert all(f"{name} (.dynsym)" in gen.evidence for name in exports)
+        out = subprocess.run([require("readelf"), "-lW", str(path)], check=True,
+                             capture_output=True, text=True).stdout
+        (code,) = [line.split() for line in out.splitlines()
+                   if line.split()[:1] == ["LOAD"] and line.split()[-2:-1] == ["E"]]
+        lo, size = int(code[2], 16), int(code[5], 16)
+        assert result.anchor.span == Span(lo, lo + size)
+        first, last = lo + result.bias, lo + size - 1 + result.bias
+        lo_w = max(first & ~0xFFFF, last & ~0xFFFF) - RANGE_ARM64
+        hi_w = min(first & ~0xFFFF, last & ~0xFFFF) + RANGE_ARM64
+        top = 1 << 48  # arm64 with 48-bit VA
+        assert result.jit.window == Span(lo_w, min(hi_w, top))
+        assert result.prediction.worst.capacity.mcode_per_state == 40960 * KiB
