@@ -389,3 +389,41 @@ def test_arm64_php_detection_and_reach(tmp_path: Path) -> None:
         assert (text.end - 1 - buffer.start <= reach) is direct
         assert place.direct is direct
         assert ("100% of PHP's text" in place.cost) is not direct
+
+
+ARM64_PHP = ("php8.2-cli", "php8.2-opcache", "libxml2", "libssl3", "libpcre2-8-0", "zlib1g",
+             "libsodium23", "libargon2-1", "libicu72", "liblzma5")  # php8.2's DT_NEEDED
+
+
+@pytest.mark.qemu_user
+@pytest.mark.parametrize("size", [OpcacheSize(128 * MiB, 64 * MiB),
+                                  OpcacheSize(128 * MiB, 128 * MiB)], ids=["192M", "256M"])
+def test_arm64_php_under_qemu_user_places_it_as_predicted(tmp_path: Path,
+                                                          size: OpcacheSize) -> None:
+    """Debian's arm64 php8.2 runs its own find_prefered_mmap_base under qemu-aarch64
+    (which emulates /proc/self/maps); the segment lands where the model puts it for the
+    load bias qemu chose (inspect's own prediction function, at that bias)."""
+    from layoutkit.elf import ElfReader
+    from layoutkit.window.opcache import predict
+
+    qemu = require("qemu-aarch64")
+    root = debian_unpacked(tmp_path, *ARM64_PHP, arch="arm64")
+    php = root / "usr" / "bin" / "php8.2"
+    libs = f"{root}/usr/lib/aarch64-linux-gnu:{root}/lib/aarch64-linux-gnu"
+    ini = php_ini(size)
+    ini[2] = f"zend_extension={root}/usr/lib/php/20220829/opcache.so"
+    out = subprocess.run([qemu, "-L", "/usr/aarch64-linux-gnu", "-E", f"LD_LIBRARY_PATH={libs}",
+                          str(php), *ini, "-r", "echo file_get_contents('/proc/self/maps');"],
+                         check=True, capture_output=True, text=True, timeout=120).stdout
+    rows = parse_maps(out)
+    data, code = opcache_pair(rows)
+    mine = [s for s, _, path in rows if path == str(php)]
+    image_start = mine[0].start  # php8.2's first PT_LOAD has p_vaddr 0
+    with ElfReader(php) as reader:
+        place = predict(reader, PROFILE, image_start, size, None)
+    assert place is not None and place.segment == Span(data.start, code.end)
+    assert place.jit_buffer == code
+    (text,) = [s for s, perms, path in rows if path == str(php) and perms == "r-xp"]
+    reach = (1 << 27) - 4  # BL, from both ends of the buffer
+    assert place.direct == (text.end - 1 - code.start <= reach)
+    assert place.direct is (size.jit_buffer == 64 * MiB)
