@@ -296,13 +296,15 @@ def analyse_maps(
     if ignored:
         notes.append(f"ignored {len(ignored)} one-page anonymous r-x mapping(s): qemu-user's "
                      "signal trampoline, not JIT code")
-    areas = tuple(JitArea(s, (s.end - 1 - found.span.start) if s.start >= found.span.start
-                          else (s.start - found.span.start)) for s in spans)
     occupants = _occupants(maps, spans, ignored, scenario.heap)
     opcache = None
     if profile == OPCACHE and holder is not None:
         image_start = min(m.start for m in objects.get(holder, ()) or maps.mappings)
         opcache = opcache_in_process(arch, maps.mappings, found.span, image_start)
+        if opcache is not None and opcache.jit_buffer is not None:
+            spans = sorted([*spans, opcache.jit_buffer])  # the r-xs half is its JIT code
+    areas = tuple(JitArea(s, (s.end - 1 - found.span.start) if s.start >= found.span.start
+                          else (s.start - found.span.start)) for s in spans)
     # php-opcache: the JIT buffer as mapped (else --opcache-size) must lie in reach
     mapped = replace(scenario, opcache=opcache.size) if opcache is not None else scenario
     demand = opcache_demand(profile, mapped).demand

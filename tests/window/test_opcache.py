@@ -283,6 +283,7 @@ def test_blocked_placement_and_maps_judgement(blocker: Path, below: int, above: 
     hint = preferred_base(without_segment(rows), image_start + readelf_execute_ex(),
                           size.total)
     assert judged is not None and judged.segment == Span(data.start, code.end)
+    assert [a.span for a in analysis.jit_areas] == [code]  # its JIT code: the r-xs half
     assert judged.size == size
     reach = max(text.end - 1 - code.start, code.end - 1 - text.start) < 1 << 31
     assert judged.direct == reach
