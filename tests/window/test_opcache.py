@@ -179,6 +179,16 @@ def test_defaults_and_detection_are_php_s_own() -> None:
     readelf_execute_ex()
     assert result.opcache is not None and result.opcache.segment is None
     assert result.opcache.cost == "none: the JIT is off"
+    # The real run with those defaults: no r-xs half, and no hint near the text (8.2.36
+    # hints only for a JIT buffer): the segment went to MAP_32BIT's low 2 GiB.
+    listing = subprocess.run([php, "-n", "-d", "zend_extension=opcache.so", "-d",
+                              "opcache.enable_cli=1", "-r",
+                              "echo file_get_contents('/proc/self/maps');"],
+                             check=True, capture_output=True, text=True).stdout
+    pair = [(s, perms) for s, perms, path in parse_maps(listing)
+            if path == "/dev/zero (deleted)"]
+    assert [perms for _, perms in pair] == ["rw-s"] and pair[0][0].size == memory
+    assert pair[0][0].end <= 1 << 31
 
 
 # --- ASLR off: inspect's prediction against the real run ------------------------------
