@@ -9,12 +9,14 @@
  *           mmap(addr, slot, PROT_NONE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED_NOREPLACE)
  *           and unmapped at once when it was granted (lk_scan.h). Never MAP_FIXED: that
  *           would replace whatever is there.
- *   replay  N threads each allocate `areas` areas with a JIT allocator's own probe
- *           sequence (plain mmap hints, as LuaJIT does), then unmap everything.
+ *   replay  N threads, one JIT state each, take turns asking for `areas` areas with a JIT
+ *           allocator's own probe sequence (plain mmap hints, as LuaJIT does; see
+ *           "replay" below), then unmap everything.
  *
  * Arguments (all addresses and sizes hex or decimal, strtoull base 0):
  *   --mode scan|replay --start A --end A --slot N --area N --profile NAME
  *   --threads N --areas N --seed N --jr N --target A --range N --hint-lo A --hint-hi A
+ *   --retries K   replay: requests again after an abort, per state (default 4)
  *   --linear      scan one slot per request (default: bisect runs, same result)
  *   --rlimit-as N  set the soft RLIMIT_AS to N bytes first (as `ulimit -v` would)
  *   --as-headroom N  lower RLIMIT_AS to VmSize + N first (a process that has used up
@@ -32,6 +34,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +53,7 @@
 #define STACK_SIZE (256u * 1024u)
 
 static char maps_before[MAPS_MAX];
+static char maps_start[MAPS_MAX];  /* replay: with the thread stacks, before any area */
 static char maps_during[MAPS_MAX];
 static char maps_after[MAPS_MAX];
 static char out_buf[1u << 16];
@@ -88,7 +92,7 @@ struct args {
     const char *mode, *profile;
     uintptr_t start, end, target, range, hint_lo, hint_hi;
     size_t slot, area;
-    unsigned threads, areas, jr;
+    unsigned threads, areas, jr, retries;
     uint64_t seed;
     int handshake, linear;
     long long as_headroom;  /* >= 0: lower RLIMIT_AS to VmSize + this before probing */
@@ -115,6 +119,7 @@ static void parse_args(int argc, char **argv, struct args *a) {
     a->areas = 8;
     a->seed = 1;
     a->jr = 27;
+    a->retries = 4;
     a->as_headroom = -1;
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i];
@@ -136,6 +141,7 @@ static void parse_args(int argc, char **argv, struct args *a) {
         else if (!strcmp(k, "--areas")) a->areas = (unsigned)num(v, k);
         else if (!strcmp(k, "--seed")) a->seed = num(v, k);
         else if (!strcmp(k, "--jr")) a->jr = (unsigned)num(v, k);
+        else if (!strcmp(k, "--retries")) a->retries = (unsigned)num(v, k);
         else if (!strcmp(k, "--as-headroom")) a->as_headroom = (long long)num(v, k);
         else if (!strcmp(k, "--rlimit-as")) a->rlimit_as = num(v, k);
         else { fprintf(stderr, "probe: unknown argument %s\n", k); exit(2); }
@@ -188,19 +194,39 @@ static uint64_t scan(const struct args *a, struct lk_scan *s) {
 
 /* ---------------------------------------------------------------- replay */
 
+/* The algorithm replayed here, per generation, is the one documented in
+ * layoutkit/window/replay_engine.py (module docstring, "The allocator, per generation"):
+ * this file and that model follow it rule by rule. Each thread is one JIT state. States
+ * take turns, round-robin (thread 0 first), one request per turn, as the model does;
+ * a failed request is LJ_TRERR_MCODEAL: the state's areas are all freed (trace_abort ->
+ * lj_trace_flushall -> lj_mcode_free) and it asks again from nothing, at most
+ * --retries times. */
+
 struct area { uintptr_t p; size_t sz; };
 
 struct worker {
     const struct args *a;
     pthread_barrier_t *barrier;
+    sem_t turn;       /* posted when it is this state's turn */
+    unsigned index;
+    int wants;        /* still asking for areas */
     uint64_t prng;
     struct area *areas;
-    unsigned done, failed_allocs, fallbacks;
-    unsigned long attempts, failed_attempts;
+    unsigned done;    /* areas held now */
+    unsigned failed_allocs, fallbacks;  /* aborts; 2025: new ranges from mmap(NULL) */
+    unsigned long attempts, failed_attempts;  /* mmap calls; those not kept */
+    unsigned long placed, syscalls, far_areas;
+    uintptr_t mcarea;        /* J->mcarea: the last area placed, 0 after a flush */
+    uintptr_t mcmin, mcmax;  /* 2025: J->mcmin, J->mcmax (0: not set / switch range) */
+    int far_range;           /* 2025: the current range came from mmap(NULL) */
+    int jit_off;             /* 2025: the first allocation failed, JIT_F_ON cleared */
     uint64_t ns_total, ns_max;
 };
 
-/* splitmix64: not LuaJIT's Tausworthe PRNG, but uniform over the same hint values. */
+static struct worker workers[THREADS_MAX];
+
+/* splitmix64: not LuaJIT's Tausworthe PRNG, but uniform over the same hint values, and
+ * one independent stream per state as lj_prng_seed_secure gives each global_State. */
 static uint64_t prng_next(uint64_t *x) {
     uint64_t z = (*x += 0x9e3779b97f4a7c15u);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
@@ -223,52 +249,102 @@ static uintptr_t try_at(struct worker *w, uintptr_t hint, size_t sz) {
     void *p = mmap((void *)hint, sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
                    -1, 0);
     w->attempts++;
+    w->syscalls++;
     return p == MAP_FAILED ? 0 : (uintptr_t)p;
 }
 
-/* LuaJIT 2.1 (2017-03-08 .. 2025-11-06) mcode_alloc, src/lj_mcode.c. */
-static uintptr_t alloc_luajit21(struct worker *w, uintptr_t last, size_t sz) {
+/* A mapping LuaJIT does not keep: mcode_free (munmap) when there is one. */
+static void reject(struct worker *w, uintptr_t p, size_t sz) {
+    w->failed_attempts++;
+    if (p) {
+        munmap((void *)p, sz);
+        w->syscalls++;
+    }
+}
+
+/* LuaJIT 2.1 from 2017-03-08 (commits 4e308361, d62459fc) until 68354f44, src/lj_mcode.c
+ * mcode_alloc: the area below the last one, then random hints, JR iterations in all. */
+static uintptr_t alloc_luajit21(struct worker *w, size_t sz) {
     const struct args *a = w->a;
     uintptr_t target = a->target, range = a->range;
-    uintptr_t hint = last ? last - sz : 0;
+    uintptr_t hint = w->mcarea ? w->mcarea - sz : 0;
+    uint64_t mask = ((uint64_t)1 << a->jr) - 0x10000;
     for (unsigned i = 0; i < a->jr; i++) {
         if (validptr(hint)) {
             uintptr_t p = try_at(w, hint, sz);
             if (validptr(p) && (p + sz - target < range || target - p < range)) return p;
-            w->failed_attempts++;
-            if (p) munmap((void *)p, sz);
+            reject(w, p, sz);
         }
         do {
-            hint = (uintptr_t)(prng_next(&w->prng) & (((uint64_t)1 << a->jr) - 0x10000));
+            hint = (uintptr_t)(prng_next(&w->prng) & mask);
         } while (!(hint + sz < range + range));
         hint = target + hint - range;
     }
     return 0;
 }
 
-/* LuaJIT since commit 68354f44 (2025-11-06), src/lj_mcode.c mcode_alloc: below the last
- * area, then up to 16 attempts, each drawing up to 15 hints until one is in
- * [mcmin, mcmax); when all fail the area goes anywhere (mmap(NULL), a fallback). */
-static uintptr_t alloc_luajit2025(struct worker *w, uintptr_t last, size_t sz) {
-    const struct args *a = w->a;
-    uintptr_t mcmin = a->hint_lo, mcmax = a->hint_hi - 1;
-    uint64_t mask = ((uint64_t)1 << a->jr) - 0x10000;
-    uintptr_t hint = last ? last - sz : 0;
-    for (unsigned i = 0; i < 16; i++) {
-        if (hint >= mcmin && hint + sz <= mcmax) {
-            uintptr_t p = try_at(w, hint, sz);
-            if (p >= mcmin && p + sz <= mcmax) return p;
-            w->failed_attempts++;
-            if (p) munmap((void *)p, sz);
-        }
-        for (unsigned j = 0; j < 15; j++) {
-            hint = mcmin + (uintptr_t)(prng_next(&w->prng) & mask);
-            if (hint + sz <= mcmax) break;
+/* 68354f44 mcode_setrange: a range of 2^JR - 64 KiB with addr in the middle, 64 KiB
+ * aligned, clamped away from address 0 and from wrapping round. */
+static void setrange(struct worker *w, uintptr_t addr) {
+    uintptr_t r64 = ((uintptr_t)1 << w->a->jr) - 0x10000u;
+    w->mcmin = (addr - (r64 >> 1) + 0xffffu) & ~(uintptr_t)0xffffu;
+    w->mcmax = w->mcmin + r64;
+    if (addr < w->mcmin || !w->mcmin) w->mcmin = 0x10000u;
+    if (addr > w->mcmax) w->mcmax = ~(uintptr_t)0xffffu;
+}
+
+/* 68354f44 mcode_inrange, with the wrap-around of addr + sz. */
+static int inrange(const struct worker *w, uintptr_t addr, size_t sz) {
+    return addr >= w->mcmin && addr + sz >= w->mcmin && addr + sz <= w->mcmax;
+}
+
+/* The next random hint, mcmin + (prng & MCODE_RANGE64), drawn until in range: at most 15
+ * draws are looked at (a 16th is drawn and dropped); 0 when none of them was. */
+static int draw_2025(struct worker *w, size_t sz, uintptr_t *hint) {
+    uint64_t r64 = ((uint64_t)1 << w->a->jr) - 0x10000u;
+    for (unsigned j = 1;; j++) {
+        uintptr_t h = w->mcmin + (uintptr_t)(prng_next(&w->prng) & r64);
+        if (j > 15) return 0;
+        if (inrange(w, h, sz)) {
+            *hint = h;
+            return 1;
         }
     }
-    uintptr_t p = try_at(w, 0, sz);
-    if (p) w->fallbacks++;
-    return p;
+}
+
+/* LuaJIT since commit 68354f44 (2025-11-06), src/lj_mcode.c mcode_alloc. Iterations
+ * i = 0..15: at i = 0 the area below the last one when that is in range, at i = 1..15 a
+ * random hint; a mapping is kept when mcode_inrange. A state without areas then moves
+ * its range to wherever mmap(NULL) puts the area; one with areas marks the range for a
+ * switch (mcmax = 0) and fails, and its next request after the flush takes mmap(NULL). */
+static uintptr_t alloc_luajit2025(struct worker *w, size_t sz) {
+    if (!w->mcmin) setrange(w, w->a->target);  /* the range around lj_vm_exit_handler */
+    int fresh = !w->mcmax;  /* "switch to a new range (already flushed)" */
+    if (!fresh) {
+        uintptr_t hint = w->mcarea - sz;  /* wraps for no area: never in range */
+        int first = inrange(w, hint, sz);
+        for (unsigned i = 0; i < 16; i++) {
+            if (i > 0 || first) {
+                uintptr_t p = try_at(w, hint, sz);
+                if (inrange(w, p, sz)) return p;
+                reject(w, p, sz);
+            }
+            if (!draw_2025(w, sz, &hint)) break;
+        }
+    }
+    if (fresh || !w->mcarea) {
+        uintptr_t p = try_at(w, 0, sz);
+        if (p) {
+            setrange(w, p + (sz >> 1));
+            w->far_range = 1;
+            w->fallbacks++;
+            return p;
+        }
+        if (!w->mcarea) w->jit_off = 1;  /* lj_trace.c trace_abort: JIT_F_ON cleared */
+    } else {
+        w->mcmax = 0;
+    }
+    return 0;
 }
 
 /* First fit: ask for each slot of the window in turn (plain hints), lowest first. */
@@ -277,31 +353,60 @@ static uintptr_t alloc_first_fit(struct worker *w, size_t sz) {
     for (uintptr_t hint = a->start; hint + sz <= a->end; hint += a->slot) {
         uintptr_t p = try_at(w, hint, sz);
         if (p == hint) return p;
-        w->failed_attempts++;
-        if (p) munmap((void *)p, sz);
+        reject(w, p, sz);
     }
     return 0;
+}
+
+/* The next state after ``from`` (round-robin) that still wants an area; its turn. */
+static void pass_turn(unsigned from, unsigned threads) {
+    for (unsigned d = 1; d <= threads; d++) {
+        struct worker *next = &workers[(from + d) % threads];
+        if (next->wants) {
+            sem_post(&next->turn);
+            return;
+        }
+    }
+}
+
+/* LJ_TRERR_MCODEAL: lj_trace_flushall frees every area of the state (lj_mcode_free). */
+static void flush(struct worker *w) {
+    w->failed_allocs++;
+    for (unsigned k = 0; k < w->done; k++) {
+        munmap((void *)w->areas[k].p, w->areas[k].sz);
+        w->syscalls++;
+    }
+    w->done = 0;
+    w->mcarea = 0;
 }
 
 static void *worker_main(void *arg) {
     struct worker *w = arg;
     const struct args *a = w->a;
-    uintptr_t last = 0;
     pthread_barrier_wait(w->barrier);
-    for (unsigned k = 0; k < a->areas; k++) {
+    while (w->wants) {
+        sem_wait(&w->turn);
         uint64_t t0 = now_ns();
         uintptr_t p;
-        if (!strcmp(a->profile, "luajit-2025")) p = alloc_luajit2025(w, last, a->area);
+        if (!strcmp(a->profile, "luajit-2025")) p = alloc_luajit2025(w, a->area);
         else if (!strcmp(a->profile, "generic")) p = alloc_first_fit(w, a->area);
-        else p = alloc_luajit21(w, last, a->area);
+        else p = alloc_luajit21(w, a->area);
         uint64_t dt = now_ns() - t0;
         w->ns_total += dt;
         if (dt > w->ns_max) w->ns_max = dt;
-        if (!p) { w->failed_allocs++; continue; }
-        w->areas[w->done].p = p;
-        w->areas[w->done].sz = a->area;
-        w->done++;
-        last = p;
+        if (p) {
+            w->areas[w->done].p = p;
+            w->areas[w->done].sz = a->area;
+            w->done++;
+            w->placed++;
+            w->far_areas += (unsigned long)w->far_range;
+            w->mcarea = p;
+            w->wants = w->done < a->areas;
+        } else {
+            flush(w);
+            w->wants = w->failed_allocs <= a->retries && !w->jit_off;
+        }
+        pass_turn(w->index, a->threads);
     }
     return NULL;
 }
@@ -379,7 +484,6 @@ static int run_scan(const struct args *a) {
 }
 
 static int run_replay(const struct args *a) {
-    static struct worker workers[THREADS_MAX];
     static pthread_t tids[THREADS_MAX];
     static void *stacks[THREADS_MAX];
     pthread_barrier_t barrier;
@@ -396,12 +500,15 @@ static int run_replay(const struct args *a) {
                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
         if (st == MAP_FAILED) break;
         stacks[t] = st;
-        workers[t] = (struct worker){.a = a, .barrier = &barrier,
+        workers[t] = (struct worker){.a = a, .barrier = &barrier, .index = t,
+                                     .wants = a->areas > 0,
                                      .prng = a->seed * 0x100000001b3u + t,
                                      .areas = all + (size_t)t * per};
+        sem_init(&workers[t].turn, 0, 0);
         started++;
     }
     int spawn_error = 0;
+    slurp("/proc/self/maps", maps_start, sizeof maps_start);
     if (started == a->threads) {
         for (unsigned t = 0; t < a->threads; t++) {
             pthread_attr_t attr;
@@ -416,6 +523,7 @@ static int run_replay(const struct args *a) {
         spawn_error = ENOMEM;
     }
     uint64_t t0 = now_ns();
+    if (!spawn_error && a->areas) sem_post(&workers[0].turn);  /* state 0 asks first */
     if (!spawn_error)
         for (unsigned t = 0; t < a->threads; t++) pthread_join(tids[t], NULL);
     uint64_t wall = now_ns() - t0;
@@ -424,23 +532,27 @@ static int run_replay(const struct args *a) {
         for (unsigned k = 0; k < workers[t].done; k++)
             munmap((void *)workers[t].areas[k].p, workers[t].areas[k].sz);
         munmap(stacks[t], STACK_SIZE);
+        sem_destroy(&workers[t].turn);
     }
     slurp("/proc/self/maps", maps_after, sizeof maps_after);
     pthread_barrier_destroy(&barrier);
 
     print_head(a);
-    unsigned long attempts = 0, failed_attempts = 0, failed = 0, done = 0, fallbacks = 0;
+    unsigned long attempts = 0, failed_attempts = 0, failed = 0, fallbacks = 0;
+    unsigned long placed = 0, syscalls = 0, far_areas = 0;
     uint64_t ns_total = 0, ns_max = 0;
     for (unsigned t = 0; t < started; t++) {
+        placed += workers[t].placed;
+        syscalls += workers[t].syscalls;
+        far_areas += workers[t].far_areas;
         attempts += workers[t].attempts;
         failed_attempts += workers[t].failed_attempts;
         failed += workers[t].failed_allocs;
         fallbacks += workers[t].fallbacks;
-        done += workers[t].done;
         ns_total += workers[t].ns_total;
         if (workers[t].ns_max > ns_max) ns_max = workers[t].ns_max;
     }
-    unsigned long allocs = done + failed;
+    unsigned long allocs = placed + failed;  /* requests made */
     printf(",\"threads_started\":%u", spawn_error ? 0u : started);
     printf(",\"threads\":%u,\"areas_per_thread\":%u,\"jr\":%u,\"seed\":%llu", a->threads,
            a->areas, a->jr, (unsigned long long)a->seed);
@@ -450,6 +562,8 @@ static int run_replay(const struct args *a) {
     printf(",\"allocations\":%lu,\"failed_allocations\":%lu,\"fallbacks\":%lu", allocs, failed,
            fallbacks);
     printf(",\"attempts\":%lu,\"failed_attempts\":%lu", attempts, failed_attempts);
+    printf(",\"retries\":%u,\"placed\":%lu,\"syscalls\":%lu,\"far_areas\":%lu", a->retries,
+           placed, syscalls, far_areas);
     printf(",\"ns_per_allocation\":%.1f,\"ns_max\":%llu,\"wall_ns\":%llu",
            allocs ? (double)ns_total / (double)allocs : 0.0, (unsigned long long)ns_max,
            (unsigned long long)wall);
@@ -463,7 +577,9 @@ static int run_replay(const struct args *a) {
             printf("%s\"%#llx\"", k ? "," : "", (unsigned long long)w->areas[k].p);
         fputs("]}", stdout);
     }
-    fputs("],\"maps_during\":", stdout);
+    fputs("],\"maps_start\":", stdout);
+    json_str(maps_start);
+    fputs(",\"maps_during\":", stdout);
     json_str(maps_during);
     print_maps();
     puts("}");

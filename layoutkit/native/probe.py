@@ -61,13 +61,15 @@ def _check(mode: ProbeMode, jit: str, anchor: int | str | None, threads: int,
 
 def _arguments(mode: ProbeMode, jit: str, arch: Arch, anchor: int | str | None,
                threads: int, areas: int, seed: int, linear: bool, rlimit_as: int | None,
-               as_headroom: int | None) -> list[str]:
+               as_headroom: int | None, retries: int, jumprange: int | None) -> list[str]:
     """The probe's command line (the window itself comes through the handshake)."""
     # Slot, area and jump range do not depend on where the window is: any anchor will do.
     guess = anchor if isinstance(anchor, int) and anchor else (
         KernelConfig.for_arch(arch).user_top // 2)
-    args = ["--handshake", "--mode", mode.value, *profile_args(probe_window(jit, arch, guess)),
-            "--threads", str(threads), "--areas", str(areas), "--seed", str(seed)]
+    window = probe_window(jit, arch, guess, jumprange=jumprange)
+    args = ["--handshake", "--mode", mode.value, *profile_args(window),
+            "--threads", str(threads), "--areas", str(areas), "--seed", str(seed),
+            "--retries", str(retries)]
     if linear:
         args.append("--linear")
     if rlimit_as is not None:
@@ -82,7 +84,8 @@ def run_probe(arch: Arch | str | None = None, *, runner: Runner | str = Runner.N
               anchor: int | str | None = None, radius: int | None = None, threads: int = 1,
               areas: int = 8, seed: int = 1, linear: bool = False,
               rlimit_as: int | None = None, as_headroom: int | None = None,
-              executable: Path | None = None) -> ProbeResult:
+              executable: Path | None = None, retries: int | None = None,
+              jumprange: int | None = None) -> ProbeResult:
     """Build and run the probe; the window is ``jit``'s around ``anchor`` (default: the
     probe's own code; ``"stack"``: the probe's main stack), or +-``radius`` around it.
 
@@ -90,6 +93,9 @@ def run_probe(arch: Arch | str | None = None, *, runner: Runner | str = Runner.N
     ``as_headroom`` lowers it to the probe's VmSize plus that many bytes (a process that
     has used up its limit). Both act before the "before" maps snapshot.
     ``executable`` runs that build of the probe instead (a layout twin, twin.py).
+    A replay follows the algorithm of :mod:`layoutkit.window.replay_engine`: ``retries``
+    bounds the requests again after an abort (default: the model's); ``jumprange`` replaces the arch's
+    LJ_TARGET_JUMPRANGE (a narrower window that the states fill).
     """
     arch = host_arch() if arch is None else (arch if isinstance(arch, Arch)
                                              else arches.by_name(arch))
@@ -99,8 +105,13 @@ def run_probe(arch: Arch | str | None = None, *, runner: Runner | str = Runner.N
                          "layoutkit.native.guest (or layoutkit verify --runner qemu-system)")
     _check(mode, jit, anchor, threads, areas)
     command = run_command(arch, runner, executable or build_probe(arch))
+    if retries is None:
+        from layoutkit.window.replay import DEFAULT_RETRIES  # numpy: only for a replay
+        retries = DEFAULT_RETRIES
+    if retries < 0 or (jumprange is not None and not 17 <= jumprange <= 40):
+        raise UsageError("--retries cannot be negative; a jump range is 17..40 bits")
     args = _arguments(mode, jit, arch, anchor, threads, areas, seed, linear, rlimit_as,
-                      as_headroom)
+                      as_headroom, retries, jumprange)
     try:
         proc = subprocess.Popen([*command, *args], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -125,7 +136,7 @@ def run_probe(arch: Arch | str | None = None, *, runner: Runner | str = Runner.N
         else:
             assert isinstance(anchor, int)
             where, source = anchor, "given"
-        window = probe_window(jit, arch, where, radius)
+        window = probe_window(jit, arch, where, radius, jumprange)
         try:
             out, err = proc.communicate(" ".join(window_words(window)) + "\n",
                                         timeout=TIMEOUT)

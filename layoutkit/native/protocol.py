@@ -112,11 +112,13 @@ def free_runs(start: int, slot: int, outcomes: Sequence[Outcome]) -> tuple[Span,
 
 # --- the request: which window --------------------------------------------------------
 
-def probe_window(jit: str, arch: Arch, anchor: int, radius: int | None = None) -> JitWindow:
+def probe_window(jit: str, arch: Arch, anchor: int, radius: int | None = None,
+                 jumprange: int | None = None) -> JitWindow:
     """``jit``'s window around run-time ``anchor`` (clipped to the arch's user space), or
-    a plain +-``radius`` window of whole slots around it."""
+    a plain +-``radius`` window of whole slots around it; ``jumprange`` replaces the
+    arch's LJ_TARGET_JUMPRANGE."""
     limit = Span(0, KernelConfig.for_arch(arch).user_top)
-    window = jit_window(jit, arch, anchor, limit)
+    window = jit_window(jit, arch, anchor, limit, jumprange=jumprange)
     if radius is None:
         return window
     lo = max(0, align_down(anchor, window.slot) - radius)
@@ -344,6 +346,16 @@ class ReplayResult:
     wall_ns: int
     per_thread: tuple[ThreadReplay, ...]
     maps_during: str  # /proc/self/maps with every area still mapped
+    retries: int  # requests again after an abort, per state
+    placed: int  # areas handed out, flushed ones included
+    syscalls: int  # mmap and munmap calls of the allocator and of the flushes
+    far_areas: int  # luajit-2025: areas placed in a range that came from mmap(NULL)
+    maps_start: str  # /proc/self/maps with the threads' stacks, before any area
+
+    @property
+    def aborts(self) -> int:
+        """Failed allocations: each one LJ_TRERR_MCODEAL and a flush of the state."""
+        return self.failed_allocations
 
     @classmethod
     def from_report(cls, doc: dict[str, Any], context: ProbeContext) -> ReplayResult:
@@ -362,7 +374,9 @@ class ReplayResult:
                                               int(t["failed_allocations"]), int(t["ns"]),
                                               tuple(addr(a) for a in t["areas"]))
                                  for t in doc["per_thread"]),
-                maps_during=str(doc["maps_during"]))
+                maps_during=str(doc["maps_during"]), retries=int(doc["retries"]),
+                placed=int(doc["placed"]), syscalls=int(doc["syscalls"]),
+                far_areas=int(doc["far_areas"]), maps_start=str(doc["maps_start"]))
         except (KeyError, TypeError, ValueError) as e:
             raise _malformed(e) from e
 

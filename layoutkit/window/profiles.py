@@ -76,8 +76,11 @@ class Profile(abc.ABC):
 
     @abc.abstractmethod
     def window(self, arch: Arch, anchor: int, limit: Span, *,
-               form_name: str | None = None, slot: int = SLOT) -> JitWindow:
-        """The window around run-time ``anchor``, clipped to ``limit``."""
+               form_name: str | None = None, slot: int = SLOT,
+               jumprange: int | None = None) -> JitWindow:
+        """The window around run-time ``anchor``, clipped to ``limit``. ``jumprange``
+        replaces the arch's LJ_TARGET_JUMPRANGE (a narrower range for a replay that must
+        fill its window; LuaJIT profiles only)."""
 
 
 @dataclass(frozen=True)
@@ -91,8 +94,9 @@ class _LuaJitClassic(Profile):
     half_hints: bool = False
 
     def window(self, arch: Arch, anchor: int, limit: Span, *,
-               form_name: str | None = None, slot: int = SLOT) -> JitWindow:
-        jr = _jumprange(arch)
+               form_name: str | None = None, slot: int = SLOT,
+               jumprange: int | None = None) -> JitWindow:
+        jr = jumprange or _jumprange(arch)
         if arch.isa is Isa.MIPS:
             target = align_down(anchor, 1 << 28) + 0x08000000  # middle of the 256 MiB region
         else:
@@ -119,9 +123,10 @@ class _LuaJit2025(Profile):
     anchor (MIPS: its whole 256 MiB region, JR 28)."""
 
     def window(self, arch: Arch, anchor: int, limit: Span, *,
-               form_name: str | None = None, slot: int = SLOT) -> JitWindow:
+               form_name: str | None = None, slot: int = SLOT,
+               jumprange: int | None = None) -> JitWindow:
         # 68354f44 widened MIPS to its whole 256 MiB region: JR 28 (src/lj_arch.h).
-        jr = arch.luajit_jumprange_2025
+        jr = jumprange or arch.luajit_jumprange_2025
         if jr is None:
             raise UsageError(f"LuaJIT has no JIT for {arch}: use --jit generic")
         # mcode_setrange (68354f44), in uintptr_t arithmetic: mcmin rounded up to 64 KiB
@@ -150,7 +155,8 @@ class _Generic(Profile):
     """Any JIT: the mutual-reach window of one branch form, first fit."""
 
     def window(self, arch: Arch, anchor: int, limit: Span, *,
-               form_name: str | None = None, slot: int = SLOT) -> JitWindow:
+               form_name: str | None = None, slot: int = SLOT,
+               jumprange: int | None = None) -> JitWindow:
         form = default_form(arch)
         if form_name is not None:
             found = form_by_name(arch, form_name)
@@ -287,9 +293,11 @@ def _clip(lo: int, hi: int, limit: Span) -> Span:
 
 
 def jit_window(name: str, arch: Arch, anchor: int, limit: Span, *,
-               form_name: str | None = None, slot: int = SLOT) -> JitWindow:
+               form_name: str | None = None, slot: int = SLOT,
+               jumprange: int | None = None) -> JitWindow:
     """The window of profile ``name`` around run-time ``anchor``, clipped to ``limit``."""
-    return profile(name).window(arch, anchor, limit, form_name=form_name, slot=slot)
+    return profile(name).window(arch, anchor, limit, form_name=form_name, slot=slot,
+                                jumprange=jumprange)
 
 
 def has_luajit(arch: Arch) -> bool:
