@@ -195,8 +195,8 @@ static uint64_t scan(const struct args *a, struct lk_scan *s) {
 /* ---------------------------------------------------------------- replay */
 
 /* The algorithm replayed here, per generation, is the one documented in
- * layoutkit/window/replay_engine.py (module docstring, "The allocator, per generation"):
- * this file and that model follow it rule by rule. Each thread is one JIT state. States
+ * docs/allocator-replay.md: this file and the model (layoutkit/window/replay_engine.py)
+ * follow it rule by rule. Each thread is one JIT state. States
  * take turns, round-robin (thread 0 first), one request per turn, as the model does;
  * a failed request is LJ_TRERR_MCODEAL: the state's areas are all freed (trace_abort ->
  * lj_trace_flushall -> lj_mcode_free) and it asks again from nothing, at most

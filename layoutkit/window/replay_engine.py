@@ -1,5 +1,8 @@
 """The vectorised core of the allocator replay: all runs advance in lockstep, request by request.
 
+The algorithm, per generation, with its sources, is docs/allocator-replay.md; the C replay
+(layoutkit/native/probe.c, ``--mode replay``) follows the same page.
+
 Address model. Space is counted in 64 KiB slots (LuaJIT's hint alignment) in one column
 space per run: the JIT window ``W`` (columns ``[0, n_w)``, its first column at a per-run
 address), then for the 2025 allocator the bottom of the top-down mmap area ``M``
@@ -55,7 +58,9 @@ class Engine:
         self.dump = self.sink + 1
         self.taken = np.zeros((r, self.dump + 1), dtype=np.bool_)
         self.taken[:, : self.n_w] = s.taken
-        if self.n_m:
+        if self.n_m and s.m_taken is not None:
+            self.taken[:, self.n_w: self.sink] = s.m_taken
+        elif self.n_m:
             self.taken[:, self.n_w + s.m_top: self.sink] = True
         self.taken[:, self.sink] = True
         self.held = np.full((n, r, s.areas), self.dump, dtype=np.int32)

@@ -87,6 +87,10 @@ class Setup:
     # A window inside the top-down mmap area (library anchor): the window column below
     # which mmap(NULL), and a hint the kernel cannot honour, land. None: far away.
     fallback_top: int | None = None
+    # luajit-2025 on a captured layout: (runs, m_cols) occupancy of M as the process had
+    # it (above m_top too: the gap below the stack is free for hints). None: M is free
+    # below m_top and taken from m_top up.
+    m_taken: Bools | None = None
 
 
 @dataclass(frozen=True, eq=False)
