@@ -93,9 +93,9 @@ def run_probe(arch: Arch | str | None = None, *, runner: Runner | str = Runner.N
     ``as_headroom`` lowers it to the probe's VmSize plus that many bytes (a process that
     has used up its limit). Both act before the "before" maps snapshot.
     ``executable`` runs that build of the probe instead (a layout twin, twin.py).
-    A replay follows the algorithm of :mod:`layoutkit.window.replay_engine`: ``retries``
-    bounds the requests again after an abort (default: the model's); ``jumprange`` replaces the arch's
-    LJ_TARGET_JUMPRANGE (a narrower window that the states fill).
+    A replay follows docs/allocator-replay.md, as the model does: ``retries`` bounds the
+    requests again after an abort (default: the model's); ``jumprange`` replaces the
+    arch's LJ_TARGET_JUMPRANGE (a narrower window that the states fill).
     """
     arch = host_arch() if arch is None else (arch if isinstance(arch, Arch)
                                              else arches.by_name(arch))
