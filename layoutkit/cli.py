@@ -421,7 +421,17 @@ def _probe_program(command: tuple[str, ...], jit: str, anchor: str | None, when:
 
 
 @cli.command(name="verify", epilog=EXIT_CODES)
-@click.argument("binary")
+@click.argument("binary", required=False)
+@click.option("--workload", type=click.Choice(["luajit"]), default=None,
+              help="Instead of BINARY: run the real LuaJIT workload (--jit luajit-2.1 or "
+                   "luajit-2025, --states threads) and judge its aborts, areas and mmap "
+                   "calls against the allocator replay's p5..p95 band.")
+@click.option("--aslr", type=click.Choice(["on", "off"]), default="on", show_default=True,
+              help="With --workload: run it with ASLR on or off (setarch -R).")
+@click.option("--replay-runs", type=click.IntRange(min=2), default=300, show_default=True,
+              help="With --workload: replay runs that make the band.")
+@click.option("--seed", type=int, default=1, show_default=True,
+              help="With --workload: the replay's seed.")
 @click.option("--arch", "arch_name", metavar="ARCH", default=None,
               help="Architecture (checked against BINARY).")
 @click.option("--runner", type=click.Choice(["native", "qemu-user", "qemu-system"]),
@@ -440,7 +450,8 @@ def _probe_program(command: tuple[str, ...], jit: str, anchor: str | None, when:
 @scenario_options(kernel=False)
 @output_options
 @_handled
-def verify_command(binary: str, arch_name: str | None, runner: str, runs: int,
+def verify_command(binary: str | None, workload: str | None, aslr: str, replay_runs: int,
+                   seed: int, arch_name: str | None, runner: str, runs: int,
                    advice: str | None, base: str | None, anchor: str | None, fmt: str,
                    scenario_args: dict[str, Any]) -> None:
     """Measure BINARY's JIT window without running it: its layout twin (the probe linked
@@ -448,9 +459,21 @@ def verify_command(binary: str, arch_name: str | None, runner: str, runs: int,
     compared with the accounting of its own /proc/self/maps (slot for slot) and with the
     kernel model's range over ASLR.
 
-    Exit 0 when both hold and the capacity verdict is ok, 1 when not, 4 when the runner
-    or the cross compiler is not available (the message says what to install).
+    With --workload luajit instead of BINARY: the real LuaJIT workload runs once with
+    --states threads on the runner (native, or qemu-system for arm64), and its aborts,
+    areas held and area mmap calls are judged against the replay of the same binary,
+    scenario and kernel.
+
+    Exit 0 when both hold and the capacity verdict is ok (with --workload: every figure
+    inside the band), 1 when not, 4 when the runner or the cross compiler is not
+    available (the message says what to install).
     """
+    if workload is not None:
+        _verify_workload(binary, workload, aslr == "on", replay_runs, seed, arch_name, runner,
+                         fmt, scenario_args)
+        return
+    if binary is None:
+        raise UsageError("verify needs a BINARY, or --workload luajit")
     from layoutkit.commands.verify import verify
     from layoutkit.core.kinds import AdviceKind
     from layoutkit.output.verify import verification_json, verification_lines
@@ -459,6 +482,20 @@ def verify_command(binary: str, arch_name: str | None, runner: str, runs: int,
                     runs=runs, advice=None if advice is None else AdviceKind(advice),
                     base=None if base is None else parse_address(base), anchor_spec=anchor)
     _show(fmt, lambda: verification_lines(result), lambda: verification_json(result),
+          result.exit_code)
+
+
+def _verify_workload(binary: str | None, workload: str, aslr: bool, replay_runs: int,
+                     seed: int, arch_name: str | None, runner: str, fmt: str,
+                     scenario_args: dict[str, Any]) -> None:
+    from layoutkit.commands.verify_workload import verify_workload
+    from layoutkit.output.verify_workload import workload_json, workload_lines
+
+    if binary is not None:
+        raise UsageError(f"--workload {workload} runs its own binary: leave out {binary}")
+    result = verify_workload(workload, scenario_from(scenario_args), runner=runner,
+                             arch_name=arch_name, aslr=aslr, runs=replay_runs, seed=seed)
+    _show(fmt, lambda: workload_lines(result), lambda: workload_json(result),
           result.exit_code)
 
 

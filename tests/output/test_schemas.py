@@ -24,6 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from layoutkit.cli import cli
+from layoutkit.commands.verify_workload import Figure, WorkloadVerdict
 from layoutkit.core.kinds import AdviceKind, OccupantKind, Status, Verdict
 from layoutkit.core.model import LoadKind
 from layoutkit.ranges import FormKind
@@ -125,6 +126,9 @@ def test_vocabularies_are_the_code_enums() -> None:
         (schema_of("maps")["properties"]["anchor"]["properties"]["how_found"], HowFound),
         (schema_of("probe")["$defs"]["program"]["properties"]["anchor"]["properties"]["source"],
          HowFound),
+        (schema_of("verify-workload")["properties"]["bands"]["items"]["properties"]["figure"],
+         Figure),
+        (schema_of("verify-workload")["properties"]["verdict"], WorkloadVerdict),
     ]
     for schema, kind in pairs:
         assert sorted(schema["enum"]) == sorted(k.value for k in kind), kind.__name__
@@ -241,6 +245,16 @@ def test_verify_native() -> None:
     assert_valid(doc)
 
 
+@pytest.mark.toolchain
+@pytest.mark.skipif(not X86_HOST, reason="the workload runs natively on x86-64 here")
+def test_verify_workload_native() -> None:
+    for tool in ("gcc", "make", "apt-get", "dpkg-deb"):
+        require(tool)
+    doc = document("verify", "--workload", "luajit", "--states", "2", "--replay-runs", "50")
+    assert doc["schema"] == "layoutkit/verify-workload/1"
+    assert_renames_caught(doc)
+
+
 @pytest.mark.qemu_user
 @pytest.mark.usefixtures("private_cache")
 def test_probe_and_verify_under_qemu_user() -> None:
@@ -262,7 +276,8 @@ def test_every_schema_is_exercised() -> None:
     """Each committed schema is the schema of a document these tests validate."""
     exercised = {"layoutkit/inspect/1", "layoutkit/maps/1", "layoutkit/advise/1",
                  "layoutkit/advise-move/1", "layoutkit/ranges/1", "layoutkit/check/1",
-                 "layoutkit/probe/1", "layoutkit/verify/1", "layoutkit/error/1"}
+                 "layoutkit/probe/1", "layoutkit/verify/1", "layoutkit/error/1",
+                 "layoutkit/verify-workload/1"}
     assert {schema_id(p) for p in schema_files()} == exercised
 
 

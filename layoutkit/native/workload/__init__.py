@@ -38,6 +38,7 @@ from layoutkit.native.workload.run import (
     parse_mmap_bench,
     parse_report,
     run_in_guest,
+    run_in_guest_facts,
     run_native,
     workload_args,
 )
@@ -45,6 +46,6 @@ from layoutkit.native.workload.run import (
 __all__ = (
     "MACHINES", "STATEMENTS", "Aslr", "Generation", "LuajitBuild", "Machine", "MmapCost",
     "StateCounts", "Workload", "WorkloadRun", "build_workload", "cache_root", "fetch_luajit",
-    "host_machine", "parse_mmap_bench", "parse_report", "run_in_guest", "run_native",
-    "workload_args",
+    "host_machine", "parse_mmap_bench", "parse_report", "run_in_guest", "run_in_guest_facts",
+    "run_native", "workload_args",
 )

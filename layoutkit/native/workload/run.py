@@ -195,6 +195,14 @@ def run_in_guest(workload: Workload, arglists: Sequence[Sequence[str]], *,
     """Each argument list run in turn in one boot of the arch's qemu-system guest (Debian's
     kernel, TCG, :func:`layoutkit.native.guest.boot.run_in_guest`); the runs and the guest
     kernel's release."""
+    out, facts = run_in_guest_facts(workload, arglists, timeout=timeout)
+    return out, facts.release
+
+
+def run_in_guest_facts(workload: Workload, arglists: Sequence[Sequence[str]], *,
+                       timeout: float = 600,
+                       ) -> tuple[list[WorkloadRun | MmapCost], guest_boot.GuestKernel]:
+    """:func:`run_in_guest` with every kernel fact the guest's ``/init`` read."""
     m = workload.luajit.machine
     result = guest_boot.run_in_guest(m.name, [(workload.executable, list(a))
                                                for a in arglists], timeout=timeout)
@@ -210,4 +218,4 @@ def run_in_guest(workload: Workload, arglists: Sequence[Sequence[str]], *,
         else:
             out.append(_check(parse_report(run.stdout, source=workload.luajit.source,
                                            arch=m.name, runner=Runner.QEMU_SYSTEM)))
-    return out, result.facts.release
+    return out, result.facts
