@@ -211,6 +211,7 @@ struct worker {
     unsigned index;
     int wants;        /* still asking for areas */
     uint64_t prng;
+    uint32_t lcg;     /* 2017: J->prngstate, zero like the rest of a new jit_State */
     struct area *areas;
     unsigned done;    /* areas held now */
     unsigned failed_allocs, fallbacks;  /* aborts; 2025: new ranges from mmap(NULL) */
@@ -279,6 +280,30 @@ static uintptr_t alloc_luajit21(struct worker *w, size_t sz) {
             hint = (uintptr_t)(prng_next(&w->prng) & mask);
         } while (!(hint + sz < range + range));
         hint = target + hint - range;
+    }
+    return 0;
+}
+
+/* LuaJIT before 2017-03-08 (commits 4e308361, d62459fc changed it), src/lj_mcode.c
+ * mcode_alloc: 32 iterations; hints (0x78fb ^ LJ_PRNG_BITS(J, 15)) << 16, kept while
+ * below range, placed at target - range/2. LJ_PRNG_BITS (src/lj_jit.h before the 2020
+ * PRNG rework): prngstate = prngstate * 1103515245 + 12345, its top 15 bits. */
+static uintptr_t alloc_luajit2017(struct worker *w, size_t sz) {
+    const struct args *a = w->a;
+    uintptr_t target = a->target;
+    uintptr_t range = ((uintptr_t)1 << (a->jr - 1)) - ((uintptr_t)1 << 21);
+    uintptr_t hint = w->mcarea ? w->mcarea - sz : 0;
+    for (unsigned i = 0; i < 32; i++) {
+        if (validptr(hint)) {
+            uintptr_t p = try_at(w, hint, sz);
+            if (validptr(p) && (p + sz - target < range || target - p < range)) return p;
+            reject(w, p, sz);
+        }
+        do {
+            w->lcg = w->lcg * 1103515245u + 12345u;
+            hint = (uintptr_t)(0x78fbu ^ (w->lcg >> 17)) << 16;
+        } while (!(hint + sz < range));
+        hint = target + hint - (range >> 1);
     }
     return 0;
 }
@@ -390,6 +415,7 @@ static void *worker_main(void *arg) {
         uintptr_t p;
         if (!strcmp(a->profile, "luajit-2025")) p = alloc_luajit2025(w, a->area);
         else if (!strcmp(a->profile, "generic")) p = alloc_first_fit(w, a->area);
+        else if (!strcmp(a->profile, "luajit-2017")) p = alloc_luajit2017(w, a->area);
         else p = alloc_luajit21(w, a->area);
         uint64_t dt = now_ns() - t0;
         w->ns_total += dt;

@@ -51,8 +51,8 @@ def build_probe(arch: Arch) -> Path:
 def _check(mode: ProbeMode, jit: str, anchor: int | str | None, threads: int,
            areas: int) -> None:
     if mode is ProbeMode.REPLAY and profile(jit).allocator_name not in REPLAYS:
-        raise UsageError("replay knows luajit-2.1, luajit-2025 and generic (first fit); "
-                         "luajit-openresty runs one of the first two")
+        raise UsageError(f"replay knows {', '.join(REPLAYS)} (generic: first fit; "
+                         f"luajit-openresty runs luajit-2.1 or luajit-2025), not {jit}")
     if not 1 <= threads <= 1024 or not 0 <= areas <= 4096:
         raise UsageError("--threads must be 1..1024 and --areas 0..4096")
     if isinstance(anchor, str) and anchor != "stack":

@@ -130,6 +130,11 @@ def _classic_jr(window: JitWindow) -> int:
     return window.random_probes + 1  # JR iterations, the first one "below the last area"
 
 
+def _half_hints_jr(window: JitWindow) -> int:
+    # Hints cover target +- range/2 with range = 2^(JR-1) - 2 MiB.
+    return (window.hint_hi - window.hint_lo + (1 << 21)).bit_length()
+
+
 def _mcode_setrange_jr(window: JitWindow) -> int:
     return (window.hint_hi - 1 - window.hint_lo + window.slot).bit_length() - 1  # 2^JR - 64K
 
@@ -141,7 +146,8 @@ def _first_fit_jr(window: JitWindow) -> int:
 # The allocators probe.c replays, by the name it knows them by (``--profile``, its
 # worker_main), and how each one's LJ_TARGET_JUMPRANGE (``--jr``) follows from its window.
 REPLAYS: dict[str, Callable[[JitWindow], int]] = {
-    "luajit-2.1": _classic_jr, "luajit-2025": _mcode_setrange_jr, "generic": _first_fit_jr,
+    "luajit-2017": _half_hints_jr, "luajit-2.1": _classic_jr,
+    "luajit-2025": _mcode_setrange_jr, "generic": _first_fit_jr,
 }
 
 

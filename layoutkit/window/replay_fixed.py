@@ -31,6 +31,7 @@ from layoutkit.window.replay_model import (
     Outcome,
     PrngModel,
     Setup,
+    lcg_columns,
 )
 
 _DEEP = 1 << 30  # mappings this far below mmap_base count towards the depth of M
@@ -107,22 +108,26 @@ def fixed_setup(layouts: Sequence[FixedLayout], demand: FixedDemand) -> Setup:
             n_w = 2 * rng // SLOT
         rows.append(_occupancy(lay, base, n_w))
     each = demand.runs_each
+    old = gen is Generation.LJ2017
+    iterations = 32 if old else jr
+    # luajit-2017: every state's zero-seeded LCG, at most `iterations` draws per request.
+    table = lcg_columns(gen, jr, k, (demand.retries + 1) * demand.areas * iterations + 1) \
+        if old else None
     taken = np.repeat(np.stack(rows), each, axis=0)
     runs = taken.shape[0]
     zero = np.zeros(runs, dtype=np.int64)
     m_taken = np.repeat(np.stack(m_rows), each, axis=0) if m_rows else None
     return Setup(
-        generation=gen, prng=PrngModel.SECURE_PER_STATE, runs=runs, states=demand.states,
+        generation=gen, prng=PrngModel.LCG_ZERO_SEED if old else PrngModel.SECURE_PER_STATE,
+        runs=runs, states=demand.states,
         areas=demand.areas, k=k, retries=demand.retries, seed=demand.seed,
         heap_timing=HeapTiming.BEFORE, closed_form=True, taken=taken, heap_lo=zero,
-        heap_hi=zero, iterations=32 if gen is Generation.LJ2017 else jr, draw_lo=0,
-        draw_n=2 * rng // SLOT - k, accept_lo=1, accept_hi=n_w - 1, lcg_table=None, jr=jr,
+        heap_hi=zero, iterations=iterations, draw_lo=rng // 2 // SLOT if old else 0,
+        draw_n=(rng if old else 2 * rng) // SLOT - k, accept_lo=1, accept_hi=n_w - 1,
+        lcg_table=table, jr=jr,
         m_cols=m_top + space if m_taken is not None else 0, m_top=m_top, m_taken=m_taken)
 
 
 def replay_fixed(layouts: Sequence[FixedLayout], demand: FixedDemand) -> Outcome:
     """Per-run totals of ``demand.runs_each`` replays on every layout (rows in order)."""
-    if demand.generation is Generation.LJ2017:
-        raise UsageError("luajit-2017 draws from a zero-seeded LCG; the fixed-layout "
-                         "replay models per-state streams (luajit-2.1, luajit-2025)")
     return Engine(fixed_setup(layouts, demand)).run()

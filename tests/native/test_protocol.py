@@ -140,7 +140,7 @@ def test_a_tampered_report_is_refused() -> None:
 
 
 @pytest.mark.parametrize("arch_name", ["x86_64", "aarch64", "arm"])
-@pytest.mark.parametrize("jit", ["luajit-2.1", "luajit-2025"])
+@pytest.mark.parametrize("jit", ["luajit-2017", "luajit-2.1", "luajit-2025"])
 def test_replay_jump_range_is_luajits(arch_name: str, jit: str) -> None:
     """--jr recovered from the window is LJ_TARGET_JUMPRANGE (src/lj_arch.h), as the arch
     states it."""
@@ -151,5 +151,7 @@ def test_replay_jump_range_is_luajits(arch_name: str, jit: str) -> None:
 
 
 def test_replay_refuses_an_allocator_the_probe_does_not_replay() -> None:
-    with pytest.raises(UsageError, match=r"replay knows luajit-2\.1, luajit-2025 and generic"):
-        run_probe(mode=ProbeMode.REPLAY, jit="luajit-2017")
+    with pytest.raises(UsageError, match=r"^replay knows luajit-2017, luajit-2\.1, luajit-2025, "
+                       r"generic \(generic: first fit; luajit-openresty runs luajit-2\.1 or "
+                       r"luajit-2025\), not php-opcache$"):
+        run_probe(mode=ProbeMode.REPLAY, jit="php-opcache")

@@ -15,10 +15,10 @@ from dataclasses import replace
 import pytest
 
 from layoutkit.core.arches import by_name
-from layoutkit.native.replay_agreement import agreement, c_replays
+from layoutkit.native.replay_agreement import agreement, c_replays, fixed_layout
 from layoutkit.native.toolchain import host_arch
 from layoutkit.output.agreement import agreement_lines
-from layoutkit.window.replay_fixed import FixedDemand
+from layoutkit.window.replay_fixed import FixedDemand, replay_fixed
 from layoutkit.window.replay_model import Generation
 from tests.support import require
 
@@ -36,6 +36,8 @@ def _private_cache(monkeypatch: pytest.MonkeyPatch,
 
 @pytest.mark.toolchain
 @pytest.mark.parametrize(("generation", "jumprange"), [
+    (Generation.LJ2017, 24),  # hints over the middle 6 MiB of +-6 MiB
+    (Generation.LJ2017, 31),
     (Generation.LJ21, 23),  # range 2 MiB each side: 62 usable slots for 128 areas
     (Generation.LJ2025, 22),  # 4 MiB - 64 KiB: 63 slots, then ranges from mmap(NULL)
     (Generation.LJ21, 31),  # x86-64's own jump range
@@ -61,3 +63,21 @@ def test_c_replay_and_model_agree(generation: Generation, jumprange: int) -> Non
         other = agreement(reps, replace(demand, retries=RETRIES - 3))
         print("\n".join(agreement_lines(other)))
         assert not other.agrees
+
+
+@pytest.mark.toolchain
+def test_luajit_2017_is_the_same_run_for_run() -> None:
+    """luajit-2017's hints come from a zero-seeded LCG in every state: no randomness is
+    left, so on each process's own layout the model gives that process's counts exactly."""
+    require("cc")
+    jumprange = 24
+    reps = c_replays(Generation.LJ2017.value, states=STATES, areas=AREAS,
+                     jumprange=jumprange, retries=RETRIES, probe_runs=4)
+    out = replay_fixed([fixed_layout(r) for r in reps],
+                       FixedDemand(Generation.LJ2017, jumprange, STATES, AREAS, RETRIES, 1))
+    c_side = [(r.placed, r.aborts, r.syscalls) for r in reps]
+    model = list(zip(out.placed.tolist(), out.aborts.sum(axis=1).tolist(),
+                     out.syscalls.tolist(), strict=True))
+    print(c_side, model)
+    assert c_side == model
+    assert all(aborts > 0 for _, aborts, _ in c_side)
