@@ -365,6 +365,9 @@ def check(paths: tuple[str, ...], min_window: str | None, min_free_slots: int | 
               help="Areas each replay thread allocates.")
 @click.option("--seed", type=int, default=1, show_default=True,
               help="Seed of the replay's hint generator.")
+@click.option("--retries", type=click.IntRange(min=0), default=None,
+              help="Replay: requests again per thread after an abort (default: the "
+                   "model replay's).")
 @click.option("--when", default="start", show_default=True,
               help="With CMD: when the probe forks: start, ms:N, or signal:USR1|USR2.")
 @click.option("--object", "object_name", metavar="NAME", default=None,
@@ -376,11 +379,16 @@ def check(paths: tuple[str, ...], min_window: str | None, min_free_slots: int | 
 @output_options
 @_handled
 def probe_command(arch_name: str | None, runner: str, jit: str, anchor: str | None,
-                  radius: str | None, threads: int, areas: int, seed: int, when: str,
+                  radius: str | None, threads: int, areas: int, seed: int,
+                  retries: int | None, when: str,
                   object_name: str | None, kill_after: bool, command: tuple[str, ...],
                   fmt: str) -> None:
     """Ask a real kernel which slots of the JIT window are free (MAP_FIXED_NOREPLACE,
     never MAP_FIXED), or replay the allocator with N threads, in the probe's own process.
+
+    The replay is the allocator's own algorithm (docs/allocator-replay.md, the same as
+    the model's): the threads take turns, an allocation that fails aborts and flushes
+    that thread's areas, and it asks again up to --retries times.
 
     Everything the probe maps it unmaps before it reports. Exit 1 when the window has
     no free slot or an allocation failed; 4 when no compiler or qemu is available.
@@ -405,7 +413,7 @@ def probe_command(arch_name: str | None, runner: str, jit: str, anchor: str | No
     report = probe(arch_name=arch_name, runner=runner, jit=jit,
                    anchor=anchor if anchor in (None, "stack") else parse_address(anchor or ""),
                    radius=None if radius is None else parse_size(radius),
-                   threads=threads, areas=areas, seed=seed)
+                   threads=threads, areas=areas, seed=seed, retries=retries)
     _show(fmt, lambda: probe_lines(report), lambda: probe_json(report), report.exit_code)
 
 

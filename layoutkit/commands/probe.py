@@ -30,13 +30,14 @@ class ProbeReport:
 
 def probe(*, arch_name: str | None = None, runner: Runner | str = Runner.NATIVE,
           jit: str = "luajit-2.1", anchor: int | str | None = None, radius: int | None = None,
-          threads: int = 0, areas: int = 8, seed: int = 1) -> ProbeReport:
+          threads: int = 0, areas: int = 8, seed: int = 1,
+          retries: int | None = None) -> ProbeReport:
     """Scan ``jit``'s window (or +-``radius``) around ``anchor`` (an address, ``stack``,
     default the probe's own code), or with ``threads`` replay the allocator."""
     result = run_probe(arch_name, runner=Runner.named(runner),
                        mode=ProbeMode.REPLAY if threads else ProbeMode.SCAN, jit=jit,
                        anchor=anchor, radius=radius, threads=max(threads, 1), areas=areas,
-                       seed=seed)
+                       seed=seed, retries=retries)
     found = tuple(differences(result)) if isinstance(result, ScanResult) else ()
     return ProbeReport(result, found)
 

@@ -53,6 +53,8 @@ def probe_json(report: ProbeReport) -> dict[str, Any]:
             "allocations": result.allocations,
             "failed_allocations": result.failed_allocations, "fallbacks": result.fallbacks,
             "attempts": result.attempts, "failed_attempts": result.failed_attempts,
+            "retries": result.retries, "placed": result.placed, "syscalls": result.syscalls,
+            "far_areas": result.far_areas,
             "ns_per_allocation": result.ns_per_allocation, "ns_max": result.ns_max,
             "wall_ns": result.wall_ns,
             "per_thread": [{"attempts": t.attempts, "failed_attempts": t.failed_attempts,
@@ -98,10 +100,15 @@ def _scan_verdict(result: ScanResult) -> str:
 
 def _replay_lines(result: ReplayResult) -> Iterator[str]:
     yield (f"Replay:      {result.threads_started}/{result.threads} threads x "
-           f"{result.areas_per_thread} areas of {format_size(result.area_size)}")
+           f"{result.areas_per_thread} areas of {format_size(result.area_size)}, taking "
+           f"turns; {result.retries} requests again per state after an abort")
     yield (f"Attempts:    {result.attempts} mmap calls, {result.failed_attempts} failed; "
            f"{result.failed_allocations} of {result.allocations} allocations failed"
-           + (f", {result.fallbacks} placed anywhere" if result.fallbacks else ""))
+           + (f", {result.fallbacks} new ranges from mmap(NULL)" if result.fallbacks else ""))
+    per_area = result.syscalls / result.placed if result.placed else 0.0
+    yield (f"Placed:      {result.placed} areas"
+           + (f" ({result.far_areas} in far ranges)" if result.far_areas else "")
+           + f", {result.syscalls} mmap/munmap calls ({per_area:.2f} per area)")
     yield (f"Time:        {result.ns_per_allocation / 1e3:.1f} us per allocation, "
            f"max {result.ns_max / 1e3:.1f} us, wall {result.wall_ns / 1e6:.3f} ms")
 
@@ -110,7 +117,8 @@ def _replay_verdict(result: ReplayResult) -> str:
     if not result.all_started:
         return "threads could not start (RLIMIT_AS or memory)"
     if result.failed_allocations:
-        return f"{result.failed_allocations} allocation(s) failed"
+        return (f"{result.failed_allocations} allocation(s) failed: each aborted a trace "
+                f"and flushed its state's areas")
     return "ok: every area was placed inside the window"
 
 
