@@ -16,7 +16,8 @@
  * Arguments (all addresses and sizes hex or decimal, strtoull base 0):
  *   --mode scan|replay --start A --end A --slot N --area N --profile NAME
  *   --threads N --areas N --seed N --jr N --target A --range N --hint-lo A --hint-hi A
- *   --retries K   replay: requests again after an abort, per state (default 4)
+ *   --retries K   replay: requests again after an abort, per state (default 4; layoutkit
+ *                 passes the model's)
  *   --linear      scan one slot per request (default: bisect runs, same result)
  *   --rlimit-as N  set the soft RLIMIT_AS to N bytes first (as `ulimit -v` would)
  *   --as-headroom N  lower RLIMIT_AS to VmSize + N first (a process that has used up
@@ -196,11 +197,10 @@ static uint64_t scan(const struct args *a, struct lk_scan *s) {
 
 /* The algorithm replayed here, per generation, is the one documented in
  * docs/allocator-replay.md: this file and the model (layoutkit/window/replay_engine.py)
- * follow it rule by rule. Each thread is one JIT state. States
- * take turns, round-robin (thread 0 first), one request per turn, as the model does;
- * a failed request is LJ_TRERR_MCODEAL: the state's areas are all freed (trace_abort ->
- * lj_trace_flushall -> lj_mcode_free) and it asks again from nothing, at most
- * --retries times. */
+ * follow it rule by rule. Each thread is one JIT state. States take turns, round-robin
+ * (thread 0 first), one request per turn, as the model does; a failed request is
+ * LJ_TRERR_MCODEAL: the state's areas are all freed (trace_abort -> lj_trace_flushall ->
+ * lj_mcode_free) and it asks again from nothing, at most --retries times. */
 
 struct area { uintptr_t p; size_t sz; };
 
@@ -220,7 +220,7 @@ struct worker {
     uintptr_t mcarea;        /* J->mcarea: the last area placed, 0 after a flush */
     uintptr_t mcmin, mcmax;  /* 2025: J->mcmin, J->mcmax (0: not set / switch range) */
     int far_range;           /* 2025: the current range came from mmap(NULL) */
-    int jit_off;             /* 2025: the first allocation failed, JIT_F_ON cleared */
+    int jit_off;             /* 2025: failed holding no area: JIT_F_ON cleared */
     uint64_t ns_total, ns_max;
 };
 
