@@ -509,6 +509,22 @@ static int run_scan(const struct args *a) {
     return 0;
 }
 
+/* The threads' stacks, STACK_SIZE each, in one mapping that starts on a 64 KiB boundary:
+ * it is the lowest mapping of the top-down area, where mmap(NULL) puts the next area, and
+ * the model counts that area in 64 KiB slots (docs/allocator-replay.md, "What the model
+ * simplifies"). Mapped one slot larger, the ends trimmed off. NULL when it cannot be. */
+static char *map_stacks(unsigned n) {
+    size_t len = (size_t)n * STACK_SIZE, slot = 0x10000;
+    char *p = mmap(NULL, len + slot, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    uintptr_t start = ((uintptr_t)p + slot - 1) & ~(uintptr_t)(slot - 1);
+    uintptr_t end = start + len, top = (uintptr_t)p + len + slot;
+    if (start > (uintptr_t)p) munmap(p, start - (uintptr_t)p);
+    if (top > end) munmap((void *)end, top - end);
+    return (char *)start;
+}
+
 static int run_replay(const struct args *a) {
     static pthread_t tids[THREADS_MAX];
     static void *stacks[THREADS_MAX];
@@ -521,11 +537,9 @@ static int run_replay(const struct args *a) {
     slurp("/proc/self/maps", maps_before, sizeof maps_before);
     /* Thread stacks are our own mappings, so they are unmapped (glibc would cache them). */
     unsigned started = 0;
-    for (unsigned t = 0; t < a->threads; t++) {
-        void *st = mmap(NULL, STACK_SIZE, PROT_READ | PROT_WRITE,
-                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-        if (st == MAP_FAILED) break;
-        stacks[t] = st;
+    char *block = map_stacks(a->threads);
+    for (unsigned t = 0; block && t < a->threads; t++) {
+        stacks[t] = block + (size_t)t * STACK_SIZE;
         workers[t] = (struct worker){.a = a, .barrier = &barrier, .index = t,
                                      .wants = a->areas > 0,
                                      .prng = a->seed * 0x100000001b3u + t,
