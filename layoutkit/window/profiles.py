@@ -186,7 +186,8 @@ class _CallsIn(Profile):
     buffer): the one-way reach of the direct form to the anchor, not the mutual window."""
 
     def window(self, arch: Arch, anchor: int, limit: Span, *,
-               form_name: str | None = None, slot: int = SLOT) -> JitWindow:
+               form_name: str | None = None, slot: int = SLOT,
+               jumprange: int | None = None) -> JitWindow:
         form = default_form(arch)
         lo, hi = form.sources_to(anchor)
         window = _clip(lo, hi, limit)
