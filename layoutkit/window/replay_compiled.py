@@ -34,6 +34,11 @@ def run(s: Setup, out: Outcome) -> None:
     if _replay is None:
         raise UsageError("the compiled replay engine is not built (install layoutkit with "
                          "pip, which compiles it), and the numpy engine was not chosen")
+    if s.m_taken is not None:
+        # Only replay_fixed's captured layouts carry the far range's own mappings, and it
+        # runs the numpy engine; the C engine has no input for them.
+        raise ValueError("the compiled engine does not model captured far-range mappings "
+                         "(Setup.m_taken): replay them with the numpy engine")
     _replay.run(
         taken=s.taken, heap_lo=s.heap_lo, heap_hi=s.heap_hi,
         lcg=s.lcg_table if s.lcg_table is not None else s.heap_lo[:0],
