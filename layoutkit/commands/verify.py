@@ -30,7 +30,12 @@ from layoutkit.elf import ElfReader
 from layoutkit.errors import EXIT_FINDINGS, EXIT_OK, ProbeError, UsageError
 from layoutkit.native.compare import Cause, Difference, differences, model_accounting
 from layoutkit.native.guest.boot import GuestResult, run_in_guest
-from layoutkit.native.guest.probe import probe_scan_args, scan_result
+from layoutkit.native.guest.probe import (
+    handshake_program,
+    probe_scan_args,
+    scan_result,
+    window_answer,
+)
 from layoutkit.native.probe import run_probe
 from layoutkit.native.protocol import ScanResult
 from layoutkit.native.toolchain import Runner
@@ -66,6 +71,7 @@ class Figures:
 @dataclass(frozen=True)
 class Run:
     result: ScanResult
+    bias: int  # the twin's load bias in this run: where the kernel placed it (0: non-PIE)
     predicted: Accounting  # from the run's own maps
     measured: Figures
     differences: tuple[Difference, ...]
@@ -159,16 +165,19 @@ def _image_holes(maps: ProcessMaps, image: ElfImage, bias: int) -> list[Span]:
 def _guest_runs(twin: Twin, profile: str, runs: int) -> GuestResult:
     """``runs`` scans by the twin in one boot of the guest (qemu-system runner).
 
-    The guest's programs read no stdin, so the window is computed beforehand around the
-    anchor's link address: only a non-PIE twin (whose anchor ASLR does not move) can be
-    measured there."""
-    if twin.spec.kind is not LoadKind.EXEC:
-        raise UsageError("the qemu-system runner verifies non-PIE executables only (the "
-                         "window of a PIE is known only once it is loaded); use --runner "
-                         "native or qemu-user")
-    args = probe_scan_args(twin.path, twin.spec.arch, jit=profile)
-    programs = [(twin.path, [*args, "--seed", str(seed)]) for seed in range(1, runs + 1)]
-    return run_in_guest(twin.spec.arch.name, programs, timeout=60 + 30 * runs)
+    A non-PIE twin's anchor is its link address: the window goes on its command line.
+    A PIE twin is placed by the guest kernel (ASLR): it reports its anchor first and is
+    answered with the window around it (the handshake, relayed by the guest's /init)."""
+    arch = twin.spec.arch
+    if twin.spec.kind is LoadKind.EXEC:
+        args = probe_scan_args(twin.path, arch, jit=profile)
+        return run_in_guest(arch.name, [(twin.path, [*args, "--seed", str(seed)])
+                                        for seed in range(1, runs + 1)],
+                            timeout=60 + 30 * runs)
+    programs = [handshake_program(twin.path, arch, jit=profile, seed=seed)
+                for seed in range(1, runs + 1)]
+    return run_in_guest(arch.name, programs, timeout=60 + 30 * runs,
+                        answer=window_answer(arch, jit=profile))
 
 
 def _capacity(runs: Sequence[Span], profile_area: int, per_state: int) -> int:
@@ -247,7 +256,7 @@ def verify(path: str, scenario: Scenario = DEFAULT_SCENARIO, *, arch_name: str |
         measured = Figures.of_runs(result.free_runs, result.slot)
         fit = _capacity(result.free_runs, predicted.capacity.area_size,
                         predicted.capacity.mcode_per_state)
-        done.append(Run(result, predicted, measured, tuple(differences(result)), fit))
+        done.append(Run(result, bias, predicted, measured, tuple(differences(result)), fit))
     first = done[0].result.context
     if guest is not None:
         kernel_seen = RunnerKernel(guest.facts.release, guest.facts.va_bits,

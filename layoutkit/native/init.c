@@ -8,16 +8,30 @@
  *      (the caller reads the VA bits from it), page size, vm.mmap_min_addr,
  *      kernel.randomize_va_space and vm.mmap_rnd_bits;
  *   3. runs every program listed in /layoutkit.conf as an unprivileged user (uid and gid
- *      65534, no supplementary groups) in a forked child, stdin /dev/null, stdout and
- *      stderr captured into files, and prints one JSON block per run;
+ *      65534, no supplementary groups) in a forked child with the environment the
+ *      conf gives, stdin /dev/null, stdout and stderr captured into files, and prints
+ *      one JSON block per run;
  *   4. powers the machine off.
  *
- * /layoutkit.conf is a sequence of NUL-terminated strings: the magic "layoutkit-guest-1",
- * then per program its argc (decimal) and argv[0..argc-1]; argv[0] is the program's
- * path in the guest.
+ * /layoutkit.conf is a sequence of NUL-terminated strings: the magic "layoutkit-guest-2",
+ * then per program: its handshake flag ("0" or "1"), the guest path of a report file
+ * it leaves ("" for none), envc (decimal) and env[0..envc-1], argc (decimal) and
+ * argv[0..argc-1]; argv[0] is the program's path in the guest.
+ *
+ * The handshake (probe.c --handshake: the window is known only once the kernel has
+ * placed the program): the child's stdin and stdout are pipes; /init relays the first
+ * line the program prints to the console as a HELLO block, reads one line from the
+ * console (layoutkit writes it to qemu's stdin, the serial port) and writes it to the
+ * program's stdin; the rest of the program's stdout is captured as usual. The hello line
+ * goes into the RUN block as "hello", the answer as "answer".
+ *
+ * A report file (preload.c's: the forked copy writes it while the program runs, and may
+ * finish after it) is waited for up to REPORT_WAIT_NS after the program has exited,
+ * reaping the orphans that end meanwhile, and goes into the RUN block as "report".
  *
  * Every block is one line between marker lines:
  *   @@LAYOUTKIT-FACTS@@ {json} @@LAYOUTKIT-END@@
+ *   @@LAYOUTKIT-HELLO@@ {"index":N,"hello":"..."} @@LAYOUTKIT-END@@
  *   @@LAYOUTKIT-RUN@@   {json} @@LAYOUTKIT-END@@
  *   @@LAYOUTKIT-DONE@@
  * JSON strings carry every byte outside printable ASCII as \u00XX (one escape per
@@ -37,6 +51,7 @@
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -46,6 +61,8 @@
 #define CONF_MAX (1u << 16)
 #define ARGS_MAX 256
 #define OUT_MAX (1u << 22)
+#define LINE_MAX_ (1u << 12)
+#define REPORT_WAIT_NS (60ull * 1000000000ull)
 
 static char conf[CONF_MAX];
 static char captured[OUT_MAX];
@@ -108,31 +125,124 @@ static void print_captured(const char *key, int fd) {
     printf(",\"%s_bytes\":%lld", key, (long long)st.st_size);
 }
 
-static void run(int index, int argc, char **argv) {
+/* One line (without its newline, at most LINE_MAX_ - 1 bytes) read byte by byte from
+ * fd; its length, or -1 when the fd ended before any newline. */
+static ssize_t read_line(int fd, char *line) {
+    size_t used = 0;
+    for (;;) {
+        char c;
+        ssize_t n = read(fd, &c, 1);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) { line[used] = 0; return -1; }
+        if (c == '\n') break;
+        if (c != '\r' && used < LINE_MAX_ - 1) line[used++] = c;
+    }
+    line[used] = 0;
+    return (ssize_t)used;
+}
+
+/* Copy what is left on ``from`` into ``to``. */
+static void drain(int from, int to) {
+    for (;;) {
+        ssize_t n = read(from, captured, sizeof captured);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return;
+        for (ssize_t done = 0; done < n;) {
+            ssize_t k = write(to, captured + done, (size_t)(n - done));
+            if (k < 0 && errno == EINTR) continue;
+            if (k <= 0) return;
+            done += k;
+        }
+    }
+}
+
+/* The handshake, from /init's side: the program's hello line out to the console, the
+ * caller's answer back from it. Empty strings when the program printed no line. */
+static void relay(int index, int from, int to, char *hello, char *answer) {
+    answer[0] = 0;
+    if (read_line(from, hello) < 0) return;
+    printf("@@LAYOUTKIT-HELLO@@\n{\"index\":%d,\"hello\":", index);
+    json_str(hello);
+    fputs("}\n@@LAYOUTKIT-END@@\n", stdout);
+    fflush(stdout);
+    read_line(0, answer);
+    size_t n = strlen(answer);
+    answer[n] = '\n';
+    (void)!write(to, answer, n + 1);
+    answer[n] = 0;
+}
+
+/* Wait for the report file (written as <path>.tmp, then renamed) up to REPORT_WAIT_NS,
+ * reaping the orphans that end meanwhile; its fd, or -1. */
+static int wait_report(const char *path) {
+    uint64_t t0 = now_ns();
+    for (;;) {
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) return fd;
+        while (waitpid(-1, NULL, WNOHANG) > 0) {}
+        if (now_ns() - t0 > REPORT_WAIT_NS) return -1;
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+struct program {
+    int handshake;
+    const char *report;
+    char **env, **argv;
+    int argc;
+};
+
+static void run(int index, const struct program *p) {
+    static char hello[LINE_MAX_], answer[LINE_MAX_];
     int out = capture_file(index, "out"), err = capture_file(index, "err");
     int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    int in_pipe[2] = {-1, -1}, out_pipe[2] = {-1, -1};
+    hello[0] = answer[0] = 0;
+    if (p->handshake && (pipe2(in_pipe, O_CLOEXEC) || pipe2(out_pipe, O_CLOEXEC))) {
+        printf("@@LAYOUTKIT-ERROR@@ pipe: %s\n", strerror(errno));
+        return;
+    }
     uint64_t t0 = now_ns();
     pid_t pid = fork();
     if (pid == 0) {
-        if (null >= 0) dup2(null, 0);
-        dup2(out, 1);
+        if (p->handshake) {
+            dup2(in_pipe[0], 0);
+            dup2(out_pipe[1], 1);
+        } else {
+            if (null >= 0) dup2(null, 0);
+            dup2(out, 1);
+        }
         dup2(err, 2);
         if (setgroups(0, NULL) || setgid(NOBODY) || setuid(NOBODY)) {
             dprintf(2, "init: cannot drop privileges: %s\n", strerror(errno));
             _exit(126);
         }
-        execv(argv[0], argv);
-        dprintf(2, "init: cannot execute %s: %s\n", argv[0], strerror(errno));
+        execve(p->argv[0], p->argv, p->env);
+        dprintf(2, "init: cannot execute %s: %s\n", p->argv[0], strerror(errno));
         _exit(127);
+    }
+    if (p->handshake) {
+        close(in_pipe[0]);
+        close(out_pipe[1]);
+        if (pid > 0) {
+            relay(index, out_pipe[0], in_pipe[1], hello, answer);
+            close(in_pipe[1]);
+            drain(out_pipe[0], out);
+        } else {
+            close(in_pipe[1]);
+        }
+        close(out_pipe[0]);
     }
     int status = 0;
     if (pid > 0)
         while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
     uint64_t t1 = now_ns();
+    int report = p->report[0] && pid > 0 ? wait_report(p->report) : -1;
     printf("@@LAYOUTKIT-RUN@@\n{\"index\":%d,\"argv\":[", index);
-    for (int i = 0; i < argc; i++) {
+    for (int i = 0; i < p->argc; i++) {
         if (i) putchar(',');
-        json_str(argv[i]);
+        json_str(p->argv[i]);
     }
     putchar(']');
     if (pid < 0) printf(",\"fork_errno\":%d,\"status\":null,\"signal\":null", errno);
@@ -141,6 +251,18 @@ static void run(int index, int argc, char **argv) {
     printf(",\"wall_ns\":%llu", (unsigned long long)(t1 - t0));
     print_captured("stdout", out);
     print_captured("stderr", err);
+    if (p->handshake) {
+        fputs(",\"hello\":", stdout);
+        json_str(hello);
+        fputs(",\"answer\":", stdout);
+        json_str(answer);
+    }
+    if (report >= 0) {
+        print_captured("report", report);
+        close(report);
+    } else if (p->report[0]) {
+        fputs(",\"report\":null", stdout);
+    }
     fputs("}\n@@LAYOUTKIT-END@@\n", stdout);
     fflush(stdout);
     close(out);
@@ -148,32 +270,58 @@ static void run(int index, int argc, char **argv) {
     if (null >= 0) close(null);
 }
 
+/* The next NUL-terminated string of the conf, or NULL when it ran out. */
+static const char *next_word(size_t n, size_t *at) {
+    if (*at >= n) return NULL;
+    const char *w = conf + *at;
+    *at += strlen(w) + 1;
+    return w;
+}
+
+/* ``count`` words (argc or envc, its limit ARGS_MAX) into ``into``, NULL-terminated. */
+static int words(size_t n, size_t *at, char **into) {
+    const char *w = next_word(n, at);
+    int count = w ? atoi(w) : -1;
+    if (count < 0 || count > ARGS_MAX) return -1;
+    for (int i = 0; i < count; i++) {
+        const char *x = next_word(n, at);
+        if (!x) return -1;
+        into[i] = (char *)x;
+    }
+    into[count] = NULL;
+    return count;
+}
+
 static void programs(void) {
     size_t n = slurp("/layoutkit.conf", conf, sizeof conf), at = 0;
-    char *argv[ARGS_MAX + 1];
-    if (!n || strcmp(conf, "layoutkit-guest-1")) {
+    static char *argv[ARGS_MAX + 1], *env[ARGS_MAX + 1];
+    if (!n || strcmp(conf, "layoutkit-guest-2")) {
         puts("@@LAYOUTKIT-ERROR@@ /layoutkit.conf is missing or has no magic");
         return;
     }
     at += strlen(conf) + 1;
     for (int index = 0; at < n; index++) {
-        int argc = atoi(conf + at);
-        at += strlen(conf + at) + 1;
-        if (argc < 1 || argc > ARGS_MAX) {
-            printf("@@LAYOUTKIT-ERROR@@ bad argc %d in /layoutkit.conf\n", argc);
+        struct program p = {0};
+        const char *flag = next_word(n, &at), *report = next_word(n, &at);
+        if (!flag || !report || words(n, &at, env) < 0 || (p.argc = words(n, &at, argv)) < 1) {
+            printf("@@LAYOUTKIT-ERROR@@ program %d of /layoutkit.conf is truncated or has a "
+                   "bad count\n", index);
             return;
         }
-        for (int i = 0; i < argc; i++) {
-            if (at >= n) {
-                puts("@@LAYOUTKIT-ERROR@@ /layoutkit.conf is truncated");
-                return;
-            }
-            argv[i] = conf + at;
-            at += strlen(conf + at) + 1;
-        }
-        argv[argc] = NULL;
-        run(index, argc, argv);
+        p.handshake = !strcmp(flag, "1");
+        p.report = report;
+        p.env = env;
+        p.argv = argv;
+        run(index, &p);
     }
+}
+
+/* The console carries the handshake's answers: no echo of them onto the output. */
+static void quiet_console(void) {
+    struct termios t;
+    if (tcgetattr(0, &t)) return;
+    t.c_lflag &= ~(tcflag_t)(ECHO | ECHONL);
+    tcsetattr(0, TCSANOW, &t);
 }
 
 int main(void) {
@@ -184,6 +332,7 @@ int main(void) {
     mkdir("/tmp", 01777);
     if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL))
         printf("@@LAYOUTKIT-ERROR@@ mount /proc: %s\n", strerror(errno));
+    quiet_console();
     facts();
     programs();
     puts("@@LAYOUTKIT-DONE@@");

@@ -39,7 +39,7 @@ def verification_json(v: Verification) -> dict[str, Any]:
         "model": {"worst": v.model.worst.free_slots, "best": v.model.best.free_slots,
                   "worst_free_bytes": v.model.worst.free_bytes,
                   "best_free_bytes": v.model.best.free_bytes},
-        "runs": [{"anchor": hexa(r.result.context.anchor),
+        "runs": [{"anchor": hexa(r.result.context.anchor), "bias": hexa(r.bias),
                   "counts": r.result.counts.as_dict(), "probe_ns": r.result.probe_ns,
                   "predicted": _figures_json(Figures.of_accounting(r.predicted)),
                   "measured": _figures_json(r.measured), "states_fit": r.states_fit,

@@ -2,6 +2,11 @@
 an initramfs whose ``/init`` (``init.c``, static) prints the kernel facts, runs each
 program as uid/gid 65534 and prints its stdout, then powers the guest off.
 
+A program that does the probe's handshake (``GuestProgram.handshake``) prints its own
+addresses first; ``/init`` relays that line to the console as a HELLO block, and the
+caller's answer (``run_in_guest(answer=...)``, the window computed around where the guest
+kernel placed the program) goes back through qemu's stdin, the guest's serial console.
+
 A missing qemu, compiler, apt-get or kernel raises :class:`ProbeError` (exit 4); a guest
 that has not powered off by the timeout is killed and reported the same way.
 """
@@ -16,15 +21,16 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 from layoutkit.core import arches
 from layoutkit.core.arches import Arch
 from layoutkit.errors import ProbeError
 from layoutkit.native.build import NATIVE_DIR, compile_c
-from layoutkit.native.guest.initramfs import initramfs, runtime_files
+from layoutkit.native.guest.initramfs import GuestProgram, initramfs, runtime_files
 from layoutkit.native.guest.kernels import KernelImage, fetch_kernel, system_for
 
 INIT_SOURCE = NATIVE_DIR / "init.c"
@@ -32,6 +38,11 @@ STATIC_CFLAGS = ("-std=c11", "-O2", "-Wall", "-Wextra", "-pthread", "-static")
 NOBODY = 65534  # init.c runs every program as this uid and gid
 
 _BLOCK = re.compile(r"@@LAYOUTKIT-(FACTS|RUN)@@\n(.*?)\n@@LAYOUTKIT-END@@", re.S)
+_HELLO = re.compile(rb"@@LAYOUTKIT-HELLO@@\r?\n(.*?)\r?\n@@LAYOUTKIT-END@@", re.S)
+
+# The handshake's other side: (program index, the program's hello line as JSON) -> the
+# line to answer with (no newline).
+Answer = Callable[[int, dict[str, Any]], str]
 _ERROR = re.compile(r"@@LAYOUTKIT-ERROR@@ (.*)")
 _DONE = "@@LAYOUTKIT-DONE@@"
 
@@ -65,6 +76,9 @@ class GuestRun:
     wall_ns: int
     stdout: str
     stderr: str
+    hello: str | None = None  # the handshake: the program's first line, relayed by /init
+    answer: str | None = None  # ... and the line it was answered with
+    report: str | None = None  # the report file the program left (GuestProgram.report)
 
     @property
     def ok(self) -> bool:
@@ -119,29 +133,56 @@ def parse_console(text: str) -> tuple[GuestKernel, tuple[GuestRun, ...]]:
                                 randomize_va_space=doc["randomize_va_space"],
                                 mmap_rnd_bits=doc["mmap_rnd_bits"])
             continue
-        out, err = doc["stdout"], doc["stderr"]
-        if len(out) != doc["stdout_bytes"] or len(err) != doc["stderr_bytes"]:
+        out, err, report = doc["stdout"], doc["stderr"], doc.get("report")
+        if len(out) != doc["stdout_bytes"] or len(err) != doc["stderr_bytes"] or (
+                report is not None and len(report) != doc["report_bytes"]):
             raise ProbeError(f"run {doc['index']}: output was cut short (over 4 MiB, or lost "
                              "on the guest console)")
+        hello, answer = doc.get("hello"), doc.get("answer")
         runs.append(GuestRun(argv=tuple(_latin(a) for a in doc["argv"]), status=doc["status"],
                              signal=doc["signal"], wall_ns=int(doc["wall_ns"]),
-                             stdout=_latin(out), stderr=_latin(err)))
+                             stdout=_latin(out), stderr=_latin(err),
+                             hello=None if hello is None else _latin(hello),
+                             answer=None if answer is None else _latin(answer),
+                             report=None if report is None else _latin(report)))
     if facts is None:
         tail = " / ".join(text.strip().splitlines()[-5:])
         raise ProbeError(f"the guest printed no kernel facts (console ends: {tail})")
     return facts, tuple(runs)
 
 
-def _boot(command: list[str], timeout: float) -> tuple[str, float, float]:
-    """Run qemu until it exits; the console text, seconds to the facts, seconds in all."""
+def _reply(data: bytes, at: int, answer: Answer | None, stdin: IO[bytes] | None) -> int:
+    """Answer the complete HELLO blocks in ``data`` from offset ``at`` on; the offset past
+    the last one answered."""
+    for found in _HELLO.finditer(data, at):
+        try:
+            doc = json.loads(found.group(1).decode("latin-1"))
+            hello = json.loads(doc["hello"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ProbeError(f"garbled handshake on the guest console: {e}") from e
+        if answer is None or stdin is None or not isinstance(hello, dict):
+            raise ProbeError(f"program {doc.get('index')} in the guest asked for a handshake "
+                             "nobody answers")
+        line = answer(int(doc["index"]), hello)
+        stdin.write(line.encode("ascii") + b"\n")
+        stdin.flush()
+        at = found.end()
+    return at
+
+
+def _boot(command: list[str], timeout: float,
+          answer: Answer | None = None) -> tuple[str, float, float]:
+    """Run qemu until it exits, answering the handshakes on its serial console; the
+    console text, seconds to the facts, seconds in all."""
     start = time.monotonic()
     try:
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE if answer else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     except OSError as e:
         raise ProbeError(f"cannot start {command[0]}: {e.strerror}") from e
-    chunks: list[bytes] = []
+    seen = bytearray()
     booted = 0.0
+    answered = 0  # console offset past the last HELLO block answered
     assert proc.stdout is not None
     with proc, selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ)
@@ -151,7 +192,7 @@ def _boot(command: list[str], timeout: float) -> tuple[str, float, float]:
             if left <= 0:
                 proc.kill()
                 proc.wait()
-                last = b"".join(chunks).decode("utf-8", "replace").strip().splitlines()[-5:]
+                last = seen.decode("utf-8", "replace").strip().splitlines()[-5:]
                 raise ProbeError(f"the guest did not power off within {timeout:g} s and was "
                                  f"killed (console ends: {' / '.join(last)})")
             if not sel.select(min(left, 1.0)):
@@ -159,33 +200,43 @@ def _boot(command: list[str], timeout: float) -> tuple[str, float, float]:
             data = os.read(fd, 1 << 16)
             if not data:
                 break
-            chunks.append(data)
-            if not booted and b"@@LAYOUTKIT-END@@" in b"".join(chunks):
+            seen += data
+            if not booted and b"@@LAYOUTKIT-END@@" in seen:
                 booted = time.monotonic() - start
+            if seen.find(b"@@LAYOUTKIT-HELLO@@", answered) >= 0:
+                try:
+                    answered = _reply(bytes(seen), answered, answer, proc.stdin)
+                except (ProbeError, BrokenPipeError) as e:
+                    proc.kill()
+                    proc.wait()
+                    raise ProbeError(str(e)) from e
         proc.wait()
-    text = b"".join(chunks).decode("latin-1")
+    text = seen.decode("latin-1")
     if proc.returncode != 0:
         tail = " / ".join(text.strip().splitlines()[-5:])
         raise ProbeError(f"{command[0]} exited {proc.returncode}: {tail}")
     return text, booted, time.monotonic() - start
 
 
-def run_in_guest(arch: str, programs: list[tuple[Path, list[str]]], *,
-                 timeout: float, files: Mapping[str, Path] | None = None) -> GuestResult:
+def run_in_guest(arch: str, programs: Sequence[GuestProgram | tuple[Path, Sequence[str]]],
+                 *, timeout: float, files: Mapping[str, Path] | None = None,
+                 answer: Answer | None = None) -> GuestResult:
     """Boot Debian's kernel for ``arch`` once and run each program in turn (as uid/gid
     65534) with its arguments; the kernel facts and each program's output. A dynamic
     program gets its loader and libraries (:func:`runtime_files`) in the initramfs.
     ``files`` (guest path -> host file) are put into the initramfs as well (an ELF among
     them with its loader and libraries): programs run by another program, their data.
+    ``answer`` answers the handshake of the programs that do one.
 
     Raises :class:`ProbeError` when qemu, the cross compiler or the kernel is missing,
     and when the guest has not powered off after ``timeout`` seconds (it is killed).
     """
     system = system_for(arch)
     target = arches.by_name(system.arch)
+    listed = [GuestProgram.of(p) for p in programs]
     needed: dict[str, Path] = {}
-    for path, _ in programs:
-        needed.update(runtime_files(target, path))
+    for program in listed:
+        needed.update(runtime_files(target, program.path))
     for guest, path in (files or {}).items():
         needed[guest] = path
         with path.open("rb") as f:
@@ -198,12 +249,12 @@ def run_in_guest(arch: str, programs: list[tuple[Path, list[str]]], *,
     kernel = fetch_kernel(target)
     with tempfile.TemporaryDirectory(prefix="layoutkit-guest-") as tmp:
         ramfs = Path(tmp) / "initramfs.cpio"
-        ramfs.write_bytes(initramfs(init, programs, needed))
+        ramfs.write_bytes(initramfs(init, listed, needed))
         command = [qemu, *system.machine, "-m", "1024", "-nographic", "-no-reboot",
                    "-nic", "none",
                    "-kernel", str(kernel.path), "-initrd", str(ramfs),
                    "-append", f"console={system.console} rdinit=/init panic=-1"]
-        console, booted, total = _boot(command, timeout)
+        console, booted, total = _boot(command, timeout, answer)
     facts, runs = parse_console(console)
     if _DONE not in console:
         raise ProbeError(f"the guest stopped after {len(runs)} of {len(programs)} runs")
@@ -212,5 +263,5 @@ def run_in_guest(arch: str, programs: list[tuple[Path, list[str]]], *,
 
 
 
-__all__: Sequence[str] = ("GuestKernel", "GuestResult", "GuestRun", "build_static",
+__all__: Sequence[str] = ("Answer", "GuestKernel", "GuestResult", "GuestRun", "build_static",
                           "parse_console", "run_in_guest")

@@ -5,6 +5,7 @@ libraries from the cross sysroot)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from layoutkit.core import arches
@@ -24,7 +25,23 @@ def _newc(name: str, mode: int, data: bytes = b"", ino: int = 0,
     return head + data + b"\0" * (-len(data) % 4)
 
 
-def initramfs(init: Path, programs: Sequence[tuple[Path, Sequence[str]]],
+@dataclass(frozen=True)
+class GuestProgram:
+    """One program for ``/init`` to run (``init.c``): its arguments, environment, whether
+    it does the probe's handshake, and the guest path of a report file it leaves."""
+
+    path: Path  # on the host; placed under /bin in the guest
+    args: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()  # NAME=VALUE
+    handshake: bool = False  # probe.c --handshake: /init relays its first line and answer
+    report: str | None = None  # a file the program (or its forked copy) writes, waited for
+
+    @classmethod
+    def of(cls, item: GuestProgram | tuple[Path, Sequence[str]]) -> GuestProgram:
+        return item if isinstance(item, GuestProgram) else cls(item[0], tuple(item[1]))
+
+
+def initramfs(init: Path, programs: Sequence[GuestProgram | tuple[Path, Sequence[str]]],
               files: Mapping[str, Path] | None = None) -> bytes:
     """A newc initramfs: /init, /dev/console, each program under /bin, /layoutkit.conf,
     and ``files`` (guest path -> host file: a dynamic program's loader and libraries)."""
@@ -42,15 +59,18 @@ def initramfs(init: Path, programs: Sequence[tuple[Path, Sequence[str]]],
                 folders.add(folder)
                 entries.append((folder, 0o040755, b"", (0, 0)))
         entries.append(("/".join(parts), 0o100755, extra[guest].read_bytes(), (0, 0)))
-    conf = [b"layoutkit-guest-1"]
+    conf = [b"layoutkit-guest-2"]
     placed: dict[Path, str] = {}
-    for path, args in programs:
-        key = path.resolve()
+    for item in programs:
+        program = GuestProgram.of(item)
+        key = program.path.resolve()
         if key not in placed:
-            placed[key] = f"bin/{len(placed)}-{path.name}"
-            entries.append((placed[key], 0o100755, path.read_bytes(), (0, 0)))
-        conf += [str(1 + len(args)).encode(), f"/{placed[key]}".encode(),
-                 *(a.encode() for a in args)]
+            placed[key] = f"bin/{len(placed)}-{program.path.name}"
+            entries.append((placed[key], 0o100755, program.path.read_bytes(), (0, 0)))
+        conf += [b"1" if program.handshake else b"0", (program.report or "").encode(),
+                 str(len(program.env)).encode(), *(e.encode() for e in program.env),
+                 str(1 + len(program.args)).encode(), f"/{placed[key]}".encode(),
+                 *(a.encode() for a in program.args)]
     entries.append(("layoutkit.conf", 0o100644, b"\0".join(conf) + b"\0", (0, 0)))
     out = b"".join(_newc(name, mode, data, ino, rdev)
                    for ino, (name, mode, data, rdev) in enumerate(entries, start=1))
@@ -102,4 +122,4 @@ def runtime_files(arch: Arch | str, program: Path) -> dict[str, Path]:
 
 
 
-__all__: Sequence[str] = ("initramfs", "runtime_files")
+__all__: Sequence[str] = ("GuestProgram", "initramfs", "runtime_files")

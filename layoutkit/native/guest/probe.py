@@ -1,17 +1,26 @@
-"""The probe in the guest: built static (non-PIE, so its code sits at its link address),
-told its window on the command line (the guest's programs read no stdin), its report
-read as the :class:`ScanResult` the other runners give."""
+"""The probe in the guest, its report read as the :class:`ScanResult` the other runners
+give. Where the probe's code sits decides its window:
+
+- built static non-PIE (:func:`build_guest_probe`), its code is at its link address: the
+  window goes on its command line (:func:`probe_scan_args`);
+- a PIE (a twin of a PIE target) is placed by the guest kernel under ASLR: it does the
+  handshake (:func:`handshake_program`), printing its own addresses first; ``/init``
+  relays them and the window computed around them (:func:`window_answer`) comes back
+  through the serial console, as ``run_probe`` answers the probe natively.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from layoutkit.core import arches
 from layoutkit.core.arches import Arch
 from layoutkit.elf import ElfReader
 from layoutkit.errors import ProbeError
-from layoutkit.native.guest.boot import GuestRun, build_static
+from layoutkit.native.guest.boot import Answer, GuestRun, build_static
+from layoutkit.native.guest.initramfs import GuestProgram
 from layoutkit.native.probe import SOURCE
 from layoutkit.native.protocol import (
     ProbeContext,
@@ -22,7 +31,9 @@ from layoutkit.native.protocol import (
     probe_window,
     profile_args,
     window_args,
+    window_words,
 )
+from layoutkit.window.kernel import KernelConfig
 from layoutkit.native.toolchain import Runner
 
 
@@ -45,9 +56,38 @@ def probe_scan_args(probe: Path, arch: Arch | str, *, jit: str = "luajit-2.1",
     return ["--mode", ProbeMode.SCAN.value, *profile_args(window), *window_args(window)]
 
 
+def handshake_program(probe: Path, arch: Arch | str, *, jit: str = "luajit-2.1",
+                      seed: int = 1) -> GuestProgram:
+    """``probe`` (any build: a PIE twin too) as a guest program that scans ``jit``'s
+    window around its own code through the handshake (:func:`window_answer`)."""
+    arch = arch if isinstance(arch, Arch) else arches.by_name(arch)
+    # Slot, area and jump range do not depend on where the window is: any anchor will do.
+    guess = probe_window(jit, arch, KernelConfig.for_arch(arch).user_top // 2)
+    return GuestProgram(probe, ("--handshake", "--mode", ProbeMode.SCAN.value,
+                                *profile_args(guess), "--seed", str(seed)), handshake=True)
+
+
+def _window_line(arch: Arch, jit: str, radius: int | None, hello: dict[str, Any]) -> str:
+    try:
+        anchor = addr(hello["anchor"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ProbeError(f"the probe's handshake in the guest names no anchor: {e}") from e
+    return " ".join(window_words(probe_window(jit, arch, anchor, radius)))
+
+
+def window_answer(arch: Arch | str, *, jit: str = "luajit-2.1",
+                  radius: int | None = None) -> Answer:
+    """The handshake's answer: ``jit``'s window (or +-``radius``) around the anchor the
+    probe reported, where the guest kernel placed it."""
+    arch = arch if isinstance(arch, Arch) else arches.by_name(arch)
+    return lambda _index, hello: _window_line(arch, jit, radius, hello)
+
+
 def scan_result(run: GuestRun, arch: Arch | str, *, jit: str = "luajit-2.1",
                 radius: int | None = None) -> ScanResult:
-    """A guest probe run's report as the :class:`ScanResult` the native runners give."""
+    """A guest probe run's report as the :class:`ScanResult` the native runners give.
+    After a handshake, the window it was answered with must be the one around the
+    anchor its report names."""
     arch = arch if isinstance(arch, Arch) else arches.by_name(arch)
     if not run.ok:
         raise ProbeError(f"the probe failed in the guest (status {run.status}, signal "
@@ -58,9 +98,13 @@ def scan_result(run: GuestRun, arch: Arch | str, *, jit: str = "luajit-2.1",
     except (KeyError, TypeError, ValueError) as e:
         raise ProbeError(f"the probe's report names no anchor: {e}") from e
     window = probe_window(jit, arch, anchor, radius)
+    if run.hello is not None and run.answer != " ".join(window_words(window)):
+        raise ProbeError(f"the probe in the guest was answered {run.answer!r}, not the "
+                         f"window around its anchor {anchor:#x}")
     context = ProbeContext.from_report(doc, arch, Runner.QEMU_SYSTEM, window, anchor,
                                        "the probe's own code")
     return ScanResult.from_report(doc, context)
 
 
-__all__: Sequence[str] = ("build_guest_probe", "probe_scan_args", "scan_result")
+__all__: Sequence[str] = ("build_guest_probe", "handshake_program", "probe_scan_args",
+                          "scan_result", "window_answer")
