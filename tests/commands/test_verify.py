@@ -4,6 +4,8 @@ with the kernel model's range over ASLR."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -13,8 +15,11 @@ from layoutkit.commands.verify import verify
 from layoutkit.core.kinds import AdviceKind
 from layoutkit.errors import EXIT_FINDINGS, EXIT_USAGE
 from layoutkit.native.compare import Cause
+from layoutkit.native.protocol import probe_window
 from layoutkit.native.toolchain import Runner, host_arch
-from tests.support import ELF_DIR, require
+from layoutkit.output.verify import verification_json
+from layoutkit.read.maps import parse_maps
+from tests.support import ELF_DIR, oracle, require
 
 DOCUMENTED = {Cause.STACK_GUARD_GAP, Cause.BELOW_MMAP_MIN_ADDR, Cause.MOVED}
 
@@ -177,12 +182,58 @@ def test_ppc64le_twin_runs_on_both_runners(runner: str) -> None:
         assert doc["runs"][0]["counts"]["moved"] == 0
 
 
-@pytest.mark.toolchain
-def test_qemu_system_runner_refuses_a_pie() -> None:
+def _readelf_symbol(binary: Path, name: str) -> int:
+    """``name``'s value as ``readelf -sW`` printed it (the committed oracle)."""
+    values = {line.split()[7]: int(line.split()[1], 16)
+              for line in oracle(binary, "s").splitlines()
+              if len(line.split()) == 8 and line.split()[0][:-1].isdigit()}
+    return values[name]
+
+
+def _readelf_first_load(binary: Path) -> int:
+    return next(int(line.split()[2], 16) for line in oracle(binary, "l").splitlines()
+                if line.split()[:1] == ["LOAD"])
+
+
+@pytest.mark.qemu_system
+def test_aarch64_pie_on_qemu_system_uses_the_bias_the_guest_kernel_gave() -> None:
+    """Issue 12 part 5: a PIE twin under Debian's arm64 kernel. The guest kernel places it
+    (ASLR); the probe reports where, /init relays that over the serial console and the
+    window comes back computed around it. Ground truth for the bias: the twin's own
+    /proc/self/maps in the guest (where its file offset 0 is mapped) minus the first
+    PT_LOAD's p_vaddr as readelf prints it."""
+    require("qemu-system-aarch64")
     require("aarch64-linux-gnu-gcc")
-    code, _, err = run(str(ELF_DIR / "aarch64/pie"), "--runner", "qemu-system")
-    assert code == EXIT_USAGE
-    assert "non-PIE executables only" in err
+    require("apt-get")
+    target = ELF_DIR / "aarch64" / "pie"
+    result = verify(str(target), arch_name="arm64", runner="qemu-system", runs=2)
+    assert result.ok, result.failures
+    link_anchor = _readelf_symbol(target, "lj_vm_exit_handler")
+    guest_name = f"/bin/0-{result.twin.path.name}"
+    doc = verification_json(result)
+    truths = []
+    for run_doc, r in zip(doc["runs"], result.runs, strict=True):
+        ctx = r.result.context
+        maps = parse_maps(ctx.maps_before, source="the twin in the guest")
+        mapped_at = next(m.start for m in maps.mappings
+                         if m.path == guest_name and m.offset == 0)
+        truth = mapped_at - _readelf_first_load(target)
+        truths.append(truth)
+        assert r.bias == truth
+        assert run_doc["bias"] == f"{truth:#x}"
+        assert ctx.anchor == run_doc_anchor(run_doc) == link_anchor + truth
+        assert ctx.jit == probe_window(result.profile, result.twin.spec.arch,
+                                       link_anchor + truth)
+        assert r.result.window == ctx.jit.usable
+        assert r.result.counts.moved == 0 and r.result.counts.eexist > 0
+        # PIE on arm64: ELF_ET_DYN_BASE (2/3 of the 48-bit space) plus ASLR
+        assert 0xaaaa_0000_0000 <= truth < 0xab00_0000_0000
+    assert truths[0] != truths[1]  # ASLR moved it between the runs
+    assert doc["checks"]["agrees"] and doc["difference"]["unexplained"] == 0
+
+
+def run_doc_anchor(run_doc: dict[str, Any]) -> int:
+    return int(run_doc["anchor"], 16)
 
 
 def test_stripped_binary_needs_an_anchor() -> None:

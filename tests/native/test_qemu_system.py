@@ -16,7 +16,7 @@ import pytest
 from layoutkit.errors import ProbeError, UsageError
 from layoutkit.native.compare import Cause, Difference, differences, model_accounting
 from layoutkit.native.guest.boot import GuestResult, GuestRun, parse_console, run_in_guest
-from layoutkit.native.guest.initramfs import initramfs, runtime_files
+from layoutkit.native.guest.initramfs import GuestProgram, initramfs, runtime_files
 from layoutkit.native.guest.kernels import fetch_kernel, system_for
 from layoutkit.native.guest.probe import build_guest_probe, probe_scan_args, scan_result
 from layoutkit.native.protocol import Outcome, ScanResult, ScanVerdict
@@ -170,12 +170,17 @@ def test_initramfs_layout(tmp_path: Path) -> None:
     init, prog = tmp_path / "init", tmp_path / "prog"
     init.write_bytes(b"INIT")
     prog.write_bytes(b"PROGRAM")
-    entries = _cpio_entries(initramfs(init, [(prog, ["a b", "-x"]), (prog, [])]))
+    handshake = GuestProgram(prog, ("-v",), ("A=1", "B=x y"), handshake=True,
+                             report="/tmp/r.json")
+    entries = _cpio_entries(initramfs(init, [(prog, ["a b", "-x"]), (prog, []), handshake]))
     assert entries["init"] == (0o100755, 0, 0, b"INIT")
     assert entries["dev/console"][:3] == (0o020600, 5, 1)
     assert entries["bin/0-prog"] == (0o100755, 0, 0, b"PROGRAM")  # placed once
     assert entries["layoutkit.conf"][3] == (
-        b"layoutkit-guest-1\x003\x00/bin/0-prog\x00a b\x00-x\x001\x00/bin/0-prog\x00")
+        b"layoutkit-guest-2\x00"
+        b"0\x00\x000\x003\x00/bin/0-prog\x00a b\x00-x\x00"
+        b"0\x00\x000\x001\x00/bin/0-prog\x00"
+        b"1\x00/tmp/r.json\x002\x00A=1\x00B=x y\x002\x00/bin/0-prog\x00-v\x00")
 
 
 FACTS = {"release": "6.1.0-56-cloud-arm64", "version": "#1 SMP", "machine": "aarch64",
