@@ -348,9 +348,11 @@ def check(paths: tuple[str, ...], min_window: str | None, min_free_slots: int | 
              context_settings={"allow_interspersed_args": False})
 @click.option("--arch", "arch_name", metavar="ARCH", default=None,
               help="Architecture of the probe (default: this machine's).")
-@click.option("--runner", type=click.Choice(["native", "qemu-user"]), default="native",
-              show_default=True, help="Where the probe runs: this kernel, or qemu-user "
-                                      "(quick; its infidelities are stated in the output).")
+@click.option("--runner", type=click.Choice(["native", "qemu-user", "qemu-system"]),
+              default="native", show_default=True,
+              help="Where the probe runs: this kernel, or qemu-user (quick; its "
+                   "infidelities are stated in the output). With CMD: native, or "
+                   "qemu-system (CMD in a guest booted with Debian's kernel for its arch).")
 @jit_option("luajit-2.1")
 @click.option("--anchor", metavar="ADDR|SYMBOL", default=None,
               help="Run-time address the window is around (default: a function of the "
@@ -398,15 +400,29 @@ def probe_command(arch_name: str | None, runner: str, jit: str, anchor: str | No
     never disturbed. Then CMD runs to completion (its stdin and stderr are layoutkit's;
     its stdout goes to stderr with --format json), or is terminated with --kill-after.
     A static CMD exits 4 (use ``layoutkit verify``, the layout twin).
+
+    With ``--runner qemu-system -- CMD ARGS...``, CMD (a file of the guest's arch, given
+    by --arch or read from CMD) runs to its end in a qemu-system guest with the probe
+    preloaded the same way; a static CMD runs there beside its layout twin, which is
+    measured instead (the output says so). CMD's output goes to stderr.
     """
     from layoutkit.commands.probe import probe
     from layoutkit.native.toolchain import Runner
     from layoutkit.output.probe import probe_json, probe_lines
 
     if command:
-        if threads or radius or arch_name or Runner.named(runner) is not Runner.NATIVE:
-            raise UsageError("with CMD the probe scans natively around CMD's code: "
-                             "--arch, --runner, --radius and --threads do not apply")
+        where = Runner.named(runner)
+        if where is Runner.QEMU_SYSTEM:
+            if threads or radius or kill_after:
+                raise UsageError("with CMD in the guest the probe scans around CMD's code "
+                                 "and CMD runs to its end: --radius, --threads and "
+                                 "--kill-after do not apply")
+            _probe_guest_program(command, arch_name, jit, anchor, when, object_name, fmt)
+            return
+        if threads or radius or arch_name or where is not Runner.NATIVE:
+            raise UsageError("with CMD the probe scans natively (or with --runner "
+                             "qemu-system in a guest) around CMD's code: --arch, "
+                             "--runner qemu-user, --radius and --threads do not apply")
         _probe_program(command, jit, anchor, when, object_name, kill_after, fmt)
         return
 
@@ -425,6 +441,19 @@ def _probe_program(command: tuple[str, ...], jit: str, anchor: str | None, when:
     result = probe_program(command, when=when, jit=jit, anchor=anchor,
                            object_name=object_name, kill_after=kill_after,
                            stdout=2 if fmt == "json" else None)
+    _show(fmt, lambda: program_lines(result), lambda: program_json(result), result.exit_code)
+
+
+def _probe_guest_program(command: tuple[str, ...], arch_name: str | None, jit: str,
+                         anchor: str | None, when: str, object_name: str | None,
+                         fmt: str) -> None:
+    from layoutkit.commands.probe import probe_in_guest
+    from layoutkit.output.probe import program_json, program_lines
+
+    result = probe_in_guest(command, arch_name=arch_name, when=when, jit=jit, anchor=anchor,
+                            object_name=object_name)
+    click.echo(result.stdout, nl=False, err=True)
+    click.echo(result.stderr, nl=False, err=True)
     _show(fmt, lambda: program_lines(result), lambda: program_json(result), result.exit_code)
 
 

@@ -2,7 +2,9 @@
 
 The probe's own scan or replay comes back with its differences from layoutkit's
 accounting of the same maps (a :class:`ProbeReport`, which carries its own exit code);
-``probe -- CMD`` is :func:`layoutkit.native.preload.probe_program`.
+``probe -- CMD`` is :func:`layoutkit.native.preload.probe_program`, and on the
+qemu-system runner :func:`layoutkit.native.guest.program.probe_in_guest` (re-exported
+here).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from layoutkit.native.compare import Difference, differences
+from layoutkit.native.guest.program import probe_in_guest
 from layoutkit.native.probe import run_probe
 from layoutkit.native.protocol import ProbeMode, ProbeResult, ScanResult
 from layoutkit.native.toolchain import Runner
@@ -42,4 +45,4 @@ def probe(*, arch_name: str | None = None, runner: Runner | str = Runner.NATIVE,
     return ProbeReport(result, found)
 
 
-__all__: Sequence[str] = ("ProbeReport", "probe")
+__all__: Sequence[str] = ("ProbeReport", "probe", "probe_in_guest")

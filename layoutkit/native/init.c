@@ -248,7 +248,8 @@ static void run(int index, const struct program *p) {
     if (pid < 0) printf(",\"fork_errno\":%d,\"status\":null,\"signal\":null", errno);
     else if (WIFSIGNALED(status)) printf(",\"status\":null,\"signal\":%d", WTERMSIG(status));
     else printf(",\"status\":%d,\"signal\":null", WEXITSTATUS(status));
-    printf(",\"wall_ns\":%llu", (unsigned long long)(t1 - t0));
+    printf(",\"pid\":%d,\"wall_ns\":%llu", pid > 0 ? (int)pid : 0,
+           (unsigned long long)(t1 - t0));
     print_captured("stdout", out);
     print_captured("stderr", err);
     if (p->handshake) {

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from layoutkit.commands.maps import MapsAnalysis, analyse_maps
+from layoutkit.core.arches import Arch
 from layoutkit.core.scenario import Scenario
 from layoutkit.core.spans import Span, align_up, largest
 from layoutkit.elf import ElfReader
@@ -56,7 +57,22 @@ def build_preload() -> Path:
                      what="the preload probe")
 
 
-def _check_when(when: str) -> str:
+def probe_environment(arch: Arch, jit: str, when: str, out: str,
+                      object_name: str | None) -> dict[str, str]:
+    """The library's settings (``preload.c``): the report file, the moment, and the scan
+    radius around the holder's code (half ``jit``'s window, in whole slots)."""
+    limit = Span(0, KernelConfig.for_arch(arch).user_top)
+    guess = jit_window(jit, arch, limit.end // 2, limit)
+    radius = align_up(max(guess.target - guess.window.start, guess.window.end - guess.target),
+                      guess.slot)
+    env = {"LAYOUTKIT_PROBE_OUT": out, "LAYOUTKIT_PROBE_WHEN": when,
+           "LAYOUTKIT_PROBE_RADIUS": str(radius), "LAYOUTKIT_PROBE_SLOT": str(guess.slot)}
+    if object_name:
+        env["LAYOUTKIT_PROBE_OBJECT"] = object_name
+    return env
+
+
+def check_when(when: str) -> str:
     if when == "start":
         return when
     if when.startswith("ms:") and when[3:].isdigit():
@@ -147,27 +163,15 @@ def start_program(command: Sequence[str], *, when: str = "start", jit: str = "lu
     """Run ``command`` with the preload probe set to fire at ``when``."""
     if not command:
         raise UsageError("no command to run (layoutkit probe [options] -- CMD ARGS...)")
-    when = _check_when(when)
+    when = check_when(when)
     path = _check_dynamic(command[0])
-    arch = host_arch()
-    limit = Span(0, KernelConfig.for_arch(arch).user_top)
-    guess = jit_window(jit, arch, limit.end // 2, limit)
-    radius = align_up(max(guess.target - guess.window.start, guess.window.end - guess.target),
-                      guess.slot)
     lib = build_preload()
     folder = tempfile.TemporaryDirectory(prefix="layoutkit-preload-")
     env = dict(os.environ)
     env["LD_PRELOAD"] = " ".join(p for p in (str(lib), env.get("LD_PRELOAD", "")) if p)
-    env.update({
-        "LAYOUTKIT_PROBE_OUT": str(Path(folder.name) / "report.json"),
-        "LAYOUTKIT_PROBE_WHEN": when,
-        "LAYOUTKIT_PROBE_RADIUS": str(radius),
-        "LAYOUTKIT_PROBE_SLOT": str(guess.slot),
-    })
-    if object_name:
-        env["LAYOUTKIT_PROBE_OBJECT"] = object_name
-    else:
-        env.pop("LAYOUTKIT_PROBE_OBJECT", None)
+    env.pop("LAYOUTKIT_PROBE_OBJECT", None)
+    env.update(probe_environment(host_arch(), jit, when, str(Path(folder.name) / "report.json"),
+                                 object_name))
     try:
         process = subprocess.Popen([path, *command[1:]], env=env, stdin=stdin, stdout=stdout,
                                    stderr=stderr)
@@ -179,8 +183,17 @@ def start_program(command: Sequence[str], *, when: str = "start", jit: str = "lu
 
 def _load(path: Path) -> dict[str, Any]:
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+        text = path.read_text()
+    except OSError as e:
+        raise ProbeError(f"the preload probe's report is unreadable: {e}") from e
+    return load_report(text)
+
+
+def load_report(text: str) -> dict[str, Any]:
+    """The forked copy's report as a JSON object; its ``error`` as a :class:`ProbeError`."""
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
         raise ProbeError(f"the preload probe's report is unreadable: {e}") from e
     if not isinstance(doc, dict):
         raise ProbeError("the preload probe's report is not a JSON object")
@@ -225,6 +238,17 @@ class ProgramResult:
 
 
 def _result(run: ProgramRun, doc: dict[str, Any]) -> ProgramResult:
+    return report_result(doc, command=run.command, when=run.when, program_pid=run.process.pid,
+                         scenario=Scenario(jit=run.jit), anchor=run.anchor,
+                         runner=Runner.NATIVE, source=f"pid {run.process.pid}")
+
+
+def report_result(doc: dict[str, Any], *, command: tuple[str, ...], when: str,
+                  program_pid: int, scenario: Scenario, anchor: str | None, runner: Runner,
+                  source: str, path_map: tuple[tuple[str, str], ...] = ()) -> ProgramResult:
+    """The forked copy's report ``doc`` read against its own maps (``source`` names them:
+    ``pid N`` for a process of this machine, whose files are read through /proc; else
+    ``path_map`` says where each mapped file is here)."""
     try:
         scanned = Span(addr(doc["window"][0]), addr(doc["window"][1]))
         child = int(doc["pid"])
@@ -233,16 +257,15 @@ def _result(run: ProgramRun, doc: dict[str, Any]) -> ProgramResult:
         code = tuple((addr(c["start"]), bytes.fromhex(c["hex"])) for c in doc["jit_code"])
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise ProbeError(f"the preload probe's report is malformed ({e})") from e
-    pid = run.process.pid
-    maps = parse_maps(maps_before, source=f"pid {pid} (copy in preload child {child})")
-    analysis = analyse_maps(maps, Scenario(jit=run.jit), anchor=run.anchor, jit_code=code)
+    maps = parse_maps(maps_before, source=f"{source} (copy in preload child {child})")
+    analysis = analyse_maps(maps, scenario, anchor=anchor, path_map=path_map, jit_code=code)
     window = analysis.accounting.jit
-    ctx = ProbeContext(  # the copy runs on this machine's kernel
-        arch=analysis.arch, runner=Runner.NATIVE, jit=window,
+    ctx = ProbeContext(  # the copy runs on the runner's kernel
+        arch=analysis.arch, runner=runner, jit=window,
         anchor=analysis.anchor.span.start, anchor_source=analysis.anchor.how_found.value,
         self_anchor=analysis.anchor.span.start, page_size=page_size,
         rlimit_as=None, vm_size=0, mmap_min_addr=analysis.kernel.mmap_min_addr,
-        maps_before=maps_before, maps_after=maps_after, infidelities=())
+        maps_before=maps_before, maps_after=maps_after, infidelities=runner.infidelities)
     scan = ScanResult.from_report(doc, ctx, within=window.usable)
     scan = replace(scan, context=replace(ctx, jit=replace(window, usable=scan.window)))
     notes = list(analysis.notes)
@@ -250,7 +273,7 @@ def _result(run: ProgramRun, doc: dict[str, Any]) -> ProgramResult:
         notes.append(f"the scan around the holder's code covers only {scan.window} of the "
                      f"usable window {window.usable}: give --object for the object holding "
                      "the anchor")
-    return ProgramResult(run.command, run.when, pid, child, scanned, scan, analysis,
+    return ProgramResult(command, when, program_pid, child, scanned, scan, analysis,
                          scan.mmap_calls, scan.probe_ns, tuple(notes),
                          tuple(differences(scan)))
 
@@ -271,5 +294,6 @@ def probe_program(command: Sequence[str], *, when: str = "start", jit: str = "lu
     return replace(result, program_status=run.finish(kill=kill_after))
 
 
-__all__: Sequence[str] = ("ProgramResult", "ProgramRun", "build_preload", "probe_program",
-                          "start_program")
+__all__: Sequence[str] = ("CFLAGS", "SOURCE", "ProgramResult", "ProgramRun", "build_preload",
+                          "check_when", "load_report", "probe_environment", "probe_program",
+                          "report_result", "start_program")

@@ -9,6 +9,7 @@ from typing import Any
 from layoutkit.commands.probe import ProbeReport
 from layoutkit.core.units import format_size
 from layoutkit.native.compare import Cause, Difference
+from layoutkit.native.guest.program import GuestProgramResult
 from layoutkit.native.preload import ProgramResult
 from layoutkit.native.protocol import Outcome, ProbeContext, ReplayResult, ScanResult, ScanVerdict
 from layoutkit.output.document import document, hexa, span_json, window_json
@@ -148,8 +149,26 @@ def probe_lines(report: ProbeReport) -> Iterator[str]:
 
 # --- probe -- CMD -----------------------------------------------------------------------
 
-def program_json(result: ProgramResult) -> dict[str, Any]:
-    """The ``probe -- CMD`` JSON document."""
+def _guest_json(guest: GuestProgramResult | None) -> dict[str, Any]:
+    """Where ``probe -- CMD`` ran: this machine (preload), or the qemu-system guest
+    (preload, or a static program's layout twin) and its kernel."""
+    if guest is None:
+        return {"runner": "native", "measured_through": "preload", "twin": None,
+                "guest_kernel": None}
+    facts, image = guest.guest.facts, guest.guest.kernel
+    return {"runner": "qemu-system", "measured_through": guest.through.value,
+            "twin": None if guest.twin is None else str(guest.twin.path),
+            "guest_kernel": {"release": facts.release, "package": image.package,
+                             "version": image.version, "va_bits": facts.va_bits,
+                             "page_size": facts.page_size,
+                             "mmap_min_addr": hexa(facts.mmap_min_addr)}}
+
+
+def program_json(result: ProgramResult | GuestProgramResult) -> dict[str, Any]:
+    """The ``probe -- CMD`` JSON document (natively, or in the qemu-system guest)."""
+    guest = result if isinstance(result, GuestProgramResult) else None
+    result = guest.result if guest is not None else result
+    assert isinstance(result, ProgramResult)
     a = result.analysis
     jit = result.scan.context.jit
     free_bytes, free_slots, big = result.measured
@@ -170,20 +189,33 @@ def program_json(result: ProgramResult) -> dict[str, Any]:
         "mmap_calls": result.mmap_calls, "probe_ns": result.probe_ns,
         "model_differences": differences_json(result.differences),
         "notes": list(result.notes), "program_status": result.program_status,
-        "maps": result.scan.context.maps_before,
+        "maps": result.scan.context.maps_before, **_guest_json(guest),
     })
 
 
-def program_lines(result: ProgramResult) -> Iterator[str]:
-    """The ``probe -- CMD`` text output, verdict last."""
+def program_lines(result: ProgramResult | GuestProgramResult) -> Iterator[str]:
+    """The ``probe -- CMD`` text output (natively, or in the qemu-system guest), verdict
+    last."""
+    guest = result if isinstance(result, GuestProgramResult) else None
+    result = guest.result if guest is not None else result
+    assert isinstance(result, ProgramResult)
     a = result.analysis
     jit = result.scan.context.jit
     free_bytes, free_slots, big = result.measured
     status = result.program_status
     yield (f"Program:     {' '.join(result.command)} (pid {result.program_pid}, "
            f"--when {result.when})")
-    yield (f"Probe:       {a.arch} preload copy (pid {result.child_pid}), "
-           f"profile {jit.profile.name}")
+    if guest is None:
+        yield (f"Probe:       {a.arch} preload copy (pid {result.child_pid}), "
+               f"profile {jit.profile.name}")
+    else:
+        facts = guest.guest.facts
+        yield (f"Runner:      qemu-system; kernel {facts.release} ({guest.guest.kernel.package} "
+               f"{guest.guest.kernel.version}), va_bits {facts.va_bits}, page size "
+               f"{facts.page_size}")
+        how = (f"preload copy (pid {result.child_pid})" if guest.twin is None else
+               f"layout twin (pid {result.child_pid}) of the static program: {guest.twin.path}")
+        yield f"Probe:       {a.arch} {how}, profile {jit.profile.name}"
     yield (f"Anchor:      {a.anchor.name} {a.anchor.span.start:#x} ({a.anchor.how_found}: "
            f"{a.anchor.detail})")
     yield f"Window:      {jit.window}  usable {jit.usable} ({format_size(jit.usable.size)})"

@@ -79,6 +79,7 @@ class GuestRun:
     hello: str | None = None  # the handshake: the program's first line, relayed by /init
     answer: str | None = None  # ... and the line it was answered with
     report: str | None = None  # the report file the program left (GuestProgram.report)
+    pid: int | None = None  # its process id in the guest
 
     @property
     def ok(self) -> bool:
@@ -144,7 +145,8 @@ def parse_console(text: str) -> tuple[GuestKernel, tuple[GuestRun, ...]]:
                              stdout=_latin(out), stderr=_latin(err),
                              hello=None if hello is None else _latin(hello),
                              answer=None if answer is None else _latin(answer),
-                             report=None if report is None else _latin(report)))
+                             report=None if report is None else _latin(report),
+                             pid=doc.get("pid")))
     if facts is None:
         tail = " / ".join(text.strip().splitlines()[-5:])
         raise ProbeError(f"the guest printed no kernel facts (console ends: {tail})")

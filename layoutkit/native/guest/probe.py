@@ -33,8 +33,8 @@ from layoutkit.native.protocol import (
     window_args,
     window_words,
 )
-from layoutkit.window.kernel import KernelConfig
 from layoutkit.native.toolchain import Runner
+from layoutkit.window.kernel import KernelConfig
 
 
 def build_guest_probe(arch: Arch | str) -> Path:
