@@ -57,7 +57,9 @@ def _readelf_symbol(binary: Path, name: str) -> int:
 
 def _own_run(printed: str) -> tuple[int, list[Span], str]:
     """The program's printed anchor, the areas it got where it asked, and its maps."""
-    anchor = int(re.search(r"^lj_vm_exit_handler (0x[0-9a-f]+)$", printed, re.M)[1], 16)
+    found = re.search(r"^lj_vm_exit_handler (0x[0-9a-f]+)$", printed, re.M)
+    assert found is not None, printed
+    anchor = int(found[1], 16)
     areas = [Span(int(got, 16), int(got, 16) + 0x10000) for got, asked in
              re.findall(r"^area (0x[0-9a-f]+) requested (0x[0-9a-f]+)$", printed, re.M)
              if got == asked]
