@@ -350,9 +350,9 @@ def check(paths: tuple[str, ...], min_window: str | None, min_free_slots: int | 
               help="Architecture of the probe (default: this machine's).")
 @click.option("--runner", type=click.Choice(["native", "qemu-user", "qemu-system"]),
               default="native", show_default=True,
-              help="Where the probe runs: this kernel, or qemu-user (quick; its "
-                   "infidelities are stated in the output). With CMD: native, or "
-                   "qemu-system (CMD in a guest booted with Debian's kernel for its arch).")
+              help="Where the probe runs: this kernel, qemu-user (quick; its "
+                   "infidelities are stated in the output), or qemu-system (a guest booted "
+                   "with Debian's kernel for the arch). With CMD: native or qemu-system.")
 @jit_option("luajit-2.1")
 @click.option("--anchor", metavar="ADDR|SYMBOL", default=None,
               help="Run-time address the window is around (default: a function of the "

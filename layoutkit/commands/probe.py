@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from layoutkit.native.compare import Difference, differences
+from layoutkit.native.guest.probe import run_guest_probe
 from layoutkit.native.guest.program import probe_in_guest
 from layoutkit.native.probe import run_probe
 from layoutkit.native.protocol import ProbeMode, ProbeResult, ScanResult
-from layoutkit.native.toolchain import Runner
+from layoutkit.native.toolchain import Runner, host_arch
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,16 @@ def probe(*, arch_name: str | None = None, runner: Runner | str = Runner.NATIVE,
           retries: int | None = None) -> ProbeReport:
     """Scan ``jit``'s window (or +-``radius``) around ``anchor`` (an address, ``stack``,
     default the probe's own code), or with ``threads`` replay the allocator."""
-    result = run_probe(arch_name, runner=Runner.named(runner),
-                       mode=ProbeMode.REPLAY if threads else ProbeMode.SCAN, jit=jit,
-                       anchor=anchor, radius=radius, threads=max(threads, 1), areas=areas,
-                       seed=seed, retries=retries)
+    where = Runner.named(runner)
+    mode = ProbeMode.REPLAY if threads else ProbeMode.SCAN
+    if where is Runner.QEMU_SYSTEM:
+        result = run_guest_probe(arch_name or host_arch(), mode=mode, jit=jit, anchor=anchor,
+                                 radius=radius, threads=max(threads, 1), areas=areas,
+                                 seed=seed, retries=retries)
+    else:
+        result = run_probe(arch_name, runner=where, mode=mode, jit=jit, anchor=anchor,
+                           radius=radius, threads=max(threads, 1), areas=areas, seed=seed,
+                           retries=retries)
     found = tuple(differences(result)) if isinstance(result, ScanResult) else ()
     return ProbeReport(result, found)
 

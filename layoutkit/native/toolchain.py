@@ -98,8 +98,9 @@ class Runner(enum.Enum):
 
     @property
     def interactive(self) -> bool:
-        """True when the probe can talk to layoutkit while it runs (the handshake): not
-        in a qemu-system guest, whose programs read no stdin."""
+        """True when the probe's handshake goes through its own stdin and stdout (a
+        child process of layoutkit); in a qemu-system guest the guest's /init relays it
+        over the serial console instead (``layoutkit.native.guest``)."""
         return self is not Runner.QEMU_SYSTEM
 
     @property
@@ -108,8 +109,9 @@ class Runner(enum.Enum):
         return QEMU_USER_INFIDELITIES if self is Runner.QEMU_USER else ()
 
 
-# The runners ``layoutkit probe`` offers: the guest runs no interactive probe.
-PROBE_RUNNERS = tuple(r for r in Runner if r.interactive)
+# The runners ``layoutkit probe`` offers: all of them (in the guest, /init relays the
+# handshake).
+PROBE_RUNNERS = tuple(Runner)
 
 
 def host_arch() -> Arch:

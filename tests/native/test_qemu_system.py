@@ -12,7 +12,9 @@ import json
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from layoutkit.cli import cli
 from layoutkit.errors import ProbeError, UsageError
 from layoutkit.native.compare import Cause, Difference, differences, model_accounting
 from layoutkit.native.guest.boot import GuestResult, GuestRun, parse_console, run_in_guest
@@ -22,6 +24,7 @@ from layoutkit.native.guest.probe import build_guest_probe, probe_scan_args, sca
 from layoutkit.native.protocol import Outcome, ScanResult, ScanVerdict
 from layoutkit.native.toolchain import Runner
 from layoutkit.read.maps import parse_maps
+from tests.output.test_schemas import assert_valid
 from tests.support import ELF_DIR, require
 
 MiB = 1 << 20
@@ -270,3 +273,33 @@ def test_old_import_path_still_names_the_guest_runner() -> None:
 
     assert qemu_system.run_in_guest is run_in_guest
     assert qemu_system.fetch_kernel is fetch_kernel
+
+
+@pytest.mark.qemu_system
+def test_probe_command_in_the_guest_answers_the_handshake_around_its_stack() -> None:
+    """``probe --runner qemu-system --anchor stack``: the window is known only once the
+    guest kernel has placed the probe's stack (ASLR); /init relays the probe's hello and
+    the answer. Ground truth: the [stack] mapping of the probe's own maps in the guest."""
+    _needs_guest()
+    result = CliRunner().invoke(cli, ["probe", "--arch", "arm64", "--runner", "qemu-system",
+                                      "--anchor", "stack", "--radius", "1M",
+                                      "--format", "json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert_valid(doc)
+    stack = next(m for m in parse_maps(doc["maps"], source="guest").mappings
+                 if m.path == "[stack]")
+    anchor = int(doc["anchor"], 16)
+    assert stack.start <= anchor < stack.end
+    assert (doc["runner"], doc["anchor_source"]) == ("qemu-system", "the probe's main stack")
+    assert doc["infidelities"] == [] and doc["counts"]["moved"] == 0
+    base = anchor & ~0xffff
+    assert (doc["usable"]["start"], doc["usable"]["end"]) == (
+        f"{base - MiB:#x}", f"{base + MiB:#x}")
+    # The stack's own slots are taken (EEXIST), never reported free.
+    assert doc["counts"]["eexist"] >= stack.size // 0x10000
+    assert not any(int(r["start"], 16) < stack.end and stack.start < int(r["end"], 16)
+                   for r in doc["free_runs"])
+    # Only the stack guard gap (free to the kernel's mmap, kept clear by its search)
+    # differs from the accounting of the same maps.
+    assert {d["reason"] for d in doc["model_differences"]} <= {Cause.STACK_GUARD_GAP.value}

@@ -18,13 +18,16 @@ from typing import Any
 from layoutkit.core import arches
 from layoutkit.core.arches import Arch
 from layoutkit.elf import ElfReader
-from layoutkit.errors import ProbeError
-from layoutkit.native.guest.boot import Answer, GuestRun, build_static
+from layoutkit.errors import ProbeError, UsageError
+from layoutkit.native.guest.boot import Answer, GuestRun, build_static, run_in_guest
 from layoutkit.native.guest.initramfs import GuestProgram
 from layoutkit.native.probe import SOURCE
 from layoutkit.native.protocol import (
+    REPLAYS,
     ProbeContext,
     ProbeMode,
+    ProbeResult,
+    ReplayResult,
     ScanResult,
     addr,
     parse_report,
@@ -35,6 +38,8 @@ from layoutkit.native.protocol import (
 )
 from layoutkit.native.toolchain import Runner
 from layoutkit.window.kernel import KernelConfig
+
+GUEST_TIMEOUT = 300.0  # seconds for one boot with one probe run (TCG, a loaded machine)
 
 
 def build_guest_probe(arch: Arch | str) -> Path:
@@ -83,6 +88,64 @@ def window_answer(arch: Arch | str, *, jit: str = "luajit-2.1",
     return lambda _index, hello: _window_line(arch, jit, radius, hello)
 
 
+def _where(anchor: int | str | None, hello: dict[str, Any]) -> tuple[int, str]:
+    """What the window is around: the probe's own code (default), its main stack, or a
+    given address; and how to say so."""
+    try:
+        if anchor is None:
+            return addr(hello["anchor"]), "the probe's own code"
+        if anchor == "stack":
+            return addr(hello["stack"]), "the probe's main stack"
+    except (KeyError, TypeError, ValueError) as e:
+        raise ProbeError(f"the probe's handshake in the guest is malformed: {e}") from e
+    assert isinstance(anchor, int)
+    return anchor, "given"
+
+
+def run_guest_probe(arch: Arch | str, *, mode: ProbeMode = ProbeMode.SCAN,
+                    jit: str = "luajit-2.1", anchor: int | str | None = None,
+                    radius: int | None = None, threads: int = 1, areas: int = 8,
+                    seed: int = 1, retries: int | None = None) -> ProbeResult:
+    """``probe --runner qemu-system``: the static probe in one boot of the guest, doing
+    the handshake as natively (the window is answered over the serial console around
+    its code, its stack or ``anchor``); a scan or an allocator replay."""
+    arch = arch if isinstance(arch, Arch) else arches.by_name(arch)
+    if mode is ProbeMode.REPLAY and jit not in REPLAYS:
+        raise UsageError("replay knows luajit-2.1, luajit-2025 and generic (first fit)")
+    if not 1 <= threads <= 1024 or not 0 <= areas <= 4096:
+        raise UsageError("--threads must be 1..1024 and --areas 0..4096")
+    if isinstance(anchor, str) and anchor != "stack":
+        raise UsageError(f"anchor {anchor!r}: an address, or 'stack'")
+    if retries is None:
+        from layoutkit.window.replay import DEFAULT_RETRIES  # numpy: only for a replay
+        retries = DEFAULT_RETRIES
+    if retries < 0:
+        raise UsageError("--retries cannot be negative")
+    probe = build_guest_probe(arch)
+    guess = probe_window(jit, arch, KernelConfig.for_arch(arch).user_top // 2)
+    program = GuestProgram(probe, ("--handshake", "--mode", mode.value, *profile_args(guess),
+                                   "--threads", str(threads), "--areas", str(areas),
+                                   "--seed", str(seed), "--retries", str(retries)),
+                           handshake=True)
+    asked: list[tuple[int, str]] = []
+
+    def answer(_index: int, hello: dict[str, Any]) -> str:
+        asked.append(_where(anchor, hello))
+        return " ".join(window_words(probe_window(jit, arch, asked[-1][0], radius)))
+
+    run = run_in_guest(arch.name, [program], timeout=GUEST_TIMEOUT, answer=answer).runs[0]
+    if not run.ok or not asked:
+        raise ProbeError(f"the probe failed in the guest (status {run.status}, signal "
+                         f"{run.signal}): {run.stderr.strip()[-300:]}")
+    where, source = asked[0]
+    doc = parse_report(run.stdout, "report")
+    context = ProbeContext.from_report(doc, arch, Runner.QEMU_SYSTEM,
+                                       probe_window(jit, arch, where, radius), where, source)
+    if mode is ProbeMode.SCAN:
+        return ScanResult.from_report(doc, context)
+    return ReplayResult.from_report(doc, context)
+
+
 def scan_result(run: GuestRun, arch: Arch | str, *, jit: str = "luajit-2.1",
                 radius: int | None = None) -> ScanResult:
     """A guest probe run's report as the :class:`ScanResult` the native runners give.
@@ -107,4 +170,4 @@ def scan_result(run: GuestRun, arch: Arch | str, *, jit: str = "luajit-2.1",
 
 
 __all__: Sequence[str] = ("build_guest_probe", "handshake_program", "probe_scan_args",
-                          "scan_result", "window_answer")
+                          "run_guest_probe", "scan_result", "window_answer")
