@@ -40,6 +40,11 @@ from layoutkit.native.probe import run_probe
 from layoutkit.native.protocol import ScanResult
 from layoutkit.native.toolchain import Runner
 from layoutkit.native.twin import Twin, TwinSpec, build_twin
+from layoutkit.native.twin_report import (
+    guest_report_programs,
+    guest_report_scan,
+    run_report_twin,
+)
 from layoutkit.read.maps import ProcessMaps
 from layoutkit.window.accounting import Accounting, states_fit
 from layoutkit.window.anchor import find_anchor, luajit_generation
@@ -167,8 +172,12 @@ def _guest_runs(twin: Twin, profile: str, runs: int) -> GuestResult:
 
     A non-PIE twin's anchor is its link address: the window goes on its command line.
     A PIE twin is placed by the guest kernel (ASLR): it reports its anchor first and is
-    answered with the window around it (the handshake, relayed by the guest's /init)."""
+    answered with the window around it (the handshake, relayed by the guest's /init).
+    A static PIE's twin scans around its own code and reports to a file (twin_report)."""
     arch = twin.spec.arch
+    if twin.reports_to_file:  # a static PIE's twin: the probe inside it, no handshake
+        return run_in_guest(arch.name, guest_report_programs(twin, profile, runs),
+                            timeout=60 + 30 * runs)
     if twin.spec.kind is LoadKind.EXEC:
         args = probe_scan_args(twin.path, arch, jit=profile)
         return run_in_guest(arch.name, [(twin.path, [*args, "--seed", str(seed)])
@@ -240,8 +249,12 @@ def verify(path: str, scenario: Scenario = DEFAULT_SCENARIO, *, arch_name: str |
     done: list[Run] = []
     guest = _guest_runs(twin, profile, runs) if runner is Runner.QEMU_SYSTEM else None
     for seed in range(1, runs + 1):
-        if guest is not None:
+        if guest is not None and twin.reports_to_file:
+            result = guest_report_scan(guest, guest.runs[seed - 1], twin, profile)
+        elif guest is not None:
             result = scan_result(guest.runs[seed - 1], image.arch, jit=profile)
+        elif twin.reports_to_file:
+            result = run_report_twin(twin, runner, profile)
         else:
             found_result = run_probe(image.arch, runner=runner, jit=profile, seed=seed,
                                      executable=twin.path)
@@ -278,7 +291,12 @@ def verify(path: str, scenario: Scenario = DEFAULT_SCENARIO, *, arch_name: str |
                      + ", ".join(str(h) for h in holes) + "); a real kernel maps an "
                      "ET_EXEC's segments one by one and leaves them free, so the model's "
                      "range does not apply to this runner there: verify on a kernel")
-    if image.interpreter is None:
+    if twin.reports_to_file:
+        notes.append("the target is a static PIE; so is its twin, with static libc and the "
+                     "probe (preload.c) inside its segments: its copy scans around the "
+                     "twin's code and reports to a file, its buffers mapped outside the "
+                     "scanned range")
+    elif image.interpreter is None:
         notes.append("the target is linked statically; the twin is dynamic (its loader, "
                      "libc and liblkprobe.so sit in the mmap area, far from the image)")
     if runner is Runner.QEMU_USER:

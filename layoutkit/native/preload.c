@@ -13,7 +13,10 @@
  * probe (an O_EXCL "<out>.claim" file), so programs that CMD starts do nothing.
  *
  * The grandchild is a single-threaded copy of the address space. It uses system calls
- * only (it may run in a signal handler's context): it reads /proc/self/maps, scans
+ * only (it may run in a signal handler's context): it maps its buffers (3 MiB: in the
+ * copy only, so the program never carries them; moved below the scanned range when
+ * they land inside it, as next to a static-PIE image in the mmap area), reads
+ * /proc/self/maps, scans
  * [lowest code - radius, highest code + radius) of the holder slot by slot with the slot
  * scan of lk_scan.h that probe.c uses (MAP_FIXED_NOREPLACE, bisecting free runs,
  * unmapping at once what it is given, never MAP_FIXED), reads the maps again, copies the
@@ -51,18 +54,38 @@
 #define SLOTS_MAX (1u << 20)
 #define JIT_MAX ((size_t)64 << 20)
 
-static char out_path[4096], tmp_path[4112], claim_path[4112], object[256];
-static char exe_path[4096];
+#ifdef LK_TWIN  /* the twin's image holds only what the target's holds: small buffers */
+#define PATH_CAP 512u
+#define WBUF_CAP (1u << 12)
+#else
+#define PATH_CAP 4096u
+#define WBUF_CAP (1u << 16)
+#endif
+static char out_path[PATH_CAP], tmp_path[PATH_CAP + 16], claim_path[PATH_CAP + 16];
+static char object[256];
+static char exe_path[PATH_CAP];
 static uintptr_t radius = (uintptr_t)1 << 30, slot = 0x10000;
+#ifndef LK_TWIN
 static int trigger_sig;
 static struct sigaction old_action;
 static timer_t timer;
 static int have_timer;
+#endif
 static volatile sig_atomic_t fired;
 
-static char maps_before[MAPS_MAX], maps_after[MAPS_MAX];
-static char outcomes[SLOTS_MAX];
-static char wbuf[1u << 16];
+/* The copy's buffers. In the library, static (the program carries them from the start,
+ * so the copy's maps are the program's). Built into a static-PIE layout twin (-DLK_TWIN,
+ * twin.py), whose image holds only what the target's holds: one private mapping made in
+ * the copy, moved out of the scanned range once that is known (place_buffers); and the
+ * twin fires at its start only (no timer, no signal handler: less of libc to link). */
+#define BUFS_SIZE (2 * (size_t)MAPS_MAX + SLOTS_MAX)
+#ifdef LK_TWIN
+static char *bufs;
+#else
+static char bufs[BUFS_SIZE];
+#endif
+static char *maps_before, *maps_after, *outcomes;
+static char wbuf[WBUF_CAP];
 static size_t wused;
 static int wfd = -1;
 
@@ -201,15 +224,58 @@ static void put_jit_code(void) {
     puts_("]");
 }
 
-static void probe_child(void) {
+/* Map the buffers at ``hint`` (a plain hint: never MAP_FIXED); 0 when mmap fails. */
+static int map_buffers(uintptr_t hint) {
+#ifdef LK_TWIN
+    void *p = mmap((void *)hint, BUFS_SIZE, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return 0;
+    bufs = p;
+#else
+    (void)hint;
+#endif
+    maps_before = bufs;
+    maps_after = bufs + MAPS_MAX;
+    outcomes = bufs + 2 * (size_t)MAPS_MAX;
+    return 1;
+}
+
+/* The holder's executable span [*lo, *hi) in maps_before (lo >= hi: none). */
+static void holder_code(uintptr_t *lo, uintptr_t *hi) {
     struct line l;
-    uintptr_t lo = UINTPTR_MAX, hi = 0;
-    slurp("/proc/self/maps", maps_before, sizeof maps_before);
+    *lo = UINTPTR_MAX;
+    *hi = 0;
     for (const char *p = maps_before; (p = next_line(p, &l)) != NULL;)
         if (l.perms[2] == 'x' && is_holder(&l)) {
-            if (l.start < lo) lo = l.start;
-            if (l.end > hi) hi = l.end;
+            if (l.start < *lo) *lo = l.start;
+            if (l.end > *hi) *hi = l.end;
         }
+}
+
+/* Buffers that landed inside [from, to) (the range about to be scanned: a static-PIE
+ * image sits in the mmap area, where they go) are mapped again just below it (or above
+ * it), the first ones unmapped, and the maps read again. */
+static void place_buffers(uintptr_t from, uintptr_t to, uintptr_t *lo, uintptr_t *hi) {
+#ifdef LK_TWIN
+    uintptr_t at = (uintptr_t)bufs, size = BUFS_SIZE, align = 0x10000;
+    if (at + size <= from || at >= to) return;
+    char *old = bufs;
+    uintptr_t hint = from > size + align ? (from - size) & ~(align - 1)
+                                         : (to + align - 1) & ~(align - 1);
+    if (!map_buffers(hint)) return;
+    munmap(old, size);  /* the copy's own first mapping, never the program's */
+    slurp("/proc/self/maps", maps_before, MAPS_MAX);
+    holder_code(lo, hi);
+#else
+    (void)from; (void)to; (void)lo; (void)hi;  /* static: part of the program's image */
+#endif
+}
+
+static void probe_child(void) {
+    uintptr_t lo, hi;
+    if (!map_buffers(0)) _exit(3);
+    slurp("/proc/self/maps", maps_before, MAPS_MAX);
+    holder_code(&lo, &hi);
     wfd = open(tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (wfd < 0) _exit(3);
     puts_("{\"pid\":");
@@ -226,15 +292,19 @@ static void probe_child(void) {
     } else {
         lo &= ~(slot - 1);
         hi = (hi + slot - 1) & ~(slot - 1);
+        uintptr_t from = lo > radius ? lo - radius : 0;
+        uintptr_t end = hi + radius > hi ? hi + radius : UINTPTR_MAX & ~(slot - 1);
+        place_buffers(from, end, &lo, &hi);
+        lo &= ~(slot - 1);
+        hi = (hi + slot - 1) & ~(slot - 1);
         struct lk_scan s = {.start = lo > radius ? lo - radius : 0, .slot = slot,
                             .outcomes = outcomes};
-        uintptr_t end = hi + radius > hi ? hi + radius : UINTPTR_MAX & ~(slot - 1);
         s.n = (end - s.start) / slot;
         if (s.n > SLOTS_MAX) s.n = SLOTS_MAX;
         uint64_t t0 = now_ns();
         lk_scan(&s, 0);
         uint64_t ns = now_ns() - t0;
-        slurp("/proc/self/maps", maps_after, sizeof maps_after);
+        slurp("/proc/self/maps", maps_after, MAPS_MAX);
         put_addr("code_start", lo);
         put_addr("code_end", hi);
         puts_(",\"window\":[\"");
@@ -276,15 +346,6 @@ static void fire(void) {
     errno = saved;
 }
 
-static void on_signal(int sig) {
-    (void)sig;
-    if (fired) return;
-    fired = 1;
-    sigaction(trigger_sig, &old_action, NULL);
-    if (have_timer) timer_delete(timer);
-    fire();
-}
-
 static unsigned long long number(const char *s) {
     char *end;
     unsigned long long v = strtoull(s, &end, 0);
@@ -298,28 +359,18 @@ static void copy(char *dst, size_t cap, const char *a, const char *b) {
     memcpy(dst + la, b, lb + 1);
 }
 
-__attribute__((constructor)) static void layoutkit_probe_init(void) {
-    const char *out = getenv("LAYOUTKIT_PROBE_OUT");
-    const char *when = getenv("LAYOUTKIT_PROBE_WHEN");
-    const char *v;
-    if (!out || !*out || strlen(out) >= sizeof out_path) return;
-    copy(out_path, sizeof out_path, out, "");
-    copy(tmp_path, sizeof tmp_path, out, ".tmp");
-    copy(claim_path, sizeof claim_path, out, ".claim");
-    int claim = open(claim_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (claim < 0) return;  /* another process (CMD's parent or sibling) has the probe */
-    close(claim);
-    if ((v = getenv("LAYOUTKIT_PROBE_RADIUS")) && number(v)) radius = (uintptr_t)number(v);
-    if ((v = getenv("LAYOUTKIT_PROBE_SLOT")) && number(v)) slot = (uintptr_t)number(v);
-    if ((v = getenv("LAYOUTKIT_PROBE_OBJECT"))) copy(object, sizeof object, v, "");
-    ssize_t n = readlink("/proc/self/exe", exe_path, sizeof exe_path - 1);
-    exe_path[n > 0 ? n : 0] = 0;
-    if (slot & (slot - 1)) slot = 0x10000;
-    if (!when || !strcmp(when, "start")) {
-        fired = 1;
-        fire();
-        return;
-    }
+#ifndef LK_TWIN
+static void on_signal(int sig) {
+    (void)sig;
+    if (fired) return;
+    fired = 1;
+    sigaction(trigger_sig, &old_action, NULL);
+    if (have_timer) timer_delete(timer);
+    fire();
+}
+
+/* Fire at ``when``: a one-shot timer (ms:N) or a signal (signal:NAME). */
+static void arm(const char *when) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
@@ -348,4 +399,32 @@ __attribute__((constructor)) static void layoutkit_probe_init(void) {
                       : (int)number(name);
         if (trigger_sig > 0) sigaction(trigger_sig, &sa, &old_action);
     }
+}
+#endif
+
+__attribute__((constructor)) static void layoutkit_probe_init(void) {
+    const char *out = getenv("LAYOUTKIT_PROBE_OUT");
+    const char *when = getenv("LAYOUTKIT_PROBE_WHEN");
+    const char *v;
+    if (!out || !*out || strlen(out) >= sizeof out_path) return;
+    copy(out_path, sizeof out_path, out, "");
+    copy(tmp_path, sizeof tmp_path, out, ".tmp");
+    copy(claim_path, sizeof claim_path, out, ".claim");
+    int claim = open(claim_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (claim < 0) return;  /* another process (CMD's parent or sibling) has the probe */
+    close(claim);
+    if ((v = getenv("LAYOUTKIT_PROBE_RADIUS")) && number(v)) radius = (uintptr_t)number(v);
+    if ((v = getenv("LAYOUTKIT_PROBE_SLOT")) && number(v)) slot = (uintptr_t)number(v);
+    if ((v = getenv("LAYOUTKIT_PROBE_OBJECT"))) copy(object, sizeof object, v, "");
+    ssize_t n = readlink("/proc/self/exe", exe_path, sizeof exe_path - 1);
+    exe_path[n > 0 ? n : 0] = 0;
+    if (slot & (slot - 1)) slot = 0x10000;
+    if (!when || !strcmp(when, "start")) {
+        fired = 1;
+        fire();
+        return;
+    }
+#ifndef LK_TWIN
+    arm(when);
+#endif
 }

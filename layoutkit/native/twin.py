@@ -31,12 +31,13 @@ from layoutkit.core.arches import Arch
 from layoutkit.core.model import ElfImage, LoadKind, Perm, Segment
 from layoutkit.elf import ElfReader
 from layoutkit.errors import ProbeError
-from layoutkit.native.build import cached_build, run_tool, source_key
+from layoutkit.native.build import NATIVE_DIR, cached_build, run_tool, source_key
 from layoutkit.native.probe import CFLAGS, SOURCE
 from layoutkit.native.toolchain import Compiler
 from layoutkit.window.kernel import PAGE
 
 ANCHOR_SECTION = ".lk_anchor"
+PRELOAD_SOURCE = NATIVE_DIR / "preload.c"
 
 # The executable's own code: probe_anchor sits in a section of its own so the linker
 # script can put it at the target's anchor; the exported definition interposes the one
@@ -53,6 +54,19 @@ int main(int argc, char **argv) { return lk_probe_main(argc, argv); }
 # means that functions are not aligned"), so probe_anchor can stand at the target's exact
 # anchor, at any address the ISA allows (1 on x86, 4 on arm64 and ppc64).
 STUB_FLAGS = ("-O2", "-falign-functions=1")
+
+# A static PIE's twin: no loader, no library. preload.c is linked in and forks at the
+# twin's start (its constructor); the copy scans around the twin's code and writes the
+# preload report (LK_TWIN: buffers mapped in the copy, out of the image).
+STATIC_STUB = """\
+__attribute__((noinline, used, section(".lk_anchor"))) int probe_anchor(int x) {
+    return x * 3 + 1;
+}
+int main(void) { return 0; }
+"""
+PRELOAD_FLAGS = ("-std=c11", "-O2", "-Wall", "-Wextra", "-fPIE", "-DLK_TWIN")
+STATIC_LINK_FLAGS = ("-fuse-ld=bfd", "-Wl,--build-id=none", "-Wl,-z,norelro",
+                     "-Wl,--hash-style=gnu", "-Wl,--no-eh-frame-hdr")
 
 # The probe as a library: its main renamed, so the twin's own main calls it.
 LIB_FLAGS = ("-fPIC", "-shared", "-Dmain=lk_probe_main")
@@ -72,6 +86,11 @@ _CODE = (".init", ".plt", ".plt.got", ".plt.sec", ".iplt", ".text", ".fini")
 _WRITABLE_PLT = {"ppc64le": (".plt", ".iplt"), "ppc64": (".plt", ".iplt")}
 _RODATA = (".rodata", ".eh_frame_hdr", ".eh_frame", ".gcc_except_table")
 _BSS = (".sbss", ".bss")
+# Static glibc's own sections (the default script leaves them orphans; GNU ld defines
+# __start_/__stop_ symbols for them by name): code, RELRO data, and zero-fill.
+_GLIBC_CODE = "__libc_freeres_fn"
+_GLIBC_DATA = ("__libc_subfreeres", "__libc_IO_vtables", "__libc_atexit")
+_GLIBC_BSS = "__libc_freeres_ptrs"
 
 
 @dataclass(frozen=True)
@@ -79,7 +98,7 @@ class TwinSpec:
     """The layout a twin reproduces (link-time addresses; a PIE's are offsets)."""
 
     arch: Arch
-    kind: LoadKind  # EXEC or PIE
+    kind: LoadKind  # EXEC, PIE or STATIC_PIE
     loads: tuple[Segment, ...]  # the target's PT_LOADs, in address order
     anchor: int  # link-time address of the anchor
     source: str  # what the layout comes from (a path, or "path with <advice>")
@@ -87,10 +106,9 @@ class TwinSpec:
     @classmethod
     def of(cls, image: ElfImage, anchor: int, source: str | None = None) -> TwinSpec:
         """The layout of ``image`` (a real binary or one advise rewrote)."""
-        if image.load_kind not in (LoadKind.EXEC, LoadKind.PIE):
+        if image.load_kind not in (LoadKind.EXEC, LoadKind.PIE, LoadKind.STATIC_PIE):
             raise ProbeError(f"no twin for a {image.load_kind.describe()}: a twin reproduces "
-                             "an executable (ET_EXEC, or a PIE with an interpreter)",
-                             path=image.path)
+                             "an executable (ET_EXEC, a PIE, a static PIE)", path=image.path)
         loads = tuple(sorted((s for s in image.loads if s.memsz), key=lambda s: s.vaddr))
         return cls(image.arch, image.load_kind, loads, anchor, source or image.path)
 
@@ -99,8 +117,14 @@ class TwinSpec:
 class Twin:
     spec: TwinSpec
     path: Path  # the twin executable
-    library: Path  # liblkprobe.so beside it
+    library: Path | None  # liblkprobe.so beside it (None: a static-PIE twin)
     image: ElfImage  # the twin as read back
+
+    @property
+    def reports_to_file(self) -> bool:
+        """True for a static-PIE twin: ``preload.c`` built in, it forks at its start and
+        its copy writes the preload report to ``$LAYOUTKIT_PROBE_OUT`` (no handshake)."""
+        return self.library is None
 
     def mismatches(self) -> list[str]:
         """PT_LOADs of the twin that differ from the target's (empty when it is exact)."""
@@ -129,16 +153,21 @@ def _flags_text(seg: Segment) -> str:
     return (Perm.from_p_flags(seg.raw_flags)).rwx()
 
 
-def linker_script(spec: TwinSpec) -> str:
+def linker_script(spec: TwinSpec, *, code_after_anchor: bool = False) -> str:
     """A GNU ld script whose PT_LOADs are ``spec.loads`` exactly.
 
     Header material (.interp, dynamic symbols, relocations) goes into the first segment,
     code into the executable segment that holds the anchor (``probe_anchor`` at the
-    anchor), read-only data into the first read-only segment after it (else the code
-    segment), writable data and bss into the first writable segment. Every segment is
-    then padded to its end; a writable segment's padding is zero-fill (NOLOAD), so its
-    end is the target's bss end.
+    anchor; ``.text`` before it, or with ``code_after_anchor`` after it), read-only data
+    into the first read-only segment after it (else the code segment), writable data and
+    bss into the first writable segment. Every segment is then padded to its end; a
+    writable segment's padding is zero-fill (NOLOAD), so its end is the target's bss end.
+
+    A static PIE has no PT_INTERP, and a PT_TLS and the symbols static glibc's start-up
+    code looks for (``__init_array_start`` ..., as GNU ld's default script provides
+    them), and glibc's own named sections placed with their kind.
     """
+    static = spec.kind is LoadKind.STATIC_PIE
     loads = spec.loads
     if not loads:
         raise ProbeError("the target has no PT_LOAD segment", path=spec.source)
@@ -171,11 +200,15 @@ def linker_script(spec: TwinSpec) -> str:
         return " ".join(f"KEEP({p})" if keep else p for p in parts)
 
     lines = ["ENTRY(_start)", "PHDRS", "{", "  lk_phdr PT_PHDR PHDRS;"]
-    lines.append("  lk_interp PT_INTERP;")
+    if not static:
+        lines.append("  lk_interp PT_INTERP;")
     for i, seg in enumerate(loads):
         head = " FILEHDR PHDRS" if i == 0 else ""
         lines.append(f"  {_segment_name(i)} PT_LOAD{head} FLAGS({seg.raw_flags & 7});")
-    lines += ["  lk_dynamic PT_DYNAMIC;", "  lk_stack PT_GNU_STACK FLAGS(6);", "}",
+    lines.append("  lk_dynamic PT_DYNAMIC;")
+    if static:
+        lines.append("  lk_tls PT_TLS;")
+    lines += ["  lk_stack PT_GNU_STACK FLAGS(6);", "}",
               "SECTIONS", "{", f"  . = {first.vaddr:#x} + SIZEOF_HEADERS;"]
 
     def out(name: str, names: Sequence[str], seg: int, *, extra: str = "",
@@ -204,27 +237,46 @@ def linker_script(spec: TwinSpec) -> str:
     def start(i: int) -> None:
         lines.append(f"  . = {loads[i].vaddr:#x};")
 
-    out(".interp", [".interp"], 0, extra=" :lk_interp")
+    def code_sections(i: int, names: Sequence[str]) -> None:
+        for name in names:
+            if name in _WRITABLE_PLT.get(spec.arch.name, ()):
+                continue  # a data table there: it goes with the GOT below
+            out(name, [name], i, keep=name in (".init", ".fini"))
+        if static and ".text" in names:
+            out(_GLIBC_CODE, [_GLIBC_CODE], i, keep=True)
+
+    def init_arrays(i: int) -> None:
+        for name in (".preinit_array", ".init_array", ".fini_array"):
+            if not static:
+                out(name, [name], i, keep=True)
+                continue
+            # GNU ld's default script (ld --verbose): the bounds static glibc runs.
+            sym = name.lstrip(".")
+            lines.append(f"  {name} : {{ PROVIDE_HIDDEN(__{sym}_start = .); "
+                         f"KEEP(*(SORT_BY_INIT_PRIORITY({name}.*))) KEEP(*({name})) "
+                         f"PROVIDE_HIDDEN(__{sym}_end = .); }} :{_segment_name(i)}")
+
+    tls = " :lk_tls" if static else ""
+    if not static:
+        out(".interp", [".interp"], 0, extra=" :lk_interp")
     for name in _HEAD[1:]:  # one output section each: DT_* entries name them
         out(name.rstrip("*"), [name], 0)
+    after = (".text", ".fini") if code_after_anchor else ()
     for i in range(len(loads)):
         if i:
             start(i)
         if i == code:
-            for name in _CODE:
-                if name in _WRITABLE_PLT.get(spec.arch.name, ()):
-                    continue  # a data table there: it goes with the GOT below
-                out(name, [name], i, keep=name in (".init", ".fini"))
+            code_sections(i, [n for n in _CODE if n not in after])
             lines.append(f"  . = {spec.anchor:#x};")
             out(ANCHOR_SECTION, [ANCHOR_SECTION], i, keep=True)
+            code_sections(i, after)
         if i == rodata:
             for name in _RODATA:
                 out(name, [name], i)
         if i == data:
-            out(".tdata", [".tdata"], i)
-            out(".tbss", [".tbss"], i)
-            for name in (".preinit_array", ".init_array", ".fini_array"):
-                out(name, [name], i, keep=True)
+            out(".tdata", [".tdata"], i, extra=tls)
+            out(".tbss", [".tbss"], i, extra=tls)
+            init_arrays(i)
             out(".data.rel.ro", [".data.rel.ro"], i)
             out(".dynamic", [".dynamic"], i, extra=" :lk_dynamic")
         if i == rw:
@@ -232,8 +284,15 @@ def linker_script(spec: TwinSpec) -> str:
                          *_WRITABLE_PLT.get(spec.arch.name, ())):
                 out(name, [name], i)
             out(".data", [".data", ".sdata", ".tm_clone_table"], i)
+            if static:
+                for name in _GLIBC_DATA:
+                    out(name, [name], i, keep=True)
             out(".bss", [*_BSS, "COMMON"], i, noload=True)
+            if static:
+                out(_GLIBC_BSS, [_GLIBC_BSS], i, noload=True)
         pad(i)
+    if static:
+        lines.append("  _end = .; PROVIDE(end = .);")  # static glibc reads it
     lines += ["  /DISCARD/ : { *(.note.GNU-stack) *(.gnu_debuglink) *(.gnu.lto_*) }", "}"]
     return "\n".join(lines) + "\n"
 
@@ -250,18 +309,35 @@ def _run(argv: list[str], what: str) -> None:
 
 
 def build_twin(spec: TwinSpec) -> Twin:
-    """The twin of ``spec``, built once and cached; its PT_LOADs are checked."""
+    """The twin of ``spec``, built once and cached; its PT_LOADs are checked. A static
+    PIE's twin carries static libc: when its code does not fit before the anchor, it
+    goes after it."""
+    if spec.kind is LoadKind.STATIC_PIE:
+        try:
+            return _build(spec, linker_script(spec))
+        except ProbeError:
+            return _build(spec, linker_script(spec, code_after_anchor=True))
+    return _build(spec, linker_script(spec))
+
+
+def _build(spec: TwinSpec, script: str) -> Twin:
     compiler = Compiler.for_arch(spec.arch)
-    script = linker_script(spec)  # the layout, and how it is reproduced
-    key = [source_key(SOURCE), STUB.encode(), script.encode(),
-           " ".join((*CFLAGS, *LIB_FLAGS, *STUB_FLAGS, *LINK_FLAGS)).encode()]
+    static = spec.kind is LoadKind.STATIC_PIE
+    if static:
+        key = [source_key(PRELOAD_SOURCE), STATIC_STUB.encode(), script.encode(),
+               " ".join((*PRELOAD_FLAGS, *STUB_FLAGS, *STATIC_LINK_FLAGS)).encode()]
+        outputs = ["twin"]
+    else:
+        key = [source_key(SOURCE), STUB.encode(), script.encode(),
+               " ".join((*CFLAGS, *LIB_FLAGS, *STUB_FLAGS, *LINK_FLAGS)).encode()]
+        outputs = ["twin", "liblkprobe.so"]
+    link = _link_static if static else _link
     folder = cached_build("twin", "twin", compiler, key,
-                          lambda work: _link(spec, script, compiler.path, work),
-                          ["twin", "liblkprobe.so"])
-    exe, lib = folder / "twin", folder / "liblkprobe.so"
+                          lambda work: link(spec, script, compiler.path, work), outputs)
+    exe = folder / "twin"
     with ElfReader(exe) as reader:
         image = reader.image()
-    twin = Twin(spec, exe, lib, image)
+    twin = Twin(spec, exe, None if static else folder / "liblkprobe.so", image)
     wrong = twin.mismatches()
     if wrong:
         raise ProbeError(f"the twin does not reproduce the target's layout: {'; '.join(wrong)}",
@@ -282,6 +358,20 @@ def _link(spec: TwinSpec, script_text: str, cc: str, work: Path) -> None:
     pie = ["-fPIE", "-pie"] if spec.kind is LoadKind.PIE else ["-fno-pie", "-no-pie"]
     _run([cc, *STUB_FLAGS, *pie, "-o", str(work / "twin"), str(stub), "-Wl,-T," + str(script),
           *LINK_FLAGS, f"-L{work}", "-llkprobe"], f"linking the twin of {spec.source}")
+
+
+def _link_static(spec: TwinSpec, script_text: str, cc: str, work: Path) -> None:
+    """A static-PIE twin: the stub and ``preload.c`` (-DLK_TWIN) linked -static-pie."""
+    probe = work / "preload.o"
+    _run([cc, *PRELOAD_FLAGS, "-c", "-o", str(probe), str(PRELOAD_SOURCE)],
+         f"building the twin's probe for {spec.arch}")
+    stub = work / "stub.c"
+    stub.write_text(STATIC_STUB)
+    script = work / "twin.ld"
+    script.write_text(script_text)
+    _run([cc, *STUB_FLAGS, "-fPIE", "-static-pie", "-o", str(work / "twin"), str(stub),
+          str(probe), "-Wl,-T," + str(script), *STATIC_LINK_FLAGS],
+         f"linking the twin of {spec.source}")
 
 
 __all__: Sequence[str] = ("Twin", "TwinSpec", "build_twin", "linker_script",

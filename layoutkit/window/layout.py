@@ -21,6 +21,11 @@ from layoutkit.window.accounting import Accounting, Occupant, account
 from layoutkit.window.kernel import PAGE, KernelConfig
 from layoutkit.window.profiles import JitWindow
 
+# The main stack and its guard gap at the top of user space: RLIMIT_STACK's default
+# 8 MiB (include/uapi/linux/resource.h _STK_LIM) plus stack_guard_gap, 256 pages of
+# 4 KiB (mm/mmap.c).
+STACK_RESERVE = (8 << 20) + (256 << 12)
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -89,9 +94,26 @@ def predict(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
         notes.append(f"brk heap starts {format_size(0)}..{format_size(hi)} after the bss "
                      f"(randomised by up to {format_size(kernel.brk_rnd)}) and is given "
                      f"{format_size(heap)} to grow (--heap)")
+    elif image.load_kind is LoadKind.STATIC_PIE:
+        # fs/binfmt_elf.c load_elf_binary: a static PIE (no interpreter, load_bias 0) is
+        # the first mapping of the top-down mmap area, just below mmap_base; above it the
+        # gap to the stack (mm/util.c mmap_base: at least MIN_GAP, 128 MiB) stays empty.
+        # The vDSO is mapped next, top-down (arch_setup_additional_pages): into the hole
+        # between the image's aligned end and mmap_base when it fits, so it may take the
+        # slot after the image's last one (worst) or none of its own (best). Measured on
+        # Debian's arm64 6.1 kernel: [vvar][vdso] right above the image, 12 KiB.
+        extra = align_up(img.span.end, jit.slot)
+        vdso = Occupant(OccupantKind.VDSO, Span(extra, extra + PAGE), "[vdso]")
+        stack = Occupant(OccupantKind.STACK, Span(kernel.user_top - STACK_RESERVE,
+                                                  kernel.user_top), "[stack]")
+        results = [account(jit, [*fixed, stack, vdso], states=states, mcode=mcode),
+                   account(jit, [*fixed, stack], states=states, mcode=mcode)]
+        heap_start = None
+        notes.append("static PIE: at the top of the mmap area, the gap to the stack above "
+                     "it empty but for the vDSO; its brk heap is far away (ELF_ET_DYN_BASE)")
     else:
-        # A library (or static PIE) sits at the top of the mmap area: what was mapped
-        # before it (the loader, earlier libraries) lies above, later mappings below.
+        # A library sits at the top of the mmap area: what was mapped before it (the
+        # loader, earlier libraries) lies above, later mappings below.
         above = Span(img.span.end, kernel.user_top)
         fixed.append(Occupant(OccupantKind.MAPPED_BEFORE, above))
         results = [account(jit, fixed, states=states, mcode=mcode)]
