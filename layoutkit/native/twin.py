@@ -16,6 +16,12 @@ under ASLR too. The probe itself (its code and its megabytes of static buffers, 
 no target's bss could hold) lives in ``liblkprobe.so``, loaded from the mmap area, far
 from a non-PIE image; ``probe_anchor`` in the executable interposes the library's.
 
+A static PIE has no loader to load ``liblkprobe.so``: its twin is a static PIE too,
+linked ``-static-pie`` with static libc and ``preload.c`` built in (``-DLK_TWIN``). At the
+twin's start the probe forks; the copy scans around the twin's code and writes the
+preload report to ``$LAYOUTKIT_PROBE_OUT`` (``twin_report.py``). Its libc and the probe
+must fit inside the target's segments (a real static PIE carries the same libc).
+
 Twins are cached under ``$XDG_CACHE_HOME/layoutkit/twin`` (``build.cached_build``), keyed
 by the generated linker script (the target's type, segments and anchor), the probe
 source and the compiler.

@@ -4,6 +4,7 @@ with the kernel model's range over ASLR."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from layoutkit.native.protocol import probe_window
 from layoutkit.native.toolchain import Runner, host_arch
 from layoutkit.output.verify import verification_json
 from layoutkit.read.maps import parse_maps
-from tests.support import ELF_DIR, oracle, require
+from tests.support import ELF_DIR, FIXTURES, oracle, require
 
 DOCUMENTED = {Cause.STACK_GUARD_GAP, Cause.BELOW_MMAP_MIN_ADDR, Cause.MOVED}
 
@@ -276,3 +277,58 @@ def test_twin_anchor_at_any_aarch64_address(offset: int) -> None:
     anchor = _anchor_of(target) + offset
     v = verify(target, runner=Runner.QEMU_USER, anchor_spec=hex(anchor), runs=1)
     assert [r.result.context.self_anchor for r in v.runs] == [anchor]
+
+
+def _static_pie(tmp: Path) -> Path:
+    """A real static PIE for arm64: the fixtures' anchor.c with 1 MiB of program state
+    (tests/data/appstate.c), linked -static-pie by the cross compiler."""
+    cc = require("aarch64-linux-gnu-gcc")
+    out = tmp / "app-static-pie"
+    subprocess.run([cc, "-O2", "-fPIE", "-static-pie", "-I", str(FIXTURES / "src"), "-o",
+                    str(out), str(FIXTURES / "src" / "anchor.c"),
+                    str(Path(__file__).parent.parent / "data" / "appstate.c")],
+                   check=True, capture_output=True)
+    return out
+
+
+def _readelf(binary: Path, flag: str) -> str:
+    return subprocess.run([require("readelf"), flag, "-W", str(binary)], check=True,
+                          capture_output=True, text=True).stdout
+
+
+@pytest.mark.qemu_system
+def test_aarch64_static_pie_on_qemu_system(tmp_path: Path) -> None:
+    """Issue 12 part 5, static PIE: the twin is a static PIE too (no loader: the probe is
+    linked in and its forked copy reports to a file). The guest kernel puts it at the top
+    of the mmap area and its brk heap at ELF_ET_DYN_BASE; the bias verify used is where
+    the twin's file offset 0 is mapped in its own /proc/self/maps in the guest."""
+    require("qemu-system-aarch64")
+    require("apt-get")
+    target = _static_pie(tmp_path)
+    assert "DYN (Position-Independent Executable file)" in _readelf(target, "-h")
+    assert "INTERP" not in _readelf(target, "-l")
+    link_anchor = next(int(f[1], 16) for f in (line.split() for line in
+                                                _readelf(target, "-s").splitlines())
+                       if len(f) == 8 and f[7] == "lj_vm_exit_handler")
+    result = verify(str(target), arch_name="arm64", runner="qemu-system", runs=2)
+    assert result.twin.reports_to_file and result.twin.library is None
+    assert "INTERP" not in _readelf(result.twin.path, "-l")
+    assert result.ok, result.failures
+    doc = verification_json(result)
+    for run_doc, r in zip(doc["runs"], result.runs, strict=True):
+        maps = parse_maps(r.result.context.maps_before, source="the twin in the guest")
+        mapped_at = next(m.start for m in maps.mappings
+                         if m.path == "/bin/0-twin" and m.offset == 0)
+        assert r.bias == mapped_at  # the first PT_LOAD's p_vaddr is 0
+        assert run_doc["bias"] == f"{mapped_at:#x}"
+        assert r.result.context.anchor == link_anchor + mapped_at
+        # The top-down mmap area of a 48-bit arm64 space, not ELF_ET_DYN_BASE ...
+        assert 0xff00_0000_0000 <= mapped_at < 1 << 48
+        # ... where the kernel moved the brk heap instead (load_elf_binary, static PIE).
+        heap = next(m for m in maps.mappings if m.path == "[heap]")
+        assert 0xaaaa_0000_0000 <= heap.start < 0xab00_0000_0000
+        assert r.result.counts.moved == 0 and r.result.counts.eexist > 0
+        assert not r.result.context.leaked
+    assert doc["checks"] == {"agrees": True, "within_model": True, "capacity": True,
+                             "states": 1}
+    assert doc["difference"]["unexplained"] == 0

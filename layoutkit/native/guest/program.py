@@ -54,6 +54,7 @@ from layoutkit.native.preload import (
 from layoutkit.native.protocol import ScanResult, parse_report
 from layoutkit.native.toolchain import Runner
 from layoutkit.native.twin import Twin, TwinSpec, build_twin
+from layoutkit.native.twin_report import guest_report_programs
 from layoutkit.read.maps import parse_maps
 from layoutkit.window.anchor import Anchor, PlacedAnchor, find_anchor, luajit_generation
 from layoutkit.window.profiles import choose_profile
@@ -187,34 +188,51 @@ def _through_twin(path: Path, command: tuple[str, ...], image: ElfImage, when: s
                          "address to stand at): give --anchor SYMBOL|ADDR inside its code")
     twin = build_twin(TwinSpec.of(image, found.span.start, str(path)))
     profile, _ = choose_profile(arch, jit, generation)
-    measure = (GuestProgram(twin.path, tuple(probe_scan_args(twin.path, arch, jit=profile)))
-               if twin.spec.kind is LoadKind.EXEC else
-               handshake_program(twin.path, arch, jit=profile))
-    guest = run_in_guest(arch.name, [GuestProgram(path, command[1:]), measure],
-                         timeout=TIMEOUT, answer=window_answer(arch, jit=profile))
-    run, twin_run = guest.runs
-    whole = scan_result(twin_run, arch, jit=profile)
     twin_guest = f"/bin/1-{twin.path.name}"
-    maps = parse_maps(whole.context.maps_before,
-                      source=f"guest pid {twin_run.pid} (the layout twin of {path})")
-    analysis = analyse_maps(maps, _scenario(profile, guest), anchor="probe_anchor",
-                            path_map=_path_map(arch, {twin_guest: twin.path}))
+    paths = _path_map(arch, {twin_guest: twin.path})
+    if twin.reports_to_file:  # a static PIE's twin: the probe inside it, a report file
+        guest = run_in_guest(arch.name, [GuestProgram(path, command[1:]),
+                                         *guest_report_programs(twin, profile, 1)],
+                             timeout=TIMEOUT)
+        run, twin_run = guest.runs
+        if twin_run.report is None:
+            raise ProbeError(f"the twin of {path} ran in the guest (status {twin_run.status})"
+                             f" but its copy wrote no report: {twin_run.stderr[-300:]}")
+        measured = report_result(load_report(twin_run.report), command=command, when=when,
+                                 program_pid=run.pid or 0, scenario=_scenario(profile, guest),
+                                 anchor="probe_anchor", runner=Runner.QEMU_SYSTEM,
+                                 source=f"guest pid {twin_run.pid}", path_map=paths)
+        analysis, scanned, scan = measured.analysis, measured.scanned, measured.scan
+    else:
+        measure = (GuestProgram(twin.path, tuple(probe_scan_args(twin.path, arch, jit=profile)))
+                   if twin.spec.kind is LoadKind.EXEC else
+                   handshake_program(twin.path, arch, jit=profile))
+        guest = run_in_guest(arch.name, [GuestProgram(path, command[1:]), measure],
+                             timeout=TIMEOUT, answer=window_answer(arch, jit=profile))
+        run, twin_run = guest.runs
+        whole = scan_result(twin_run, arch, jit=profile)
+        maps = parse_maps(whole.context.maps_before,
+                          source=f"guest pid {twin_run.pid} (the layout twin of {path})")
+        analysis = analyse_maps(maps, _scenario(profile, guest), anchor="probe_anchor",
+                                path_map=paths)
+        window = analysis.accounting.jit
+        ctx = replace(whole.context, jit=window)
+        scan = ScanResult.from_report(parse_report(twin_run.stdout, "report"), ctx,
+                                      within=window.usable)
+        scan = replace(scan, context=replace(ctx, jit=replace(window, usable=scan.window)))
+        scanned = whole.window
     placed = PlacedAnchor(Anchor(found.name, found.span, found.how_found,
                                  f"{found.detail}; measured at probe_anchor of its layout "
                                  f"twin {twin_guest}"), analysis.anchor.bias)
     analysis = replace(analysis, anchor=placed)
-    window = analysis.accounting.jit
-    ctx = replace(whole.context, jit=window, anchor=placed.span.start,
-                  anchor_source=placed.how_found.value)
-    scan = ScanResult.from_report(parse_report(twin_run.stdout, "report"), ctx,
-                                  within=window.usable)
-    scan = replace(scan, context=replace(ctx, jit=replace(window, usable=scan.window)))
+    scan = replace(scan, context=replace(scan.context, anchor=placed.span.start,
+                                         anchor_source=placed.how_found.value))
     notes = [*analysis.notes,
              f"{path} is statically linked: no preload can enter it, so its layout twin "
              f"{twin.path} (the probe linked with its PT_LOAD segments, {found.name} at "
              f"{found.span.start:#x}) was measured in the same boot; {path} itself ran "
              "first, unprobed", *_status(run, str(path))]
-    result = ProgramResult(command, when, run.pid or 0, twin_run.pid or 0, whole.window,
+    result = ProgramResult(command, when, run.pid or 0, twin_run.pid or 0, scanned,
                            scan, analysis, scan.mmap_calls, scan.probe_ns, tuple(notes),
                            tuple(differences(scan)), program_status=run.status)
     return GuestProgramResult(result, guest, Through.TWIN, twin, run.stdout, run.stderr)
