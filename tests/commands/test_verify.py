@@ -4,6 +4,7 @@ with the kernel model's range over ASLR."""
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -332,3 +333,51 @@ def test_aarch64_static_pie_on_qemu_system(tmp_path: Path) -> None:
     assert doc["checks"] == {"agrees": True, "within_model": True, "capacity": True,
                              "states": 1}
     assert doc["difference"]["unexplained"] == 0
+
+
+LUAJIT_MAIN = """\
+#include <lauxlib.h>
+#include <lualib.h>
+int main(void) {
+    lua_State *L = luaL_newstate();
+    luaL_openlibs(L);
+    int rc = luaL_dostring(L, "local s = 0 for i = 1, 1000 do s = s + i end");
+    lua_close(L);
+    return rc;
+}
+"""
+
+
+@pytest.mark.toolchain
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 host only")
+def test_x86_64_static_pie_with_debian_luajit_natively(tmp_path: Path) -> None:
+    """A real static PIE embedding Debian's libluajit-5.1.a (lj_vm_exit_handler deep in
+    its code, at an odd address): its twin is a static PIE that reports to a file; the
+    bias verify used is where this machine's kernel mapped the twin's file offset 0, as
+    the twin's own /proc/self/maps says, and the scan agrees with those maps slot for
+    slot."""
+    from layoutkit.native.workload.build import Generation, fetch_luajit
+
+    cc = require("gcc")
+    luajit = fetch_luajit(Generation.DEBIAN_2_1, "x86_64")
+    main = tmp_path / "main.c"
+    main.write_text(LUAJIT_MAIN)
+    target = tmp_path / "lj-static-pie"
+    subprocess.run([cc, "-O2", "-fPIE", "-static-pie", "-I", str(luajit.include), "-o",
+                    str(target), str(main), str(luajit.library), "-lm"], check=True,
+                   capture_output=True)
+    assert "INTERP" not in _readelf(target, "-l")
+    link_anchor = next(int(f[1], 16) for f in (line.split() for line in
+                                                _readelf(target, "-s").splitlines())
+                       if len(f) == 8 and f[7] == "lj_vm_exit_handler")
+    result = verify(str(target), runs=2)
+    assert result.twin.reports_to_file
+    assert "INTERP" not in _readelf(result.twin.path, "-l")
+    assert result.agrees
+    for r in result.runs:
+        maps = parse_maps(r.result.context.maps_before, source="the twin")
+        mapped_at = next(m.start for m in maps.mappings
+                         if m.path == str(result.twin.path) and m.offset == 0)
+        assert r.bias == mapped_at
+        assert r.result.context.anchor == link_anchor + mapped_at
+        assert r.result.counts.eexist > 0 and not r.result.context.leaked
