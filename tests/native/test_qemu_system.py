@@ -8,6 +8,7 @@ vm.mmap_min_addr, where the kernel refuses an unprivileged process (EPERM).
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -17,7 +18,13 @@ from click.testing import CliRunner
 from layoutkit.cli import cli
 from layoutkit.errors import ProbeError, UsageError
 from layoutkit.native.compare import Cause, Difference, differences, model_accounting
-from layoutkit.native.guest.boot import GuestResult, GuestRun, parse_console, run_in_guest
+from layoutkit.native.guest.boot import (
+    GuestResult,
+    GuestRun,
+    _reply,
+    parse_console,
+    run_in_guest,
+)
 from layoutkit.native.guest.initramfs import GuestProgram, initramfs, runtime_files
 from layoutkit.native.guest.kernels import fetch_kernel, system_for
 from layoutkit.native.guest.probe import build_guest_probe, probe_scan_args, scan_result
@@ -204,6 +211,36 @@ def test_parse_console() -> None:
     assert (facts.release, facts.va_bits, facts.mmap_rnd_bits) == (
         "6.1.0-56-cloud-arm64", 48, 18)
     assert runs == (GuestRun(("/bin/0-p", "é"), None, 11, 5, "ok\n", ""),)
+
+
+def test_handshake_blocks_are_answered_once_each() -> None:
+    """/init's HELLO blocks (the probe's first line, JSON in a JSON string) are answered
+    in order, each once, through qemu's stdin; a partial block waits for its end."""
+    hello = json.dumps({"anchor": "0x4016e0", "stack": "0xffffc000", "page_size": 4096})
+    block = _block("HELLO", {"index": 0, "hello": hello}).encode()
+    asked: list[tuple[int, dict[str, object]]] = []
+
+    def answer(index: int, doc: dict[str, object]) -> str:
+        asked.append((index, doc))
+        return f"0x0 0x10000 {doc['anchor']} 0x8000 0x0 0x10000"
+
+    sent = io.BytesIO()
+    console = b"boot noise\r\n" + block[:30]
+    assert _reply(console, 0, answer, sent) == 0 and not asked  # not complete yet
+    console += block[30:]
+    at = _reply(console, 0, answer, sent)
+    assert at == console.rindex(b"@@LAYOUTKIT-END@@") + len(b"@@LAYOUTKIT-END@@")
+    assert _reply(console, at, answer, sent) == at  # answered once
+    assert asked == [(0, json.loads(hello))]
+    assert sent.getvalue() == b"0x0 0x10000 0x4016e0 0x8000 0x0 0x10000\n"
+    with pytest.raises(ProbeError, match="nobody answers"):
+        _reply(console, 0, None, None)
+    run = {"index": 0, "argv": ["/bin/0-p"], "status": 0, "signal": None, "pid": 77,
+           "wall_ns": 5, "stdout": "{}", "stdout_bytes": 2, "stderr": "", "stderr_bytes": 0,
+           "hello": hello, "answer": "0x0 0x1", "report": "{}", "report_bytes": 2}
+    _, runs = parse_console(_block("FACTS", FACTS) + _block("RUN", run))
+    assert (runs[0].hello, runs[0].answer, runs[0].report, runs[0].pid) == (
+        hello, "0x0 0x1", "{}", 77)
 
 
 def test_parse_console_rejects_cut_output() -> None:

@@ -39,12 +39,12 @@ NOBODY = 65534  # init.c runs every program as this uid and gid
 
 _BLOCK = re.compile(r"@@LAYOUTKIT-(FACTS|RUN)@@\n(.*?)\n@@LAYOUTKIT-END@@", re.S)
 _HELLO = re.compile(rb"@@LAYOUTKIT-HELLO@@\r?\n(.*?)\r?\n@@LAYOUTKIT-END@@", re.S)
+_ERROR = re.compile(r"@@LAYOUTKIT-ERROR@@ (.*)")
+_DONE = "@@LAYOUTKIT-DONE@@"
 
 # The handshake's other side: (program index, the program's hello line as JSON) -> the
 # line to answer with (no newline).
 Answer = Callable[[int, dict[str, Any]], str]
-_ERROR = re.compile(r"@@LAYOUTKIT-ERROR@@ (.*)")
-_DONE = "@@LAYOUTKIT-DONE@@"
 
 
 @dataclass(frozen=True)
