@@ -35,7 +35,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Kept in step with window/profiles.py PROFILES by tests/test_cli.py (importing the
 # profiles here would load the whole window model for `layoutkit --help`).
 PROFILE_NAMES = ("generic", "luajit-2017", "luajit-2.1", "luajit-2025", "luajit-openresty",
-                 "php-opcache")
+                 "php-opcache", "v8")
 LINKER_NAMES = ("bfd", "gold", "lld", "mold")
 
 EXIT_CODES = f"""Exit codes: 0 ok; {EXIT_FINDINGS} a check failed or no advice is possible;
@@ -90,6 +90,9 @@ def scenario_options(*, kernel: bool = True) -> Callable[[F], F]:
                      help="php-opcache: opcache.memory_consumption + jit_buffer_size, "
                           "e.g. 128M+64M, or one SIZE for the whole segment with the JIT "
                           "on (default PHP 8.2's: 128M+0, the JIT off)."),
+        click.option("--code-range", "code_range", metavar="SIZE", default=None,
+                     help="V8's code range for --jit v8 (default: the version's own, "
+                          "512M for V8 11.3 on x86-64)."),
     ]
     if kernel:
         options += [

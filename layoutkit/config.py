@@ -41,6 +41,7 @@ KEYS: dict[str, tuple[type, ...]] = {
     "heap": (int, str),
     "va_bits": (int,),
     "mmap_min_addr": (int, str),
+    "code_range": (int, str),
     "arch": (str, list),
     "opcache_size": (str,),
 }
@@ -132,7 +133,7 @@ def load_config(path: str | Path | None = None, *, cwd: str | Path | None = None
 
 # The scenario keys: command-line options (scenario_options in cli.py) and config keys alike.
 SCENARIO_KEYS = ("jit", "form", "heap", "states", "mcode", "va_bits", "mmap_min_addr",
-                 "opcache_size")
+                 "opcache_size", "code_range")
 
 
 def config_size(value: object) -> int | None:
@@ -173,6 +174,7 @@ def scenario_from(options: dict[str, Any], config: Config | None = None) -> Scen
         kernel=KernelOverrides(va_bits=pick("va_bits"),
                                mmap_min_addr=_address(pick("mmap_min_addr"))),
         opcache=parse_opcache_size(_text(pick("opcache_size"))),
+        code_range=config_size(pick("code_range")),
     )
 
 

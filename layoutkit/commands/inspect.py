@@ -9,7 +9,7 @@ from layoutkit.core.model import ElfImage
 from layoutkit.core.scenario import DEFAULT_SCENARIO, Scenario
 from layoutkit.core.spans import Span
 from layoutkit.elf import ElfReader
-from layoutkit.errors import EXIT_OK
+from layoutkit.errors import EXIT_OK, UsageError
 from layoutkit.ranges import BranchForm, forms
 from layoutkit.window.anchor import Anchor, PlacedAnchor, find_anchor, luajit_generation
 from layoutkit.window.kernel import KernelConfig
@@ -24,6 +24,7 @@ from layoutkit.window.profiles import (
     wants_generation,
     window_for_span,
 )
+from layoutkit.window.v8_outlook import choose_v8, outlook
 
 
 @dataclass(frozen=True)
@@ -107,12 +108,23 @@ def inspect_reader(reader: ElfReader, scenario: Scenario = DEFAULT_SCENARIO, *,
     bias, how = kernel.nominal_bias(image)
     runtime = found.span.shifted(bias)
     windows = tuple(reach_window(f, runtime, kernel.user_space) for f in forms(image.arch))
+    v8 = choose_v8(reader, scenario, luajit_found=generation is not None) if (
+        anchor is None) else None
+    if v8 is not None:
+        found = v8.build.anchor() or found
+        runtime = found.span.shifted(bias)
+        windows = tuple(reach_window(f, runtime, kernel.user_space) for f in forms(image.arch))
     profile, note = choose_profile(image.arch, jit, generation)
     scenario = opcache_demand(profile, scenario)
-    window = window_for_span(profile, image.arch, runtime, kernel.user_space,
-                             form_name=scenario.form)
+    window = window_for_span(v8.profile if v8 is not None else profile, image.arch, runtime,
+                             kernel.user_space, form_name=scenario.form)
+    if v8 is not None:
+        profile, note = v8.profile.name, None
+    elif scenario.code_range is not None:
+        raise UsageError(f"--code-range applies to --jit v8, not {profile}")
     prediction = predict(image, kernel, window, bias, scenario)
-    notes = (*((note,) if note else ()), *prediction.notes)
+    v8_notes = outlook(image, kernel, bias, window, v8, runtime) if v8 is not None else ()
+    notes = (*((note,) if note else ()), *prediction.notes, *v8_notes)
     opcache = predict_opcache(reader, profile, bias, scenario.opcache,
                               prediction.heap_start[0] if prediction.heap_start else None)
     return Inspection(image, kernel, bias, how, found, windows, generation, profile, window,

@@ -97,8 +97,11 @@ class Scenario:
     kernel: KernelOverrides = field(default_factory=KernelOverrides)
     # PHP's opcache segment (--opcache-size; php-opcache only): PHP 8.2's defaults.
     opcache: OpcacheSize = field(default_factory=lambda: PHP82_DEFAULT)
+    code_range: int | None = None  # V8's code range (--code-range); None: the version's own
 
     def __post_init__(self) -> None:
+        if self.code_range is not None and self.code_range <= 0:
+            raise UsageError(f"--code-range {self.code_range}: a size must be positive")
         if self.heap < 0:
             raise UsageError(f"--heap {self.heap}: a size cannot be negative")
 

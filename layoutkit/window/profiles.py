@@ -82,6 +82,10 @@ class Profile(abc.ABC):
         replaces the arch's LJ_TARGET_JUMPRANGE (a narrower range for a replay that must
         fill its window; LuaJIT profiles only)."""
 
+    def with_code_range(self, size: int) -> Profile:
+        """This profile with a code range of ``size`` bytes (``--code-range``)."""
+        raise UsageError(f"--code-range applies to --jit v8, not {self.name}")
+
 
 @dataclass(frozen=True)
 class _LuaJitClassic(Profile):
@@ -293,12 +297,14 @@ def _clip(lo: int, hi: int, limit: Span) -> Span:
     return Span(lo, max(lo, hi))
 
 
-def jit_window(name: str, arch: Arch, anchor: int, limit: Span, *,
+def jit_window(name: str | Profile, arch: Arch, anchor: int, limit: Span, *,
                form_name: str | None = None, slot: int = SLOT,
                jumprange: int | None = None) -> JitWindow:
-    """The window of profile ``name`` around run-time ``anchor``, clipped to ``limit``."""
-    return profile(name).window(arch, anchor, limit, form_name=form_name, slot=slot,
-                                jumprange=jumprange)
+    """The window of profile ``name`` (or of a profile given as such) around run-time
+    ``anchor``, clipped to ``limit``."""
+    chosen = name if isinstance(name, Profile) else profile(name)
+    return chosen.window(arch, anchor, limit, form_name=form_name, slot=slot,
+                         jumprange=jumprange)
 
 
 def has_luajit(arch: Arch) -> bool:
@@ -325,7 +331,7 @@ def choose_profile(arch: Arch, requested: str | None,
     return generation.profile, None
 
 
-def window_for_span(name: str, arch: Arch, anchor: Span, limit: Span, *,
+def window_for_span(name: str | Profile, arch: Arch, anchor: Span, limit: Span, *,
                     form_name: str | None = None) -> JitWindow:
     """The window for an anchor span: code must reach its first and its last byte."""
     near = jit_window(name, arch, anchor.start, limit, form_name=form_name)
@@ -394,3 +400,8 @@ def detect_generation(stream: BinaryIO, size: int, *, luajit_symbols: bool,
         return Generation("luajit-2.1", "DT_NEEDED names libluajit: the version is in that "
                           "library (inspect it)", "low")
     return None
+
+
+# Profiles of other runtimes live in their own modules and add themselves to PROFILES
+# (imported last: they build on the names above).
+from layoutkit.window import v8 as _v8  # noqa: E402,F401

@@ -1,0 +1,131 @@
+"""What V8's code-range placement (:mod:`layoutkit.window.v8`) does for one binary.
+
+For a binary (not a process) the occupants V8's /proc/self/maps scan sees are predicted
+as in :mod:`layoutkit.window.layout`: the image's pages and, for an executable, the brk
+heap that starts after the bss, moved up by ``arch_randomize_brk`` (fs/binfmt_elf.c).
+V8 reserves its code range at start-up, when the heap holds a few MiB: two cases over
+ASLR decide the outcome, a heap far above the bss (the gap above the bss is the first
+that holds the range) and a heap near it (the first gap is the one above the heap).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from layoutkit.core.model import ElfImage, LoadKind
+from layoutkit.core.scenario import Scenario
+from layoutkit.core.spans import Span, align_up
+from layoutkit.core.units import format_size
+from layoutkit.elf import ElfReader
+from layoutkit.window.kernel import PAGE, KernelConfig
+from layoutkit.window.layout import image_occupants
+from layoutkit.window.profiles import JitWindow
+from layoutkit.window.v8 import (
+    NEWEST,
+    V8,
+    V8_PAGE,
+    CodeRangePlacement,
+    V8Build,
+    V8Profile,
+    detect_v8,
+    place_code_range,
+    short_call_region,
+)
+
+
+@dataclass(frozen=True)
+class V8Choice:
+    """The V8 found in a binary and the profile that models it."""
+
+    build: V8Build
+    profile: V8Profile
+
+
+def choose_v8(reader: ElfReader, scenario: Scenario, *, luajit_found: bool) -> V8Choice | None:
+    """The V8 profile when ``--jit v8`` asks for it, or when nothing was asked, no LuaJIT
+    was found and the binary holds V8; None otherwise."""
+    if scenario.jit not in (None, V8.name) or (scenario.jit is None and luajit_found):
+        return None
+    build = detect_v8(reader)
+    if build is None:
+        if scenario.jit is None:
+            return None
+        build = V8Build(None, None, NEWEST, f"--jit v8 without V8 evidence: {NEWEST.label}")
+    chosen = V8.for_version(build.rule)
+    if scenario.code_range is not None:
+        chosen = chosen.with_code_range(scenario.code_range)
+    return V8Choice(build, chosen)
+
+
+def _describe(case: str, placed: CodeRangePlacement) -> str:
+    if placed.blocker is not None:
+        why = (f"refused ({placed.blocker.start:#x}-{placed.blocker.end:#x} is taken): the "
+               "range goes far away and the builtins are remapped into it")
+    elif placed.near and placed.placed is not None:
+        why = (f"honoured: code range {placed.placed.start:#x}-{placed.placed.end:#x}"
+               " reaches the builtins where they are")
+    else:
+        why = ("honoured, but the range sticks out of the window by "
+               f"{format_size(placed.region.start - placed.hint)}: the builtins are "
+               "remapped anyway")
+    gap = (f"the gap at {placed.gap.start:#x}" if placed.gap is not None
+           else "no gap holds it: the window's start")
+    return f"v8: {case}: hint {placed.hint:#x} ({gap}), {why}"
+
+
+def outlook(image: ElfImage, kernel: KernelConfig, bias: int, jit: JitWindow,
+            choice: V8Choice, blob: Span) -> tuple[str, ...]:
+    """One line per case: the hint V8 computes for the builtins at run-time ``blob``,
+    and whether it gets the code range."""
+    rule, size = choice.profile.rule, jit.profile.sizemcode
+    pad = rule.pad
+    # What lies above the window in every process (the stack at least): the maps scan
+    # visits a gap only below a mapping.
+    top = kernel.user_top
+    taken = [*(o.span for o in image_occupants(image, bias)), Span(top - PAGE, top)]
+    region = short_call_region(image.arch, blob)
+    notes = [f"v8: {choice.build.evidence}; rule {rule.label} (checked: {rule.checked}); "
+             f"code range {format_size(size)}, short-call window {region.start:#x}-"
+             f"{region.end:#x}"]
+    mmin = kernel.mmap_min_addr
+    if image.load_kind is LoadKind.EXEC:
+        h0 = align_up(max(seg.vaddr + seg.memsz for seg in image.loads) + bias, PAGE)
+        last = h0 + kernel.brk_rnd - PAGE
+        far = place_code_range([*taken, Span(last, last + PAGE)], region, size, rule,
+                               mmap_min_addr=mmin)
+        if far.gap is not None and far.gap.start < last:
+            # Heap offsets (page steps) that leave the first gap holding the request.
+            need = far.request.end - h0
+            share = max(0, kernel.brk_rnd - align_up(need, PAGE)) / kernel.brk_rnd
+            notes.append(_describe(f"brk heap {format_size(need)} or more above the bss "
+                                   f"(p={share:.2f} over ASLR)", far))
+        else:
+            notes.append(_describe("brk heap anywhere", far))
+        near = place_code_range([*taken, Span(h0, h0 + 2 * 1024 * 1024)], region, size,
+                                rule, mmap_min_addr=mmin)
+        rounded = " rounded down to 256 KiB" if rule.hint_align > 1 else ""
+        if near.gap is not None and near.gap.start >= h0 and near.hint != far.hint:
+            cost = ("refused unless the heap's end at V8's start is 256 KiB-aligned "
+                    "(1 page position in 64)" if rule.hint_align == V8_PAGE
+                    else "honoured when the range above it is free")
+            notes.append(f"v8: brk heap nearer: the first gap is above the heap, the hint "
+                         f"is the heap's end at V8's start{rounded}: {cost}")
+        if far.blocker is not None and rule.hint_align > 1 and far.gap is not None:
+            pad_to = align_up(far.gap.start, rule.hint_align)
+            notes.append(f"v8: advice: end the image's last page on a 256 KiB boundary "
+                         f"({far.gap.start:#x} -> {pad_to:#x}, "
+                         f"{format_size(pad_to - far.gap.start)} of padding after .bss) and "
+                         "this hint is honoured whenever the heap is far; a PIE build alone "
+                         "does not help this rule: the rounded hint falls up to 252 KiB "
+                         "below the window's start (near for 1 load bias in 64)")
+    else:
+        free_below = place_code_range(taken, region, size, rule, mmap_min_addr=mmin)
+        share = 1.0 if rule.hint_align == 1 else PAGE / rule.hint_align
+        notes.append(_describe(f"position-independent, nothing mapped below the window "
+                               f"(near for {share:.0%} of load biases)", free_below))
+    if pad:
+        notes.append(f"v8: the hint asks for {format_size(size + pad)} "
+                     f"(OS::Allocate trims to 256 KiB alignment); --max-old-space-size "
+                     "does not move the code range (under 2048 it turns short builtin "
+                     "calls off: no remap, builtins called through a register)")
+    return tuple(notes)
