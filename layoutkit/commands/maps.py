@@ -58,10 +58,13 @@ from layoutkit.window.opcache import in_process as opcache_in_process
 from layoutkit.window.opcache import with_demand as opcache_demand
 from layoutkit.window.profiles import (
     Generation,
+    Profile,
     choose_profile,
     wants_generation,
     window_for_span,
 )
+from layoutkit.window.v8 import BLOB_SYMBOL, V8, V8Build, detect_v8
+from layoutkit.window.v8_maps import blob_file_offset, find_v8_regions
 
 # qemu-user maps one anonymous r-x page for its signal trampoline (qemu linux-user/
 # signal.c setup_sigtramp, seen in fixtures/maps/x86_64-host-view-of-qemu-*.maps); a real
@@ -211,6 +214,7 @@ def analyse_maps(
     bias: int | None = None
     arch: Arch | None = arches.by_name(arch_name) if arch_name else None
     generation: Generation | None = None
+    v8_build: tuple[V8Build, int] | None = None
     address = parse_address(anchor) if anchor and anchor[:1].isdigit() else None
     names = (anchor,) if anchor and address is None else DEFAULT_ANCHORS
     objects = maps.objects()
@@ -237,6 +241,10 @@ def analyse_maps(
                     break
             if found:
                 break
+        if found is None and address is None and anchor is None and jit in (None, V8.name):
+            v8 = _find_v8(readable)
+            if v8 is not None:
+                found, holder, bias, v8_build = v8
         if found is None and address is not None:
             found = _Found(f"{address:#x}", Span(address, address + 1), HowFound.ADDRESS,
                            "given with --anchor")
@@ -279,6 +287,14 @@ def analyse_maps(
         for _, reader, _ in readable:
             reader.close()
     profile, note = choose_profile(arch, jit, generation)
+    chosen: str | Profile = profile
+    if v8_build is not None:
+        v8_profile = V8.for_version(v8_build[0].rule)
+        if scenario.code_range is not None:
+            v8_profile = v8_profile.with_code_range(scenario.code_range)
+        chosen, profile, note = v8_profile, v8_profile.name, None
+    elif scenario.code_range is not None:
+        raise UsageError(f"--code-range applies to --jit v8, not {profile}")
     if note:
         notes.append(note)
     host = os.uname().machine
@@ -290,7 +306,7 @@ def analyse_maps(
                          source="this machine's kernel (vm.mmap_min_addr read here)")
     else:
         kernel = KernelConfig.under(arch, overrides)
-    window = window_for_span(profile, arch, found.span, kernel.user_space,
+    window = window_for_span(chosen, arch, found.span, kernel.user_space,
                              form_name=scenario.form)
     spans, ignored = _jit_areas(maps)
     if ignored:
@@ -309,8 +325,32 @@ def analyse_maps(
     mapped = replace(scenario, opcache=opcache.size) if opcache is not None else scenario
     demand = opcache_demand(profile, mapped).demand
     acc = account(window, occupants, states=demand.states, mcode=demand.mcode)
+    if v8_build is not None and holder is not None and bias is not None:
+        regions = find_v8_regions(maps, arch, holder, bias, v8_build[0], v8_build[1],
+                                  window.profile.sizemcode)
+        notes.extend(regions.notes() if regions is not None else ())
     return MapsAnalysis(maps, arch, kernel, placed, holder, bias, generation, profile, areas,
                         tuple(ignored), acc, tuple(notes), opcache)
+
+
+def _find_v8(readable: list[tuple[str, ElfReader, int | None]]
+             ) -> tuple[_Found, str, int, tuple[V8Build, int]] | None:
+    """The mapped object holding V8's embedded builtins (the blob symbols)."""
+    for path, reader, obj_bias in readable:
+        if obj_bias is None:
+            continue
+        build = detect_v8(reader)
+        if build is None or build.blob is None:
+            continue
+        loads = tuple((seg.vaddr, seg.offset, seg.filesz) for seg in reader.image().loads)
+        offset = blob_file_offset(loads, build.blob)
+        if offset is None:
+            continue
+        span = build.blob.shifted(obj_bias)
+        return (_Found(BLOB_SYMBOL, span, HowFound.SYMBOL,
+                       f"{build.evidence} of {path}, bias {obj_bias:#x}"),
+                path, obj_bias, (build, offset))
+    return None
 
 
 def _from_jit_code(maps: ProcessMaps, code: Span, readable: list[tuple[str, ElfReader,

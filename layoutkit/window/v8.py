@@ -193,7 +193,7 @@ class V8Build:
 def detect_v8(reader: ElfReader) -> V8Build | None:
     """V8 in the binary behind ``reader`` (an :class:`~layoutkit.elf.ElfReader`): the
     embedded blob from its symbols, the version from Node's version string; None when
-    neither the blob symbol, V8's exported accessor nor a Node version string is there."""
+    neither the blob symbols nor V8's exported accessor are there."""
     image = reader.image()
     found: list[str] = []
     blob: Span | None = None
@@ -208,6 +208,8 @@ def detect_v8(reader: ElfReader) -> V8Build | None:
     elif reader.symbol(V8_EXPORT) is not None:
         found.append(f"{V8_EXPORT} exported (stripped: the blob's place is unknown, the "
                      "whole code segment must be reached)")
+    if not found:
+        return None  # no V8 symbol: not worth a scan of the whole file
     version: str | None = None
     parsed: tuple[int, int] | None = None
     stream = reader.raw_stream()
@@ -220,8 +222,6 @@ def detect_v8(reader: ElfReader) -> V8Build | None:
             parsed = (int(match.group(1)), int(match.group(2)))
             found.append(f"version string {match.group(0).decode()!r}")
             break
-    if not found:
-        return None
     rule = rule_for(parsed)
     if parsed is None:
         found.append(f"no version string: assuming {rule.label}")
