@@ -66,6 +66,8 @@ SHORT_CALLS_HEAP = 2 * GiB  # kShortBuiltinCallsOldSpaceSizeThreshold (globals.h
 _RADIUS = {Isa.X86: 2048 * MiB, Isa.ARM64: 128 * MiB}
 
 BLOB_SYMBOL = "v8_Default_embedded_blob_code_"
+# code-range.cc's anonymous-namespace FunctionInStaticBinaryForAddressHint (.symtab only).
+HINT_FUNCTION = "_ZN2v88internal12_GLOBAL__N_136FunctionInStaticBinaryForAddressHintEv"
 BLOB_SIZE_SYMBOL = "v8_Default_embedded_blob_code_size_"
 # Isolate::embedded_blob_code() const: exported by every V8 (also in stripped libnode).
 V8_EXPORT = "_ZNK2v88internal7Isolate18embedded_blob_codeEv"
@@ -83,6 +85,10 @@ class V8Rule:
     # kMaximalCodeRangeSize without pointer compression (Node's default build), per ISA.
     default_size: tuple[tuple[Isa, int], ...]
     checked: str  # the real runtime the rule was compared with
+    # Where the hint comes from /proc/self/maps (V8_ENABLE_NEAR_CODE_RANGE_BOOL, on with
+    # short builtin calls: x64 in Node's builds); elsewhere GetAddressHint returns the
+    # address of FunctionInStaticBinaryForAddressHint, in the image's own text.
+    near_isas: frozenset[Isa] = frozenset({Isa.X86})
 
     def code_range(self, arch: Arch) -> int:
         for isa, size in self.default_size:
@@ -94,12 +100,14 @@ class V8Rule:
 RULES = (
     # globals.h before 11.x: kMaximalCodeRangeSize 128 MiB on x64 and arm64.
     V8Rule("v8-10.2", (0, 0), 1, 0, ((Isa.X86, 128 * MiB), (Isa.ARM64, 128 * MiB)),
-           "Debian nodejs 18.20.4 (V8 10.2, PIE, libnode.so.108): strace of the reservation"),
+           "Debian nodejs 18.20.4 (V8 10.2, PIE, libnode.so.108, x86-64): strace of the "
+           "reservation"),
     # globals.h since 11.x: 512 MiB on x64, 256 MiB on arm64 unless pointers are
     # compressed without an external code space (then 128 MiB).
     V8Rule("v8-11.3", (11, 3), V8_PAGE, V8_PAGE - OS_PAGE,
            ((Isa.X86, 512 * MiB), (Isa.ARM64, 256 * MiB)),
-           "npm node 20.20.2 (V8 11.3.244.8, non-PIE): --trace-code-range-allocation"),
+           "npm node 20.20.2 (x86-64) and 20.19.6 (arm64, qemu-user), V8 11.3.244.8, non-PIE: "
+           "--trace-code-range-allocation"),
 )
 NEWEST = RULES[-1]
 
@@ -124,6 +132,18 @@ def short_call_region(arch: Arch, blob: Span) -> Span:
     when ``blob_end - R`` would wrap."""
     r = radius(arch)
     return Span(max(0, blob.end - r), blob.start + r)
+
+
+def preferred_region(arch: Arch, blob: Span) -> Span:
+    """``CodeRange::GetPreferredRegion(kRadiusInMB, 256 KiB)``, what
+    ``--trace-code-range-allocation`` prints: a radius of R (4096 MiB where R <= 1024 MiB)
+    rounded inward to 256 KiB, cut to the 4 GiB-aligned block holding the blob."""
+    r = radius(arch)
+    r = r if r > 1024 * MiB else 4096 * MiB
+    lo = align_up(blob.end - r, V8_PAGE) if blob.end > r else 0
+    hi = align_down(blob.start + r, V8_PAGE)
+    cage = align_down(blob.start, 4 * GiB)
+    return Span(max(lo, cage), min(hi, cage + 4 * GiB))
 
 
 @dataclass(frozen=True)
@@ -181,6 +201,7 @@ class V8Build:
     version: str | None  # "11.3.244.8" from Node's "11.3.244.8-node.38"
     rule: V8Rule
     evidence: str
+    hint_function: int | None = None  # link-time FunctionInStaticBinaryForAddressHint
 
     def anchor(self) -> anchors.Anchor | None:
         if self.blob is None:
@@ -225,7 +246,9 @@ def detect_v8(reader: ElfReader) -> V8Build | None:
     rule = rule_for(parsed)
     if parsed is None:
         found.append(f"no version string: assuming {rule.label}")
-    return V8Build(blob, version, rule, "; ".join(found))
+    hint_function = reader.symbol(HINT_FUNCTION)
+    return V8Build(blob, version, rule, "; ".join(found),
+                   hint_function.value if hint_function is not None else None)
 
 
 # --- placement ------------------------------------------------------------------------
@@ -272,12 +295,20 @@ def free_ranges_within(occupied: Iterable[Span], region: Span, size: int) -> lis
 
 
 def place_code_range(occupied: Iterable[Span], region: Span, size: int, rule: V8Rule,
-                     *, mmap_min_addr: int = 0) -> CodeRangePlacement:
-    """V8's hint for a ``size``-byte code range and whether the kernel honours it."""
+                     *, mmap_min_addr: int = 0,
+                     hint_function: int | None = None) -> CodeRangePlacement:
+    """V8's hint for a ``size``-byte code range and whether the kernel honours it.
+
+    ``hint_function`` (run-time FunctionInStaticBinaryForAddressHint) gives the hint
+    instead of the maps scan, as on an ISA outside ``rule.near_isas``."""
     taken = normalize(occupied)
-    ranges = free_ranges_within(taken, region, size)
-    gap = ranges[0] if ranges else None
-    hint = gap.start if gap is not None else align_up(region.start, OS_PAGE)
+    gap = None
+    if hint_function is not None:
+        hint = align_up(hint_function, OS_PAGE)
+    else:
+        ranges = free_ranges_within(taken, region, size)
+        gap = ranges[0] if ranges else None
+        hint = gap.start if gap is not None else align_up(region.start, OS_PAGE)
     hint = align_down(hint, rule.hint_align)
     request = Span(hint, hint + size + rule.pad)
     blocker = next((s for s in taken if s.overlaps(request)), None)

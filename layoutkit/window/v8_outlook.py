@@ -57,10 +57,13 @@ def choose_v8(reader: ElfReader, scenario: Scenario, *, luajit_found: bool) -> V
     return V8Choice(build, chosen)
 
 
-def _describe(case: str, placed: CodeRangePlacement) -> str:
+REMAP = "the builtins are remapped into it"
+
+
+def _describe(case: str, placed: CodeRangePlacement, far_cost: str = REMAP) -> str:
     if placed.blocker is not None:
         why = (f"refused ({placed.blocker.start:#x}-{placed.blocker.end:#x} is taken): the "
-               "range goes far away and the builtins are remapped into it")
+               f"range goes far away and {far_cost}")
     elif placed.near and placed.placed is not None:
         why = (f"honoured: code range {placed.placed.start:#x}-{placed.placed.end:#x}"
                " reaches the builtins where they are")
@@ -68,8 +71,12 @@ def _describe(case: str, placed: CodeRangePlacement) -> str:
         why = ("honoured, but the range sticks out of the window by "
                f"{format_size(placed.region.start - placed.hint)}: the builtins are "
                "remapped anyway")
-    gap = (f"the gap at {placed.gap.start:#x}" if placed.gap is not None
-           else "no gap holds it: the window's start")
+    if case.startswith("no maps scan"):
+        gap = "FunctionInStaticBinaryForAddressHint"
+    elif placed.gap is not None:
+        gap = f"the gap at {placed.gap.start:#x}"
+    else:
+        gap = "no gap holds it: the window's start"
     return f"v8: {case}: hint {placed.hint:#x} ({gap}), {why}"
 
 
@@ -88,6 +95,9 @@ def outlook(image: ElfImage, kernel: KernelConfig, bias: int, jit: JitWindow,
              f"code range {format_size(size)}, short-call window {region.start:#x}-"
              f"{region.end:#x}"]
     mmin = kernel.mmap_min_addr
+    if image.arch.isa not in rule.near_isas:
+        notes.extend(_no_scan(image, kernel, bias, region, size, choice, taken))
+        return tuple(notes)
     if image.load_kind is LoadKind.EXEC:
         h0 = align_up(max(seg.vaddr + seg.memsz for seg in image.loads) + bias, PAGE)
         last = h0 + kernel.brk_rnd - PAGE
@@ -129,3 +139,24 @@ def outlook(image: ElfImage, kernel: KernelConfig, bias: int, jit: JitWindow,
                      "does not move the code range (under 2048 it turns short builtin "
                      "calls off: no remap, builtins called through a register)")
     return tuple(notes)
+
+
+def _no_scan(image: ElfImage, kernel: KernelConfig, bias: int, region: Span, size: int,
+             choice: V8Choice, taken: list[Span]) -> list[str]:
+    """Where V8 does not scan the maps (arm64 in Node 20's build): one fixed hint."""
+    lines = []
+    if size > region.size:
+        lines.append(f"v8: a {format_size(size)} code range cannot lie within the "
+                     f"{format_size(region.size)} short-call window of {image.arch}")
+    cost = ("builtins are called through a register (Node's arm64 build has no short "
+            "builtin calls: nothing is remapped)")
+    func = choice.build.hint_function
+    if func is None:
+        lines.append(f"v8: no maps scan on {image.arch}: the hint is V8's own "
+                     "FunctionInStaticBinaryForAddressHint (stripped here): inside the "
+                     f"image, so the range goes anywhere; {cost}")
+        return lines
+    placed = place_code_range(taken, region, size, choice.profile.rule,
+                              mmap_min_addr=kernel.mmap_min_addr, hint_function=func + bias)
+    lines.append(_describe(f"no maps scan on {image.arch}", placed, cost))
+    return lines
