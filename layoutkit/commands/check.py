@@ -57,15 +57,17 @@ from layoutkit.window.anchor import DEFAULT_ANCHORS
 from layoutkit.window.opcache import php_generation
 from layoutkit.window.opcache import text_of as opcache_text
 from layoutkit.window.profiles import detect_generation, has_luajit
+from layoutkit.window.v8 import BLOB_SYMBOL, V8_EXPORT
 
 __all__ = ["Item", "walk"]  # re-exported for bench/bench_check.py
 
 # Byte strings without which a file cannot hold JIT evidence: the VM symbol names and
 # DT_NEEDED names with "luajit" (in string tables), the version string (in data); PHP's
-# executor and opcache.so's extension entry (symbol names). A file that has none of them
-# is "n/a" after one memory-mapped pass, without parsing it.
+# executor and opcache.so's extension entry (symbol names); V8's embedded blob
+# (v8_Default_embedded_blob_code_ in .strtab, Isolate::embedded_blob_code in .dynstr).
+# A file that has none of them is "n/a" after one memory-mapped pass, without parsing it.
 _IN_STRINGS: tuple[bytes, ...] = (b"lj_vm_", b"luajit", b"LuaJIT 2.", b"execute_ex",
-                                  b"zend_extension_entry")
+                                  b"zend_extension_entry", b"embedded_blob_code")
 _IN_DATA: tuple[bytes, ...] = (b"LuaJIT 2.",)
 INLINE_MAX = 8  # up to this many files: no process pool
 BATCH = 16  # files per pool task
@@ -215,7 +217,12 @@ def jit_evidence(reader: ElfReader) -> str | None:
                                    luajit_symbols=False, needs_libluajit=False)
     if generation is None:
         generation = php_generation(reader)  # PHP: its opcache JIT
-    return generation.evidence if generation else None
+    if generation is not None:
+        return generation.evidence
+    for name in (BLOB_SYMBOL, V8_EXPORT):
+        if reader.symbol(name) is not None:
+            return f"V8 symbol {name}"
+    return None
 
 
 def judge(item: Item, settings: Settings) -> CheckResult:
@@ -278,7 +285,14 @@ def _judge(item: Item, settings: Settings) -> CheckResult:
         figures.append(f"free slots {worst.free_slots} of {worst.slots} < "
                        f"--min-free-slots {settings.min_free_slots}")
     cap = worst.capacity
-    if cap.verdict is not Verdict.OK:
+    if result.v8 is not None:
+        # V8's own threshold: its code range within reach of the builtins in the worst
+        # case over ASLR (else builtins remapped or called through a register).
+        if not result.v8.worst_near:
+            failures.append("capacity")
+            figures.append(f"V8's code range out of reach of its builtins: "
+                           f"{result.v8.worst.removeprefix('v8: ')}")
+    elif cap.verdict is not Verdict.OK:
         failures.append("capacity")
         figures.append(f"{cap.states_fit} of {cap.states_requested} JIT states fit "
                        f"({format_size(cap.mcode_per_state)} each)")

@@ -24,7 +24,7 @@ from layoutkit.window.profiles import (
     wants_generation,
     window_for_span,
 )
-from layoutkit.window.v8_outlook import choose_v8, outlook
+from layoutkit.window.v8_outlook import V8Outlook, choose_v8, outlook
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ class Inspection:
     prediction: Prediction
     notes: tuple[str, ...]
     opcache: Placement | None = None  # php-opcache: where the opcache segment goes
+    v8: V8Outlook | None = None  # V8's code-range placement, for the v8 profile
 
     @property
     def exit_code(self) -> int:
@@ -123,9 +124,10 @@ def inspect_reader(reader: ElfReader, scenario: Scenario = DEFAULT_SCENARIO, *,
     elif scenario.code_range is not None:
         raise UsageError(f"--code-range applies to --jit v8, not {profile}")
     prediction = predict(image, kernel, window, bias, scenario)
-    v8_notes = outlook(image, kernel, bias, window, v8, runtime) if v8 is not None else ()
-    notes = (*((note,) if note else ()), *prediction.notes, *v8_notes)
+    v8_outlook = outlook(image, kernel, bias, window, v8, runtime) if v8 is not None else None
+    notes = (*((note,) if note else ()), *prediction.notes,
+             *(v8_outlook.notes if v8_outlook is not None else ()))
     opcache = predict_opcache(reader, profile, bias, scenario.opcache,
                               prediction.heap_start[0] if prediction.heap_start else None)
     return Inspection(image, kernel, bias, how, found, windows, generation, profile, window,
-                      prediction, notes, opcache)
+                      prediction, notes, opcache, v8_outlook)

@@ -71,6 +71,10 @@ HINT_FUNCTION = "_ZN2v88internal12_GLOBAL__N_136FunctionInStaticBinaryForAddress
 BLOB_SIZE_SYMBOL = "v8_Default_embedded_blob_code_size_"
 # Isolate::embedded_blob_code() const: exported by every V8 (also in stripped libnode).
 V8_EXPORT = "_ZNK2v88internal7Isolate18embedded_blob_codeEv"
+# v8::internal::DefaultEmbeddedBlobCode() / ...CodeSize() (src/snapshot/embedded/
+# embedded-data.cc): exported accessors that load the two symbols a strip removes.
+CODE_ACCESSOR = "_ZN2v88internal23DefaultEmbeddedBlobCodeEv"
+SIZE_ACCESSOR = "_ZN2v88internal27DefaultEmbeddedBlobCodeSizeEv"
 _NODE_V8 = re.compile(rb"([0-9]{1,2})\.([0-9]{1,2})\.([0-9]{1,4})\.([0-9]{1,4})-node\.[0-9]+")
 
 
@@ -202,13 +206,15 @@ class V8Build:
     rule: V8Rule
     evidence: str
     hint_function: int | None = None  # link-time FunctionInStaticBinaryForAddressHint
+    stripped: bool = False  # the blob was read from the exported accessors' code
 
     def anchor(self) -> anchors.Anchor | None:
         if self.blob is None:
             return None
+        source = (f"{CODE_ACCESSOR} and {SIZE_ACCESSOR} (stripped)" if self.stripped
+                  else BLOB_SIZE_SYMBOL)
         return anchors.Anchor(BLOB_SYMBOL, self.blob, anchors.HowFound.SYMBOL,
-                      f"V8's embedded builtins, {self.blob.size} bytes "
-                      f"({BLOB_SIZE_SYMBOL})")
+                              f"V8's embedded builtins, {self.blob.size} bytes ({source})")
 
 
 def detect_v8(reader: ElfReader) -> V8Build | None:
@@ -227,8 +233,14 @@ def detect_v8(reader: ElfReader) -> V8Build | None:
         found.append(f"{BLOB_SYMBOL} at {start.value:#x} ({start.binding} in {start.table}), "
                      f"{size} bytes")
     elif reader.symbol(V8_EXPORT) is not None:
-        found.append(f"{V8_EXPORT} exported (stripped: the blob's place is unknown, the "
-                     "whole code segment must be reached)")
+        blob = _blob_from_accessors(reader)
+        if blob is not None:
+            found.append(f"{V8_EXPORT} exported; stripped: the blob at {blob.start:#x}, "
+                         f"{blob.size} bytes, from the code of {CODE_ACCESSOR} and "
+                         f"{SIZE_ACCESSOR}")
+        else:
+            found.append(f"{V8_EXPORT} exported (stripped: the blob's place is unknown, "
+                         "the whole code segment must be reached)")
     if not found:
         return None  # no V8 symbol: not worth a scan of the whole file
     version: str | None = None
@@ -248,7 +260,45 @@ def detect_v8(reader: ElfReader) -> V8Build | None:
         found.append(f"no version string: assuming {rule.label}")
     hint_function = reader.symbol(HINT_FUNCTION)
     return V8Build(blob, version, rule, "; ".join(found),
-                   hint_function.value if hint_function is not None else None)
+                   hint_function.value if hint_function is not None else None,
+                   stripped=start is None and blob is not None)
+
+
+def _rip_load(reader: ElfReader, function: int, width: int) -> int | None:
+    """What an x86-64 accessor at ``function`` returns: the ``width``-byte value it loads
+    RIP-relatively, or, for ``lea rax, [rip+X]; mov rax, [rax]`` (PIC: X holds a pointer
+    with an R_X86_64_RELATIVE relocation, its addend also written in place by GNU ld),
+    the pointer at X; a plain ``lea`` returns X itself."""
+    # capstone is heavy: imported only for a stripped V8 (read/decode.py owns it).
+    from layoutkit.read.decode import decode, x86_pcrel
+
+    code = reader.read_vaddr(function, 16)
+    refs, _ = x86_pcrel(code, function)
+    insns = list(decode(reader.image().arch, code, function))
+    if not refs or len(insns) < 2 or refs[0][0] != function:
+        return None
+    target, first, second = refs[0][2], insns[0], insns[1]
+    if first.mnemonic == "mov":
+        return int.from_bytes(reader.read_vaddr(target, width), "little")
+    if first.mnemonic != "lea" or not first.op_str.startswith("rax"):
+        return None
+    if second.mnemonic == "mov" and second.op_str.endswith("ptr [rax]"):
+        wide = 8 if second.op_str.startswith("rax") else 4
+        return int.from_bytes(reader.read_vaddr(target, wide), "little") or None
+    return target
+
+
+def _blob_from_accessors(reader: ElfReader) -> Span | None:
+    """The embedded blob of a stripped x86-64 V8, from its exported accessors."""
+    arch = reader.image().arch
+    code_fn, size_fn = reader.symbol(CODE_ACCESSOR), reader.symbol(SIZE_ACCESSOR)
+    if arch.isa is not Isa.X86 or arch.bits != 64 or code_fn is None or size_fn is None:
+        return None
+    start = _rip_load(reader, code_fn.value, 8)
+    size = _rip_load(reader, size_fn.value, 4)
+    if start is None or size is None or not 0 < size < (1 << 30):
+        return None
+    return Span(start, start + size)
 
 
 # --- placement ------------------------------------------------------------------------

@@ -34,6 +34,19 @@ from layoutkit.window.v8 import (
 
 
 @dataclass(frozen=True)
+class V8Outlook:
+    """The placement of V8's code range for a binary, per case over ASLR."""
+
+    notes: tuple[str, ...]
+    worst_near: bool  # the code range within reach of the builtins in the worst case
+    worst: str  # the worst case, in words
+
+    @property
+    def verdict(self) -> str:
+        return "near" if self.worst_near else "far"
+
+
+@dataclass(frozen=True)
 class V8Choice:
     """The V8 found in a binary and the profile that models it."""
 
@@ -61,6 +74,19 @@ REMAP = "the builtins are remapped into it"
 
 
 def _describe(case: str, placed: CodeRangePlacement, far_cost: str = REMAP) -> str:
+    return f"v8: {case}: hint {placed.hint:#x} ({_source(case, placed)}), " + \
+        _outcome(placed, far_cost)
+
+
+def _source(case: str, placed: CodeRangePlacement) -> str:
+    if case.startswith("no maps scan"):
+        return "FunctionInStaticBinaryForAddressHint"
+    if placed.gap is not None:
+        return f"the gap at {placed.gap.start:#x}"
+    return "no gap holds it: the window's start"
+
+
+def _outcome(placed: CodeRangePlacement, far_cost: str = REMAP) -> str:
     if placed.blocker is not None:
         why = (f"refused ({placed.blocker.start:#x}-{placed.blocker.end:#x} is taken): the "
                f"range goes far away and {far_cost}")
@@ -71,19 +97,13 @@ def _describe(case: str, placed: CodeRangePlacement, far_cost: str = REMAP) -> s
         why = ("honoured, but the range sticks out of the window by "
                f"{format_size(placed.region.start - placed.hint)}: the builtins are "
                "remapped anyway")
-    if case.startswith("no maps scan"):
-        gap = "FunctionInStaticBinaryForAddressHint"
-    elif placed.gap is not None:
-        gap = f"the gap at {placed.gap.start:#x}"
-    else:
-        gap = "no gap holds it: the window's start"
-    return f"v8: {case}: hint {placed.hint:#x} ({gap}), {why}"
+    return why
 
 
 def outlook(image: ElfImage, kernel: KernelConfig, bias: int, jit: JitWindow,
-            choice: V8Choice, blob: Span) -> tuple[str, ...]:
+            choice: V8Choice, blob: Span) -> V8Outlook:
     """One line per case: the hint V8 computes for the builtins at run-time ``blob``,
-    and whether it gets the code range."""
+    and whether it gets the code range; the worst case decides."""
     rule, size = choice.profile.rule, jit.profile.sizemcode
     pad = rule.pad
     # What lies above the window in every process (the stack at least): the maps scan
@@ -96,8 +116,10 @@ def outlook(image: ElfImage, kernel: KernelConfig, bias: int, jit: JitWindow,
              f"{region.end:#x}"]
     mmin = kernel.mmap_min_addr
     if image.arch.isa not in rule.near_isas:
-        notes.extend(_no_scan(image, kernel, bias, region, size, choice, taken))
-        return tuple(notes)
+        lines, near_any = _no_scan(image, kernel, bias, region, size, choice, taken)
+        notes.extend(lines)
+        return V8Outlook(tuple(notes), near_any, lines[-1])
+    cases: list[tuple[bool, str]] = []
     if image.load_kind is LoadKind.EXEC:
         h0 = align_up(max(seg.vaddr + seg.memsz for seg in image.loads) + bias, PAGE)
         last = h0 + kernel.brk_rnd - PAGE
@@ -111,6 +133,7 @@ def outlook(image: ElfImage, kernel: KernelConfig, bias: int, jit: JitWindow,
                                    f"(p={share:.2f} over ASLR)", far))
         else:
             notes.append(_describe("brk heap anywhere", far))
+        cases.append((far.near, notes[-1]))
         near = place_code_range([*taken, Span(h0, h0 + 2 * 1024 * 1024)], region, size,
                                 rule, mmap_min_addr=mmin)
         rounded = " rounded down to 256 KiB" if rule.hint_align > 1 else ""
@@ -120,6 +143,7 @@ def outlook(image: ElfImage, kernel: KernelConfig, bias: int, jit: JitWindow,
                     else "honoured when the range above it is free")
             notes.append(f"v8: brk heap nearer: the first gap is above the heap, the hint "
                          f"is the heap's end at V8's start{rounded}: {cost}")
+            cases.append((near.near and rule.hint_align == 1, notes[-1]))
         if far.blocker is not None and rule.hint_align > 1 and far.gap is not None:
             pad_to = align_up(far.gap.start, rule.hint_align)
             notes.append(f"v8: advice: end the image's last page on a 256 KiB boundary "
@@ -133,16 +157,18 @@ def outlook(image: ElfImage, kernel: KernelConfig, bias: int, jit: JitWindow,
         share = 1.0 if rule.hint_align == 1 else PAGE / rule.hint_align
         notes.append(_describe(f"position-independent, nothing mapped below the window "
                                f"(near for {share:.0%} of load biases)", free_below))
+        cases.append((free_below.near and rule.hint_align == 1, notes[-1]))
     if pad:
         notes.append(f"v8: the hint asks for {format_size(size + pad)} "
                      f"(OS::Allocate trims to 256 KiB alignment); --max-old-space-size "
                      "does not move the code range (under 2048 it turns short builtin "
                      "calls off: no remap, builtins called through a register)")
-    return tuple(notes)
+    worst = next((text for near, text in cases if not near), cases[0][1])
+    return V8Outlook(tuple(notes), all(near for near, _ in cases), worst)
 
 
 def _no_scan(image: ElfImage, kernel: KernelConfig, bias: int, region: Span, size: int,
-             choice: V8Choice, taken: list[Span]) -> list[str]:
+             choice: V8Choice, taken: list[Span]) -> tuple[list[str], bool]:
     """Where V8 does not scan the maps (arm64 in Node 20's build): one fixed hint."""
     lines = []
     if size > region.size:
@@ -155,8 +181,8 @@ def _no_scan(image: ElfImage, kernel: KernelConfig, bias: int, region: Span, siz
         lines.append(f"v8: no maps scan on {image.arch}: the hint is V8's own "
                      "FunctionInStaticBinaryForAddressHint (stripped here): inside the "
                      f"image, so the range goes anywhere; {cost}")
-        return lines
+        return lines, False
     placed = place_code_range(taken, region, size, choice.profile.rule,
                               mmap_min_addr=kernel.mmap_min_addr, hint_function=func + bias)
     lines.append(_describe(f"no maps scan on {image.arch}", placed, cost))
-    return lines
+    return lines, placed.near
