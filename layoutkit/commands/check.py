@@ -304,6 +304,9 @@ def _judge(item: Item, settings: Settings) -> CheckResult:
         figures.append(f"opcache segment ({opcache.size}): {opcache.how}; {opcache.cost}")
     if failures:
         reason = "; ".join(figures) + " (worst case over ASLR)"
+    elif result.v8 is not None:
+        reason = (f"V8's code range within reach of its builtins in every case: "
+                  f"{result.v8.worst.removeprefix('v8: ')}")
     else:
         reason = (f"free window {format_size(worst.free_bytes)} ({worst.free_bytes} B) >= "
                   f"{format_size(settings.min_window)}, free slots {worst.free_slots} of "

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from layoutkit.commands.check import Settings, check_paths
 from layoutkit.commands.inspect import inspect_binary
 from layoutkit.core.arches import by_name
+from layoutkit.core.kinds import Status
 from layoutkit.core.scenario import Scenario
 from layoutkit.core.spans import Span
 from layoutkit.native.build import cache_dir
@@ -100,3 +102,5 @@ def test_pie_libnode_code_range_is_near(debian_node: Path, tmp_path: Path) -> No
     assert got == hint and placed.honoured
     assert region.contains(Span(got, got + asked)) and placed.near
     assert result.v8.worst_near
+    (judged,) = check_paths([str(libnode)], Settings(), jobs=1).results
+    assert judged.status is Status.PASS and judged.profile == "v8"

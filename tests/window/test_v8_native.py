@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from layoutkit.commands.check import Settings, check_paths
 from layoutkit.commands.inspect import inspect_binary
 from layoutkit.commands.maps import analyse_target
 from layoutkit.core.arches import by_name
+from layoutkit.core.kinds import Status
 from layoutkit.core.scenario import Scenario
 from layoutkit.core.spans import Span
 from layoutkit.elf import ElfReader
@@ -176,3 +178,15 @@ def test_maps_finds_the_code_range_of_a_live_node() -> None:
     assert result.profile == "v8"
     assert any(f"code range [{found.group(2)}, {found.group(3)})" in note
                for note in result.notes)
+
+
+def test_check_fails_node20_by_v8s_rule() -> None:
+    """check: the accounting alone finds room (two 512 MiB areas fit), V8's own rule
+    does not (the hint is refused in the worst case): a capacity failure."""
+    node = _node()
+    truth = v8truth(node)
+    summary = check_paths([node], Settings(), jobs=1)
+    (result,) = summary.results
+    assert result.status is Status.FAIL and result.failures == ("capacity",)
+    assert result.profile == "v8" and result.evidence is not None
+    assert f"hint {truth.bss_page_end & ~(256 * 1024 - 1):#x}" in result.reason
