@@ -137,6 +137,13 @@ def outlook(image: ElfImage, kernel: KernelConfig, bias: int, jit: JitWindow,
         near = place_code_range([*taken, Span(h0, h0 + 2 * 1024 * 1024)], region, size,
                                 rule, mmap_min_addr=mmin)
         rounded = " rounded down to 256 KiB" if rule.hint_align > 1 else ""
+        p_far = 0.0
+        if far.gap is not None and far.gap.start < last:
+            p_far = max(0, kernel.brk_rnd - align_up(far.request.end - h0, PAGE)) / \
+                kernel.brk_rnd
+        # Heap nearer: honoured when the heap's end is 256 KiB-aligned (page steps).
+        p_near = p_far * far.near + (1 - p_far) * (PAGE / rule.hint_align if rule.hint_align
+                                                   > 1 else float(near.near))
         if near.gap is not None and near.gap.start >= h0 and near.hint != far.hint:
             cost = ("refused unless the heap's end at V8's start is 256 KiB-aligned "
                     "(1 page position in 64)" if rule.hint_align == V8_PAGE
@@ -144,12 +151,16 @@ def outlook(image: ElfImage, kernel: KernelConfig, bias: int, jit: JitWindow,
             notes.append(f"v8: brk heap nearer: the first gap is above the heap, the hint "
                          f"is the heap's end at V8's start{rounded}: {cost}")
             cases.append((near.near and rule.hint_align == 1, notes[-1]))
+        notes.append(f"v8: code range within reach in {p_near:.1%} of runs over ASLR "
+                     "(heap position and the heap's end at V8's start)")
         if far.blocker is not None and rule.hint_align > 1 and far.gap is not None:
             pad_to = align_up(far.gap.start, rule.hint_align)
             notes.append(f"v8: advice: end the image's last page on a 256 KiB boundary "
                          f"({far.gap.start:#x} -> {pad_to:#x}, "
                          f"{format_size(pad_to - far.gap.start)} of padding after .bss) and "
-                         "this hint is honoured whenever the heap is far; a PIE build alone "
+                         f"this hint is honoured whenever the heap is far (within reach in "
+                         f"{p_far + (1 - p_far) * PAGE / rule.hint_align:.1%} of runs); a "
+                         "PIE build alone "
                          "does not help this rule: the rounded hint falls up to 252 KiB "
                          "below the window's start (near for 1 load bias in 64)")
     else:
