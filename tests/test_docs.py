@@ -60,7 +60,9 @@ def test_exit_code_table_lists_every_exit_code() -> None:
 
 
 # Linker options the prose names (they are not layoutkit's).
-FOREIGN_OPTIONS = {"--image-base", "--section-start"}
+# Options of other programs the prose names: linkers, and node's (the V8 section).
+FOREIGN_OPTIONS = {"--image-base", "--section-start", "--max-old-space-size",
+                   "--trace-code-range-allocation"}
 
 
 def test_every_option_named_in_the_prose_exists() -> None:
