@@ -112,7 +112,13 @@ def inspection_lines(result: Inspection, *, bundled: bool = False) -> Iterator[s
         yield from opcache_lines(result.opcache)
         yield ""
     yield verdict(result)
-    yield accounting_verdict(result.prediction.worst)
+    if result.v8 is not None:
+        # V8 takes one contiguous range by one hint: its placement decides, not the room.
+        yield (f"Verdict: {result.v8.verdict}: V8's code range "
+               f"{'within' if result.v8.worst_near else 'out of'} reach of its builtins in "
+               f"the worst case: {result.v8.worst.removeprefix('v8: ')}")
+    else:
+        yield accounting_verdict(result.prediction.worst)
 
 
 def _clip_note(below: int, above: int) -> str:
