@@ -64,7 +64,7 @@ from layoutkit.window.profiles import (
     window_for_span,
 )
 from layoutkit.window.v8 import BLOB_SYMBOL, V8, V8Build, detect_v8
-from layoutkit.window.v8_maps import blob_file_offset, find_v8_regions
+from layoutkit.window.v8_maps import V8Regions, blob_file_offset, find_v8_regions
 
 # qemu-user maps one anonymous r-x page for its signal trampoline (qemu linux-user/
 # signal.c setup_sigtramp, seen in fixtures/maps/x86_64-host-view-of-qemu-*.maps); a real
@@ -93,10 +93,14 @@ class MapsAnalysis:
     accounting: Accounting
     notes: tuple[str, ...]
     opcache: Placement | None = None  # php-opcache: the opcache segment as mapped
+    v8: V8Regions | None = None  # V8's builtins, their remapped copy and the code range
 
     @property
     def exit_code(self) -> int:
-        """1 when the requested JIT states do not fit the window as mapped."""
+        """1 when the requested JIT states do not fit the window as mapped, or when V8's
+        code range lies out of reach (its builtins were remapped)."""
+        if self.v8 is not None and self.v8.code_range is not None:
+            return EXIT_FINDINGS
         return EXIT_OK if self.accounting.capacity.verdict is Verdict.OK else EXIT_FINDINGS
 
 
@@ -325,12 +329,13 @@ def analyse_maps(
     mapped = replace(scenario, opcache=opcache.size) if opcache is not None else scenario
     demand = opcache_demand(profile, mapped).demand
     acc = account(window, occupants, states=demand.states, mcode=demand.mcode)
+    regions = None
     if v8_build is not None and holder is not None and bias is not None:
         regions = find_v8_regions(maps, arch, holder, bias, v8_build[0], v8_build[1],
                                   window.profile.sizemcode)
         notes.extend(regions.notes() if regions is not None else ())
     return MapsAnalysis(maps, arch, kernel, placed, holder, bias, generation, profile, areas,
-                        tuple(ignored), acc, tuple(notes), opcache)
+                        tuple(ignored), acc, tuple(notes), opcache, regions)
 
 
 def _find_v8(readable: list[tuple[str, ElfReader, int | None]]

@@ -255,7 +255,11 @@ def maps_lines(result: MapsAnalysis) -> Iterator[str]:
     if result.opcache is not None:
         yield from opcache_lines(result.opcache)
         yield ""
-    yield accounting_verdict(acc)
+    if result.v8 is not None and result.v8.code_range is not None:
+        yield (f"Verdict: far: V8's code range [{result.v8.code_range.start:#x}, "
+               f"{result.v8.code_range.end:#x}) is out of reach of its builtins (remapped)")
+    else:
+        yield accounting_verdict(acc)
 
 
 def _figures(acc: Accounting) -> str:

@@ -178,6 +178,9 @@ def test_maps_finds_the_code_range_of_a_live_node() -> None:
     assert result.profile == "v8"
     assert any(f"code range [{found.group(2)}, {found.group(3)})" in note
                for note in result.notes)
+    assert result.v8 is not None and result.v8.code_range == Span(int(found.group(2), 16),
+                                                                  int(found.group(3), 16))
+    assert result.exit_code == 1  # builtins remapped: a finding
 
 
 def test_check_fails_node20_by_v8s_rule() -> None:
