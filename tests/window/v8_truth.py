@@ -22,7 +22,8 @@ def page_up(value: int, align: int) -> int:
     return -(-value // align) * align
 
 
-def _address(text: str) -> int:
+def address(text: str) -> int:
+    """A %p of V8's trace: (nil) is 0."""
     return 0 if text == "(nil)" else int(text, 16)
 
 
@@ -53,7 +54,7 @@ def run_node(command: list[str], *flags: str, env: dict[str, str] | None = None)
         if m:
             maps.append((Span(int(m.group(1), 16), int(m.group(2), 16)), m.group(3),
                          int(m.group(4), 16), m.group(5).strip()))
-    return Run(Span(_address(pref.group(1)), int(pref.group(2), 16)), _address(fall.group(1)),
+    return Run(Span(address(pref.group(1)), int(pref.group(2), 16)), address(fall.group(1)),
                Span(int(fall.group(2), 16), int(fall.group(3), 16)), tuple(maps))
 
 
