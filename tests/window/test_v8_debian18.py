@@ -48,10 +48,26 @@ def debian_node() -> Path:
                        capture_output=True)
         unpacked = Path(tmp) / "root"
         unpacked.mkdir()
+        debs = Path(tmp) / "debs"
+        debs.mkdir()
         for deb in sorted(Path(tmp).glob("*.deb")):
             subprocess.run([dpkg, "-x", str(deb), str(unpacked)], check=True)
+            deb.rename(debs / deb.name)
+        debs.rename(root.parent / "debs")
         unpacked.rename(root)
     return root
+
+
+def test_check_judges_the_libnode_deb(debian_node: Path) -> None:
+    """check on Debian's packages: libnode108's member passes by V8's rule; nodejs's
+    /usr/bin/node holds no V8 (it needs libnode.so.108) and is not applicable."""
+    debs = sorted((debian_node.parent / "debs").glob("*.deb"))
+    results = {r.path.split(":", 1)[1]: r for r in check_paths([str(d) for d in debs],
+                                                                  Settings(), jobs=1).results
+               if ":" in r.path}
+    assert results["/usr/lib/x86_64-linux-gnu/libnode.so.108"].status is Status.PASS
+    assert results["/usr/lib/x86_64-linux-gnu/libnode.so.108"].profile == "v8"
+    assert results["/usr/bin/node"].status is Status.NA
 
 
 def _reservations(root: Path, tmp: Path) -> tuple[int, list[tuple[int, int, int]]]:
