@@ -100,6 +100,9 @@ class V8Rule:
     # short builtin calls: x64 in Node's builds); elsewhere GetAddressHint returns the
     # address of FunctionInStaticBinaryForAddressHint, in the image's own text.
     near_isas: frozenset[Isa] = frozenset({Isa.X86})
+    # Where short builtin calls are on (a far code range gets a copy of the builtins);
+    # elsewhere builtins are called through a register.
+    short_calls_isas: frozenset[Isa] = frozenset({Isa.X86})
 
     def code_range(self, arch: Arch) -> int:
         for isa, size in self.default_size:
@@ -117,8 +120,14 @@ RULES = (
     # compressed without an external code space (then 128 MiB).
     V8Rule("v8-11.3", (11, 3), V8_PAGE, V8_PAGE - OS_PAGE,
            ((Isa.X86, 512 * MiB), (Isa.ARM64, 256 * MiB)),
-           "npm node 20.20.2 (x86-64) and 20.19.6 (arm64, qemu-user), V8 11.3.244.8, non-PIE: "
-           "--trace-code-range-allocation"),
+           "npm node 20.20.2 (x86-64) and 20.19.6 (arm64, qemu-user), V8 11.3.244.8, and "
+           "22.23.5 (x86-64, V8 12.4.254.21), non-PIE: --trace-code-range-allocation"),
+    # V8 13.6 (Node 24): no maps scan on x64 either: the hint is
+    # FunctionInStaticBinaryForAddressHint rounded up to 4 KiB, used as it is; versions
+    # between 12.4 and 13.6 were not checked and take the 11.3 rule.
+    V8Rule("v8-13.6", (13, 6), 1, 0, ((Isa.X86, 512 * MiB), (Isa.ARM64, 256 * MiB)),
+           "npm node 24.22.3 (x86-64, V8 13.6.233.17, non-PIE): --trace-code-range-"
+           "allocation", near_isas=frozenset()),
 )
 NEWEST = RULES[-1]
 

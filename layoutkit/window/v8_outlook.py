@@ -188,8 +188,14 @@ def _no_scan(image: ElfImage, kernel: KernelConfig, bias: int, region: Span, siz
     if size > region.size:
         lines.append(f"v8: a {format_size(size)} code range cannot lie within the "
                      f"{format_size(region.size)} short-call window of {image.arch}")
-    cost = ("builtins are called through a register (Node's arm64 build has no short "
-            "builtin calls: nothing is remapped)")
+    if image.arch.isa in choice.profile.rule.short_calls_isas:
+        cost = REMAP
+    else:
+        cost = (f"builtins are called through a register (no short builtin calls on "
+                f"{image.arch} in Node's build: nothing is remapped)")
+    lines.append(f"v8: no maps scan ({choice.profile.rule.label} on {image.arch}): the hint "
+                 "lies in the image's own code whatever the layout, so no link change "
+                 "brings the code range near")
     func = choice.build.hint_function
     if func is None:
         lines.append(f"v8: no maps scan on {image.arch}: the hint is V8's own "

@@ -35,7 +35,7 @@ BLOB = Span(0x18C4000, 0x18C4000 + 0x191AC0)
 IMAGE = [Span(0x400000, 0xB71000), Span(0xB72000, 0x25FE000), Span(0x2600000, 0x5689000)]
 HEAP_FAR = Span(0x3FCA6000, 0x3FF69000)
 ABOVE = Span(0x7FB53C021000, 0x7FB540000000)  # a mapping of the mmap area
-V10, V11 = RULES
+V10, V11, V13 = RULES
 
 
 def test_rule_by_version() -> None:
@@ -43,7 +43,9 @@ def test_rule_by_version() -> None:
     assert rule_for((11, 2)) is V10
     assert rule_for((11, 3)) is V11
     assert rule_for((12, 4)) is V11
-    assert rule_for(None) is NEWEST is V11
+    assert rule_for((13, 6)) is V13
+    assert rule_for(None) is NEWEST is V13
+    assert V13.near_isas == frozenset()
     assert V11.code_range(X64) == 512 * MiB and V10.code_range(X64) == 128 * MiB
     assert PROFILES["v8"] is V8
 

