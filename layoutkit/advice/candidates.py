@@ -38,6 +38,7 @@ from layoutkit.window.kernel import PAGE, KernelConfig
 from layoutkit.window.layout import Prediction, predict
 from layoutkit.window.opcache import settings_advice, text_of
 from layoutkit.window.profiles import Generation, JitWindow, choose_profile, window_for_span
+from layoutkit.window.v8_outlook import v8_advice
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,8 @@ def candidates(reader: ElfReader | None, scenario: Scenario, *, arch_name: str |
             f"fit the {profile} window of {arch} even after the best change "
             f"({best.capacity.states_fit} fit in {best.free_slots} free slots): "
             f"runtime alternatives: {alternatives}")
+    if reader is not None and jit is None and generation is None:
+        notes.extend(v8_advice(reader, scenario, image, kernel, anchor))
     return Advice(arch, image, synthetic, chosen, evidence, profile, kernel, current,
                   tuple(recs), tuple(notes))
 

@@ -19,7 +19,7 @@ from layoutkit.core.units import format_size
 from layoutkit.elf import ElfReader
 from layoutkit.window.kernel import PAGE, KernelConfig
 from layoutkit.window.layout import image_occupants
-from layoutkit.window.profiles import JitWindow
+from layoutkit.window.profiles import JitWindow, window_for_span
 from layoutkit.window.v8 import (
     NEWEST,
     SHORT_CALLS_HEAP,
@@ -206,3 +206,21 @@ def _no_scan(image: ElfImage, kernel: KernelConfig, bias: int, region: Span, siz
                               mmap_min_addr=kernel.mmap_min_addr, hint_function=func + bias)
     lines.append(_describe(f"no maps scan on {image.arch}", placed, cost))
     return lines, placed.near
+
+
+def v8_advice(reader: ElfReader, scenario: Scenario, image: ElfImage, kernel: KernelConfig,
+              anchor: str | None) -> list[str]:
+    """For ``advise`` on a V8 binary: the candidates are ranked by room in the generic
+    window, but V8 takes its code range by one hint; what V8's own rule says."""
+    choice = choose_v8(reader, scenario, luajit_found=False) if anchor is None else None
+    if choice is None or choice.build.blob is None:
+        return []
+    bias, _ = kernel.nominal_bias(image)
+    blob = choice.build.blob.shifted(bias)
+    jit = window_for_span(choice.profile, image.arch, blob, kernel.user_space)
+    seen = outlook(image, kernel, bias, jit, choice, blob)
+    keep = [n for n in seen.notes if "advice:" in n or "within reach in" in n
+            or "no maps scan (" in n or "max-old-space-size" in n]
+    return ["v8: the changes below are ranked by room in the generic window; V8 takes its "
+            "code range by one hint, so what decides is V8's own rule (inspect shows it):",
+            *keep]

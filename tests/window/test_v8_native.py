@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from layoutkit.commands.advise import advise
 from layoutkit.commands.check import Settings, check_paths
 from layoutkit.commands.inspect import inspect_binary
 from layoutkit.commands.maps import analyse_target
@@ -210,3 +211,14 @@ def test_check_fails_node20_by_v8s_rule() -> None:
     assert result.status is Status.FAIL and result.failures == ("capacity",)
     assert result.profile == "v8" and result.evidence is not None
     assert f"hint {truth.bss_page_end & ~(256 * 1024 - 1):#x}" in result.reason
+
+
+def test_advise_names_v8s_own_rule() -> None:
+    """advise ranks the generic changes but says what V8's rule needs: the image's end
+    padded to the next 256 KiB boundary (from readelf's last PT_LOAD)."""
+    node = _node()
+    truth = v8truth(node)
+    notes = advise(node).notes
+    padded = page_up(truth.bss_page_end, 256 * 1024)
+    assert any(f"({truth.bss_page_end:#x} -> {padded:#x}," in n for n in notes)
+    assert any("max-old-space-size does not move the code range" in n for n in notes)
