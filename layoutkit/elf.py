@@ -188,7 +188,7 @@ class ElfReader:
             raise self._fail("no PT_LOAD segment: nothing would be mapped")
         sections = tuple(self._sections())
         interpreter = self._interpreter(segments)
-        needed, soname, flags_1 = self._dynamic(segments)
+        needed, soname, flags_1, dt_flags = self._dynamic(segments)
         if e_type == "ET_EXEC":
             kind = LoadKind.EXEC
         elif interpreter is not None:
@@ -216,6 +216,8 @@ class ElfReader:
             has_symtab=any(s.type == "SHT_SYMTAB" for s in sections),
             has_dynsym=any(s.type == "SHT_DYNSYM" for s in sections),
             comment=self._comment(sections),
+            dt_flags=dt_flags,
+            dt_flags_1=flags_1,
         )
 
     def _machine_number(self) -> int:
@@ -315,11 +317,12 @@ class ElfReader:
         data = self._read(what, table + index, length, _MAX_STRING)
         return data.split(b"\0", 1)[0].decode("utf-8", "replace")
 
-    def _dynamic(self, segments: tuple[Segment, ...]) -> tuple[tuple[str, ...], str | None, int]:
-        """DT_NEEDED names, DT_SONAME and DT_FLAGS_1 from PT_DYNAMIC."""
+    def _dynamic(self, segments: tuple[Segment, ...]
+                 ) -> tuple[tuple[str, ...], str | None, int, int]:
+        """DT_NEEDED names, DT_SONAME, DT_FLAGS_1 and DT_FLAGS from PT_DYNAMIC."""
         dyn = next((seg for seg in segments if seg.type == "PT_DYNAMIC"), None)
         if dyn is None:
-            return (), None, 0
+            return (), None, 0, 0
         struct_dyn = self._elf.structs.Elf_Dyn
         entry = struct_dyn.sizeof()
         self._read("PT_DYNAMIC", dyn.offset, dyn.filesz, _MAX_DYNAMIC)  # bounds check
@@ -334,8 +337,9 @@ class ElfReader:
         names = [v for t, v in tags if t == "DT_NEEDED"]
         soname_index = values.get("DT_SONAME")
         flags_1 = int(values.get("DT_FLAGS_1", 0))
+        flags = int(values.get("DT_FLAGS", 0))
         if not names and soname_index is None:
-            return (), None, flags_1
+            return (), None, flags_1, flags
         table = None if strtab is None else self._vaddr_to_offset(segments, strtab)
         if table is None:
             raise self._fail("DT_STRTAB does not point into the file")
@@ -343,7 +347,7 @@ class ElfReader:
         needed = tuple(self._string_at("DT_NEEDED", table, strsz, i) for i in names)
         soname = (None if soname_index is None
                   else self._string_at("DT_SONAME", table, strsz, soname_index))
-        return needed, soname, flags_1
+        return needed, soname, flags_1, flags
 
     def _build_id(self, segments: tuple[Segment, ...], sections: tuple[Section, ...]) -> str | None:
         regions = [(s.offset, s.filesz) for s in segments if s.type == "PT_NOTE"]

@@ -18,10 +18,12 @@ Candidates, each predicted with the same kernel model and accounting as ``inspec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from layoutkit.advice import linkers, relocate
+from layoutkit.advice import linkers, relocate, safety_table
 from layoutkit.advice.edits import Edit, MakePie, Rebase, RelocateText
+from layoutkit.advice.safety import Protection, Protections, Safety, Shape
 from layoutkit.core.arches import Arch, GiB
 from layoutkit.core.kinds import AdviceKind, Verdict
 from layoutkit.core.model import ElfImage, LoadKind, Perm, Section, Segment
@@ -49,6 +51,7 @@ class Recommendation:
     edit: Edit | None  # what the flags do to the image; None for runtime advice
     prediction: Prediction | None  # None for runtime advice
     reasons: tuple[str, ...]
+    safety: Safety | None = None  # what the flags do to the protections (None: runtime)
 
     @property
     def base(self) -> int | None:
@@ -104,9 +107,11 @@ def _extent_below(profile: str, arch: Arch, anchor: Span, kernel: KernelConfig,
 
 
 def candidates(reader: ElfReader | None, scenario: Scenario, *, arch_name: str | None,
-               linker: str | None, anchor: str | None) -> Advice:
+               linker: str | None, anchor: str | None, allow_weaker: bool = False) -> Advice:
     """Ranked recommendations for the binary behind ``reader`` (None: the default link
-    of ``arch_name``), each predicted under ``scenario``."""
+    of ``arch_name``), each predicted under ``scenario``, each with its safety
+    (advice/safety_table.py): one that would weaken a protection carries the flags that
+    keep it, or is dropped with the reason (``allow_weaker``: shown, marked)."""
     jit, form = scenario.jit, scenario.form
     notes: list[str] = []
     generation = None
@@ -158,6 +163,8 @@ def candidates(reader: ElfReader | None, scenario: Scenario, *, arch_name: str |
     image_span = image.image_span
     assert image_span is not None
     page = max(arch.max_page_size, PAGE)
+    rebuild: Callable[[tuple[str, ...]], Recommendation | str] | None = None
+    shape = Shape.DYNAMIC if synthetic else Shape.of(image)  # the calculator: dynamic
     if image.load_kind is LoadKind.EXEC:
         floor = max(kernel.mmap_min_addr, 0x10000)
         below = _extent_below(profile, arch, anchor_link, kernel, form)
@@ -197,18 +204,33 @@ def candidates(reader: ElfReader | None, scenario: Scenario, *, arch_name: str |
             bss_at = align_up(pred.worst.jit.window.end + 0x10000, page)
             ok, why = _bss_move_ok(reader, bss, bss_at, delta, arch, base)
             if ok:
-                relocate_text = RelocateText(base, bss_at)
-                pred_b = evaluate(relocate_text.apply(image), moved_anchor)
-                recs.append(Recommendation(
-                    AdviceKind.RELOCATE_TEXT, chosen,
-                    (*linkers.fuse_ld(chosen), *linkers.base_flags(chosen, base),
-                     f"-Wl,-Tbss={bss_at:#x}"),
-                    relocate_text, pred_b,
-                    (f".bss gets its own PT_LOAD at {bss_at:#x}, above the window, so the "
-                     "brk heap that starts after it cannot grow into the window",
-                     why,
-                     "GNU ld and gold only: lld 14 moves every later section after .bss, "
-                     "mold 1.10 stretches the RW segment over the gap")))
+                def relocate_text(keep: tuple[str, ...]) -> Recommendation | str:
+                    """-Tbss above the window; with ``keep`` (-z separate-code) the code
+                    moves, and so do the window and the .bss address after it (a
+                    reason instead when .bss can then no longer be reached)."""
+                    edit = RelocateText(base, 0, separate_code=bool(keep))
+                    shift = edit.code_shift(image)
+                    at = Span(moved_anchor.start + shift, moved_anchor.end + shift)
+                    window_end = evaluate(rebase.apply(image), at).worst.jit.window.end
+                    edit = replace(edit, bss=align_up(window_end + 0x10000, page))
+                    reach_ok, reach = (ok, why) if not shift else _bss_move_ok(
+                        reader, bss, edit.bss, delta + shift, arch, base + shift)
+                    if not reach_ok:
+                        return reach
+                    return Recommendation(
+                        AdviceKind.RELOCATE_TEXT, chosen,
+                        (*linkers.fuse_ld(chosen), *linkers.base_flags(chosen, base),
+                         f"-Wl,-Tbss={edit.bss:#x}", *keep),
+                        edit, evaluate(edit.apply(image), at),
+                        (f".bss gets its own PT_LOAD at {edit.bss:#x}, above the window, so "
+                         "the brk heap that starts after it cannot grow into the window",
+                         reach,
+                         "GNU ld and gold only: lld 14 moves every later section after "
+                         ".bss, mold 1.10 stretches the RW segment over the gap"))
+                rebuild = relocate_text
+                first = relocate_text(())
+                if isinstance(first, Recommendation):
+                    recs.append(first)
             else:
                 notes.append(f"no separate .bss: {why}")
     if image.load_kind is not LoadKind.EXEC:
@@ -220,12 +242,14 @@ def candidates(reader: ElfReader | None, scenario: Scenario, *, arch_name: str |
                           anchor_link.end - image_span.start)
         pred_p = evaluate(make_pie.apply(image), pie_anchor)
         recs.append(Recommendation(
-            AdviceKind.PIE, chosen, (*linkers.fuse_ld(chosen), "-fPIE", "-pie"), make_pie,
+            AdviceKind.PIE, chosen,
+            (*linkers.fuse_ld(chosen), *linkers.pie_flags(shape is Shape.STATIC)), make_pie,
             pred_p,
             ("the kernel loads a PIE at ELF_ET_DYN_BASE + ASLR, far from the mmap area and "
              "the stack; the link address stops mattering",
              "compile every object with -fPIE as well",
              "its brk heap still follows the image (the worst case counts it)")))
+    recs = _safe(recs, image, shape, notes, allow_weaker, rebuild)
     pie_rec = next((r for r in recs if r.kind is AdviceKind.PIE), None)
     rebase_rec = next((r for r in recs if r.kind is AdviceKind.REBASE), None)
     if pie_rec and pie_rec.worst and (rebase_rec is None or (
@@ -240,7 +264,8 @@ def candidates(reader: ElfReader | None, scenario: Scenario, *, arch_name: str |
         notes.append(f"no {rec.kind} with {rec.linker}: the current layout already leaves "
                      f"{current.worst.free_slots} free slots, the change would leave "
                      f"{rec.worst.free_slots if rec.worst else 0}")
-    recs.sort(key=lambda r: (-(r.worst.free_slots if r.worst else 0),
+    recs.sort(key=lambda r: (bool(r.safety and r.safety.weaker),  # --allow-weaker: last
+                             -(r.worst.free_slots if r.worst else 0),
                              r.kind is not AdviceKind.RELOCATE_TEXT))
     best = (recs[0].worst if recs else None) or current.worst
     runtime = _runtime(best, scenario.demand.states, scenario.demand.mcode)
@@ -264,6 +289,61 @@ def candidates(reader: ElfReader | None, scenario: Scenario, *, arch_name: str |
         notes.extend(v8_advice(reader, scenario, image, kernel, anchor))
     return Advice(arch, image, synthetic, chosen, evidence, profile, kernel, current,
                   tuple(recs), tuple(notes))
+
+
+def _safe(recs: list[Recommendation], image: ElfImage, shape: Shape, notes: list[str],
+          allow_weaker: bool,
+          rebuild: Callable[[tuple[str, ...]], Recommendation | str] | None,
+          ) -> list[Recommendation]:
+    """Each link-time recommendation with its safety from the table: as it is when it
+    keeps every protection, with the flags that keep them (relocate-text rebuilt with
+    them, since -z separate-code moves the code), or dropped with the reason; with
+    ``allow_weaker`` a weaker one stays too, marked."""
+    before = Protections.measure(image)
+
+    def safety(rec: Recommendation, lost: frozenset[Protection], added: tuple[str, ...],
+               source: str, notes: tuple[str, ...]) -> Safety:
+        """``before`` less ``lost``, over the PT_LOADs of the advised image."""
+        after = before.without(lost)
+        if rec.edit is not None and not lost:
+            after = replace(after, segments=Protections.measure(rec.edit.apply(image)).segments)
+        return Safety(before, after, added, source, notes)
+
+    out: list[Recommendation] = []
+    for rec in recs:
+        found = safety_table.effect(rec.linker, shape, image.arch.name, rec.kind)
+        if found is None:
+            out.append(replace(rec, safety=safety(rec, frozenset(), (), "not-measured", (
+                f"not measured for a {shape} {image.arch} program linked by {rec.linker}",))))
+            continue
+        if not found.links:
+            notes.append(f"no {rec.kind} with {rec.linker}: {found.failure}")
+            continue
+        if not found.lost:
+            out.append(replace(rec, safety=safety(rec, frozenset(), (), "table", found.notes)))
+            continue
+        lost = ", ".join(str(p) for p in sorted(found.lost, key=str))
+        weak = replace(rec, safety=safety(rec, found.lost, (), "table", found.notes))
+        keep = found.keep or ()
+        kept = (rebuild(keep) if keep and rebuild is not None
+                and rec.kind is AdviceKind.RELOCATE_TEXT else None)
+        if isinstance(kept, Recommendation):
+            out.append(replace(kept, reasons=(*kept.reasons, (
+                f"{' '.join(keep)} keeps {lost}, which the other flags alone lose on "
+                f"a {shape} {image.arch} program; its padding moves the code: the window "
+                "and .bss address above are computed with it")),
+                safety=safety(kept, frozenset(), keep, "table", found.notes)))
+        else:
+            why = kept or "no flag keeps them"
+            notes.append(f"{' '.join(rec.flags)} alone would lose {lost} on a {shape} "
+                         f"{image.arch} program ({rec.linker}): "
+                         + (f"advised with {' '.join(keep)} instead" if kept is None and keep
+                            else why))
+        if allow_weaker:
+            out.append(replace(weak, reasons=(
+                f"WEAKER: loses {lost}; shown only because of --allow-weaker",
+                *weak.reasons)))
+    return out
 
 
 def _bss_move_ok(reader: ElfReader | None, bss: Section | None, bss_at: int, delta: int,

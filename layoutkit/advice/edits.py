@@ -10,6 +10,9 @@ from dataclasses import dataclass, replace
 
 from layoutkit.core.kinds import AdviceKind
 from layoutkit.core.model import ElfImage, LoadKind, Perm, Segment
+from layoutkit.core.spans import align_up
+
+SHF_EXECINSTR = 0x4
 
 
 def _first(image: ElfImage) -> int:
@@ -41,6 +44,69 @@ def split_bss(image: ElfImage, bss_at: int) -> ElfImage:
     return replace(image, segments=tuple(segments))
 
 
+def _code_parts(image: ElfImage) -> tuple[Segment, int, int] | None:
+    """The first executable PT_LOAD and where its code starts and ends (by its
+    SHF_EXECINSTR sections; the whole segment when the file has no section headers)."""
+    code = next((s for s in image.loads if Perm.X in s.flags), None)
+    if code is None:
+        return None
+    inside = [s for s in image.sections if s.flags & SHF_EXECINSTR and s.size
+              and code.vaddr <= s.addr < code.vaddr + code.memsz]
+    if not inside:
+        return code, code.vaddr, code.vaddr + code.memsz
+    return code, min(s.addr for s in inside), max(s.addr + s.size for s in inside)
+
+
+def separate_code_shifts(image: ElfImage) -> tuple[int, int, int]:
+    """How GNU ld's ``-z separate-code`` moves the code, the read-only data after it and
+    the writable segments of ``image``: the code starts on the max-page boundary after
+    the headers and read-only sections before it, the read-only data after it on the
+    next one (ld/scripttempl/elf.sc SEPARATE_TEXT), and the writable segments keep their
+    place relative to the page that follows the read-only data (DATA_SEGMENT_ALIGN)."""
+    parts = _code_parts(image)
+    if parts is None:
+        return 0, 0, 0
+    seg, start, end = parts
+    page = image.arch.max_page_size
+    text = align_up(start, page) if start != seg.vaddr else start
+    text = max(text, align_up(seg.vaddr + 1, page))
+    d_text = text - start
+    seg_end = seg.vaddr + seg.memsz
+    d_ro = align_up(end + d_text, page) - end if seg_end > end else d_text
+    d_rw = align_up(seg_end + d_ro, page) - align_up(seg_end, page)
+    return d_text, d_ro, d_rw
+
+
+def separate_code(image: ElfImage) -> ElfImage:
+    """``image`` as GNU ld lays it out with ``-z separate-code`` (see
+    :func:`separate_code_shifts`): R (headers), R E (code), R (read-only data), then the
+    writable segments moved with them."""
+    parts = _code_parts(image)
+    if parts is None:
+        return image
+    seg, start, end = parts
+    d_text, d_ro, d_rw = separate_code_shifts(image)
+    seg_end = seg.vaddr + seg.memsz
+    out: list[Segment] = []
+    for s in image.segments:
+        if s is seg:
+            if start > seg.vaddr:
+                size = start - seg.vaddr
+                out.append(replace(seg, memsz=size, filesz=size, flags=Perm.R, raw_flags=4))
+            code = end - start
+            out.append(replace(seg, vaddr=start + d_text, offset=seg.offset + start - seg.vaddr
+                               + d_text, memsz=code, filesz=code))
+            if seg_end > end:
+                ro = seg_end - end
+                out.append(replace(seg, vaddr=end + d_ro, offset=seg.offset + end - seg.vaddr
+                                   + d_ro, memsz=ro, filesz=ro, flags=Perm.R, raw_flags=4))
+        elif s.type == "PT_LOAD" and s.vaddr >= seg_end:
+            out.append(replace(s, vaddr=s.vaddr + d_rw, offset=s.offset + d_rw))
+        else:
+            out.append(s)
+    return replace(image, segments=tuple(out))
+
+
 @dataclass(frozen=True)
 class Rebase:
     """Move the whole non-PIE image so it starts at ``base`` (-Ttext-segment,
@@ -63,13 +129,22 @@ class RelocateText:
 
     base: int
     bss: int
+    separate_code: bool = False  # with -z separate-code (GNU ld), which moves the code
     kind = AdviceKind.RELOCATE_TEXT
 
     def apply(self, image: ElfImage) -> ElfImage:
-        return split_bss(Rebase(self.base).apply(image), self.bss)
+        # Sections keep their link-time addresses: separate the code before the move
+        # (the shifts are page multiples, the base is page-aligned: the order is free).
+        split = separate_code(image) if self.separate_code else image
+        return split_bss(Rebase(self.base).apply(split), self.bss)
 
     def address(self, image: ElfImage, vaddr: int) -> int:
-        return Rebase(self.base).address(image, vaddr)
+        """Where ``vaddr`` (a code address: the anchor) lands."""
+        return Rebase(self.base).address(image, vaddr) + self.code_shift(image)
+
+    def code_shift(self, image: ElfImage) -> int:
+        """How far -z separate-code moves the code of ``image`` (0 without it)."""
+        return separate_code_shifts(image)[0] if self.separate_code else 0
 
 
 @dataclass(frozen=True)

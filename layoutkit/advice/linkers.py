@@ -69,6 +69,12 @@ def base_flags(linker: str, base: int) -> list[str]:
     return [f"-Wl,--image-base={base:#x}"]
 
 
+def pie_flags(static: bool) -> tuple[str, ...]:
+    """How gcc links a PIE: ``-static -pie`` gives gcc 12 an ET_EXEC (the -static wins),
+    so a static program needs ``-static-pie`` (measured: advice/safety_table.py)."""
+    return ("-fPIE", "-static-pie") if static else ("-fPIE", "-pie")
+
+
 def separate_bss_supported(linker: str) -> bool:
     return linker in ("bfd", "gold")
 

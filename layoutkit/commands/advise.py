@@ -16,13 +16,16 @@ def advise(
     arch_name: str | None = None,
     linker: str | None = None,
     anchor: str | None = None,
+    allow_weaker: bool = False,
 ) -> Advice:
     """Ranked recommendations for ``binary`` (None: the default link of ``arch_name``),
     each predicted under ``scenario``. The binary is opened once, for the whole advice."""
     if binary is None:
-        return candidates(None, scenario, arch_name=arch_name, linker=linker, anchor=anchor)
+        return candidates(None, scenario, arch_name=arch_name, linker=linker, anchor=anchor,
+                          allow_weaker=allow_weaker)
     with ElfReader(binary) as reader:
-        return candidates(reader, scenario, arch_name=arch_name, linker=linker, anchor=anchor)
+        return candidates(reader, scenario, arch_name=arch_name, linker=linker, anchor=anchor,
+                          allow_weaker=allow_weaker)
 
 
 def move(binary: str, spec: str) -> RelocationCheck:

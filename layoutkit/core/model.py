@@ -154,6 +154,8 @@ class ElfImage:
     has_symtab: bool
     has_dynsym: bool
     comment: tuple[str, ...]  # the strings in .comment (compiler and linker marks)
+    dt_flags: int = 0  # DT_FLAGS from PT_DYNAMIC (DF_BIND_NOW 0x8), 0 without one
+    dt_flags_1: int = 0  # DT_FLAGS_1 (DF_1_NOW 0x1, DF_1_PIE 0x08000000)
 
     @property
     def pie(self) -> bool:
