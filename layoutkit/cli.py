@@ -241,11 +241,17 @@ def maps_command(target: str, anchor: str | None, arch_name: str | None,
 @click.option("--move", "move", metavar="SECTION[,SECTION...][=ADDR]", default=None,
               help="Check moving these sections (the rest stays): the feasible range from "
                    "the decoded PC-relative references, or which reference breaks at ADDR.")
+@click.option("--allow-weaker", is_flag=True,
+              help="Also show recommendations that lose a protection (W^X, RELRO, "
+                   "BIND_NOW, NX stack, separate code), marked WEAKER.")
+@click.option("--prove", is_flag=True,
+              help="Relink a program of BINARY's shape with each recommendation and report "
+                   "the protections measured (needs the arch's gcc; exit 4 without).")
 @scenario_options()
 @output_options
 @_handled
 def advise(binary: str | None, arch_name: str | None, linker: str | None,
-           anchor: str | None, move: str | None, fmt: str,
+           anchor: str | None, move: str | None, allow_weaker: bool, prove: bool, fmt: str,
            scenario_args: dict[str, Any]) -> None:
     """Linker flags (or a runtime change) that widen the JIT window, with before/after
     figures (worst case over ASLR), best first.
@@ -264,7 +270,7 @@ def advise(binary: str | None, arch_name: str | None, linker: str | None,
         _show(fmt, lambda: text.move_lines(check), lambda: document.move_json(check))
         return
     result = use_case.advise(binary, scenario, arch_name=arch_name, linker=linker,
-                             anchor=anchor)
+                             anchor=anchor, allow_weaker=allow_weaker, prove=prove)
     _show(fmt, lambda: text.advice_lines(result), lambda: document.advice_json(result))
 
 

@@ -17,15 +17,22 @@ def advise(
     linker: str | None = None,
     anchor: str | None = None,
     allow_weaker: bool = False,
+    prove: bool = False,
 ) -> Advice:
     """Ranked recommendations for ``binary`` (None: the default link of ``arch_name``),
-    each predicted under ``scenario``. The binary is opened once, for the whole advice."""
+    each predicted under ``scenario``. The binary is opened once, for the whole advice.
+    ``prove``: each recommendation's safety measured on a relink (native/relink.py)."""
     if binary is None:
-        return candidates(None, scenario, arch_name=arch_name, linker=linker, anchor=anchor,
-                          allow_weaker=allow_weaker)
-    with ElfReader(binary) as reader:
-        return candidates(reader, scenario, arch_name=arch_name, linker=linker, anchor=anchor,
-                          allow_weaker=allow_weaker)
+        result = candidates(None, scenario, arch_name=arch_name, linker=linker,
+                            anchor=anchor, allow_weaker=allow_weaker)
+    else:
+        with ElfReader(binary) as reader:
+            result = candidates(reader, scenario, arch_name=arch_name, linker=linker,
+                                anchor=anchor, allow_weaker=allow_weaker)
+    if prove:
+        from layoutkit.native.relink import prove as relink
+        result = relink(result)
+    return result
 
 
 def move(binary: str, spec: str) -> RelocationCheck:

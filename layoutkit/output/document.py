@@ -13,6 +13,7 @@ from layoutkit.advice import linkers
 from layoutkit.core.text import json_safe
 from layoutkit.errors import LayoutkitError
 from layoutkit.output.opcache import opcache_json
+from layoutkit.output.safety import safety_json
 
 if TYPE_CHECKING:  # annotations only: writing a document loads no analysis module
     from layoutkit.advice.candidates import Advice, Recommendation
@@ -28,6 +29,8 @@ if TYPE_CHECKING:  # annotations only: writing a document loads no analysis modu
     from layoutkit.window.profiles import Generation
 
 SCHEMA_VERSION = 1
+# Commands whose document left version 1 (the old schema file stays beside the new one).
+VERSIONS = {"advise": 2}  # 2: recommendations[i].safety
 
 
 def hexa(value: int | None) -> str | None:
@@ -35,7 +38,8 @@ def hexa(value: int | None) -> str | None:
 
 
 def document(command: str, body: dict[str, Any]) -> dict[str, Any]:
-    return {"schema": f"layoutkit/{command}/{SCHEMA_VERSION}", "command": command, **body}
+    version = VERSIONS.get(command, SCHEMA_VERSION)
+    return {"schema": f"layoutkit/{command}/{version}", "command": command, **body}
 
 
 def error_json(command: str, err: LayoutkitError) -> dict[str, Any]:
@@ -304,6 +308,7 @@ def advice_json(advice: Advice) -> dict[str, Any]:
             "capacity": capacity_json(worst) if worst else None,
             "reasons": list(rec.reasons),
             "snippets": linkers.snippets(list(rec.flags)) if rec.flags else {},
+            "safety": safety_json(rec.safety),
         }
 
     return document("advise", {

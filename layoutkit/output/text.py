@@ -11,6 +11,7 @@ from layoutkit.core.text import escaped, shown
 from layoutkit.core.units import format_size
 from layoutkit.output.document import flags_text
 from layoutkit.output.opcache import opcache_lines
+from layoutkit.output.safety import safety_lines
 from layoutkit.output.terminal import terminal_view
 
 if TYPE_CHECKING:  # annotations only: rendering loads no analysis module
@@ -291,6 +292,7 @@ def advice_lines(advice: Advice) -> Iterator[str]:
             yield f"   after:  window {_span(rec.worst.jit.window)}: {_figures(rec.worst)}"
         for reason in rec.reasons:
             yield f"   why:    {reason}"
+        yield from safety_lines(rec.safety)
         if rec.flags:
             for system, text in linkers.snippets(list(rec.flags)).items():
                 yield f"   {system + ':':<7} {text}"
