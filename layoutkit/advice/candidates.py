@@ -302,28 +302,33 @@ def _safe(recs: list[Recommendation], image: ElfImage, shape: Shape, notes: list
     before = Protections.measure(image)
 
     def safety(rec: Recommendation, lost: frozenset[Protection], added: tuple[str, ...],
-               source: str, notes: tuple[str, ...]) -> Safety:
-        """``before`` less ``lost``, over the PT_LOADs of the advised image."""
+               source: str, effect: safety_table.Effect | None) -> Safety:
+        """``before`` less ``lost``, over the PT_LOADs of the advised image (the first
+        one writable where the table says the linker makes it so)."""
         after = before.without(lost)
         if rec.edit is not None and not lost:
-            after = replace(after, segments=Protections.measure(rec.edit.apply(image)).segments)
+            segments = Protections.measure(rec.edit.apply(image)).segments
+            if effect is not None and effect.first_writable and segments:
+                segments = (segments[0][0] + "W" + segments[0][2], *segments[1:])
+            after = replace(after, segments=segments)
+        notes = effect.notes if effect else (
+            f"not measured for a {shape} {image.arch} program linked by {rec.linker}",)
         return Safety(before, after, added, source, notes)
 
     out: list[Recommendation] = []
     for rec in recs:
         found = safety_table.effect(rec.linker, shape, image.arch.name, rec.kind)
         if found is None:
-            out.append(replace(rec, safety=safety(rec, frozenset(), (), "not-measured", (
-                f"not measured for a {shape} {image.arch} program linked by {rec.linker}",))))
+            out.append(replace(rec, safety=safety(rec, frozenset(), (), "not-measured", None)))
             continue
         if not found.links:
             notes.append(f"no {rec.kind} with {rec.linker}: {found.failure}")
             continue
         if not found.lost:
-            out.append(replace(rec, safety=safety(rec, frozenset(), (), "table", found.notes)))
+            out.append(replace(rec, safety=safety(rec, frozenset(), (), "table", found)))
             continue
         lost = ", ".join(str(p) for p in sorted(found.lost, key=str))
-        weak = replace(rec, safety=safety(rec, found.lost, (), "table", found.notes))
+        weak = replace(rec, safety=safety(rec, found.lost, (), "table", found))
         keep = found.keep or ()
         kept = (rebuild(keep) if keep and rebuild is not None
                 and rec.kind is AdviceKind.RELOCATE_TEXT else None)
@@ -332,7 +337,7 @@ def _safe(recs: list[Recommendation], image: ElfImage, shape: Shape, notes: list
                 f"{' '.join(keep)} keeps {lost}, which the other flags alone lose on "
                 f"a {shape} {image.arch} program; its padding moves the code: the window "
                 "and .bss address above are computed with it")),
-                safety=safety(kept, frozenset(), keep, "table", found.notes)))
+                safety=safety(kept, frozenset(), keep, "table", found)))
         else:
             why = kept or "no flag keeps them"
             notes.append(f"{' '.join(rec.flags)} alone would lose {lost} on a {shape} "
