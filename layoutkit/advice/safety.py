@@ -139,8 +139,9 @@ class Safety:
         return tuple(p for p in Protection if p in self.before.held - self.after.held)
 
     @property
-    def weaker(self) -> bool:
-        return bool(self.lost)
+    def weaker(self) -> bool | None:
+        """Whether a protection is lost; None when nothing was measured for the shape."""
+        return None if self.source == "not-measured" else bool(self.lost)
 
 
 __all__: Sequence[str] = ("DF_1_NOW", "DF_BIND_NOW", "Protection", "Protections", "Safety",

@@ -9,6 +9,10 @@ if TYPE_CHECKING:
     from layoutkit.advice.safety import Protections, Safety
 
 
+SOURCES = {"table": "from the table of measured relinks", "measured": "measured on a relink",
+           "not-measured": "no relink measured this arch and shape"}
+
+
 def protections_json(p: Protections) -> dict[str, Any]:
     return {"segments": list(p.segments), "w_xor_x": p.w_xor_x, "relro": p.relro,
             "bind_now": p.bind_now, "nx_stack": p.nx_stack, "separate_code": p.separate}
@@ -32,12 +36,15 @@ def _summary(p: Protections) -> str:
 def safety_lines(s: Safety | None) -> Iterator[str]:
     if s is None:
         return
-    if s.weaker:
+    how = SOURCES.get(s.source, s.source)
+    if s.weaker is None:
+        yield f"   safety: NOT MEASURED ({how})"
+    elif s.weaker:
         lost = ", ".join(p.value for p in s.lost)
-        yield f"   SAFETY: WEAKER, loses {lost} ({s.source}; shown for --allow-weaker)"
+        yield f"   SAFETY: WEAKER, loses {lost} ({how}; shown for --allow-weaker)"
     else:
         added = f", with {' '.join(s.added)}" if s.added else ""
-        yield f"   safety: keeps every protection ({s.source}{added})"
+        yield f"   safety: keeps every protection ({how}{added})"
     yield f"           before {_summary(s.before)}"
     yield f"           after  {_summary(s.after)}"
     for note in s.notes:

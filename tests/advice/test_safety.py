@@ -269,3 +269,13 @@ def test_prove_measures_what_readelf_sees(tmp_path: Path, variant: str) -> None:
         assert [after[k] for k in ("w_xor_x", "relro", "nx_stack", "separate_code")] == [
             view[k] for k in ("w_xor_x", "relro", "nx_stack", "separate")]
         assert after["segments"] == view["segments"]
+
+
+def test_an_arch_no_relink_measured_says_so() -> None:
+    """riscv64 has no row: its safety is not claimed either way."""
+    adv = advise(str(ELF_DIR / "riscv64" / "nopie"))
+    linked = [r for r in adv.recommendations if r.safety is not None]
+    assert linked
+    for rec in linked:
+        assert rec.safety is not None and rec.safety.source == "not-measured"
+        assert rec.safety.weaker is None
