@@ -330,20 +330,25 @@ def _safe(recs: list[Recommendation], image: ElfImage, shape: Shape, notes: list
         lost = ", ".join(str(p) for p in sorted(found.lost, key=str))
         weak = replace(rec, safety=safety(rec, found.lost, (), "table", found))
         keep = found.keep or ()
-        kept = (rebuild(keep) if keep and rebuild is not None
-                and rec.kind is AdviceKind.RELOCATE_TEXT else None)
+        # Only relocate-text has a row that needs keeping flags (safety_table.py), and
+        # its layout with them is modelled; anything else is dropped, not guessed.
+        kept: Recommendation | str = (
+            rebuild(keep) if keep and rebuild is not None
+            and rec.kind is AdviceKind.RELOCATE_TEXT else
+            f"{' '.join(keep)} would keep them, but the layout it gives is not modelled"
+            if keep else "no flag keeps them")
         if isinstance(kept, Recommendation):
             out.append(replace(kept, reasons=(*kept.reasons, (
                 f"{' '.join(keep)} keeps {lost}, which the other flags alone lose on "
                 f"a {shape} {image.arch} program; its padding moves the code: the window "
                 "and .bss address above are computed with it")),
                 safety=safety(kept, frozenset(), keep, "table", found)))
-        else:
-            why = kept or "no flag keeps them"
             notes.append(f"{' '.join(rec.flags)} alone would lose {lost} on a {shape} "
-                         f"{image.arch} program ({rec.linker}): "
-                         + (f"advised with {' '.join(keep)} instead" if kept is None and keep
-                            else why))
+                         f"{image.arch} program ({rec.linker}): advised with "
+                         f"{' '.join(keep)}")
+        else:
+            notes.append(f"no {rec.kind} with {rec.linker}: {' '.join(rec.flags)} would lose "
+                         f"{lost} on a {shape} {image.arch} program and {kept}")
         if allow_weaker:
             out.append(replace(weak, reasons=(
                 f"WEAKER: loses {lost}; shown only because of --allow-weaker",
