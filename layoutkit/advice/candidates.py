@@ -249,7 +249,13 @@ def candidates(reader: ElfReader | None, scenario: Scenario, *, arch_name: str |
              "the stack; the link address stops mattering",
              "compile every object with -fPIE as well",
              "its brk heap still follows the image (the worst case counts it)")))
-    recs = _safe(recs, image, shape, notes, allow_weaker, rebuild)
+    def relayout(rec: Recommendation, edit: Edit) -> Recommendation:
+        """``rec`` with ``edit`` and the prediction for the image it lays out."""
+        at = edit.address(image, anchor_link.start)
+        return replace(rec, edit=edit,
+                       prediction=evaluate(edit.apply(image), Span(at, at + anchor_link.size)))
+
+    recs = _safe(recs, image, shape, notes, allow_weaker, rebuild, relayout)
     pie_rec = next((r for r in recs if r.kind is AdviceKind.PIE), None)
     rebase_rec = next((r for r in recs if r.kind is AdviceKind.REBASE), None)
     if pie_rec and pie_rec.worst and (rebase_rec is None or (
@@ -294,6 +300,7 @@ def candidates(reader: ElfReader | None, scenario: Scenario, *, arch_name: str |
 def _safe(recs: list[Recommendation], image: ElfImage, shape: Shape, notes: list[str],
           allow_weaker: bool,
           rebuild: Callable[[tuple[str, ...]], Recommendation | str] | None,
+          relayout: Callable[[Recommendation, Edit], Recommendation] | None = None,
           ) -> list[Recommendation]:
     """Each link-time recommendation with its safety from the table: as it is when it
     keeps every protection, with the flags that keep them (relocate-text rebuilt with
@@ -303,14 +310,11 @@ def _safe(recs: list[Recommendation], image: ElfImage, shape: Shape, notes: list
 
     def safety(rec: Recommendation, lost: frozenset[Protection], added: tuple[str, ...],
                source: str, effect: safety_table.Effect | None) -> Safety:
-        """``before`` less ``lost``, over the PT_LOADs of the advised image (the first
-        one writable where the table says the linker makes it so)."""
+        """``before`` less ``lost``, over the PT_LOADs of the advised image."""
         after = before.without(lost)
-        if rec.edit is not None and not lost:
-            segments = Protections.measure(rec.edit.apply(image)).segments
-            if effect is not None and effect.first_writable and segments:
-                segments = (segments[0][0] + "W" + segments[0][2], *segments[1:])
-            after = replace(after, segments=segments)
+        if rec.edit is not None and (not lost or (isinstance(rec.edit, RelocateText)
+                                     and rec.edit.merged)):
+            after = replace(after, segments=Protections.measure(rec.edit.apply(image)).segments)
         notes = effect.notes if effect else (
             f"not measured for a {shape} {image.arch} program linked by {rec.linker}",)
         return Safety(before, after, added, source, notes)
@@ -328,7 +332,11 @@ def _safe(recs: list[Recommendation], image: ElfImage, shape: Shape, notes: list
             out.append(replace(rec, safety=safety(rec, frozenset(), (), "table", found)))
             continue
         lost = ", ".join(str(p) for p in sorted(found.lost, key=str))
-        weak = replace(rec, safety=safety(rec, found.lost, (), "table", found))
+        emitted = rec
+        if (isinstance(rec.edit, RelocateText) and Protection.W_XOR_X in found.lost
+                and relayout is not None):
+            emitted = relayout(rec, replace(rec.edit, merged=True))  # what ld really emits
+        weak = replace(emitted, safety=safety(emitted, found.lost, (), "table", found))
         keep = found.keep or ()
         # Only relocate-text has a row that needs keeping flags (safety_table.py), and
         # its layout with them is modelled; anything else is dropped, not guessed.

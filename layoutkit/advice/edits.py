@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from layoutkit.core.kinds import AdviceKind
-from layoutkit.core.model import ElfImage, LoadKind, Perm, Segment
+from layoutkit.core.model import ElfImage, LoadKind, Perm, Section, Segment
 from layoutkit.core.spans import align_up
 
 SHF_EXECINSTR = 0x4
+SHF_WRITE_ALLOC = 0x3  # SHF_WRITE | SHF_ALLOC
+SHF_TLS = 0x400
 
 
 def _first(image: ElfImage) -> int:
@@ -42,6 +44,27 @@ def split_bss(image: ElfImage, bss_at: int) -> ElfImage:
         else:
             segments.append(seg)
     return replace(image, segments=tuple(segments))
+
+
+def merge_code_data(image: ElfImage) -> ElfImage:
+    """The code PT_LOAD stretched over the file part of the writable one after it, RWE:
+    what GNU ld 2.40 emits for a static program under -Tbss without -z separate-code
+    (every arch where that is not its default; safety_table.py)."""
+    code = next((s for s in image.loads if Perm.X in s.flags), None)
+    data = next((s for s in image.loads if code is not None and s.vaddr > code.vaddr
+                 and Perm.W in s.flags and s.filesz), None)
+    if code is None or data is None:
+        return image
+    size = data.vaddr + data.filesz - code.vaddr
+    rwx = replace(code, memsz=size, filesz=size, flags=code.flags | Perm.W | Perm.R,
+                  raw_flags=code.raw_flags | 7)
+    return replace(image, segments=tuple(rwx if s is code else s for s in image.segments
+                                         if s is not data))
+
+
+def _orphan_zero_fill(section: Section) -> bool:
+    return (section.type == "SHT_NOBITS" and section.flags & SHF_WRITE_ALLOC == SHF_WRITE_ALLOC
+            and not section.flags & SHF_TLS and section.name not in (".bss", ".sbss"))
 
 
 def _code_parts(image: ElfImage) -> tuple[Segment, int, int] | None:
@@ -130,13 +153,25 @@ class RelocateText:
     base: int
     bss: int
     separate_code: bool = False  # with -z separate-code (GNU ld), which moves the code
+    merged: bool = False  # code and data in one RWE PT_LOAD, as GNU ld links it without
     kind = AdviceKind.RELOCATE_TEXT
 
     def apply(self, image: ElfImage) -> ElfImage:
         # Sections keep their link-time addresses: separate the code before the move
         # (the shifts are page multiples, the base is page-aligned: the order is free).
         split = separate_code(image) if self.separate_code else image
-        return split_bss(Rebase(self.base).apply(split), self.bss)
+        moved = split_bss(Rebase(self.base).apply(split), self.bss)
+        if self.merged:
+            moved = merge_code_data(moved)
+        if not any(_orphan_zero_fill(s) for s in image.sections):
+            return moved
+        # A writable NOBITS section other than .bss (static glibc's __libc_freeres_ptrs)
+        # is an orphan once -Tbss takes .bss away: GNU ld 2.40 places it after the
+        # headers, so the first PT_LOAD becomes writable (measured: safety_table.py).
+        first = moved.loads[0]
+        writable = replace(first, flags=first.flags | Perm.W, raw_flags=first.raw_flags | 2)
+        return replace(moved, segments=tuple(writable if s is first else s
+                                             for s in moved.segments))
 
     def address(self, image: ElfImage, vaddr: int) -> int:
         """Where ``vaddr`` (a code address: the anchor) lands."""

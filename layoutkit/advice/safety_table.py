@@ -44,7 +44,6 @@ class Effect:
     keep: tuple[str, ...] | None  # flags that keep everything (None: none does)
     notes: tuple[str, ...] = ()
     failure: str = ""
-    first_writable: bool = False  # the first PT_LOAD becomes RW (FREERES_NOTE)
 
 
 KEEPS = Effect(True, frozenset(), ())
@@ -53,11 +52,11 @@ _MERGED = frozenset({Protection.W_XOR_X, Protection.RELRO, Protection.SEPARATE})
 # (linker, shape, arch, edit) -> effect, where it is not KEEPS.
 EXCEPTIONS: dict[tuple[str, Shape, str, AdviceKind], Effect] = {
     ("bfd", Shape.STATIC, "aarch64", AdviceKind.RELOCATE_TEXT):
-        Effect(True, _MERGED, SEPARATE_CODE, (FREERES_NOTE,), first_writable=True),
+        Effect(True, _MERGED, SEPARATE_CODE, (FREERES_NOTE,)),
     ("bfd", Shape.STATIC, "ppc64le", AdviceKind.RELOCATE_TEXT):
-        Effect(True, _MERGED, SEPARATE_CODE, (FREERES_NOTE,), first_writable=True),
+        Effect(True, _MERGED, SEPARATE_CODE, (FREERES_NOTE,)),
     ("bfd", Shape.STATIC, "x86_64", AdviceKind.RELOCATE_TEXT):
-        Effect(True, frozenset(), (), (FREERES_NOTE,), first_writable=True),
+        Effect(True, frozenset(), (), (FREERES_NOTE,)),
     ("gold", Shape.STATIC, "aarch64", AdviceKind.RELOCATE_TEXT):
         Effect(False, frozenset(), None, failure=(
             "gold 1.16 does not link it: relocation overflow in "

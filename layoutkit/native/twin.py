@@ -30,7 +30,7 @@ source and the compiler.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from layoutkit.core.arches import Arch
@@ -90,6 +90,10 @@ _CODE = (".init", ".plt", ".plt.got", ".plt.sec", ".iplt", ".text", ".fini")
 # WA: binutils ld/emulparams/elf64ppc.sh puts them after .got), not code: in the R E
 # segment ld.so faults writing them.
 _WRITABLE_PLT = {"ppc64le": (".plt", ".iplt"), "ppc64": (".plt", ".iplt")}
+# Symbols the arch's crt objects expect the linker script to define: riscv64's crt1.o
+# loads gp from __global_pointer$, which GNU ld's default script sets near the small
+# data (binutils ld/emulparams/elf32lriscv-defs.sh, OTHER_END_SYMBOLS / SDATA_START).
+_DATA_SYMBOLS = {"riscv64": "PROVIDE(__global_pointer$ = . + 0x800);"}
 _RODATA = (".rodata", ".eh_frame_hdr", ".eh_frame", ".gcc_except_table")
 _BSS = (".sbss", ".bss")
 # Static glibc's own sections (the default script leaves them orphans; GNU ld defines
@@ -133,8 +137,41 @@ class Twin:
         return self.library is None
 
     def mismatches(self) -> list[str]:
-        """PT_LOADs of the twin that differ from the target's (empty when it is exact)."""
-        return load_mismatches(self.spec.loads, self.image.loads, self.spec.kind)
+        """PT_LOADs of the twin that differ from the target's (empty when it is exact, or
+        when it is :attr:`grown`: the same pages, the same flags, the same end)."""
+        exact = load_mismatches(self.spec.loads, self.image.loads, self.spec.kind)
+        return [] if exact and self.grown else exact
+
+    @property
+    def grown(self) -> bool:
+        """The twin's PT_LOADs cover the target's pages, not its exact bytes: some grew
+        to the edges of their pages (:func:`grow`) to hold the twin's own sections."""
+        got = tuple(sorted((s for s in self.image.loads if s.memsz), key=lambda s: s.vaddr))
+        return (bool(load_mismatches(self.spec.loads, got, self.spec.kind))
+                and not load_mismatches(grow(self.spec.loads), got, self.spec.kind)
+                and all(_pages(w) == _pages(g) for w, g in zip(self.spec.loads, got,
+                                                                 strict=True)))
+
+
+def _pages(seg: Segment) -> tuple[int, int]:
+    start, end = seg.vaddr // PAGE * PAGE, -(-(seg.vaddr + seg.memsz) // PAGE) * PAGE
+    return start, end
+
+
+def grow(loads: Sequence[Segment]) -> tuple[Segment, ...]:
+    """Every PT_LOAD stretched to the edges of its pages where no neighbour shares them:
+    the kernel maps whole pages, so the mapped layout is the same, and the twin's own
+    .dynamic and GOT fit where lld's first writable segment is smaller than them. The
+    first keeps its start (the ELF header), the last its end (the brk heap follows)."""
+    out: list[Segment] = []
+    for i, seg in enumerate(loads):
+        start, end = _pages(seg)
+        start = seg.vaddr if i == 0 else max(start, loads[i - 1].vaddr + loads[i - 1].memsz)
+        end = seg.vaddr + seg.memsz if i == len(loads) - 1 else min(end, loads[i + 1].vaddr)
+        added = seg.vaddr - start
+        out.append(replace(seg, vaddr=start, offset=seg.offset - added,
+                           memsz=end - start, filesz=min(seg.filesz + added, end - start)))
+    return tuple(out)
 
 
 def load_mismatches(want: Sequence[Segment], got: Sequence[Segment], kind: LoadKind) -> list[str]:
@@ -159,22 +196,31 @@ def _flags_text(seg: Segment) -> str:
     return (Perm.from_p_flags(seg.raw_flags)).rwx()
 
 
-def linker_script(spec: TwinSpec, *, code_after_anchor: bool = False) -> str:
+def linker_script(spec: TwinSpec, *, code_after_anchor: bool = False,
+                  head_with_rodata: bool = False, dynamic_late: bool = False,
+                  grown: bool = False) -> str:
     """A GNU ld script whose PT_LOADs are ``spec.loads`` exactly.
 
-    Header material (.interp, dynamic symbols, relocations) goes into the first segment,
-    code into the executable segment that holds the anchor (``probe_anchor`` at the
-    anchor; ``.text`` before it, or with ``code_after_anchor`` after it), read-only data
-    into the first read-only segment after it (else the code segment), writable data and
-    bss into the first writable segment. Every segment is then padded to its end; a
-    writable segment's padding is zero-fill (NOLOAD), so its end is the target's bss end.
+    Header material (.interp, dynamic symbols, relocations) goes into the first segment
+    (``head_with_rodata``: into the read-only segment after the code, for a first
+    segment that holds little more than the ELF headers, as GNU ld's -z separate-code
+    leaves it), code into the executable segment that holds the anchor
+    (``probe_anchor`` at the anchor; ``.text`` before it, or with ``code_after_anchor``
+    after it), read-only data into the first read-only segment after it (else the code
+    segment), .dynamic, the init arrays and .data.rel.ro into the first writable segment
+    after the code (``dynamic_late``: with the GOT, .data and .bss in the last one with
+    file contents, for lld's and mold's small first writable segment), the GOT, .data
+    and .bss into the last writable segment with file contents (``grown``: every
+    segment first stretched to its pages, :func:`grow`). Every segment is then padded
+    to its end; a writable segment's padding is zero-fill (NOLOAD), so its end is the
+    target's bss end.
 
     A static PIE has no PT_INTERP, and a PT_TLS and the symbols static glibc's start-up
     code looks for (``__init_array_start`` ..., as GNU ld's default script provides
     them), and glibc's own named sections placed with their kind.
     """
     static = spec.kind is LoadKind.STATIC_PIE
-    loads = spec.loads
+    loads = grow(spec.loads) if grown else spec.loads
     if not loads:
         raise ProbeError("the target has no PT_LOAD segment", path=spec.source)
     first = loads[0]
@@ -194,8 +240,12 @@ def linker_script(spec: TwinSpec, *, code_after_anchor: bool = False) -> str:
                          "need one", path=spec.source)
     # .dynamic and the init arrays go into the first writable segment (lld and mold make
     # it the small RELRO one), the GOT, .data and .bss into the last with file contents.
-    data = writable[0]
+    # A writable first segment (static glibc's orphan __libc_freeres_ptrs under -Tbss,
+    # or the RWE segment GNU ld merges) holds none of it: the first one after the code.
+    data = next((i for i in writable if i > max(code, rodata)), writable[0])
     rw = next((i for i in reversed(writable) if loads[i].filesz), data)
+    if dynamic_late:
+        data = rw
     if rodata < code or data < max(code, rodata):
         raise ProbeError("segment order not supported for a twin (the writable segment "
                          "must follow the code and read-only data)", path=spec.source)
@@ -263,14 +313,27 @@ def linker_script(spec: TwinSpec, *, code_after_anchor: bool = False) -> str:
                          f"PROVIDE_HIDDEN(__{sym}_end = .); }} :{_segment_name(i)}")
 
     tls = " :lk_tls" if static else ""
-    if not static:
-        out(".interp", [".interp"], 0, extra=" :lk_interp")
-    for name in _HEAD[1:]:  # one output section each: DT_* entries name them
-        out(name.rstrip("*"), [name], 0)
+
+    def header_material(i: int) -> None:
+        if not static:
+            out(".interp", [".interp"], i, extra=" :lk_interp")
+        for name in _HEAD[1:]:  # one output section each: DT_* entries name them
+            out(name.rstrip("*"), [name], i)
+
+    head_at = rodata if head_with_rodata and rodata not in (0, code) else 0
+    if head_at == 0:
+        header_material(0)
     after = (".text", ".fini") if code_after_anchor else ()
     for i in range(len(loads)):
         if i:
             start(i)
+            if i == code and spec.anchor != loads[i].vaddr:
+                # One byte pins the segment's start: the first input section's alignment
+                # would otherwise move it (mold's ppc64le code segment starts at 0x...ab0,
+                # the twin's .init would at 0x...ac0).
+                lines.append(f"  .lk_start{i} : {{ BYTE(0) }} :{_segment_name(i)}")
+        if i == head_at and i:
+            header_material(i)
         if i == code:
             code_sections(i, [n for n in _CODE if n not in after])
             lines.append(f"  . = {spec.anchor:#x};")
@@ -289,6 +352,8 @@ def linker_script(spec: TwinSpec, *, code_after_anchor: bool = False) -> str:
             for name in (".got", ".got.plt", ".toc", ".opd", ".branch_lt",
                          *_WRITABLE_PLT.get(spec.arch.name, ())):
                 out(name, [name], i)
+            if spec.arch.name in _DATA_SYMBOLS:
+                lines.append(f"  {_DATA_SYMBOLS[spec.arch.name]}")
             out(".data", [".data", ".sdata", ".tm_clone_table"], i)
             if static:
                 for name in _GLIBC_DATA:
@@ -335,6 +400,7 @@ def _build(spec: TwinSpec, script: str) -> Twin:
         outputs = ["twin"]
     else:
         key = [source_key(SOURCE), STUB.encode(), script.encode(),
+               *(t.encode() for t in fallback_scripts(spec, script)),  # tried by _link
                " ".join((*CFLAGS, *LIB_FLAGS, *STUB_FLAGS, *LINK_FLAGS)).encode()]
         outputs = ["twin", "liblkprobe.so"]
     link = _link_static if static else _link
@@ -351,9 +417,46 @@ def _build(spec: TwinSpec, script: str) -> Twin:
     return twin
 
 
+VARIANTS = ({"head_with_rodata": True}, {"dynamic_late": True},
+            {"head_with_rodata": True, "dynamic_late": True}, {"grown": True},
+            {"grown": True, "dynamic_late": True},
+            {"grown": True, "head_with_rodata": True, "dynamic_late": True})
+
+
+def fallback_scripts(spec: TwinSpec, first: str) -> list[str]:
+    """The other placements of the twin's own sections, tried in order when its header
+    material or .dynamic overruns a small target segment (GNU ld -z separate-code leaves
+    a first segment of a few hundred bytes; lld's first writable one is often smaller
+    than the twin's .dynamic)."""
+    out: list[str] = []
+    for variant in VARIANTS:
+        text = linker_script(spec, **variant)
+        if text != first and text not in out:
+            out.append(text)
+    return out
+
+
 def _link(spec: TwinSpec, script_text: str, cc: str, work: Path) -> None:
     """Build liblkprobe.so and the twin in ``work``; the twin finds the library beside
-    itself (``$ORIGIN``), so the folder can be renamed into the cache."""
+    itself (``$ORIGIN``), so the folder can be renamed into the cache. When the twin's
+    own sections do not fit the target's segments, the other placements are tried
+    (:func:`fallback_scripts`) before giving up with the first complaint."""
+    try:
+        _link_with(spec, script_text, cc, work)
+        return
+    except ProbeError as first:
+        if _too_small(str(first)) is None:
+            raise
+        for again in fallback_scripts(spec, script_text):
+            try:
+                _link_with(spec, again, cc, work)
+                return
+            except ProbeError:
+                continue  # the next placement; the first complaint is the one reported
+        raise
+
+
+def _link_with(spec: TwinSpec, script_text: str, cc: str, work: Path) -> None:
     lib = work / "liblkprobe.so"
     _run([cc, *CFLAGS, *LIB_FLAGS, "-o", str(lib), str(SOURCE)],
          f"building liblkprobe.so for {spec.arch}")
