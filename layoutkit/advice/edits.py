@@ -63,8 +63,11 @@ def merge_code_data(image: ElfImage) -> ElfImage:
 
 
 def _orphan_zero_fill(section: Section) -> bool:
+    """A writable NOBITS section GNU ld's default script does not name (an orphan): its
+    sections all start with a dot (.bss, .sbss, .tbss, PPC64's .plt and .iplt), while
+    glibc's __libc_freeres_ptrs is a C identifier (ld/scripttempl/elf.sc)."""
     return (section.type == "SHT_NOBITS" and section.flags & SHF_WRITE_ALLOC == SHF_WRITE_ALLOC
-            and not section.flags & SHF_TLS and section.name not in (".bss", ".sbss"))
+            and not section.flags & SHF_TLS and not section.name.startswith("."))
 
 
 def _code_parts(image: ElfImage) -> tuple[Segment, int, int] | None:

@@ -102,8 +102,25 @@ def builder(tmp_path_factory: pytest.TempPathFactory) -> Builder:
     return Builder(tmp_path_factory.mktemp("twin-relinks"))
 
 
+# Advised layouts whose twin differs from the real relink, and why (strict: a fix shows).
+KNOWN_ADVISED = {
+    ("riscv64", "bfd", "pie"): "MakePie moves the non-PIE image to 0; the real riscv64 PIE's "
+                               "code is a page longer",
+    ("riscv64", "lld", "pie"): "MakePie moves the non-PIE image to 0; the real riscv64 PIE's "
+                               "code is a page longer",
+    ("ppc64le", "mold", "rebase"): KNOWN["ppc64le/nopie-mold-base"],
+    ("ppc64le", "mold", "pie"): KNOWN["ppc64le/nopie-mold-base"],
+}
+
+
+def advised_cases() -> list[object]:
+    return [pytest.param(c, id=case_id(c), marks=[pytest.mark.xfail(
+        reason=KNOWN_ADVISED[c], strict=True)] if c in KNOWN_ADVISED else [])
+        for c in CASES]
+
+
 @pytest.mark.toolchain
-@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("case", advised_cases())
 def test_twin_of_every_advised_relink_is_its_pt_loads(builder: Builder,
                                                       case: tuple[str, str, str]) -> None:
     """The twin of the advised layout (what verify --advice measures) against the
