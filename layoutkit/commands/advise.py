@@ -31,7 +31,7 @@ def advise(
                                 anchor=anchor, allow_weaker=allow_weaker)
     if prove:
         from layoutkit.native.relink import prove as relink
-        result = relink(result)
+        result = relink(result, allow_weaker)
     return result
 
 

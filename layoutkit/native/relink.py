@@ -61,8 +61,9 @@ def link(compiler: Compiler, work: Path, name: str, flags: Sequence[str]) -> Rel
     return Relink(tuple(flags), Protections.measure(image), span.start if span else 0)
 
 
-def prove(advice: Advice) -> Advice:
-    """``advice`` with every link-time recommendation's safety measured on a relink."""
+def prove(advice: Advice, allow_weaker: bool = False) -> Advice:
+    """``advice`` with every link-time recommendation's safety measured on a relink; one
+    the relink shows weaker is dropped with the reason (``allow_weaker``: kept, marked)."""
     compiler = Compiler.for_arch(advice.arch, cross=True)
     shape = Shape.DYNAMIC if advice.synthetic else Shape.of(advice.image)
     first = next((r for r in advice.recommendations if r.safety), None)
@@ -72,6 +73,7 @@ def prove(advice: Advice) -> Advice:
     with tempfile.TemporaryDirectory(prefix="layoutkit-prove-") as tmp:
         work = Path(tmp)
         recs: list[Recommendation] = []
+        notes = list(advice.notes)
         extra = _linker_dir(work, advice.linker)
         for n, rec in enumerate(advice.recommendations):
             if rec.safety is None or not rec.flags:
@@ -86,13 +88,19 @@ def prove(advice: Advice) -> Advice:
                 recs.append(replace(rec, safety=replace(rec.safety, notes=(
                     *rec.safety.notes, f"--prove: the relink failed: {e}"))))
                 continue
-            recs.append(replace(rec, safety=Safety(
-                rec.safety.before, built.protections, rec.safety.added, "measured", (
-                    *rec.safety.notes,
-                    f"--prove: a {shape} {advice.arch} program linked with "
-                    f"{compiler.path} {' '.join([*shape_part, *rec.flags])}: first PT_LOAD at "
-                    f"{built.first_load:#x}"))))
-    return replace(advice, recommendations=tuple(recs))
+            measured = Safety(rec.safety.before, built.protections, rec.safety.added,
+                              "measured", (
+                                  *rec.safety.notes,
+                                  f"--prove: a {shape} {advice.arch} program linked with "
+                                  f"{compiler.path} {' '.join([*shape_part, *rec.flags])}: "
+                                  f"first PT_LOAD at {built.first_load:#x}"))
+            if measured.weaker and not rec.safety.weaker and not allow_weaker:
+                lost = ", ".join(p.value for p in measured.lost)
+                notes.append(f"no {rec.kind} with {rec.linker}: --prove measured that "
+                             f"{' '.join(rec.flags)} loses {lost} on a {shape} program")
+                continue
+            recs.append(replace(rec, safety=measured))
+    return replace(advice, recommendations=tuple(recs), notes=tuple(notes))
 
 
 __all__: Sequence[str] = ("Relink", "link", "prove", "shape_flags")
