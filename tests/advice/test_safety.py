@@ -311,3 +311,22 @@ def test_an_arch_no_relink_measured_says_so() -> None:
     for rec in linked:
         assert rec.safety is not None and rec.safety.source == "not-measured"
         assert rec.safety.weaker is None
+
+
+@pytest.mark.qemu_system
+def test_separate_code_advice_measured_under_debians_arm64_kernel() -> None:
+    """The safe -Tbss advice on the static arm64 fixture (-z separate-code, whose padding
+    moves the code): its twin on Debian's arm64 kernel leaves exactly the free slots
+    the advice predicted for the layout with that padding."""
+    require("qemu-system-aarch64")
+    require("aarch64-linux-gnu-gcc")
+    require("apt-get")
+    done = cli("verify", str(ELF_DIR / "aarch64" / "static"), "--runner", "qemu-system",
+               "--runs", "2", "--advice", "relocate-text", "--format", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["advice"].endswith("-Wl,-z,separate-code")
+    assert doc["kernel"]["release"].endswith("-cloud-arm64")
+    assert doc["measured"] == doc["predicted"]
+    assert doc["difference"]["unexplained"] == 0
+    assert [r["counts"]["moved"] for r in doc["runs"]] == [0, 0]
