@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 from layoutkit.advice import linkers, relocate, safety_table
 from layoutkit.advice.edits import Edit, MakePie, Rebase, RelocateText
-from layoutkit.advice.safety import Protection, Protections, Safety, Shape
+from layoutkit.advice.safety import Protection, Protections, Safety, Shape, Source
 from layoutkit.core.arches import Arch, GiB
 from layoutkit.core.kinds import AdviceKind, Verdict
 from layoutkit.core.model import ElfImage, LoadKind, Perm, Section, Segment
@@ -309,7 +309,7 @@ def _safe(recs: list[Recommendation], image: ElfImage, shape: Shape, notes: list
     before = Protections.measure(image)
 
     def safety(rec: Recommendation, lost: frozenset[Protection], added: tuple[str, ...],
-               source: str, effect: safety_table.Effect | None) -> Safety:
+               source: Source, effect: safety_table.Effect | None) -> Safety:
         """``before`` less ``lost``, over the PT_LOADs of the advised image."""
         after = before.without(lost)
         if rec.edit is not None and (not lost or (isinstance(rec.edit, RelocateText)
@@ -323,20 +323,20 @@ def _safe(recs: list[Recommendation], image: ElfImage, shape: Shape, notes: list
     for rec in recs:
         found = safety_table.effect(rec.linker, shape, image.arch.name, rec.kind)
         if found is None:
-            out.append(replace(rec, safety=safety(rec, frozenset(), (), "not-measured", None)))
+            out.append(replace(rec, safety=safety(rec, frozenset(), (), Source.NOT_MEASURED, None)))
             continue
         if not found.links:
             notes.append(f"no {rec.kind} with {rec.linker}: {found.failure}")
             continue
         if not found.lost:
-            out.append(replace(rec, safety=safety(rec, frozenset(), (), "table", found)))
+            out.append(replace(rec, safety=safety(rec, frozenset(), (), Source.TABLE, found)))
             continue
         lost = ", ".join(str(p) for p in sorted(found.lost, key=str))
         emitted = rec
         if (isinstance(rec.edit, RelocateText) and Protection.W_XOR_X in found.lost
                 and relayout is not None):
             emitted = relayout(rec, replace(rec.edit, merged=True))  # what ld really emits
-        weak = replace(emitted, safety=safety(emitted, found.lost, (), "table", found))
+        weak = replace(emitted, safety=safety(emitted, found.lost, (), Source.TABLE, found))
         keep = found.keep or ()
         # Only relocate-text has a row that needs keeping flags (safety_table.py), and
         # its layout with them is modelled; anything else is dropped, not guessed.
@@ -350,7 +350,7 @@ def _safe(recs: list[Recommendation], image: ElfImage, shape: Shape, notes: list
                 f"{' '.join(keep)} keeps {lost}, which the other flags alone lose on "
                 f"a {shape} {image.arch} program; its padding moves the code: the window "
                 "and .bss address above are computed with it")),
-                safety=safety(kept, frozenset(), keep, "table", found)))
+                safety=safety(kept, frozenset(), keep, Source.TABLE, found)))
             notes.append(f"{' '.join(rec.flags)} alone would lose {lost} on a {shape} "
                          f"{image.arch} program ({rec.linker}): advised with "
                          f"{' '.join(keep)}")

@@ -124,6 +124,22 @@ def _separate(image: ElfImage) -> bool:
     return True
 
 
+class Source(enum.Enum):
+    """How a recommendation's safety is known."""
+
+    TABLE = "table"  # advice/safety_table.py: real relinks, checked by the tests
+    MEASURED = "measured"  # advise --prove relinked a program of the target's shape
+    NOT_MEASURED = "not-measured"  # no relink for this arch and shape
+
+    def __str__(self) -> str:
+        return self.value
+
+    def describe(self) -> str:
+        return {Source.TABLE: "from the table of measured relinks",
+                Source.MEASURED: "measured on a relink",
+                Source.NOT_MEASURED: "no relink measured this arch and shape"}[self]
+
+
 @dataclass(frozen=True)
 class Safety:
     """What one recommendation does to the protections, and how that is known."""
@@ -131,7 +147,7 @@ class Safety:
     before: Protections
     after: Protections
     added: tuple[str, ...]  # flags added to keep the protections (-z separate-code)
-    source: str  # "table" (advice/safety_table.py), "measured" (a relink), "unknown"
+    source: Source
     notes: tuple[str, ...]
 
     @property
@@ -141,8 +157,8 @@ class Safety:
     @property
     def weaker(self) -> bool | None:
         """Whether a protection is lost; None when nothing was measured for the shape."""
-        return None if self.source == "not-measured" else bool(self.lost)
+        return None if self.source is Source.NOT_MEASURED else bool(self.lost)
 
 
 __all__: Sequence[str] = ("DF_1_NOW", "DF_BIND_NOW", "Protection", "Protections", "Safety",
-                          "Shape")
+                          "Shape", "Source")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from layoutkit.advice.candidates import Advice, Recommendation
-from layoutkit.advice.safety import Protections, Safety, Shape
+from layoutkit.advice.safety import Protections, Safety, Shape, Source
 from layoutkit.elf import ElfReader
 from layoutkit.errors import ProbeError
 from layoutkit.native.build import NATIVE_DIR, run_tool
@@ -89,7 +89,7 @@ def prove(advice: Advice, allow_weaker: bool = False) -> Advice:
                     *rec.safety.notes, f"--prove: the relink failed: {e}"))))
                 continue
             measured = Safety(rec.safety.before, built.protections, rec.safety.added,
-                              "measured", (
+                              Source.MEASURED, (
                                   *rec.safety.notes,
                                   f"--prove: a {shape} {advice.arch} program linked with "
                                   f"{compiler.path} {' '.join([*shape_part, *rec.flags])}: "

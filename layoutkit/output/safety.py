@@ -9,10 +9,6 @@ if TYPE_CHECKING:
     from layoutkit.advice.safety import Protections, Safety
 
 
-SOURCES = {"table": "from the table of measured relinks", "measured": "measured on a relink",
-           "not-measured": "no relink measured this arch and shape"}
-
-
 def protections_json(p: Protections) -> dict[str, Any]:
     return {"segments": list(p.segments), "w_xor_x": p.w_xor_x, "relro": p.relro,
             "bind_now": p.bind_now, "nx_stack": p.nx_stack, "separate_code": p.separate}
@@ -23,7 +19,7 @@ def safety_json(s: Safety | None) -> dict[str, Any] | None:
         return None
     return {"before": protections_json(s.before), "after": protections_json(s.after),
             "weaker": s.weaker, "lost": [p.value for p in s.lost],
-            "added_flags": list(s.added), "source": s.source, "notes": list(s.notes)}
+            "added_flags": list(s.added), "source": s.source.value, "notes": list(s.notes)}
 
 
 def _summary(p: Protections) -> str:
@@ -36,7 +32,7 @@ def _summary(p: Protections) -> str:
 def safety_lines(s: Safety | None) -> Iterator[str]:
     if s is None:
         return
-    how = SOURCES.get(s.source, s.source)
+    how = s.source.describe()
     if s.weaker is None:
         yield f"   safety: NOT MEASURED ({how})"
     elif s.weaker:

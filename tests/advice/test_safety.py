@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from layoutkit.advice import linkers
-from layoutkit.advice.safety import Protection, Protections, Shape
+from layoutkit.advice.safety import Protection, Protections, Shape, Source
 from layoutkit.advice.safety_table import MEASURED_ARCHES, SEPARATE_CODE, effect
 from layoutkit.commands.advise import advise
 from layoutkit.core.arches import by_name
@@ -309,7 +309,7 @@ def test_an_arch_no_relink_measured_says_so() -> None:
     linked = [r for r in adv.recommendations if r.safety is not None]
     assert linked
     for rec in linked:
-        assert rec.safety is not None and rec.safety.source == "not-measured"
+        assert rec.safety is not None and rec.safety.source is Source.NOT_MEASURED
         assert rec.safety.weaker is None
 
 

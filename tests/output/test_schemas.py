@@ -23,7 +23,7 @@ import jsonschema
 import pytest
 from click.testing import CliRunner
 
-from layoutkit.advice.safety import Protection
+from layoutkit.advice.safety import Protection, Source
 from layoutkit.cli import cli
 from layoutkit.commands.verify_workload import Figure, WorkloadVerdict
 from layoutkit.core.kinds import AdviceKind, OccupantKind, Status, Verdict
@@ -131,6 +131,8 @@ def test_vocabularies_are_the_code_enums() -> None:
         (advise["properties"]["recommendations"]["items"]["properties"]["kind"], AdviceKind),
         (advise["properties"]["recommendations"]["items"]["properties"]["safety"]["oneOf"][1]
          ["properties"]["lost"]["items"], Protection),
+        (advise["properties"]["recommendations"]["items"]["properties"]["safety"]["oneOf"][1]
+         ["properties"]["source"], Source),
         (check["properties"]["results"]["items"]["properties"]["status"], Status),
         (inspect["properties"]["anchor"]["properties"]["how_found"], HowFound),
         (schema_of("maps")["properties"]["anchor"]["properties"]["how_found"], HowFound),
