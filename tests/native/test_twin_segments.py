@@ -50,7 +50,6 @@ KNOWN = {
     "mips64el/pie": "crtbeginS.o: relocation truncated to fit: R_MIPS_GOT_DISP",
     "s390x/nopie": "GNU ld 2.40: assertion fail bfd/elf-s390-common.c:71",
     "s390x/pie": "GNU ld 2.40: assertion fail bfd/elf-s390-common.c:71",
-    "ppc64le/nopie-mold-base": "the twin's RW PT_LOAD starts 0x10 later than mold's",
 }
 
 
@@ -108,8 +107,6 @@ KNOWN_ADVISED = {
                                "code is a page longer",
     ("riscv64", "lld", "pie"): "MakePie moves the non-PIE image to 0; the real riscv64 PIE's "
                                "code is a page longer",
-    ("ppc64le", "mold", "rebase"): KNOWN["ppc64le/nopie-mold-base"],
-    ("ppc64le", "mold", "pie"): KNOWN["ppc64le/nopie-mold-base"],
 }
 
 
