@@ -330,3 +330,29 @@ def test_separate_code_advice_measured_under_debians_arm64_kernel() -> None:
     assert doc["measured"] == doc["predicted"]
     assert doc["difference"]["unexplained"] == 0
     assert [r["counts"]["moved"] for r in doc["runs"]] == [0, 0]
+
+
+@pytest.mark.toolchain
+def test_prove_drops_what_the_relink_shows_weaker_than_the_table_said() -> None:
+    """A guard against a wrong table row: the merged -Tbss flags on the static arm64
+    fixture, presented as keeping everything, are relinked by --prove, found RWE
+    without RELRO, and dropped with the reason (kept, marked, with --allow-weaker)."""
+    from dataclasses import replace
+
+    from layoutkit.native.relink import prove
+
+    require("aarch64-linux-gnu-gcc")
+    adv = advise(str(ELF_DIR / "aarch64" / "static"), allow_weaker=True)
+    weak = next(r for r in adv.recommendations if r.safety and r.safety.weaker)
+    assert weak.safety is not None
+    claimed = replace(weak, safety=replace(weak.safety, after=weak.safety.before))
+    wrong = replace(adv, recommendations=(claimed,), notes=())
+    proven = prove(wrong)
+    assert proven.recommendations == ()
+    assert proven.notes == (
+        "no relocate-text with bfd: --prove measured that -Wl,-Ttext-segment=0x3e20000 "
+        "-Wl,-Tbss=0x7c30000 loses w^x, relro, separate-code on a static program",)
+    kept = prove(wrong, allow_weaker=True)
+    (rec,) = kept.recommendations
+    assert rec.safety is not None and rec.safety.source is Source.MEASURED
+    assert rec.safety.after.segments == ("RWE", "RW ")
