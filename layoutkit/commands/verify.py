@@ -299,6 +299,10 @@ def verify(path: str, scenario: Scenario = DEFAULT_SCENARIO, *, arch_name: str |
     elif image.interpreter is None:
         notes.append("the target is linked statically; the twin is dynamic (its loader, "
                      "libc and liblkprobe.so sit in the mmap area, far from the image)")
+    if twin.grown:
+        notes.append("the twin's own .dynamic and GOT did not fit the target's segments: its "
+                     "PT_LOADs cover the target's pages (what the kernel maps), not their "
+                     "exact bytes, and the last ends where the target's does")
     if runner is Runner.QEMU_USER:
         notes.append("liblkprobe.so (the probe's code and buffers) and the runner's own "
                      "libraries are in the mmap area, where the target's libraries would be")
