@@ -153,7 +153,7 @@ def candidates(reader: ElfReader | None, scenario: Scenario, *, arch_name: str |
     kernel = KernelConfig.under(arch, scenario.kernel)
 
     def evaluate(img: ElfImage, anchor_at: Span) -> Prediction:
-        bias, _ = kernel.nominal_bias(img)
+        bias, _ = kernel.nominal_bias(img, randomize=True)
         runtime = Span(anchor_at.start + bias, anchor_at.end + bias)
         return predict(img, kernel, _window(profile, arch, runtime, kernel, form), bias,
                        scenario)

@@ -106,7 +106,7 @@ def inspect_reader(reader: ElfReader, scenario: Scenario = DEFAULT_SCENARIO, *,
     found = find_anchor(reader, anchor)
     generation = luajit_generation(reader, found) if wants_generation(jit) else None
     kernel = KernelConfig.under(image.arch, scenario.kernel)
-    bias, how = kernel.nominal_bias(image)
+    bias, how = kernel.nominal_bias(image, randomize=True)
     runtime = found.span.shifted(bias)
     windows = tuple(reach_window(f, runtime, kernel.user_space) for f in forms(image.arch))
     v8 = choose_v8(reader, scenario, luajit_found=generation is not None) if (

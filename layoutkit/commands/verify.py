@@ -280,7 +280,7 @@ def verify(path: str, scenario: Scenario = DEFAULT_SCENARIO, *, arch_name: str |
         kernel_seen = _runner_kernel(first.maps(), spec, runner, first.mmap_min_addr)
     kernel = KernelConfig.for_arch(image.arch, va_bits=kernel_seen.va_bits,
                                    mmap_min_addr=kernel_seen.mmap_min_addr)
-    bias, _ = kernel.nominal_bias(laid)
+    bias, _ = kernel.nominal_bias(laid, randomize=True)
     point = Span(anchor + bias, anchor + bias + 1)
     window = window_for_span(profile, image.arch, point, kernel.user_space,
                              form_name=scenario.form)

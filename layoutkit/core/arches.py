@@ -47,8 +47,23 @@ class KernelFacts:
     mmap_min_addr: int
     mmap_rnd: int  # range of arch_mmap_rnd(): PIE load bias and mmap_base offset
     brk_rnd: int  # range of arch_randomize_brk()
+    page: int  # the distribution kernel's PAGE_SIZE
+    # STACK_RND_MASK (pages) for the arch's task: with ASLR on, mmap_base() widens the
+    # gap below the stack by ``stack_rnd_mask << PAGE_SHIFT`` (see stack_rnd).
+    stack_rnd_mask: int
+    mmap_min_gap: int  # the smallest gap mmap_base() leaves below the stack (MIN_GAP)
     # An older rule for brk: (the first release with ``brk_rnd``, the range before it).
     brk_rnd_before: tuple[tuple[int, int], int] | None = None
+
+    @property
+    def stack_rnd(self) -> int:
+        """Bytes of stack randomisation mmap_base() keeps free (STACK_RND_MASK << PAGE_SHIFT)."""
+        return self.stack_rnd_mask * self.page
+
+    @property
+    def stack_guard_gap(self) -> int:
+        """mm/mmap.c: ``stack_guard_gap = 256UL << PAGE_SHIFT`` (the kernel's default)."""
+        return 256 * self.page
 
 
 @dataclass(frozen=True)
@@ -132,6 +147,20 @@ class Arch:
 # SZ_1G) on 64-bit (arch/arm64/kernel/process.c, mm/util.c generic, arch/x86/kernel/
 # process.c since v6.9, commit 44c76825d6ee; x86 used SZ_32M before: brk_rnd_before);
 # SZ_32M for 32-bit tasks; ppc64 brk_rnd() 1 GiB (arch/powerpc/kernel/process.c).
+# The gap mmap_base() leaves below the stack (Linux v6.1 mm/util.c, the generic one used
+# by arm64, arm, powerpc, riscv, mips and loongarch; arch/x86/mm/mmap.c and
+# arch/s390/mm/mmap.c have their own with the same rule): RLIMIT_STACK + stack_guard_gap
+# (256 pages, mm/mmap.c), plus STACK_RND_MASK << PAGE_SHIFT when the task randomises,
+# clamped to [MIN_GAP, STACK_TOP / 6 * 5]; MIN_GAP is 128 MiB (SZ_128M), s390's gap_min
+# 32 MiB (arch/s390/mm/mmap.c as of v5.10; later kernels clamp to SZ_128M). STACK_RND_MASK
+# (pages): x86-64 0x3fffff (16 GiB), i386 and compat tasks 0x7ff (arch/x86/include/asm/
+# elf.h __STACK_RND_MASK); arm64 0x3ffff >> (PAGE_SHIFT - 12) (1 GiB; compat 0x7ff >> ..,
+# arch/arm64/include/asm/elf.h); powerpc the same (arch/powerpc/include/asm/elf.h: 1 GiB
+# for 64-bit, 8 MiB for 32-bit tasks); riscv64 the same (arch/riscv/include/asm/elf.h);
+# s390x MMAP_RND_MASK 0x3ff80 (compat 0x7ff, arch/s390/include/asm/elf.h); arm, mips and
+# loongarch define none: mm/util.c's fallback 0x7ff >> (PAGE_SHIFT - 12) (8 MiB). Pages
+# are 4 KiB but for ppc64 (64 KiB); loongarch64 is kept at 4 KiB like its mmap_rnd (a
+# 16 KiB-page kernel has a 4 MiB guard gap and the same 8 MiB of stack randomisation).
 #
 # Link facts: GNU ld's TEXT_START_ADDR (binutils ld/emulparams/*), checked with the
 # fixtures (s390x is 0x1000000 for bfd, not gold's 0x80000000); lld's defaultImageBase
@@ -145,10 +174,11 @@ _ALL = frozenset({"bfd", "gold", "lld", "mold"})
 
 
 def _kernel(va: int, choices: tuple[int, ...], top: int, dyn: int | None, min_addr: int,
-            rnd_bits: int, brk: int, page: int = PAGE,
-            brk_before: tuple[tuple[int, int], int] | None = None) -> KernelFacts:
-    return KernelFacts(va, choices, top, dyn, min_addr, (1 << rnd_bits) * page, brk,
-                       brk_before)
+            rnd_bits: int, brk: int, stack_mask: int, page: int = PAGE,
+            brk_before: tuple[tuple[int, int], int] | None = None,
+            min_gap: int = 128 * MiB) -> KernelFacts:
+    return KernelFacts(va, choices, top, dyn, min_addr, (1 << rnd_bits) * page, brk, page,
+                       stack_mask, min_gap, brk_before)
 
 
 def _link(gnu: int, lld: int | None, linkers: frozenset[str], low_2g: bool = False,
@@ -158,43 +188,44 @@ def _link(gnu: int, lld: int | None, linkers: frozenset[str], low_2g: bool = Fal
 
 ARCHES: tuple[Arch, ...] = (
     Arch("x86_64", ("amd64", "x64", "x86-64"), 62, 64, True, Isa.X86, 1, 4 * KiB,
-         _kernel(47, (47, 57), -PAGE, None, 65536, 28, _GIB, brk_before=((6, 9), 32 * MiB)),
+         _kernel(47, (47, 57), -PAGE, None, 65536, 28, _GIB, 0x3FFFFF,
+                 brk_before=((6, 9), 32 * MiB)),
          _link(0x400000, 0x200000, _ALL, low_2g=True), 31, 31, ("CS_ARCH_X86", "CS_MODE_64")),
     Arch("i386", ("x86", "i686", "ia32"), 3, 32, True, Isa.X86, 1, 4 * KiB,
-         _kernel(32, (32,), -_GIB, 0x400000, 65536, 8, 32 * MiB),
+         _kernel(32, (32,), -_GIB, 0x400000, 65536, 8, 32 * MiB, 0x7FF),
          _link(0x08048000, 0x400000, _ALL), None, None, ("CS_ARCH_X86", "CS_MODE_32")),
     Arch("aarch64", ("arm64",), 183, 64, True, Isa.ARM64, 4, 64 * KiB,
-         _kernel(48, (39, 42, 47, 48, 52), 0, None, 4096, 18, _GIB),
+         _kernel(48, (39, 42, 47, 48, 52), 0, None, 4096, 18, _GIB, 0x3FFFF),
          _link(0x400000, 0x200000, _ALL), 27, 27, ("CS_ARCH_ARM64", "CS_MODE_ARM")),
     Arch("arm", ("arm32", "armhf", "armel"), 40, 32, True, Isa.ARM, 2, 64 * KiB,
-         _kernel(32, (32,), -(_GIB + 16 * MiB), None, 4096, 8, 32 * MiB),
+         _kernel(32, (32,), -(_GIB + 16 * MiB), None, 4096, 8, 32 * MiB, 0x7FF),
          _link(0x10000, 0x10000, _ALL), 25, 25, ("CS_ARCH_ARM", "CS_MODE_ARM")),
     Arch("ppc64le", ("ppc64el", "powerpc64le"), 21, 64, True, Isa.PPC, 4, 64 * KiB,
-         _kernel(47, (47, 52), 0, 0x100000000, 65536, 14, _GIB, page=64 * KiB),
+         _kernel(47, (47, 52), 0, 0x100000000, 65536, 14, _GIB, 0x3FFFF >> 4, page=64 * KiB),
          _link(0x10000000, 0x10000000, _ALL), None, None,
          ("CS_ARCH_PPC", "CS_MODE_64", "CS_MODE_LITTLE_ENDIAN")),
     Arch("ppc64", ("powerpc64",), 21, 64, False, Isa.PPC, 4, 64 * KiB,
-         _kernel(47, (47, 52), 0, 0x100000000, 65536, 14, _GIB, page=64 * KiB),
+         _kernel(47, (47, 52), 0, 0x100000000, 65536, 14, _GIB, 0x3FFFF >> 4, page=64 * KiB),
          _link(0x10000000, 0x10000000, _ALL), None, None,
          ("CS_ARCH_PPC", "CS_MODE_64", "CS_MODE_BIG_ENDIAN")),
     Arch("riscv64", ("riscv",), 243, 64, True, Isa.RISCV, 2, 4 * KiB,
-         _kernel(47, (38, 47, 56), 0, None, 4096, 18, _GIB),
+         _kernel(47, (38, 47, 56), 0, None, 4096, 18, _GIB, 0x3FFFF),
          _link(0x10000, 0x10000, frozenset({"bfd", "lld", "mold"}), low_2g=True), None, None,
          ("CS_ARCH_RISCV", "CS_MODE_RISCV64", "CS_MODE_RISCVC")),
     Arch("mips64el", ("mips64le",), 8, 64, True, Isa.MIPS, 4, 64 * KiB,
-         _kernel(40, (40, 48), 0, None, 4096, 18, _GIB),
+         _kernel(40, (40, 48), 0, None, 4096, 18, _GIB, 0x7FF),
          _link(0x120000000, 0x10000, frozenset({"bfd", "lld"})), 27, 28,
          ("CS_ARCH_MIPS", "CS_MODE_MIPS64", "CS_MODE_LITTLE_ENDIAN")),
     Arch("mips64", (), 8, 64, False, Isa.MIPS, 4, 64 * KiB,
-         _kernel(40, (40, 48), 0, None, 4096, 18, _GIB),
+         _kernel(40, (40, 48), 0, None, 4096, 18, _GIB, 0x7FF),
          _link(0x120000000, 0x10000, frozenset({"bfd", "lld"})), 27, 28,
          ("CS_ARCH_MIPS", "CS_MODE_MIPS64", "CS_MODE_BIG_ENDIAN")),
     Arch("s390x", ("s390",), 22, 64, False, Isa.S390, 2, 4 * KiB,
-         _kernel(42, (42, 53), 0, 0x100000000, 4096, 18, _GIB),
+         _kernel(42, (42, 53), 0, 0x100000000, 4096, 18, _GIB, 0x3FF80, min_gap=32 * MiB),
          _link(0x1000000, None, frozenset({"bfd", "gold", "mold"})), 32, 32,
          ("CS_ARCH_SYSZ", "CS_MODE_BIG_ENDIAN")),
     Arch("loongarch64", ("loong64", "loongarch"), 258, 64, True, Isa.LOONGARCH, 4, 64 * KiB,
-         _kernel(47, (39, 47), 0, None, 4096, 18, _GIB),
+         _kernel(47, (39, 47), 0, None, 4096, 18, _GIB, 0x7FF),
          _link(0x120000000, None, frozenset({"bfd", "lld", "mold"})), None, None, ()),
 )
 

@@ -19,8 +19,10 @@ Kernel rules (Linux source, file and function):
   p_align (``fs/binfmt_elf.c``, v5.10+); ``arch_mmap_rnd()`` is ``mmap_rnd_bits`` random
   page numbers (``arch/arm64/mm/mmap.c`` up to v5.1, ``mm/util.c`` since).
 - mmap base: ``mm/util.c`` mmap_base(): ``PAGE_ALIGN(STACK_TOP - gap - rnd)`` with the
-  same ``arch_mmap_rnd()``; the gap grows by the stack randomisation range when
-  randomising (only its position relative to the window matters here, see below).
+  same ``arch_mmap_rnd()``; when randomising, the gap also keeps the stack's own
+  randomisation range free (STACK_RND_MASK << PAGE_SHIFT: 16 GiB on x86-64, 1 GiB on
+  arm64; ``KernelConfig.mmap_gap``), so even a zero draw puts the base far below where
+  ``setarch -R`` has it.
 
 What moves what: the JIT window is fixed to the anchor, so a load bias moves the window
 and the image together and only changes the window's 64 KiB rounding; the brk offset is
@@ -65,6 +67,10 @@ def draw(image: ElfImage, kernel: KernelConfig, bias: int, *, runs: int, seed: i
     brk = kernel.brk_rnd
     align = max(PAGE, image.max_align)
     biases, heaps, shifts = [], [], []
+
+    def top(rnd: int) -> int:
+        return kernel.mmap_top(randomize=True, rnd=rnd)
+
     for _ in range(runs):
         mmap_rnd = gen.randrange(kernel.mmap_rnd // PAGE) * PAGE  # arch_mmap_rnd()
         brk_off = gen.randrange(brk // PAGE) * PAGE  # randomize_page(brk, range)
@@ -74,9 +80,10 @@ def draw(image: ElfImage, kernel: KernelConfig, bias: int, *, runs: int, seed: i
             # ELF_ET_DYN_BASE + arch_mmap_rnd(), aligned down to the largest p_align.
             run_bias = bias + align_down(mmap_rnd, align)
         else:
-            # Top of the mmap area: the mmap base moves down by the same random amount.
-            run_bias = bias - align_up(mmap_rnd, align)
+            # Top of the mmap area: mmap_base() below the stack's randomisation range and
+            # the random offset; the image is the first fit below it.
+            run_bias = kernel.top_of_mmap_bias(image, top(mmap_rnd))
         biases.append(run_bias)
         heaps.append(start + (run_bias - bias) + brk_off)
-        shifts.append(-mmap_rnd)
+        shifts.append(top(mmap_rnd) - kernel.mmap_base)
     return Layouts(tuple(biases), tuple(heaps), tuple(shifts), align_down(brk, PAGE))

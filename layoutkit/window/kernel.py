@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from layoutkit.core.arches import Arch, KernelFacts
 from layoutkit.core.model import ElfImage, LoadKind
 from layoutkit.core.scenario import KernelOverrides
-from layoutkit.core.spans import Span, align_down
+from layoutkit.core.spans import Span, align_down, align_up
 from layoutkit.errors import ElfError, UsageError
 
 PAGE = 4096
@@ -102,40 +102,68 @@ class KernelConfig:
             base = window // 3 * 2
         return align_down(base, max(PAGE, max_align))
 
+    def mmap_gap(self, *, randomize: bool) -> int:
+        """The gap mmap_base() leaves between STACK_TOP and the top of the mmap area.
+
+        mm/util.c mmap_base() (v6.1; arch/x86/mm/mmap.c and arch/s390/mm/mmap.c the same
+        rule): RLIMIT_STACK + stack_guard_gap, plus the stack's randomisation range
+        (STACK_RND_MASK << PAGE_SHIFT) when the task randomises, clamped to
+        [MIN_GAP, STACK_TOP / 6 * 5]. With the default 8 MiB stack and ASLR off that is
+        MIN_GAP; with ASLR on the stack's range dominates (x86-64: 16 GiB).
+        """
+        facts = self.arch.kernel
+        gap = STACK_RLIMIT + facts.stack_guard_gap + (facts.stack_rnd if randomize else 0)
+        return min(max(gap, facts.mmap_min_gap), self.user_top // 6 * 5)
+
+    def mmap_top(self, *, randomize: bool, rnd: int = 0) -> int:
+        """mmap_base(): ``PAGE_ALIGN(STACK_TOP - gap - rnd)``, ``rnd`` the arch_mmap_rnd()
+        draw (0 with ASLR off; with it on, the highest the base can be)."""
+        return align_up(self.user_top - self.mmap_gap(randomize=randomize) - rnd, PAGE)
+
     @property
     def mmap_base(self) -> int:
-        """Top of the top-down mmap area with ASLR off.
+        """Top of the top-down mmap area with ASLR off (``setarch -R``)."""
+        return self.mmap_top(randomize=False)
 
-        mm/util.c mmap_base() (and arch/x86/mm/mmap.c): gap = RLIMIT_STACK + guard, at
-        least 128 MiB; with the default 8 MiB stack the gap is the 128 MiB minimum.
-        """
-        return align_down(self.user_top - MMAP_GAP_MIN, PAGE)
+    def top_of_mmap_bias(self, image: ElfImage, base: int) -> int:
+        """Load bias of an image mapped first below an mmap base of ``base``: the top-down
+        search takes the highest fit, aligned to the largest p_align (fs/binfmt_elf.c)."""
+        first = min(seg.vaddr for seg in image.loads)
+        span = image.image_span
+        size = span.size if span else 0
+        align = max(PAGE, image.max_align)
+        return align_down(max(0, base - size), align) - align_down(first, PAGE)
 
-    def nominal_bias(self, image: ElfImage) -> tuple[int, str]:
-        """Load bias of ``image`` with ASLR off, and how it was derived.
+    def nominal_bias(self, image: ElfImage, *, randomize: bool = False) -> tuple[int, str]:
+        """Load bias of ``image`` with ASLR off, and how it was derived; with
+        ``randomize``, the lowest (PIE) or highest (top of the mmap area) bias ASLR gives.
 
         fs/binfmt_elf.c load_elf_binary: ET_EXEC at its link address; ET_DYN with an
         interpreter at ELF_ET_DYN_BASE aligned to the largest p_align, minus the first
-        PT_LOAD's page; ET_DYN without one (static PIE) goes where mmap puts it, the top
-        of the mmap area, as the loader puts the first shared object.
+        PT_LOAD's page (ASLR adds arch_mmap_rnd() on top); ET_DYN without one (static
+        PIE) goes where mmap puts it, the top of the mmap area, as the loader puts the
+        first shared object. That top is lower with ASLR on even before its random
+        offset: mmap_base() keeps the stack's randomisation range free (mmap_gap).
         """
         first = min(seg.vaddr for seg in image.loads)
         span = image.image_span
         if span is not None and span.size >= self.user_top - self.mmap_min_addr:
             raise ElfError(f"the image spans {span.size:#x} bytes: more than {self.arch} "
                            f"user space with {self.va_bits}-bit VA", path=image.path)
-        align = max(PAGE, image.max_align)
         if image.load_kind is LoadKind.EXEC:
             return 0, "link address (fixed)"
         if image.load_kind is LoadKind.PIE:
             base = self.pie_base(image.max_align)
             return base - align_down(first, PAGE), "ELF_ET_DYN_BASE, ASLR off"
-        size = span.size if span else 0
-        base = align_down(max(0, self.mmap_base - size), align)
-        return base - align_down(first, PAGE), "top of the mmap area, ASLR off"
+        if randomize:
+            return (self.top_of_mmap_bias(image, self.mmap_top(randomize=True)),
+                    "top of the mmap area with ASLR, before its random offset")
+        return self.top_of_mmap_bias(image, self.mmap_base), "top of the mmap area, ASLR off"
 
 
-MMAP_GAP_MIN = 128 << 20  # mm/util.c: MIN_GAP (128 MiB)
+# RLIMIT_STACK's default, 8 MiB (include/uapi/linux/resource.h _STK_LIM): the gap
+# mmap_base() leaves is computed from it.
+STACK_RLIMIT = 8 << 20
 
 
 def release_version(release: str | None) -> tuple[int, int] | None:

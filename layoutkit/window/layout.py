@@ -18,13 +18,8 @@ from layoutkit.core.scenario import Scenario
 from layoutkit.core.spans import Span, align_down, align_up, normalize
 from layoutkit.core.units import format_size
 from layoutkit.window.accounting import Accounting, Occupant, account
-from layoutkit.window.kernel import PAGE, KernelConfig
+from layoutkit.window.kernel import PAGE, STACK_RLIMIT, KernelConfig
 from layoutkit.window.profiles import JitWindow
-
-# The main stack and its guard gap at the top of user space: RLIMIT_STACK's default
-# 8 MiB (include/uapi/linux/resource.h _STK_LIM) plus stack_guard_gap, 256 pages of
-# 4 KiB (mm/mmap.c).
-STACK_RESERVE = (8 << 20) + (256 << 12)
 
 
 @dataclass(frozen=True)
@@ -74,7 +69,11 @@ def predict(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
     elif image.load_kind is LoadKind.PIE:
         bias_range = (bias, bias + kernel.mmap_rnd - PAGE)
     else:
-        bias_range = (bias - kernel.mmap_rnd + PAGE, bias)
+        # The top of the mmap area over arch_mmap_rnd()'s draws, with ASLR on
+        # (KernelConfig.mmap_gap: below the stack's randomisation range).
+        bias_range = (kernel.top_of_mmap_bias(image, kernel.mmap_top(
+                          randomize=True, rnd=kernel.mmap_rnd - PAGE)),
+                      kernel.top_of_mmap_bias(image, kernel.mmap_top(randomize=True)))
     if image.load_kind in (LoadKind.EXEC, LoadKind.PIE):
         # fs/binfmt_elf.c: brk starts at the end of the highest PT_LOAD (bss included),
         # then arch_randomize_brk() moves it up by [0, brk_rnd).
@@ -96,21 +95,29 @@ def predict(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
                      f"{format_size(heap)} to grow (--heap)")
     elif image.load_kind is LoadKind.STATIC_PIE:
         # fs/binfmt_elf.c load_elf_binary: a static PIE (no interpreter, load_bias 0) is
-        # the first mapping of the top-down mmap area, just below mmap_base; above it the
-        # gap to the stack (mm/util.c mmap_base: at least MIN_GAP, 128 MiB) stays empty.
-        # The vDSO is mapped next, top-down (arch_setup_additional_pages): into the hole
-        # between the image's aligned end and mmap_base when it fits, so it may take the
-        # slot after the image's last one (worst) or none of its own (best). Measured on
-        # Debian's arm64 6.1 kernel: [vvar][vdso] right above the image, 12 KiB.
+        # the first mapping of the top-down mmap area, just below mmap_base. With ASLR on
+        # mmap_base() keeps the stack's randomisation range free above it as well
+        # (KernelConfig.mmap_gap): ``bias`` is that placement with a zero mmap offset
+        # (nominal_bias(randomize=True)). Worst case: the stack drew its lowest top,
+        # STACK_TOP - STACK_RND_MASK pages, and its rlimit and guard gap reach down to
+        # mmap_base; best case: its highest, STACK_TOP. The vDSO is mapped next, top-down
+        # (arch_setup_additional_pages), next to the image: it may take the slot after
+        # the image's last one (worst) or none of its own (best). Measured: on Debian's
+        # arm64 6.1 kernel [vvar][vdso] right above the image, 12 KiB; on this x86-64
+        # host's 6.18 kernel right below it.
         extra = align_up(img.span.end, jit.slot)
         vdso = Occupant(OccupantKind.VDSO, Span(extra, extra + PAGE), "[vdso]")
-        stack = Occupant(OccupantKind.STACK, Span(kernel.user_top - STACK_RESERVE,
-                                                  kernel.user_top), "[stack]")
-        results = [account(jit, [*fixed, stack, vdso], states=states, mcode=mcode),
-                   account(jit, [*fixed, stack], states=states, mcode=mcode)]
+        facts = kernel.arch.kernel
+        reserve = STACK_RLIMIT + facts.stack_guard_gap
+        low = kernel.user_top - facts.stack_rnd
+        stacks = [Occupant(OccupantKind.STACK, Span(top - reserve, top), "[stack]")
+                  for top in (low, kernel.user_top)]
+        results = [account(jit, [*fixed, stacks[0], vdso], states=states, mcode=mcode),
+                   account(jit, [*fixed, stacks[1]], states=states, mcode=mcode)]
         heap_start = None
-        notes.append("static PIE: at the top of the mmap area, the gap to the stack above "
-                     "it empty but for the vDSO; its brk heap is far away (ELF_ET_DYN_BASE)")
+        notes.append("static PIE: at the top of the mmap area, below the gap mmap_base() "
+                     f"keeps for the stack ({format_size(kernel.mmap_gap(randomize=True))} "
+                     "with ASLR on); its brk heap is far away (ELF_ET_DYN_BASE)")
     else:
         # A library sits at the top of the mmap area: what was mapped before it (the
         # loader, earlier libraries) lies above, later mappings below.

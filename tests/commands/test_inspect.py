@@ -122,4 +122,4 @@ def test_shared_library_anchor_lies_in_the_library() -> None:
     result = inspect_binary(binary)
     assert result.image.soname == "libanchor.so"
     assert result.anchor.address == anchor
-    assert result.bias_how == "top of the mmap area, ASLR off"
+    assert result.bias_how == "top of the mmap area with ASLR, before its random offset"

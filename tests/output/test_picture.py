@@ -57,7 +57,7 @@ def predicted(binary: str, jit: str) -> tuple[Accounting, Accounting, Span]:
     reader = ElfReader(str(ELF_DIR / binary))
     image = reader.image()
     kernel = KernelConfig.for_arch(image.arch)
-    bias, _ = kernel.nominal_bias(image)
+    bias, _ = kernel.nominal_bias(image, randomize=True)
     sym = reader.symbol("lj_vm_exit_handler")
     assert sym is not None
     anchor = sym.value + bias
