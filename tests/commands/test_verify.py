@@ -323,8 +323,14 @@ def test_aarch64_static_pie_on_qemu_system(tmp_path: Path) -> None:
         assert r.bias == mapped_at  # the first PT_LOAD's p_vaddr is 0
         assert run_doc["bias"] == f"{mapped_at:#x}"
         assert r.result.context.anchor == link_anchor + mapped_at
-        # The top-down mmap area of a 48-bit arm64 space, not ELF_ET_DYN_BASE ...
+        # The top-down mmap area of a 48-bit arm64 space, not ELF_ET_DYN_BASE, below the
+        # 1 GiB of stack randomisation mm/util.c mmap_base() keeps free with ASLR on
+        # (STACK_RND_MASK 0x3ffff pages, arch/arm64/include/asm/elf.h) ...
         assert 0xff00_0000_0000 <= mapped_at < 1 << 48
+        lo, hi = result.model.bias_range
+        assert lo <= mapped_at <= hi < (1 << 48) - (0x3FFFF << 12)
+        stack = next(m for m in maps.mappings if m.path == "[stack]")
+        assert (1 << 48) - (0x3FFFF << 12) <= stack.end <= 1 << 48
         # ... where the kernel moved the brk heap instead (load_elf_binary, static PIE).
         heap = next(m for m in maps.mappings if m.path == "[heap]")
         assert 0xaaaa_0000_0000 <= heap.start < 0xab00_0000_0000
