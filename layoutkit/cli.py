@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from layoutkit.boundary import internal
-from layoutkit.config import SCENARIO_KEYS, scenario_from
+from layoutkit.config import KERNEL_KEYS, SAMPLING_KEYS, SCENARIO_KEYS, scenario_from
 from layoutkit.core import arches
 from layoutkit.core.units import parse_address, parse_size
 from layoutkit.errors import (
@@ -70,8 +70,8 @@ def scenario_options(*, kernel: bool = True) -> Callable[[F], F]:
 
     The command receives them as one dict, ``scenario_args`` (None: not given), and
     builds the scenario with :func:`layoutkit.config.scenario_from` (``check`` merges its
-    configuration file under them). ``kernel=False`` leaves out the kernel overrides
-    (``verify`` measures the runner's own kernel).
+    configuration file under them). ``kernel=False`` leaves out the kernel choice and the
+    replay's sampling (``verify`` measures the runner's own kernel, with runs of its own).
     """
     options = [
         jit_option(),
@@ -100,13 +100,32 @@ def scenario_options(*, kernel: bool = True) -> Callable[[F], F]:
                          help="User VA size of the kernel (arm64: 39/42/47/48/52; "
                               "x86-64: 47/57)."),
             click.option("--mmap-min-addr", "mmap_min_addr", metavar="ADDR", default=None,
-                         help="vm.mmap_min_addr (default per arch, e.g. 0x10000 on x86-64)."),
+                         help="vm.mmap_min_addr (default: the kernel's, e.g. 0x10000 on "
+                              "Debian's x86-64 kernels)."),
+            click.option("--kernel", "kernel", metavar="RELEASE", default=None,
+                         help="Judge under this kernel release's rules, e.g. 6.1.0-27-arm64 "
+                              "(default: this machine's kernel when the arch matches, else "
+                              "the arch's defaults)."),
+            click.option("--kernel-file", "kernel_file", metavar="FILE", default=None,
+                         help="Judge under a host's kernel as `layoutkit kernel --capture` "
+                              "wrote it."),
+            click.option("--aslr", "aslr", metavar="on|off", default=None,
+                         help="Replay with the layout randomised or fixed (default: as the "
+                              "kernel's randomize_va_space has it)."),
+            click.option("--runs", "runs", type=int, default=None,
+                         help="Replay runs, each with its own layout (default 300)."),
+            click.option("--seed", "seed", type=int, default=None,
+                         help="Seed of the replay (default 1; printed in every report)."),
+            click.option("--retries", "retries", type=int, default=None,
+                         help="Times a state asks again after a trace abort (default: the "
+                              "replay's, stated in the report)."),
         ]
+    keys = SCENARIO_KEYS + (KERNEL_KEYS + SAMPLING_KEYS if kernel else ())
 
     def decorate(func: F) -> F:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            given = {key: kwargs.pop(key, None) for key in SCENARIO_KEYS}
+            given = {key: kwargs.pop(key, None) for key in keys}
             return func(*args, scenario_args=given, **kwargs)
 
         for option in reversed(options):
@@ -174,7 +193,9 @@ def cli(debug: bool) -> None:
 @_handled
 def inspect(binary: str | None, anchor: str | None, svg_path: str | None, fmt: str,
             scenario_args: dict[str, Any]) -> None:
-    """The ELF's layout, its JIT anchor and the reach window of every branch form.
+    """The ELF's layout, its JIT anchor, the reach window of every branch form, and the
+    JIT allocator replayed over the kernel's ASLR: the chance of a trace abort with
+    --states states, and how many states stay under 1%.
 
     With no BINARY, inspects a bundled AArch64 non-PIE executable linked at 0x400000.
     """
@@ -214,8 +235,9 @@ def maps_command(target: str, anchor: str | None, arch_name: str | None,
     """The JIT window against a live process (PID) or a saved /proc/PID/maps (FILE).
 
     Finds the object holding the anchor and its load bias, the JIT code already mapped,
-    every occupant of the window, the free slots and the capacity verdict (exit 1 when
-    the requested states do not fit).
+    every occupant of the window, the free slots, and replays --states new states on
+    the layout as mapped: how many more the process can add (exit 1 when the new states
+    abort traces in 1% of the runs or more).
     """
     from layoutkit.commands.maps import analyse_target
     from layoutkit.output import document, svg, text
@@ -254,10 +276,11 @@ def advise(binary: str | None, arch_name: str | None, linker: str | None,
            anchor: str | None, move: str | None, allow_weaker: bool, prove: bool, fmt: str,
            scenario_args: dict[str, Any]) -> None:
     """Linker flags (or a runtime change) that widen the JIT window, with before/after
-    figures (worst case over ASLR), best first.
+    figures (worst case over ASLR, and the allocator replay on the advised image), best
+    first.
 
     Without BINARY, advises on the default link of --arch, as a calculator. Exit 1 when
-    no change makes the requested states fit.
+    no change brings the requested states under a 1% chance of a trace abort.
     """
     from layoutkit.commands import advise as use_case
     from layoutkit.output import document, text
@@ -291,6 +314,25 @@ def ranges(arch_names: tuple[str, ...], fmt: str) -> None:
     _show(fmt, lambda: text.forms_lines(rows), lambda: document.ranges_json(rows))
 
 
+@cli.command(name="kernel", epilog=EXIT_CODES)
+@click.option("--capture", is_flag=True, default=False,
+              help="Write this machine's kernel facts as a JSON document (layoutkit/kernel/1) "
+                   "for --kernel-file on another machine.")
+@output_options
+@_handled
+def kernel_command(capture: bool, fmt: str) -> None:
+    """This machine's kernel: its release (uname) and the sysctls the layout model reads
+    (kernel.randomize_va_space, vm.mmap_min_addr, vm.mmap_rnd_bits, vm.legacy_va_layout),
+    and the randomisation ranges they give. The judging commands use them when the
+    binary's arch is this machine's; elsewhere, --kernel-file FILE with a capture."""
+    from layoutkit.commands.kernel import host_kernel
+    from layoutkit.output import document, text
+
+    facts, config = host_kernel()
+    _show("json" if capture else fmt, lambda: text.capture_lines(facts, config),
+          lambda: document.capture_json(facts))
+
+
 CHECK_EXIT_CODES = f"""Exit codes: 0 ok, every JIT-hosting binary passes; {EXIT_FINDINGS} at
 least one fails; {EXIT_USAGE} usage error (an unknown config key too); {EXIT_INPUT} an input
 could not be analysed (the others are still checked and reported); {EXIT_INTERNAL} internal
@@ -304,6 +346,9 @@ error on some path (a bug in layoutkit: please report it). {EXIT_INTERNAL} outra
               help="Free bytes the JIT window must keep, worst case over ASLR (default 0).")
 @click.option("--min-free-slots", "min_free_slots", type=click.IntRange(min=0), default=None,
               help="Free 64 KiB slots the window must keep (default 0).")
+@click.option("--max-abort-probability", "max_abort_probability", type=float, default=None,
+              help="A binary fails when the allocator replay has traces abort in this share "
+                   "of its runs or more (a fraction, default 0.01).")
 @click.option("--arch", "arch_names", multiple=True, metavar="ARCH",
               help="Judge only binaries of these architectures (the rest are n/a).")
 @click.option("--config", "config_path", metavar="FILE", default=None,
@@ -316,13 +361,16 @@ error on some path (a bug in layoutkit: please report it). {EXIT_INTERNAL} outra
 @scenario_options()
 @_handled
 def check(paths: tuple[str, ...], min_window: str | None, min_free_slots: int | None,
-          arch_names: tuple[str, ...], config_path: str | None, jobs: int | None, fmt: str,
+          max_abort_probability: float | None, arch_names: tuple[str, ...],
+          config_path: str | None, jobs: int | None, fmt: str,
           scenario_args: dict[str, Any]) -> None:
     """The pre-release gate: judge every binary under PATH (ELF files, directories,
     Debian .deb packages) that embeds or links a JIT target against thresholds.
 
     LuaJIT evidence (VM symbols, a version string, DT_NEEDED on libluajit) makes a
-    binary judged, worst case over ASLR; the others are n/a. Settings come from
+    binary judged: --min-window and --min-free-slots on the worst case over ASLR, the
+    requested states on the allocator replay (--max-abort-probability); the others are
+    n/a. Settings come from
     [tool.layoutkit] in pyproject.toml or layoutkit.toml; the options override them.
     On GitHub Actions (GITHUB_ACTIONS=true) failures are also printed as ::error
     annotations.
@@ -332,6 +380,7 @@ def check(paths: tuple[str, ...], min_window: str | None, min_free_slots: int | 
     from layoutkit.output import checkreport
 
     options = {**scenario_args, "min_window": min_window, "min_free_slots": min_free_slots,
+               "max_abort_probability": max_abort_probability,
                "arch": list(arch_names) or None}
     settings = settings_from(options, load_config(config_path))
     tty = sys.stderr.isatty()

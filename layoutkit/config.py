@@ -16,8 +16,11 @@ from typing import Any
 from layoutkit.boundary import reading
 from layoutkit.core.scenario import (
     DEFAULT_HEAP,
+    DEFAULT_RUNS,
+    DEFAULT_SEED,
     Demand,
     KernelOverrides,
+    Sampling,
     Scenario,
     parse_opcache_size,
 )
@@ -44,6 +47,13 @@ KEYS: dict[str, tuple[type, ...]] = {
     "code_range": (int, str),
     "arch": (str, list),
     "opcache_size": (str,),
+    "aslr": (str, bool),
+    "runs": (int,),
+    "seed": (int,),
+    "retries": (int,),
+    "kernel": (str,),
+    "kernel_file": (str,),
+    "max_abort_probability": (float, int),
 }
 
 CONFIG_FILES = ("layoutkit.toml", "pyproject.toml")
@@ -103,9 +113,10 @@ def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
             raise UsageError(f"{source}: unknown key {key!r} in [tool.layoutkit] "
                              f"(known: {known})")
         accepted = KEYS[key]
-        if isinstance(value, bool) or not isinstance(value, accepted):
-            names = " or ".join("string" if t is str else "integer" if t is int else "list"
-                                for t in accepted)
+        if (isinstance(value, bool) and bool not in accepted) or \
+                not isinstance(value, accepted):
+            names = " or ".join({str: "string", int: "integer", float: "number",
+                                 bool: "boolean"}.get(t, "list") for t in accepted)
             raise UsageError(f"{source}: {key} must be a {names}, not {value!r}")
         if key == "arch" and isinstance(value, list) and not all(
                 isinstance(item, str) for item in value):
@@ -134,6 +145,8 @@ def load_config(path: str | Path | None = None, *, cwd: str | Path | None = None
 # The scenario keys: command-line options (scenario_options in cli.py) and config keys alike.
 SCENARIO_KEYS = ("jit", "form", "heap", "states", "mcode", "va_bits", "mmap_min_addr",
                  "opcache_size", "code_range")
+KERNEL_KEYS = ("kernel", "kernel_file")  # which kernel's rules (with va_bits, mmap_min_addr)
+SAMPLING_KEYS = ("aslr", "runs", "seed", "retries")  # how the allocator replay samples
 
 
 def config_size(value: object) -> int | None:
@@ -166,17 +179,37 @@ def scenario_from(options: dict[str, Any], config: Config | None = None) -> Scen
             raise UsageError(f"{where} {jit!r} is not one of {', '.join(sorted(PROFILES))}")
     heap = config_size(pick("heap"))
     states = pick("states")
+    kernel_file = pick("kernel_file")
+    capture = None
+    if kernel_file is not None:
+        from layoutkit.read.host import load_capture
+
+        capture = load_capture(str(kernel_file))
+    runs, seed = pick("runs"), pick("seed")
     return Scenario(
         jit=jit,
         form=pick("form"),
         heap=DEFAULT_HEAP if heap is None else heap,
         demand=Demand(states=1 if states is None else states, mcode=config_size(pick("mcode"))),
         kernel=KernelOverrides(va_bits=pick("va_bits"),
-                               mmap_min_addr=_address(pick("mmap_min_addr"))),
+                               mmap_min_addr=_address(pick("mmap_min_addr")),
+                               release=pick("kernel"), capture=capture),
         opcache=parse_opcache_size(_text(pick("opcache_size"))),
         code_range=config_size(pick("code_range")),
+        sampling=Sampling(runs=DEFAULT_RUNS if runs is None else runs,
+                          seed=DEFAULT_SEED if seed is None else seed,
+                          retries=pick("retries"), aslr=_aslr(pick("aslr"))),
     )
 
 
 def _text(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+def _aslr(value: object) -> bool | None:
+    """``--aslr on|off`` (a config file may also say true or false)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if value not in ("on", "off"):
+        raise UsageError(f"--aslr {shown(str(value))}: on or off")
+    return value == "on"

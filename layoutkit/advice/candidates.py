@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from layoutkit.advice import linkers, relocate, safety_table
 from layoutkit.advice.edits import Edit, MakePie, Rebase, RelocateText
@@ -34,6 +35,7 @@ from layoutkit.elf import ElfReader
 from layoutkit.errors import NoFitError, UsageError
 from layoutkit.ranges import FormKind, data_reach, forms
 from layoutkit.read import refs
+from layoutkit.read.host import host
 from layoutkit.window.accounting import Accounting
 from layoutkit.window.anchor import find_anchor, luajit_generation
 from layoutkit.window.kernel import PAGE, KernelConfig
@@ -41,6 +43,9 @@ from layoutkit.window.layout import Prediction, predict
 from layoutkit.window.opcache import settings_advice, text_of
 from layoutkit.window.profiles import Generation, JitWindow, choose_profile, window_for_span
 from layoutkit.window.v8_outlook import v8_advice
+
+if TYPE_CHECKING:  # the replay (numpy) is run by the use case, commands/advise.py
+    from layoutkit.window.forecast import Forecast
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,7 @@ class Recommendation:
     prediction: Prediction | None  # None for runtime advice
     reasons: tuple[str, ...]
     safety: Safety | None = None  # what the flags do to the protections (None: runtime)
+    forecast: Forecast | None = None  # the allocator replay on the advised image
 
     @property
     def base(self) -> int | None:
@@ -78,6 +84,10 @@ class Advice:
     current: Prediction
     recommendations: tuple[Recommendation, ...]
     notes: tuple[str, ...]
+    # Why the requested states do not fit even after the best change, by slot arithmetic
+    # (None: they fit); the use case judges on the replay where there is one.
+    no_fit: str | None = None
+    forecast: Forecast | None = None  # the allocator replay on the current image
 
 
 def synthetic_image(arch: Arch, linker: str, *, text: int = 1 << 20,
@@ -150,7 +160,7 @@ def candidates(reader: ElfReader | None, scenario: Scenario, *, arch_name: str |
     profile, note = choose_profile(arch, jit, generation)
     if note:
         notes.append(note)
-    kernel = KernelConfig.under(arch, scenario.kernel)
+    kernel = KernelConfig.resolve(arch, scenario.kernel, host=host())
 
     def evaluate(img: ElfImage, anchor_at: Span) -> Prediction:
         bias, _ = kernel.nominal_bias(img, randomize=True)
@@ -280,21 +290,21 @@ def candidates(reader: ElfReader | None, scenario: Scenario, *, arch_name: str |
     runtime += [Recommendation(AdviceKind.RUNTIME, "any", (), None, None, reasons)
                 for reasons in settings_advice(arch, profile, scenario.opcache, extent)]
     recs.extend(runtime)
+    no_fit = None
     if best.capacity.verdict is not Verdict.OK:
         alternatives = "; ".join(r.reasons[0] for r in runtime) or "none"
         far = next((f for f in forms(arch) if f.kind is FormKind.FAR), None)
         if not best.jit.profile.luajit and far is not None and form != far.name:
             alternatives += f"; a JIT that calls through {far.name}: --form {far.name}"
-        raise NoFitError(
-            f"{scenario.demand.states} JIT state(s) of "
-            f"{format_size(best.capacity.mcode_per_state)} do not "
-            f"fit the {profile} window of {arch} even after the best change "
-            f"({best.capacity.states_fit} fit in {best.free_slots} free slots): "
-            f"runtime alternatives: {alternatives}")
+        no_fit = (f"{scenario.demand.states} JIT state(s) of "
+                  f"{format_size(best.capacity.mcode_per_state)} do not "
+                  f"fit the {profile} window of {arch} even after the best change "
+                  f"({best.capacity.states_fit} fit in {best.free_slots} free slots): "
+                  f"runtime alternatives: {alternatives}")
     if reader is not None and jit is None and generation is None:
         notes.extend(v8_advice(reader, scenario, image, kernel, anchor))
     return Advice(arch, image, synthetic, chosen, evidence, profile, kernel, current,
-                  tuple(recs), tuple(notes))
+                  tuple(recs), tuple(notes), no_fit)
 
 
 def _safe(recs: list[Recommendation], image: ElfImage, shape: Shape, notes: list[str],

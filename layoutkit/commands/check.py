@@ -15,10 +15,8 @@ costs memory only for its results.
 
 from __future__ import annotations
 
-import mmap
 import os
 import stat
-import struct
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -28,7 +26,6 @@ from typing import Any
 
 from layoutkit.boundary import REPORT_HINT, internal
 from layoutkit.commands.collect import (
-    ELF_MAGIC,
     Item,
     Unreadable,
     is_deb,
@@ -37,10 +34,11 @@ from layoutkit.commands.collect import (
     walk,
 )
 from layoutkit.commands.inspect import inspect_reader
+from layoutkit.commands.prescan import NO_JIT, prescan
 from layoutkit.config import Config, config_size, scenario_from
 from layoutkit.core import arches
 from layoutkit.core.kinds import Status, Verdict
-from layoutkit.core.scenario import Scenario
+from layoutkit.core.scenario import ABORT_LIMIT, Scenario
 from layoutkit.core.units import format_size
 from layoutkit.elf import ElfReader
 from layoutkit.errors import (
@@ -51,24 +49,18 @@ from layoutkit.errors import (
     InternalError,
     LayoutkitError,
     UnsupportedArchError,
+    UsageError,
 )
 from layoutkit.window.accounting import Accounting
 from layoutkit.window.anchor import DEFAULT_ANCHORS
+from layoutkit.window.forecast import Forecast
 from layoutkit.window.opcache import php_generation
 from layoutkit.window.opcache import text_of as opcache_text
 from layoutkit.window.profiles import detect_generation, has_luajit
 from layoutkit.window.v8 import BLOB_SYMBOL, V8_EXPORT
 
-__all__ = ["Item", "walk"]  # re-exported for bench/bench_check.py
+__all__ = ["NO_JIT", "Item", "prescan", "walk"]  # re-exported (bench, tests)
 
-# Byte strings without which a file cannot hold JIT evidence: the VM symbol names and
-# DT_NEEDED names with "luajit" (in string tables), the version string (in data); PHP's
-# executor and opcache.so's extension entry (symbol names); V8's embedded blob
-# (v8_Default_embedded_blob_code_ in .strtab, Isolate::embedded_blob_code in .dynstr).
-# A file that has none of them is "n/a" after one memory-mapped pass, without parsing it.
-_IN_STRINGS: tuple[bytes, ...] = (b"lj_vm_", b"luajit", b"LuaJIT 2.", b"execute_ex",
-                                  b"zend_extension_entry", b"embedded_blob_code")
-_IN_DATA: tuple[bytes, ...] = (b"LuaJIT 2.",)
 INLINE_MAX = 8  # up to this many files: no process pool
 BATCH = 16  # files per pool task
 WORKER_MEMORY = 4 << 30  # address-space limit of each pool worker (RLIMIT_AS)
@@ -82,6 +74,13 @@ class Settings:
     min_free_slots: int = 0
     arches: tuple[str, ...] = ()  # judge only these (canonical names); () = all
     scenario: Scenario = field(default_factory=Scenario)  # the JIT (None: detected per binary)
+    # A binary fails when traces abort in this share of the replay's runs or more.
+    max_abort_probability: float = ABORT_LIMIT
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_abort_probability <= 1:
+            raise UsageError(f"--max-abort-probability {self.max_abort_probability}: a "
+                             "fraction in (0, 1], such as 0.01")
 
 
 
@@ -96,7 +95,8 @@ class CheckResult:
     profile: str | None = None
     evidence: str | None = None
     failures: tuple[str, ...] = ()  # which thresholds failed: "min_window", ...
-    worst: Accounting | None = None  # the worst case over ASLR the verdict rests on
+    worst: Accounting | None = None  # the worst case over ASLR (--min-window, --min-free-slots)
+    forecast: Forecast | None = None  # the allocator replay the capacity verdict rests on
     internal: bool = False  # an error that is a bug in layoutkit, not bad input
 
     @property
@@ -127,80 +127,6 @@ class Summary:
 
 
 # -- judging one file ------------------------------------------------------------------
-
-
-_NOT_LOADED = {1: "a relocatable object", 4: "a core dump"}  # e_type ET_REL, ET_CORE
-SHT_STRTAB, SHT_NOBITS = 3, 8
-SHF_ALLOC, SHF_EXECINSTR = 0x2, 0x4
-NO_JIT = "no JIT target: no LuaJIT VM symbols, version string or libluajit dependency"
-
-
-def _scan_ranges(data: mmap.mmap, size: int) -> list[tuple[int, int, tuple[bytes, ...]]] | None:
-    """File ranges where LuaJIT evidence can lie (with the strings to look for there),
-    or None when the headers are damaged.
-
-    Symbol and DT_NEEDED names live in string tables, the version string in allocated
-    data; machine code (SHF_EXECINSTR), .bss and debug sections are skipped. Without
-    section headers the whole file is scanned. Damaged headers: None (ElfReader says
-    what is wrong).
-    """
-    cls, order = data[4], data[5]
-    if cls not in (1, 2) or order not in (1, 2):
-        return None
-    end = "<" if order == 1 else ">"
-    ehdr = struct.Struct(end + ("HHIIIIIHHHHHH" if cls == 1 else "HHIQQQIHHHHHH"))
-    if size < 16 + ehdr.size:
-        return None
-    (_type, _machine, _version, _entry, phoff, shoff, _flags, _ehsize, phentsize, phnum,
-     shentsize, shnum, _shstrndx) = ehdr.unpack_from(data, 16)
-    if phoff + phnum * phentsize > size or shoff + shnum * shentsize > size:
-        return None
-    if shoff == 0 or shnum == 0:
-        return [(0, size, _IN_STRINGS)]
-    shdr = struct.Struct(end + ("IIIIII" if cls == 1 else "IIQQQQ"))
-    if shentsize < shdr.size:
-        return None
-    ranges: list[tuple[int, int, tuple[bytes, ...]]] = []
-    for index in range(shnum):
-        _name, kind, flags, _addr, offset, length = shdr.unpack_from(
-            data, shoff + index * shentsize)
-        if offset >= size:
-            continue
-        if kind == SHT_STRTAB:
-            ranges.append((offset, min(size, offset + length), _IN_STRINGS))
-        elif kind != SHT_NOBITS and flags & SHF_ALLOC and not flags & SHF_EXECINSTR:
-            ranges.append((offset, min(size, offset + length), _IN_DATA))
-    return ranges
-
-
-def prescan(path: str) -> str | None:
-    """The n/a reason when a file cheaply shows it hosts no JIT target, else None.
-
-    One memory-mapped pass over the string tables and data (memory stays flat); the
-    ELF and section headers are bounds-checked, so a truncated file goes on to the
-    full reader and is reported as an error. None means: read it in full.
-    """
-    with open(path, "rb") as stream:
-        size = os.fstat(stream.fileno()).st_size
-        if size < 64:
-            return None
-        try:
-            data = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError):
-            return None  # no room to map it (the worker's limit): the full reader streams
-        with data:
-            if data[:4] != ELF_MAGIC:
-                return None
-            e_type = int.from_bytes(data[16:18], "big" if data[5] == 2 else "little")
-            if e_type in _NOT_LOADED:
-                return f"{_NOT_LOADED[e_type]}: not loaded as it is, so no JIT window to judge"
-            ranges = _scan_ranges(data, size)
-            if ranges is None:
-                return None
-            for start, stop, needles in ranges:
-                if any(data.find(needle, start, stop) != -1 for needle in needles):
-                    return None
-    return NO_JIT
 
 
 def jit_evidence(reader: ElfReader) -> str | None:
@@ -262,7 +188,7 @@ def _judge(item: Item, settings: Settings) -> CheckResult:
             if php_generation(reader) is not None and opcache_text(reader, 0) is None:
                 return CheckResult(shown, Status.NA, "opcache.so: its JIT calls PHP's own "
                                    "text; check the php binary", arch=arch, evidence=evidence)
-            result = inspect_reader(reader, settings.scenario)
+            result = inspect_reader(reader, settings.scenario, search=False)
     except UnsupportedArchError as err:
         return CheckResult(shown, Status.NA, f"no JIT target layoutkit knows: {err.message}")
     except InternalError:
@@ -284,6 +210,8 @@ def _judge(item: Item, settings: Settings) -> CheckResult:
         failures.append("min_free_slots")
         figures.append(f"free slots {worst.free_slots} of {worst.slots} < "
                        f"--min-free-slots {settings.min_free_slots}")
+    limit = settings.max_abort_probability
+    replayed = result.forecast.result
     cap = worst.capacity
     if result.v8 is not None:
         # V8's own threshold: its code range within reach of the builtins in the worst
@@ -292,31 +220,43 @@ def _judge(item: Item, settings: Settings) -> CheckResult:
             failures.append("capacity")
             figures.append(f"V8's code range out of reach of its builtins: "
                            f"{result.v8.worst.removeprefix('v8: ')}")
+    elif replayed is not None:
+        if replayed.p_abort >= limit:
+            failures.append("max_abort_probability")
+            figures.append(f"p(trace abort) {100 * replayed.p_abort:.1f}% >= "
+                           f"--max-abort-probability {limit}")
     elif cap.verdict is not Verdict.OK:
         failures.append("capacity")
         figures.append(f"{cap.states_fit} of {cap.states_requested} JIT states fit "
-                       f"({format_size(cap.mcode_per_state)} each)")
+                       f"({format_size(cap.mcode_per_state)} each, worst case over ASLR)")
     opcache = result.opcache
     if opcache is not None and not opcache.direct:
         # php-opcache: the segment out of direct-call reach is the JIT's capacity lost.
         if "capacity" not in failures:
             failures.append("capacity")
         figures.append(f"opcache segment ({opcache.size}): {opcache.how}; {opcache.cost}")
+    kernel = f"Linux {result.kernel.release or '(current rules)'} {result.kernel.arch}"
+    replay_text = (f"{replayed.states} JIT state(s) abort in {100 * replayed.p_abort:.1f}% of "
+                   f"{replayed.runs} runs, seed {replayed.seed}, {kernel}"
+                   if replayed is not None else f"no replay: {result.forecast.reason}")
     if failures:
-        reason = "; ".join(figures) + " (worst case over ASLR)"
+        where = "worst case over ASLR" if result.v8 is not None else replay_text
+        reason = "; ".join(figures) + f" ({where})"
     elif result.v8 is not None:
         reason = (f"V8's code range within reach of its builtins in every case: "
                   f"{result.v8.worst.removeprefix('v8: ')}")
     else:
+        fit = ("" if replayed is not None
+               else f", {cap.states_fit} JIT states fit >= {cap.states_requested}")
         reason = (f"free window {format_size(worst.free_bytes)} ({worst.free_bytes} B) >= "
                   f"{format_size(settings.min_window)}, free slots {worst.free_slots} of "
-                  f"{worst.slots} >= {settings.min_free_slots}, {cap.states_fit} JIT states "
-                  f"fit >= {cap.states_requested} (worst case over ASLR)")
+                  f"{worst.slots} >= {settings.min_free_slots} (worst case over ASLR)"
+                  f"{fit}; {replay_text}")
         if opcache is not None:
             reason += f"; opcache segment ({opcache.size}): {opcache.cost}"
     return CheckResult(shown, Status.FAIL if failures else Status.PASS, reason, arch=arch,
                        profile=result.profile, evidence=evidence, failures=tuple(failures),
-                       worst=worst)
+                       worst=worst, forecast=result.forecast)
 
 
 def judge_batch(items: Sequence[Item], settings: Settings) -> list[CheckResult]:
@@ -500,9 +440,11 @@ def settings_from(options: dict[str, Any], config: Config) -> Settings:
     arch = pick("arch")
     names = (arch,) if isinstance(arch, str) else tuple(arch or ())
     min_window = config_size(pick("min_window"))
+    max_abort = pick("max_abort_probability")
     return Settings(
         min_window=min_window or 0,
         min_free_slots=pick("min_free_slots") or 0,
         arches=resolve_arches(names),
         scenario=scenario_from(options, config),
+        max_abort_probability=ABORT_LIMIT if max_abort is None else float(max_abort),
     )

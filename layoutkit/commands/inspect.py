@@ -11,7 +11,9 @@ from layoutkit.core.spans import Span
 from layoutkit.elf import ElfReader
 from layoutkit.errors import EXIT_OK, UsageError
 from layoutkit.ranges import BranchForm, forms
+from layoutkit.read.host import host
 from layoutkit.window.anchor import Anchor, PlacedAnchor, find_anchor, luajit_generation
+from layoutkit.window.forecast import Forecast, forecast
 from layoutkit.window.kernel import KernelConfig
 from layoutkit.window.layout import Prediction, predict
 from layoutkit.window.opcache import Placement
@@ -55,13 +57,15 @@ class Inspection:
     profile: str
     jit: JitWindow
     prediction: Prediction
+    forecast: Forecast  # the allocator replay the verdict rests on
     notes: tuple[str, ...]
     opcache: Placement | None = None  # php-opcache: where the opcache segment goes
     v8: V8Outlook | None = None  # V8's code-range placement, for the v8 profile
 
     @property
     def exit_code(self) -> int:
-        """``inspect`` reports; it judges nothing (``check`` is the gate)."""
+        """``inspect`` reports and states a verdict; its exit code judges nothing
+        (``check`` is the gate)."""
         return EXIT_OK
 
     @property
@@ -99,13 +103,14 @@ def inspect_binary(
 
 
 def inspect_reader(reader: ElfReader, scenario: Scenario = DEFAULT_SCENARIO, *,
-                   anchor: str | None = None) -> Inspection:
-    """:func:`inspect_binary` on a file already open (``check`` opens each file once)."""
+                   anchor: str | None = None, search: bool = True) -> Inspection:
+    """:func:`inspect_binary` on a file already open (``check`` opens each file once);
+    ``search``: also search the largest safe number of states."""
     jit = scenario.jit
     image = reader.image()
     found = find_anchor(reader, anchor)
     generation = luajit_generation(reader, found) if wants_generation(jit) else None
-    kernel = KernelConfig.under(image.arch, scenario.kernel)
+    kernel = KernelConfig.resolve(image.arch, scenario.kernel, host=host())
     bias, how = kernel.nominal_bias(image, randomize=True)
     runtime = found.span.shifted(bias)
     windows = tuple(reach_window(f, runtime, kernel.user_space) for f in forms(image.arch))
@@ -125,9 +130,12 @@ def inspect_reader(reader: ElfReader, scenario: Scenario = DEFAULT_SCENARIO, *,
         raise UsageError(f"--code-range applies to --jit v8, not {profile}")
     prediction = predict(image, kernel, window, bias, scenario)
     v8_outlook = outlook(image, kernel, bias, window, v8, runtime) if v8 is not None else None
+    best = prediction.best.capacity
+    hint = best.areas_free // max(1, -(-best.mcode_per_state // best.area_size))
+    replayed = forecast(image, kernel, window, bias, scenario, search=hint if search else None)
     notes = (*((note,) if note else ()), *prediction.notes,
              *(v8_outlook.notes if v8_outlook is not None else ()))
     opcache = predict_opcache(reader, profile, bias, scenario.opcache,
                               prediction.heap_start[0] if prediction.heap_start else None)
     return Inspection(image, kernel, bias, how, found, windows, generation, profile, window,
-                      prediction, notes, opcache, v8_outlook)
+                      prediction, replayed, notes, opcache, v8_outlook)

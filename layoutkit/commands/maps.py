@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 from layoutkit.core import arches
 from layoutkit.core.arches import Arch
-from layoutkit.core.kinds import OccupantKind, Verdict
+from layoutkit.core.kinds import OccupantKind, ReplayVerdict, Verdict
 from layoutkit.core.model import Perm
 from layoutkit.core.scenario import DEFAULT_SCENARIO, Scenario
 from layoutkit.core.spans import Span, normalize
@@ -31,6 +31,7 @@ from layoutkit.errors import (
     UsageError,
 )
 from layoutkit.read import stubs
+from layoutkit.read.host import host
 from layoutkit.read.maps import (
     Mapping,
     MappingKind,
@@ -51,6 +52,7 @@ from layoutkit.window.anchor import (
     PlacedAnchor,
     luajit_generation,
 )
+from layoutkit.window.forecast import Forecast, forecast_fixed
 from layoutkit.window.kernel import KernelConfig
 from layoutkit.window.opcache import PROFILE as OPCACHE
 from layoutkit.window.opcache import Placement
@@ -91,16 +93,21 @@ class MapsAnalysis:
     jit_areas: tuple[JitArea, ...]
     ignored: tuple[Mapping, ...]
     accounting: Accounting
+    forecast: Forecast  # the replay of the requested new states on this layout
     notes: tuple[str, ...]
     opcache: Placement | None = None  # php-opcache: the opcache segment as mapped
     v8: V8Regions | None = None  # V8's builtins, their remapped copy and the code range
 
     @property
     def exit_code(self) -> int:
-        """1 when the requested JIT states do not fit the window as mapped, or when V8's
-        code range lies out of reach (its builtins were remapped)."""
+        """1 when V8's code range lies out of reach (its builtins were remapped); else when
+        the requested new JIT states abort traces in 1% of the replay's runs or more on the
+        layout as mapped (without a replay: when they do not fit the window as mapped)."""
         if self.v8 is not None and self.v8.code_range is not None:
             return EXIT_FINDINGS
+        verdict = self.forecast.verdict()
+        if verdict is not None:
+            return EXIT_OK if verdict is ReplayVerdict.OK else EXIT_FINDINGS
         return EXIT_OK if self.accounting.capacity.verdict is Verdict.OK else EXIT_FINDINGS
 
 
@@ -197,6 +204,12 @@ def _jit_areas(maps: ProcessMaps) -> tuple[list[Span], list[Mapping]]:
             else:
                 spans.append(m.span)
     return normalize(spans), ignored
+
+
+def _per_state(acc: Accounting) -> int:
+    """Areas one state wants (its mcode over the area size, at least one)."""
+    cap = acc.capacity
+    return max(1, -(-cap.mcode_per_state // cap.area_size))
 
 
 def analyse_maps(
@@ -301,15 +314,10 @@ def analyse_maps(
         raise UsageError(f"--code-range applies to --jit v8, not {profile}")
     if note:
         notes.append(note)
-    host = os.uname().machine
-    if overrides.mmap_min_addr is None and maps.source.startswith("pid ") and \
-            arches.by_name({"x86_64": "x86_64", "aarch64": "aarch64"}.get(host, host)) is arch:
-        with open("/proc/sys/vm/mmap_min_addr") as f:
-            overrides = replace(overrides, mmap_min_addr=int(f.read()))
-        kernel = replace(KernelConfig.under(arch, overrides), release=os.uname().release,
-                         source="this machine's kernel (vm.mmap_min_addr read here)")
-    else:
-        kernel = KernelConfig.under(arch, overrides)
+    # A live process runs on this machine's kernel; a saved listing's kernel is unknown
+    # here (--kernel or --kernel-file names it).
+    kernel = KernelConfig.resolve(arch, overrides,
+                                  host=host() if maps.source.startswith("pid ") else None)
     window = window_for_span(chosen, arch, found.span, kernel.user_space,
                              form_name=scenario.form)
     spans, ignored = _jit_areas(maps)
@@ -329,13 +337,15 @@ def analyse_maps(
     mapped = replace(scenario, opcache=opcache.size) if opcache is not None else scenario
     demand = opcache_demand(profile, mapped).demand
     acc = account(window, occupants, states=demand.states, mcode=demand.mcode)
+    replayed = forecast_fixed(maps.source, kernel, window, [o.span for o in acc.occupants],
+                              scenario, hint=acc.capacity.areas_free // _per_state(acc))
     regions = None
     if v8_build is not None and holder is not None and bias is not None:
         regions = find_v8_regions(maps, arch, holder, bias, v8_build[0], v8_build[1],
                                   window.profile.sizemcode)
         notes.extend(regions.notes() if regions is not None else ())
     return MapsAnalysis(maps, arch, kernel, placed, holder, bias, generation, profile, areas,
-                        tuple(ignored), acc, tuple(notes), opcache, regions)
+                        tuple(ignored), acc, replayed, tuple(notes), opcache, regions)
 
 
 def _find_v8(readable: list[tuple[str, ElfReader, int | None]]

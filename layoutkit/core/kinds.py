@@ -36,6 +36,16 @@ class Verdict(enum.Enum):
         return self.value
 
 
+class ReplayVerdict(enum.Enum):
+    """What the allocator replay says of the requested states."""
+
+    OK = "ok"  # the chance of a trace abort is under the limit (1% unless set)
+    ABORTS = "aborts"  # traces abort in at least that share of the runs
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class AdviceKind(enum.Enum):
     """What a recommendation changes."""
 

@@ -7,6 +7,7 @@ merged with those options; nothing else declares these settings again.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from layoutkit.core.units import format_size, parse_size
@@ -16,6 +17,23 @@ from layoutkit.errors import UsageError
 # HEAP_MAX_SIZE = 2 * DEFAULT_MMAP_THRESHOLD_MAX = 64 MiB on 64-bit
 # (glibc malloc/arena.c and malloc/malloc.c).
 DEFAULT_HEAP = 64 << 20
+DEFAULT_RUNS = 300  # replay runs per judgement (issue 11: 300 or more)
+DEFAULT_SEED = 1  # fixed, and printed in every report, so a judgement is reproducible
+# The chance of a trace abort a judgement accepts: safe_states is the largest N under it
+# (window/replay.py ABORT_LIMIT), and check's --max-abort-probability defaults to it.
+ABORT_LIMIT = 0.01
+
+# The kernel releases whose rules the layout model is sourced for (window/kernel.py,
+# window/aslr.py): from v5.10, where fs/binfmt_elf.c started aligning a PIE's load bias
+# to its largest p_align, through v6.18; x86-64's brk range changed in v6.9.
+KNOWN_RELEASES = ((5, 10), (6, 18))
+KNOWN_TEXT = "Linux 5.10 to 6.18 (such as 5.10.0-33-amd64, 6.1.0-27-arm64, 6.12.12-amd64)"
+
+
+def release_version(release: str | None) -> tuple[int, int] | None:
+    """(major, minor) of a release string such as ``6.1.0-27-arm64``; None if not one."""
+    match = re.match(r"(\d+)\.(\d+)(?:[.\-+_~][\w.+~\-]*)?$", release or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 @dataclass(frozen=True)
@@ -79,11 +97,57 @@ def parse_opcache_size(text: str | None) -> OpcacheSize:
 
 
 @dataclass(frozen=True)
+class KernelCapture:
+    """A host's kernel facts, as ``layoutkit kernel --capture`` reads them
+    (read/host.py): its release (``uname -r``), machine (``uname -m``) and sysctls."""
+
+    release: str
+    machine: str  # layoutkit arch name
+    randomize_va_space: int  # /proc/sys/kernel/randomize_va_space: 0, 1 or 2
+    mmap_min_addr: int  # /proc/sys/vm/mmap_min_addr
+    mmap_rnd_bits: int | None  # /proc/sys/vm/mmap_rnd_bits (None: the kernel has none)
+    legacy_va_layout: bool  # /proc/sys/vm/legacy_va_layout
+    source: str  # where the facts were read: "this machine", or the capture file
+
+
+@dataclass(frozen=True)
 class KernelOverrides:
-    """Kernel values the user states instead of the architecture's defaults."""
+    """Which kernel to judge under: the values the user states instead of the chosen
+    kernel's, a release whose rules to follow, or a host capture (--kernel-file)."""
 
     va_bits: int | None = None
     mmap_min_addr: int | None = None
+    release: str | None = None  # --kernel RELEASE
+    capture: KernelCapture | None = None  # --kernel-file FILE
+
+    def __post_init__(self) -> None:
+        if self.release is None:
+            return
+        version = release_version(self.release)
+        lo, hi = KNOWN_RELEASES
+        if version is None or not lo <= version <= hi:
+            why = "not a kernel release" if version is None else "no rules for it"
+            raise UsageError(f"--kernel {self.release!r}: {why}; known: {KNOWN_TEXT}")
+        if self.capture is not None:
+            raise UsageError("--kernel and --kernel-file: give one of them")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the allocator replay samples: runs, seed, retries after an abort, and ASLR."""
+
+    runs: int = DEFAULT_RUNS
+    seed: int = DEFAULT_SEED
+    retries: int | None = None  # None: the replay's default (stated in its notes)
+    aslr: bool | None = None  # None: as the kernel has it (randomize_va_space)
+
+    def __post_init__(self) -> None:
+        if self.runs < 1:
+            raise UsageError(f"--runs {self.runs}: at least 1")
+        if self.seed < 0:
+            raise UsageError(f"--seed {self.seed}: cannot be negative")
+        if self.retries is not None and self.retries < 0:
+            raise UsageError(f"--retries {self.retries}: cannot be negative")
 
 
 @dataclass(frozen=True)
@@ -98,6 +162,7 @@ class Scenario:
     # PHP's opcache segment (--opcache-size; php-opcache only): PHP 8.2's defaults.
     opcache: OpcacheSize = field(default_factory=lambda: PHP82_DEFAULT)
     code_range: int | None = None  # V8's code range (--code-range); None: the version's own
+    sampling: Sampling = field(default_factory=Sampling)
 
     def __post_init__(self) -> None:
         if self.code_range is not None and self.code_range <= 0:

@@ -18,6 +18,7 @@ from layoutkit.commands.check import CheckResult, Settings, Summary
 from layoutkit.core.kinds import Status
 from layoutkit.core.text import escaped, json_safe, shown
 from layoutkit.output.document import capacity_json, document, window_json
+from layoutkit.output.replay import replay_json
 
 STATUSES = (Status.PASS, Status.FAIL, Status.ERROR, Status.NA)
 SARIF_SCHEMA = ("https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/"
@@ -80,6 +81,8 @@ def result_json(r: CheckResult) -> dict[str, Any]:
         "failures": list(r.failures),
         "window": window_json(r.worst) if r.worst else None,
         "capacity": capacity_json(r.worst) if r.worst else None,
+        **(replay_json(r.forecast) if r.forecast else
+           {"replay": None, "replay_reason": "not judged", "replay_verdict": None}),
     }
 
 
@@ -89,6 +92,7 @@ def thresholds_json(settings: Settings) -> dict[str, Any]:
     return {
         "min_window": settings.min_window,
         "min_free_slots": settings.min_free_slots,
+        "max_abort_probability": settings.max_abort_probability,
         "states": s.demand.states,
         "mcode": s.demand.mcode,
         "jit": s.jit,
@@ -97,6 +101,12 @@ def thresholds_json(settings: Settings) -> dict[str, Any]:
         "mmap_min_addr": (None if s.kernel.mmap_min_addr is None
                           else f"{s.kernel.mmap_min_addr:#x}"),
         "arch": list(settings.arches),
+        "kernel": s.kernel.release,
+        "kernel_file": s.kernel.capture.source if s.kernel.capture else None,
+        "aslr": s.sampling.aslr,
+        "runs": s.sampling.runs,
+        "seed": s.sampling.seed,
+        "retries": s.sampling.retries,
     }
 
 

@@ -13,6 +13,7 @@ from layoutkit.advice import linkers
 from layoutkit.core.text import json_safe
 from layoutkit.errors import LayoutkitError
 from layoutkit.output.opcache import opcache_json
+from layoutkit.output.replay import replay_json
 from layoutkit.output.safety import safety_json
 
 if TYPE_CHECKING:  # annotations only: writing a document loads no analysis module
@@ -21,16 +22,25 @@ if TYPE_CHECKING:  # annotations only: writing a document loads no analysis modu
     from layoutkit.commands.inspect import Inspection, ReachWindow
     from layoutkit.commands.maps import MapsAnalysis
     from layoutkit.core.model import ElfImage, Segment
+    from layoutkit.core.scenario import KernelCapture
     from layoutkit.core.spans import Span
     from layoutkit.ranges import BranchForm
     from layoutkit.read.refs import Bound
     from layoutkit.window.accounting import Accounting
+    from layoutkit.window.forecast import Forecast
     from layoutkit.window.kernel import KernelConfig
     from layoutkit.window.profiles import Generation
 
 SCHEMA_VERSION = 1
-# Commands whose document left version 1 (the old schema file stays beside the new one).
-VERSIONS = {"advise": 2}  # 2: recommendations[i].safety
+# Commands whose document left version 1 (the old schema files stay beside the new one):
+# advise 2 added recommendations[i].safety; the allocator replay (issue 11) added
+# ``replay``, ``replay_reason`` and ``replay_verdict`` (inspect, maps, check 2; advise 3).
+VERSIONS = {"inspect": 2, "maps": 2, "advise": 3, "check": 2}
+
+
+def schema_id(command: str) -> str:
+    """``layoutkit/<command>/<version>``: the schema a command's document follows."""
+    return f"layoutkit/{command}/{VERSIONS.get(command, SCHEMA_VERSION)}"
 
 
 def hexa(value: int | None) -> str | None:
@@ -38,8 +48,7 @@ def hexa(value: int | None) -> str | None:
 
 
 def document(command: str, body: dict[str, Any]) -> dict[str, Any]:
-    version = VERSIONS.get(command, SCHEMA_VERSION)
-    return {"schema": f"layoutkit/{command}/{version}", "command": command, **body}
+    return {"schema": schema_id(command), "command": command, **body}
 
 
 def error_json(command: str, err: LayoutkitError) -> dict[str, Any]:
@@ -184,6 +193,7 @@ def inspection_json(result: Inspection, *, bundled: bool = False) -> dict[str, A
         "reach": [reach_json(r) for r in result.reach],
         **prediction_json(result),
         "opcache": opcache_json(result.opcache),
+        **replay_json(result.forecast),
     })
     doc["bundled_default"] = bundled
     return doc
@@ -292,6 +302,7 @@ def maps_json(result: MapsAnalysis) -> dict[str, Any]:
         "generation": generation_json(result.profile, result.generation),
         "opcache": opcache_json(result.opcache),
         "notes": list(result.notes),
+        **replay_json(result.forecast),
     })
 
 
@@ -309,6 +320,7 @@ def advice_json(advice: Advice) -> dict[str, Any]:
             "reasons": list(rec.reasons),
             "snippets": linkers.snippets(list(rec.flags)) if rec.flags else {},
             "safety": safety_json(rec.safety),
+            **advice_replay_json(rec.forecast, "a runtime change: nothing to lay out"),
         }
 
     return document("advise", {
@@ -319,9 +331,32 @@ def advice_json(advice: Advice) -> dict[str, Any]:
         "profile": advice.profile,
         "kernel": kernel_json(advice.kernel),
         "current": {"window": window_json(advice.current.worst),
-                    "capacity": capacity_json(advice.current.worst)},
+                    "capacity": capacity_json(advice.current.worst),
+                    **advice_replay_json(advice.forecast, "not replayed")},
         "recommendations": [rec_json(r) for r in advice.recommendations],
         "notes": list(advice.notes),
+    })
+
+
+def advice_replay_json(fc: Forecast | None, why: str) -> dict[str, Any]:
+    """``replay`` of the current image or of one recommendation (issue 11)."""
+    if fc is None:
+        return {"replay": None, "replay_reason": why, "replay_verdict": None}
+    return replay_json(fc)
+
+
+def capture_json(capture: KernelCapture) -> dict[str, Any]:
+    """``layoutkit kernel --capture``: a host's kernel facts, for ``--kernel-file``."""
+    return document("kernel", {
+        "release": capture.release,
+        "machine": capture.machine,
+        "sysctl": {
+            "randomize_va_space": capture.randomize_va_space,
+            "mmap_min_addr": capture.mmap_min_addr,
+            "mmap_rnd_bits": capture.mmap_rnd_bits,
+            "legacy_va_layout": int(capture.legacy_va_layout),
+        },
+        "source": capture.source,
     })
 
 

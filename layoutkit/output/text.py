@@ -11,6 +11,7 @@ from layoutkit.core.text import escaped, shown
 from layoutkit.core.units import format_size
 from layoutkit.output.document import flags_text
 from layoutkit.output.opcache import opcache_lines
+from layoutkit.output.replay import replay_lines, replay_summary, replay_verdict, worst_line
 from layoutkit.output.safety import safety_lines
 from layoutkit.output.terminal import terminal_view
 
@@ -20,9 +21,11 @@ if TYPE_CHECKING:  # annotations only: rendering loads no analysis module
     from layoutkit.commands.inspect import Inspection
     from layoutkit.commands.maps import MapsAnalysis
     from layoutkit.core.model import ElfImage
+    from layoutkit.core.scenario import KernelCapture
     from layoutkit.core.spans import Span
     from layoutkit.ranges import BranchForm
     from layoutkit.window.accounting import Accounting
+    from layoutkit.window.kernel import KernelConfig
     from layoutkit.window.profiles import Generation
 
 
@@ -77,7 +80,7 @@ def inspection_lines(result: Inspection, *, bundled: bool = False) -> Iterator[s
                "the addresses below are run-time addresses")
     else:
         yield f"Placement:   {result.bias_how}"
-    yield (f"Kernel:      {kernel.arch} VA bits {kernel.va_bits}, user space "
+    yield (f"Kernel:      {kernel_text(kernel)}, VA bits {kernel.va_bits}, user space "
            f"[{kernel.mmap_min_addr:#x}, {kernel.user_top:#x}) (mmap_min_addr to TASK_SIZE)")
     code = result.image.code_segments
     for seg in code:
@@ -112,14 +115,25 @@ def inspection_lines(result: Inspection, *, bundled: bool = False) -> Iterator[s
     if result.opcache is not None:
         yield from opcache_lines(result.opcache)
         yield ""
+    yield from replay_lines(result.forecast)
+    yield ""
     yield verdict(result)
+    yield worst_line(result.prediction.worst)
     if result.v8 is not None:
         # V8 takes one contiguous range by one hint: its placement decides, not the room.
         yield (f"Verdict: {result.v8.verdict}: V8's code range "
                f"{'within' if result.v8.worst_near else 'out of'} reach of its builtins in "
                f"the worst case: {result.v8.worst.removeprefix('v8: ')}")
     else:
-        yield accounting_verdict(result.prediction.worst)
+        yield replay_verdict(result.forecast)
+
+
+def kernel_text(kernel: KernelConfig) -> str:
+    """Which kernel: its release where one was seen or given, and where from."""
+    release = f"Linux {kernel.release}" if kernel.release else "Linux (current rules)"
+    legacy = ("; vm.legacy_va_layout=1: its mmap area grows bottom-up, the model places "
+              "it top-down" if kernel.legacy_va_layout else "")
+    return f"{release} {kernel.arch} ({kernel.source}{legacy})"
 
 
 def _clip_note(below: int, above: int) -> str:
@@ -228,7 +242,7 @@ def maps_lines(result: MapsAnalysis) -> Iterator[str]:
     yield f"Source:      {shown(maps.source)} ({len(maps.mappings)} mappings)"
     yield f"Executable:  {shown(maps.executable) if maps.executable else '(unknown)'}"
     kernel = result.kernel
-    yield (f"Kernel:      {kernel.arch} VA bits {kernel.va_bits}, user space "
+    yield (f"Kernel:      {kernel_text(kernel)}, VA bits {kernel.va_bits}, user space "
            f"[{kernel.mmap_min_addr:#x}, {kernel.user_top:#x})")
     anchor = result.anchor
     where = (f"{anchor.span.start:#x}" if anchor.span.size == 1 else _span(anchor.span))
@@ -256,11 +270,14 @@ def maps_lines(result: MapsAnalysis) -> Iterator[str]:
     if result.opcache is not None:
         yield from opcache_lines(result.opcache)
         yield ""
+    yield from replay_lines(result.forecast)
+    yield ""
+    yield worst_line(acc).replace("Worst case over ASLR", "Slot arithmetic, as mapped")
     if result.v8 is not None and result.v8.code_range is not None:
         yield (f"Verdict: far: V8's code range [{result.v8.code_range.start:#x}, "
                f"{result.v8.code_range.end:#x}) is out of reach of its builtins (remapped)")
     else:
-        yield accounting_verdict(acc)
+        yield replay_verdict(result.forecast) if result.forecast.result else accounting_verdict(acc)
 
 
 def _figures(acc: Accounting) -> str:
@@ -276,13 +293,16 @@ def advice_lines(advice: Advice) -> Iterator[str]:
     yield f"Linker:      {advice.linker} ({advice.linker_evidence})"
     yield f"JIT profile: {advice.profile}"
     kernel = advice.kernel
-    yield (f"Kernel:      VA bits {kernel.va_bits}, mmap_min_addr {kernel.mmap_min_addr:#x}")
+    yield (f"Kernel:      {kernel_text(kernel)}, VA bits {kernel.va_bits}, mmap_min_addr "
+           f"{kernel.mmap_min_addr:#x}")
     for note in advice.notes:
         yield f"Note: {note}"
     yield ""
     current = advice.current.worst
     yield (f"Now (worst case over ASLR): window {_span(current.jit.window)}: "
            f"{_figures(current)}")
+    if advice.forecast is not None:
+        yield from replay_lines(advice.forecast)
     yield ""
     for number, rec in enumerate(advice.recommendations, start=1):
         yield f"{number}. {rec.kind} ({rec.linker})"
@@ -290,6 +310,8 @@ def advice_lines(advice: Advice) -> Iterator[str]:
             yield f"   flags:  {' '.join(rec.flags)}"
         if rec.worst is not None:
             yield f"   after:  window {_span(rec.worst.jit.window)}: {_figures(rec.worst)}"
+        if rec.forecast is not None:
+            yield f"   replay: {replay_summary(rec.forecast)}"
         for reason in rec.reasons:
             yield f"   why:    {reason}"
         yield from safety_lines(rec.safety)
@@ -297,13 +319,38 @@ def advice_lines(advice: Advice) -> Iterator[str]:
             for system, text in linkers.snippets(list(rec.flags)).items():
                 yield f"   {system + ':':<7} {text}"
         yield ""
+    yield advice_verdict(advice)
+
+
+def advice_verdict(advice: Advice) -> str:
+    """The top recommendation, before and after, by the replay where there is one."""
+    current = advice.current.worst
     top = next((r for r in advice.recommendations if r.worst is not None), None)
-    if top is not None and top.worst is not None:
-        yield (f"Verdict: {top.kind} with {top.linker}: {current.free_slots} -> "
-               f"{top.worst.free_slots} free slots (worst case), "
-               f"{top.worst.capacity.states_fit} state(s) fit")
-    else:
-        yield "Verdict: nothing to change at link time"
+    if top is None or top.worst is None:
+        return "Verdict: nothing to change at link time"
+    now = advice.forecast.result if advice.forecast else None
+    after = top.forecast.result if top.forecast else None
+    if now is not None and after is not None:
+        return (f"Verdict: {top.kind} with {top.linker}: {now.states} state(s) abort traces "
+                f"in {100 * now.p_abort:.1f}% -> {100 * after.p_abort:.1f}% of {now.runs} "
+                f"replay runs; safe states {now.safe_states} -> {after.safe_states} "
+                f"(worst case: {current.free_slots} -> {top.worst.free_slots} free slots)")
+    return (f"Verdict: {top.kind} with {top.linker}: {current.free_slots} -> "
+            f"{top.worst.free_slots} free slots (worst case), "
+            f"{top.worst.capacity.states_fit} state(s) fit")
+
+
+def capture_lines(capture: KernelCapture, config: KernelConfig) -> Iterator[str]:
+    """``layoutkit kernel``: this machine's kernel facts and the rules they give."""
+    yield f"Kernel:      Linux {capture.release} {capture.machine} ({capture.source})"
+    yield f"ASLR:        kernel.randomize_va_space = {capture.randomize_va_space}"
+    yield f"mmap:        vm.mmap_min_addr = {capture.mmap_min_addr:#x}, vm.mmap_rnd_bits = " \
+          f"{'(none)' if capture.mmap_rnd_bits is None else capture.mmap_rnd_bits}, " \
+          f"vm.legacy_va_layout = {int(capture.legacy_va_layout)}"
+    yield (f"Rules:       PIE bias and mmap base randomised over {format_size(config.mmap_rnd)}, "
+           f"brk over {format_size(config.brk_rnd)}, user space [{config.mmap_min_addr:#x}, "
+           f"{config.user_top:#x})")
+    yield "`layoutkit kernel --capture > host.json` writes these facts for --kernel-file."
 
 
 def move_lines(check: RelocationCheck) -> Iterator[str]:

@@ -9,12 +9,11 @@ image is put before randomisation.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 
 from layoutkit.core.arches import Arch, KernelFacts
 from layoutkit.core.model import ElfImage, LoadKind
-from layoutkit.core.scenario import KernelOverrides
+from layoutkit.core.scenario import KernelCapture, KernelOverrides, release_version
 from layoutkit.core.spans import Span, align_down, align_up
 from layoutkit.errors import ElfError, UsageError
 
@@ -35,6 +34,38 @@ class KernelConfig:
     mmap_min_addr: int
     release: str | None = None  # the kernel release, where one was seen (a runner, a host)
     source: str = "the arch's defaults"  # where the values come from
+    mmap_rnd_bits: int | None = None  # vm.mmap_rnd_bits where read; None: the arch's
+    randomize_va_space: int = 2  # kernel.randomize_va_space (2: the distributions' default)
+    legacy_va_layout: bool = False  # vm.legacy_va_layout
+
+    @classmethod
+    def resolve(cls, arch: Arch, overrides: KernelOverrides, *,
+                host: KernelCapture | None = None) -> KernelConfig:
+        """The kernel a command judges under, for an ``arch`` binary: a capture given
+        with --kernel-file, else a release given with --kernel (its rules, the arch's
+        defaults), else ``host`` (this machine, read by read/host.py) when its arch is
+        ``arch``, else the arch's defaults; --va-bits and --mmap-min-addr apply on top."""
+        capture = overrides.capture
+        if capture is not None and capture.machine != arch.name:
+            raise UsageError(f"{capture.source} describes a {capture.machine} kernel, the "
+                             f"input is {arch}")
+        if capture is None and overrides.release is None and host is not None \
+                and host.machine == arch.name:
+            capture = host
+        config = cls.under(arch, overrides)
+        if capture is not None:
+            config = replace(config, release=capture.release, source=capture.source,
+                             mmap_rnd_bits=capture.mmap_rnd_bits,
+                             randomize_va_space=capture.randomize_va_space,
+                             legacy_va_layout=capture.legacy_va_layout)
+            if overrides.mmap_min_addr is None:
+                config = replace(config, mmap_min_addr=capture.mmap_min_addr)
+        elif overrides.release is not None:
+            config = replace(config, release=overrides.release,
+                             source=config.source.replace(
+                                 f"{arch}'s defaults",
+                                 f"--kernel {overrides.release} rules, {arch}'s defaults"))
+        return config
 
     @classmethod
     def for_arch(
@@ -71,13 +102,20 @@ class KernelConfig:
 
     @property
     def mmap_rnd(self) -> int:
-        """Range of ``arch_mmap_rnd()``: a PIE's load bias and the mmap base move by it."""
+        """Range of ``arch_mmap_rnd()``: a PIE's load bias and the mmap base move by it
+        (``mmap_rnd_bits`` bits of pages, mm/util.c, where the kernel's value was read)."""
+        if self.mmap_rnd_bits is not None:
+            return (1 << self.mmap_rnd_bits) * PAGE
         return self.arch.kernel.mmap_rnd
 
     @property
     def brk_rnd(self) -> int:
         """Bytes over which ``arch_randomize_brk()`` spreads the heap start under this
-        kernel: its release's rule when the release is known, else a current kernel's."""
+        kernel: its release's rule when the release is known, else a current kernel's.
+        One page (offset 0) under randomize_va_space < 2: fs/binfmt_elf.c calls
+        arch_randomize_brk() only when ``randomize_va_space > 1``."""
+        if self.randomize_va_space < 2:
+            return PAGE
         version = release_version(self.release)
         before = self.arch.kernel.brk_rnd_before
         if before is not None and version is not None and version < before[0]:
@@ -166,7 +204,4 @@ class KernelConfig:
 STACK_RLIMIT = 8 << 20
 
 
-def release_version(release: str | None) -> tuple[int, int] | None:
-    """(major, minor) of a release string such as ``6.1.0-27-arm64``; None if not one."""
-    match = re.match(r"(\d+)\.(\d+)", release or "")
-    return (int(match.group(1)), int(match.group(2))) if match else None
+__all__ = ["PAGE", "KernelConfig", "defaults", "release_version"]

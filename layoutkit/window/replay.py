@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from layoutkit.core.model import ElfImage, LoadKind
-from layoutkit.core.scenario import DEFAULT_HEAP
+from layoutkit.core.scenario import DEFAULT_HEAP, DEFAULT_RUNS, DEFAULT_SEED
 from layoutkit.core.spans import align_down
 from layoutkit.errors import UsageError
 from layoutkit.window import replay_compiled
@@ -65,14 +65,19 @@ _DEFAULT_PRNG = {
 
 @dataclass(frozen=True)
 class ReplayParams:
-    """What to replay: the demand, the heap, how many runs, and the randomness."""
+    """What to replay: the demand, the heap, how many runs, and the randomness.
+
+    The commands derive it from their :class:`~layoutkit.core.scenario.Scenario`
+    (window/forecast.py ``replay_params``), which is validated where it is built; the
+    values are not checked a second time here.
+    """
 
     states: int = 1
     mcode: int | None = None  # bytes per state; None: the profile's maxmcode
     heap: int = DEFAULT_HEAP  # how far brk grows while the states compile
     heap_timing: HeapTiming = HeapTiming.DURING
-    runs: int = 300
-    seed: int = 1
+    runs: int = DEFAULT_RUNS
+    seed: int = DEFAULT_SEED
     retries: int = DEFAULT_RETRIES  # requests again after an abort, per state
     aslr: bool = True
     prng: PrngModel | None = None  # None: the generation's own (see _DEFAULT_PRNG)
@@ -84,17 +89,6 @@ class ReplayParams:
     closed_form: bool = True
     # None: the compiled engine when it was built with the package, else numpy.
     engine: EngineKind | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("states", "runs", "cores"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name} {getattr(self, name)}: at least 1")
-        if self.retries < 0:
-            raise UsageError(f"--retries {self.retries}: cannot be negative")
-        if self.heap < 0:
-            raise UsageError(f"--heap {self.heap}: a size cannot be negative")
-        if self.mcode is not None and self.mcode <= 0:
-            raise UsageError(f"--mcode {self.mcode}: a JIT state needs some code space")
 
 
 @dataclass(frozen=True)
