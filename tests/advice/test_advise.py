@@ -431,7 +431,7 @@ def test_advise_without_binary_for_every_arch(arch: str, linker: str,
         return
     assert code == 0, err
     doc = json.loads(out)
-    assert doc["schema"] == "layoutkit/advise/2"
+    assert doc["schema"] == "layoutkit/advise/3"
     assert doc["binary"] is None and doc["linker"] == linker
     assert {"window", "capacity"} <= set(doc["current"])
     recs = doc["recommendations"]

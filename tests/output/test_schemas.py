@@ -26,13 +26,15 @@ from click.testing import CliRunner
 from layoutkit.advice.safety import Protection, Source
 from layoutkit.cli import cli
 from layoutkit.commands.verify_workload import Figure, WorkloadVerdict
-from layoutkit.core.kinds import AdviceKind, OccupantKind, Status, Verdict
+from layoutkit.core.kinds import AdviceKind, OccupantKind, ReplayVerdict, Status, Verdict
 from layoutkit.core.model import LoadKind
 from layoutkit.ranges import FormKind
 from layoutkit.window.anchor import HowFound
 from tests.support import ELF_DIR, MAPS_DIR, ROOT, fixture_binaries, require
 
 SCHEMAS = Path(str(files("layoutkit").joinpath("schemas")))
+# The replay's figures are not what these tests check, its shape is: a few runs will do.
+FEW_RUNS = ("--runs", "20")
 ADDRESS = "^0x[0-9a-f]+$"
 X86_HOST = platform.machine() == "x86_64"
 
@@ -107,9 +109,12 @@ def test_shared_definitions_are_the_same_in_every_schema() -> None:
             assert definition == first[1], f"$defs/{name}: {schema_id(path)} != {first[0]}"
 
 
-# The version each command's documents carry now; older schema files stay, retired.
-CURRENT = {"advise": 2}
-RETIRED = {"layoutkit/advise/1"}
+# The version each command's documents carry now; older schema files stay, retired
+# (README, "JSON documents"): advise 2 added the recommendations' safety; the allocator
+# replay (issue 11) made inspect, maps and check 2 and advise 3.
+CURRENT = {"advise": 3, "inspect": 2, "maps": 2, "check": 2}
+RETIRED = {"layoutkit/advise/1", "layoutkit/advise/2", "layoutkit/inspect/1",
+           "layoutkit/maps/1", "layoutkit/check/1"}
 
 
 def schema_of(command: str) -> dict[str, Any]:
@@ -144,6 +149,9 @@ def test_vocabularies_are_the_code_enums() -> None:
     ]
     for schema, kind in pairs:
         assert sorted(schema["enum"]) == sorted(k.value for k in kind), kind.__name__
+    for command in ("inspect", "maps"):  # null: no replay (a profile it does not model)
+        verdict = schema_of(command)["properties"]["replay_verdict"]["enum"]
+        assert verdict == [*(v.value for v in ReplayVerdict), None]
 
 
 # -- real documents --------------------------------------------------------------------
@@ -151,8 +159,8 @@ def test_vocabularies_are_the_code_enums() -> None:
 
 @pytest.mark.parametrize("binary", fixture_binaries(), ids=lambda p: str(p.relative_to(ELF_DIR)))
 def test_inspect_every_fixture(binary: Path) -> None:
-    doc = document("inspect", str(binary))
-    assert doc["schema"] == "layoutkit/inspect/1"
+    doc = document("inspect", str(binary), *FEW_RUNS)
+    assert doc["schema"] == "layoutkit/inspect/2"
     assert_valid(doc)
 
 
@@ -164,14 +172,14 @@ def test_inspect_bundled_sample() -> None:
 
 @pytest.mark.parametrize("capture", captures(), ids=lambda p: p.stem)
 def test_maps_every_capture(capture: Path) -> None:
-    doc = document("maps", str(capture), *path_map(capture), codes=(0, 1))
-    assert doc["schema"] == "layoutkit/maps/1"
+    doc = document("maps", str(capture), *path_map(capture), *FEW_RUNS, codes=(0, 1))
+    assert doc["schema"] == "layoutkit/maps/2"
     assert_valid(doc)
 
 
 SAMPLE = str(ROOT / "layoutkit" / "samples" / "aarch64-nopie")
 ADVISE = [
-    ("advise", SAMPLE, "--states", "200"),
+    ("advise", SAMPLE, "--states", "150"),
     ("advise", str(ELF_DIR / "x86_64" / "nopie")),
     ("advise", str(ELF_DIR / "ppc64le" / "nopie"), "--linker", "lld"),
     ("advise", str(ELF_DIR / "aarch64" / "pie")),
@@ -183,7 +191,7 @@ ADVISE = [
 @pytest.mark.parametrize("args", ADVISE, ids=lambda a: " ".join(a[1:]).replace(str(ROOT), ""))
 def test_advise(args: tuple[str, ...]) -> None:
     doc = document(*args, codes=(0, 1))
-    assert doc["schema"] == "layoutkit/advise/2"
+    assert doc["schema"] == "layoutkit/advise/3"
     assert_valid(doc)
 
 
@@ -204,7 +212,8 @@ def test_check_every_status(tmp_path: Path) -> None:
     damaged = tmp_path / "damaged"
     damaged.write_bytes(b"\x7fELF\x02\x01")
     # An error outranks a failure: exit 3.
-    doc = document("check", str(ELF_DIR), str(damaged), codes=(3,))
+    doc = document("check", str(ELF_DIR), str(damaged), "--states", "100", *FEW_RUNS,
+                   codes=(3,))
     assert {r["status"] for r in doc["results"]} == {"pass", "fail", "n/a", "error"}
     assert_valid(doc)
 
@@ -287,11 +296,33 @@ def test_probe_and_verify_under_qemu_user() -> None:
 
 def test_every_schema_is_exercised() -> None:
     """Each committed schema is the schema of a document these tests validate."""
-    exercised = {"layoutkit/inspect/1", "layoutkit/maps/1", "layoutkit/advise/2",
-                 "layoutkit/advise-move/1", "layoutkit/ranges/1", "layoutkit/check/1",
+    exercised = {"layoutkit/inspect/2", "layoutkit/maps/2", "layoutkit/advise/3",
+                 "layoutkit/advise-move/1", "layoutkit/ranges/1", "layoutkit/check/2",
                  "layoutkit/probe/1", "layoutkit/verify/1", "layoutkit/error/1",
-                 "layoutkit/verify-workload/1"}
+                 "layoutkit/kernel/1", "layoutkit/verify-workload/1"}
     assert {schema_id(p) for p in schema_files()} == exercised | RETIRED
+
+
+def test_kernel_capture() -> None:
+    doc = document("kernel", "--capture")
+    assert doc["schema"] == "layoutkit/kernel/1"
+    assert_valid(doc)
+
+
+def test_replay_versions_are_the_previous_ones_plus_the_replay() -> None:
+    """The replay's version is the one before it plus the replay: every key is still
+    there, with the same schema unless it is an object the replay fields were added to
+    (so a reader of the previous version reads the new one by ignoring new keys)."""
+    extended = {"schema", "current", "recommendations", "results", "thresholds"}
+    for command, new in CURRENT.items():
+        old = json.loads((SCHEMAS / command / f"{new - 1}.schema.json").read_text())
+        now = json.loads((SCHEMAS / command / f"{new}.schema.json").read_text())
+        assert "allocator_replay" in now["$defs"], command
+        for key, value in old["properties"].items():
+            assert key in now["properties"], (command, key)
+            if key not in extended:
+                assert now["properties"][key] == value, (command, key)
+        assert set(old["required"]) <= set(now["required"]), command
 
 
 # -- strictness ------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import pytest
 
 from layoutkit.core.kinds import OccupantKind
 from layoutkit.core.model import ElfImage
+from layoutkit.core.scenario import Demand, Sampling
 from layoutkit.core.spans import Span
 from layoutkit.elf import ElfReader
 from layoutkit.errors import UsageError
@@ -310,9 +311,9 @@ def test_aslr_moves_the_heap_out_of_the_window_most_of_the_time() -> None:
 def test_bad_parameters_are_usage_errors() -> None:
     image, kernel, jit, bias = load(NOPIE, "luajit-2.1")
     with pytest.raises(UsageError, match="--states 0"):
-        ReplayParams(states=0)
+        Demand(states=0)
     with pytest.raises(UsageError, match="--retries"):
-        ReplayParams(retries=-1)
+        Sampling(retries=-1)
     with pytest.raises(UsageError, match="maxmcode"):
         simulate(image, kernel, jit, bias, ReplayParams(mcode=1 * MiB))
     with pytest.raises(UsageError, match="use fewer runs"):
