@@ -103,7 +103,8 @@ def test_1_check_isolates_the_file_in_a_pool(tmp_path: Path) -> None:
     assert results.pop(str(bad)) | {"path": ""} == {
         "path": "", "status": "error", "arch": None, "profile": None, "evidence": None,
         "reason": "e_shentsize is 8, not 64 (the size of an ELF64 section header)",
-        "failures": [], "window": None, "capacity": None}
+        "failures": [], "window": None, "capacity": None, "replay": None,
+        "replay_reason": "not judged", "replay_verdict": None}
     assert sorted(results) == sorted(str(tree / f"good{i}") for i in range(10))
     assert {r["status"] for r in results.values()} == {"pass"}
 

@@ -89,7 +89,7 @@ def tree(tmp_path: Path) -> Path:
 def test_directory_judges_luajit_binaries_and_skips_the_rest(tree: Path) -> None:
     code, doc = run_json(str(tree))
     assert code == 0
-    assert doc["schema"] == "layoutkit/check/1"
+    assert doc["schema"] == "layoutkit/check/2"
     results = by_path(doc)
     assert sorted(results) == sorted(str(tree / "bin" / n) for n in ("nopie", "pie", "plain"))
     assert results[str(tree / "bin" / "plain")]["status"] == "n/a"
@@ -125,14 +125,17 @@ def test_thresholds_at_the_exact_figures() -> None:
 
 
 def test_capacity_threshold() -> None:
-    acc = worst(X86 / "pie")
+    """A profile the replay does not model (generic) is judged by slot arithmetic."""
+    acc = inspect_binary(X86 / "pie", Scenario(jit="generic")).prediction.worst
     fit = acc.capacity.states_fit
-    code, doc = run_json(str(X86 / "pie"), "--states", str(fit))
+    code, doc = run_json(str(X86 / "pie"), "--jit", "generic", "--states", str(fit))
     assert (code, doc["results"][0]["status"]) == (0, "pass")
-    code, doc = run_json(str(X86 / "pie"), "--states", str(fit + 1))
+    assert doc["results"][0]["replay"] is None
+    code, doc = run_json(str(X86 / "pie"), "--jit", "generic", "--states", str(fit + 1))
     assert code == 1
     assert doc["results"][0]["failures"] == ["capacity"]
-    assert f"{fit} of {fit + 1} JIT states fit (512 KiB each)" in doc["results"][0]["reason"]
+    assert f"{fit} of {fit + 1} JIT states fit (512 KiB each, worst case over ASLR)" in doc[
+        "results"][0]["reason"]
 
 
 def test_arch_filter_makes_others_not_applicable() -> None:

@@ -361,7 +361,7 @@ def samples() -> dict[str, dict[str, Any]]:
                                 "--move", ".bss=0x7c30000"),
         "ranges": document("ranges", "--arch", "arm64"),
         "check": document("check", str(ELF_DIR / "armhf"), str(ELF_DIR / "aarch64" / "nopie"),
-                          codes=(1,)),
+                          "--states", "96", codes=(1,)),
     }
 
 
