@@ -12,7 +12,7 @@ from layoutkit.commands.inspect import inspect_binary
 from layoutkit.elf import ElfReader
 from layoutkit.output import document
 from layoutkit.output.text import inspection_lines
-from tests.fuzz.harness import FIXTURES, check, scratch_file
+from tests.fuzz.harness import FEW_RUNS, FIXTURES, check, scratch_file
 
 NAME = "elf"
 MAX_SEED = 64 << 10
@@ -33,7 +33,7 @@ def exercise(path: str) -> None:
         reader.image()
         for name in ANCHORS:
             reader.symbol(name)
-    result = inspect_binary(path)
+    result = inspect_binary(path, FEW_RUNS)
     "\n".join(inspection_lines(result))
     document.dumps(document.inspection_json(result))
 

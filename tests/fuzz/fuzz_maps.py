@@ -13,7 +13,7 @@ from layoutkit.errors import UsageError
 from layoutkit.output import document
 from layoutkit.output.text import maps_lines
 from layoutkit.read.maps import read_maps_file
-from tests.fuzz.harness import FIXTURES, check, scratch_file
+from tests.fuzz.harness import FEW_RUNS, FIXTURES, check, scratch_file
 
 NAME = "maps"
 
@@ -25,9 +25,9 @@ def seeds() -> dict[str, bytes]:
 def exercise(path: str) -> None:
     maps = read_maps_file(path)
     try:
-        result = analyse_maps(maps)
+        result = analyse_maps(maps, FEW_RUNS)
     except UsageError:  # no mapped file readable here names the arch
-        result = analyse_maps(maps, arch_name="aarch64")
+        result = analyse_maps(maps, FEW_RUNS, arch_name="aarch64")
     "\n".join(maps_lines(result))
     document.dumps(document.maps_json(result))
 

@@ -25,6 +25,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from layoutkit.core.scenario import Sampling, Scenario
 from layoutkit.errors import InternalError, LayoutkitError, UnforeseenInputError
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -32,6 +33,11 @@ FIXTURES = ROOT / "fixtures"
 REGRESSIONS = Path(__file__).resolve().parent / "regressions"
 # A tmpfs when there is one: every execution writes its input to a file.
 SCRATCH = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+
+
+# The allocator replay's figures are not what fuzzing checks (the readers are), and
+# atheris stops an execution that runs past a second: a few replay runs keep one short.
+FEW_RUNS = Scenario(sampling=Sampling(runs=4))
 
 
 class CrashError(Exception):
