@@ -1,7 +1,7 @@
 -- layoutkit workload: one lua_State's driver (run by workload.c in its own thread).
 --
 -- Arguments: statements per generated function, retries, attempts, sizemcode and
--- maxmcode (KiB). Compiles one big trace per generated function (a 60-iteration loop of
+-- maxmcode (KiB). Compiles one big trace per generated function (a 4-iteration loop of
 -- `statements` lines of floating-point arithmetic: about one mcode area of code) until
 -- the state holds maxmcode / sizemcode areas (its whole allotment), or has seen more than
 -- `retries` allocation aborts, or has run `attempts` functions.
@@ -15,6 +15,13 @@
 -- workload_areas(), the areas this thread holds, tells the two apart.
 local statements, retries, attempts, sizemcode, maxmcode = ...
 local allotment = math.floor(maxmcode / sizemcode)
+
+-- The driver itself is never compiled (PROTO_NOJIT on this chunk and every function in
+-- it, doc/ext_jit.html jit.off(true, true)): only the big traces ask for mcode, one area
+-- each. Compiled, the driver's own small loops took space in the first area and, after
+-- a flush, asked again and aborted themselves (more MCODEAL aborts than big-trace
+-- requests, measured under qemu-user: 2 of a state's first 3 aborts).
+jit.off(true, true)
 
 -- Loop optimisation off keeps one copy of the body per trace; the record limits are
 -- raised so that a whole body fits one trace; hotloop=1 records the loop on its second
@@ -67,6 +74,16 @@ local bytecode = string.dump(assert(loadstring(table.concat(lines, "\n"), "=big"
 while workload_areas() < allotment and counts.alloc_aborts <= retries
       and counts.compiles < attempts do
   counts.compiles = counts.compiles + 1
+  -- Every hot counter back to hotloop (src/lib_jit.c jitopt_param calls
+  -- lj_dispatch_init_hotcount for "hotloop"): the new loop records on its second
+  -- iteration whatever an earlier abort did. Without it, trace_abort's penalty_pc
+  -- (src/lj_trace.c: 72 and more for the slot of the aborted loop, never reset by
+  -- lj_trace_flushall) left the counters of later prototypes that share a slot high:
+  -- a state waited tens of calls after an abort, then mostly started recording on the
+  -- loop's last iteration ("leaving loop in root trace") and hit the attempts cap
+  -- before it asked again. With the reset, each call is one trace and one mcode
+  -- request, as a program whose hot code stays hot asks again after a flush.
+  jit.opt.start("hotloop=1")
   -- A new prototype each time: a new root trace. It is not kept: a collected
   -- prototype's trace is freed, its machine code stays in the area until a flush.
   assert(loadstring(bytecode, "=big"))(0.5)
