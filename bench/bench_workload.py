@@ -10,13 +10,19 @@ p5..p95 band of aborts per run, for the issue 11 comparison.
 
     python3 bench/bench_workload.py [--runs 2] [--out bench/results/calibration-arm64.md]
         [--point luajit-2.1:on:16,64,128 ...] [--retries 3] [--jobs 2]
+        [--keep DIR] [--from DIR]
 
-``--jobs 2`` boots two guests at once (each qemu TCG uses one host core).
+``--jobs 2`` boots two guests at once (each qemu TCG uses one host core). ``--keep DIR``
+saves each boot's measurements (one JSON file per point, without the maps) as soon as
+that boot ends; ``--from DIR`` writes the table from saved boots instead of booting, so
+that a long sweep can be run one point at a time and tabulated once.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import statistics
 import sys
 import time
@@ -25,8 +31,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from layoutkit.core.spans import Span
 from layoutkit.errors import ProbeError
 from layoutkit.native import workload as wl
+from layoutkit.native.toolchain import Runner
 
 ARCH = "aarch64"
 HEAP_MIB = 64
@@ -85,11 +93,47 @@ def measure(point: Point, runs: int, retries: int) -> Group:
                  time.monotonic() - start)
 
 
+def save(group: Group, folder: Path) -> None:
+    """One boot's measurements as JSON (the runs' final maps left out)."""
+    def run(r: wl.WorkloadRun) -> dict[str, object]:
+        doc = dataclasses.asdict(r)
+        doc.update(maps="", aslr=r.aslr.value, runner=r.runner.value)
+        return doc
+    doc = {"point": _spec(group.point), "kernel": group.kernel, "luajit": group.luajit,
+           "source": group.source, "boot_s": group.boot_s,
+           "cost": dataclasses.asdict(group.cost),
+           "runs": {str(n): [run(r) for r in rs] for n, rs in group.runs.items()}}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{_spec(group.point).replace(':', '_')}.json").write_text(json.dumps(doc))
+
+
+def load(path: Path) -> Group:
+    doc = json.loads(path.read_text())
+
+    def run(d: dict[str, object]) -> wl.WorkloadRun:
+        fields = dict(d)
+        brk = fields["brk"]
+        assert isinstance(brk, dict)
+        states = fields["states"]
+        assert isinstance(states, list)
+        mappings = fields["jit_mappings"]
+        assert isinstance(mappings, list)
+        fields.update(aslr=wl.Aslr(fields["aslr"]), runner=Runner(fields["runner"]),
+                      brk=Span(**brk), jit_mappings=tuple(Span(**m) for m in mappings),
+                      states=tuple(wl.StateCounts(**s) for s in states))
+        return wl.WorkloadRun(**fields)  # type: ignore[arg-type]
+
+    return Group(parse_point(doc["point"]),
+                 {int(n): [run(r) for r in rs] for n, rs in doc["runs"].items()},
+                 wl.MmapCost(**doc["cost"]), doc["kernel"], doc["luajit"], doc["source"],
+                 doc["boot_s"])
+
+
 def _mean(values: Sequence[float]) -> str:
     return f"{statistics.fmean(values):.1f}"
 
 
-def table(groups: Sequence[Group], runs: int, retries: int) -> list[str]:
+def table(groups: Sequence[Group], runs: int, retries: int, jobs: int) -> list[str]:
     lines = [
         "# Calibration: the real LuaJIT workload in the arm64 guest (issue 11, point 5)",
         "",
@@ -142,7 +186,7 @@ def table(groups: Sequence[Group], runs: int, retries: int) -> list[str]:
     lines += [f"- {key}: {count}" for key, count in sorted(reasons.items())] or ["- none"]
     specs = " ".join(f"--point {_spec(g.point)}" for g in groups)
     lines += ["", f"Reproduce: `python3 bench/bench_workload.py --runs {runs} --retries "
-              f"{retries} --jobs 2 {specs}`", ""]
+              f"{retries} --jobs {jobs} {specs}`", ""]
     return lines
 
 
@@ -158,8 +202,24 @@ def main() -> int:
     parser.add_argument("--point", action="append", type=parse_point)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--keep", type=Path, help="save each boot's measurements here")
+    parser.add_argument("--from", dest="saved", type=Path,
+                        help="tabulate the boots saved here (by --keep) instead of booting")
     options = parser.parse_args()
     points = options.point or [parse_point(p) for p in DEFAULT_POINTS]
+    if options.saved:
+        found = {load(f).point: f for f in sorted(options.saved.glob("*.json"))}
+        missing = [_spec(p) for p in points if p not in found]
+        if missing:
+            raise SystemExit(f"--from {options.saved}: no saved boot for {', '.join(missing)}")
+        groups = [load(found[p]) for p in points]
+        runs = {len(rs) for g in groups for rs in g.runs.values()}
+        if runs != {options.runs}:
+            raise SystemExit(f"--runs {options.runs}: the saved boots have {sorted(runs)}")
+        text = "\n".join(table(groups, options.runs, options.retries, options.jobs))
+        options.out.write_text(text)
+        print(text)
+        return 0
     for point in points:  # build (and fetch) once, before any concurrent boot
         wl.build_workload(point.generation, ARCH)
 
@@ -169,6 +229,8 @@ def main() -> int:
         except ProbeError as e:  # keep the other boots' results
             print(f"{_spec(point)}: {e}", file=sys.stderr, flush=True)
             return f"{_spec(point)}: {e}"
+        if options.keep:
+            save(group, options.keep)
         for n, rs in group.runs.items():
             print(f"{_spec(point).rsplit(':', 1)[0]} N={n}: aborts "
                   f"{[r.alloc_aborts for r in rs]}, areas {[r.areas for r in rs]}, "
@@ -179,7 +241,7 @@ def main() -> int:
         done = list(pool.map(one, points))
     groups = [g for g in done if isinstance(g, Group)]
     failed = [g for g in done if isinstance(g, str)]
-    lines = table(groups, options.runs, options.retries)
+    lines = table(groups, options.runs, options.retries, options.jobs)
     lines += [f"Failed: {f}" for f in failed]
     text = "\n".join(lines)
     options.out.parent.mkdir(parents=True, exist_ok=True)
