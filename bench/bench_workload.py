@@ -94,15 +94,16 @@ def measure(point: Point, runs: int, retries: int) -> Group:
 
 
 def save(group: Group, folder: Path) -> None:
-    """One boot's measurements as JSON (the runs' final maps left out)."""
-    def run(r: wl.WorkloadRun) -> dict[str, object]:
+    """One boot's measurements as JSON (the final maps of each N's first run only)."""
+    def run(r: wl.WorkloadRun, first: bool) -> dict[str, object]:
         doc = dataclasses.asdict(r)
-        doc.update(maps="", aslr=r.aslr.value, runner=r.runner.value)
+        doc.update(maps=r.maps if first else "", aslr=r.aslr.value, runner=r.runner.value)
         return doc
     doc = {"point": _spec(group.point), "kernel": group.kernel, "luajit": group.luajit,
            "source": group.source, "boot_s": group.boot_s,
            "cost": dataclasses.asdict(group.cost),
-           "runs": {str(n): [run(r) for r in rs] for n, rs in group.runs.items()}}
+           "runs": {str(n): [run(r, i == 0) for i, r in enumerate(rs)]
+                    for n, rs in group.runs.items()}}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{_spec(group.point).replace(':', '_')}.json").write_text(json.dumps(doc))
 
