@@ -139,13 +139,15 @@ def table(groups: Sequence[Group], runs: int, retries: int, jobs: int) -> list[s
         "# Calibration: the real LuaJIT workload in the arm64 guest (issue 11, point 5)",
         "",
         "Static, non-PIE arm64 workload linked at 0x400000 (GNU ld default), N threads each "
-        "with its own `lua_State` compiling big traces (one 64 KiB area each) until it holds "
-        "maxmcode/sizemcode areas (luajit-2.1: 8, luajit-2025: 32) or has seen more than "
+        "with its own `lua_State` compiling big traces (one 64 KiB area each, one trace and one "
+        "area request per call of a new function) until it holds maxmcode/sizemcode "
+        "areas (luajit-2.1: 8, luajit-2025: 32) or has seen more than "
         f"{retries} allocation aborts; brk heap grown by {HEAP_MIB} MiB before the threads "
         "start. Run in Debian's arm64 kernel under qemu-system TCG (one vCPU), as uid 65534.",
         "",
         "- aborts: LJ_TRERR_MCODEAL trace aborts with room left under maxmcode (no area "
         "found in range), per run: mean / min / max",
+        "- runs aborting: runs with at least one such abort, of the runs at that N",
         "- states aborted: states that saw at least one such abort (mean per run)",
         "- areas: mcode areas held at the end (= anonymous r-x bytes in the workload's own "
         "/proc/self/maps / 64 KiB), mean per run",
@@ -153,8 +155,8 @@ def table(groups: Sequence[Group], runs: int, retries: int, jobs: int) -> list[s
         "are listed under the table)",
         "- mmap calls: LuaJIT's mmap calls (mcode and its allocator), mean per run",
         "- wall: seconds from starting the threads to joining them, in the guest (TCG), mean",
-        "- replay p5..p95: the model replay's predicted band of aborts per run (to be "
-        "filled in by the lead)",
+        "- replay p5..p95: the model replay's predicted band of aborts per run and its mean "
+        "(bench/bench_calibrate.py), and whether the measured mean is inside",
         "",
     ]
     for g in groups:
@@ -163,9 +165,9 @@ def table(groups: Sequence[Group], runs: int, retries: int, jobs: int) -> list[s
                      f"{g.cost.mmap_ns / 1000:.0f} us, one munmap "
                      f"{g.cost.munmap_ns / 1000:.0f} us ({g.cost.pairs} pairs, "
                      f"{g.cost.moved} moved); the boot took {g.boot_s:.0f} s")
-    lines += ["", "| N | generation | ASLR | runs | aborts mean | min | max | states aborted "
-              "| areas | other aborts | mmap calls | wall s | replay p5..p95 |",
-              "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines += ["", "| N | generation | ASLR | runs | aborts mean | min | max | runs aborting "
+              "| states aborted | areas | other aborts | mmap calls | wall s | replay p5..p95 |",
+              "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     reasons: dict[str, int] = {}
     for g in groups:
         for n, rs in g.runs.items():
@@ -173,6 +175,7 @@ def table(groups: Sequence[Group], runs: int, retries: int, jobs: int) -> list[s
             lines.append(
                 f"| {n} | {g.point.generation.value} | {g.point.aslr.value} | {len(rs)} | "
                 f"{_mean(aborts)} | {min(aborts)} | {max(aborts)} | "
+                f"{sum(1 for a in aborts if a)}/{len(rs)} | "
                 f"{_mean([r.states_aborted for r in rs])} | {_mean([r.areas for r in rs])} | "
                 f"{_mean([sum(s.other_aborts for s in r.states) for r in rs])} | "
                 f"{_mean([r.mmap_calls for r in rs])} | "
