@@ -46,6 +46,7 @@ RETRIES = 3  # bench_workload.py's default: aborts tolerated per state before it
 CORES = 1  # the guest has one vCPU
 GUEST_MMAP_MIN_ADDR = 4096  # read in the guest (tests/native/test_qemu_system.py)
 ROW = re.compile(r"^\| (?P<n>\d+) \| (?P<gen>luajit-[0-9.]+) \| (?P<aslr>on|off) \| "
+                 r"(?:default|`(?P<ldflags>[^`]*)`) \| "
                  r"(?P<runs>\d+) \| (?P<mean>[0-9.]+) \| (?P<min>\d+) \| (?P<max>\d+) \| "
                  r"(?P<aborting>\d+)/(?P=runs) \|")
 KERNEL = re.compile(r"kernel (?P<release>[0-9][^;]*);")
@@ -61,6 +62,7 @@ class Row:
     low: int
     high: int
     aborting: float  # share of the measured runs with at least one abort
+    ldflags: tuple[str, ...]  # added to the workload's link (an advise recommendation)
 
 
 def rows(lines: list[str]) -> list[Row]:
@@ -70,12 +72,14 @@ def rows(lines: list[str]) -> list[Row]:
         if m:
             found.append(Row(i, int(m["n"]), m["gen"], m["aslr"] == "on", float(m["mean"]),
                              int(m["min"]), int(m["max"]),
-                             int(m["aborting"]) / int(m["runs"])))
+                             int(m["aborting"]) / int(m["runs"]),
+                             tuple((m["ldflags"] or "").split())))
     return found
 
 
 def predict(row: Row, release: str | None, runs: int, seed: int) -> ReplayResult:
-    workload = wl.build_workload(row.profile, ARCH)  # cached: the binary that was measured
+    # Cached: the very binary that was measured.
+    workload = wl.build_workload(row.profile, ARCH, row.ldflags)
     with ElfReader(workload.executable) as reader:
         image = reader.image()
         anchor = find_anchor(reader)
@@ -135,7 +139,7 @@ def main() -> int:
         print(f"{args.table}: no measured rows", file=sys.stderr)
         return 2
     inside = 0
-    groups: dict[tuple[str, bool], list[Row]] = {}
+    groups: dict[tuple[str, bool, tuple[str, ...]], list[Row]] = {}
     print(f"{'N':>4} {'generation':12} {'ASLR':4} {'measured mean (min-max)':>24} "
           f"{'replay p5..p95 (mean)':>24}  in band  seconds")
     for row in measured:
@@ -144,7 +148,7 @@ def main() -> int:
         took = time.perf_counter() - start
         ok = res.aborts.p5 <= row.mean <= res.aborts.p95
         inside += ok
-        groups.setdefault((row.profile, row.aslr), []).append(row)
+        groups.setdefault((row.profile, row.aslr, row.ldflags), []).append(row)
         band = f"{res.aborts.p5:.0f}..{res.aborts.p95:.0f} ({res.aborts.mean:.1f})"
         print(f"{row.states:>4} {row.profile:12} {'on' if row.aslr else 'off':4} "
               f"{f'{row.mean:.1f} ({row.low}-{row.high})':>24} {band:>24}  "
@@ -158,13 +162,14 @@ def main() -> int:
                f"mean inside the predicted p5..p95 band in {inside} of {len(measured)} rows "
                f"({share:.0%}; issue 11 asks 80%)."]
     agree = 0
-    for (profile, aslr), group in sorted(groups.items()):
+    for (profile, aslr, ldflags), group in sorted(groups.items()):
         real = measured_onset([(r.states, r.aborting) for r in group])
         model = replayed_onset(group[0], kernel, args.runs, args.seed)
         ok = real is not None and model is not None and within(model, real)
         agree += ok
         where = f"between N={real[0] + 1} and N={real[1]}" if real else "beyond the N measured"
-        summary.append(f"- {profile}, ASLR {'on' if aslr else 'off'}: at least half of the "
+        link = f", linked with {' '.join(ldflags)}" if ldflags else ""
+        summary.append(f"- {profile}{link}, ASLR {'on' if aslr else 'off'}: at least half of the "
                        f"runs abort from N={model} replayed; measured {where} "
                        f"({'within' if ok else 'NOT within'} 15%)")
     summary.insert(1, f"Where aborts start agrees within 15% in {agree} of {len(groups)} "

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import statistics
 import sys
 import time
@@ -50,6 +51,12 @@ class Point:
     generation: wl.Generation
     aslr: wl.Aslr
     threads: tuple[int, ...]
+    ldflags: tuple[str, ...] = ()  # added to the link (an advise recommendation)
+
+    @property
+    def link(self) -> str:
+        """The table's link cell: ``default``, or the added flags."""
+        return f"`{' '.join(self.ldflags)}`" if self.ldflags else "default"
 
 
 @dataclass(frozen=True)
@@ -67,15 +74,17 @@ class Group:
 
 def parse_point(text: str) -> Point:
     try:
-        generation, aslr, threads = text.split(":")
+        generation, aslr, threads, *flags = text.split(":", 3)
         return Point(wl.Generation(generation), wl.Aslr(aslr),
-                     tuple(int(n) for n in threads.split(",")))
+                     tuple(int(n) for n in threads.split(",")),
+                     tuple(flags[0].split()) if flags else ())
     except ValueError as e:
-        raise SystemExit(f"--point {text}: expected GENERATION:on|off:N,N,... ({e})") from e
+        raise SystemExit(f"--point {text}: expected GENERATION:on|off:N,N,...[:LDFLAGS] "
+                         f"({e})") from e
 
 
 def measure(point: Point, runs: int, retries: int) -> Group:
-    exe = wl.build_workload(point.generation, ARCH)
+    exe = wl.build_workload(point.generation, ARCH, point.ldflags)
     arglists: list[list[str]] = [["--mmap-bench", str(MMAP_PAIRS)]]
     for n in point.threads:
         arglists += [wl.workload_args(point.generation, n, arch=ARCH, aslr=point.aslr,
@@ -105,7 +114,8 @@ def save(group: Group, folder: Path) -> None:
            "runs": {str(n): [run(r, i == 0) for i, r in enumerate(rs)]
                     for n, rs in group.runs.items()}}
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{_spec(group.point).replace(':', '_')}.json").write_text(json.dumps(doc))
+    name = re.sub(r"[^\w.,=+-]", "_", _spec(group.point))
+    (folder / f"{name}.json").write_text(json.dumps(doc))
 
 
 def load(path: Path) -> Group:
@@ -145,6 +155,8 @@ def table(groups: Sequence[Group], runs: int, retries: int, jobs: int) -> list[s
         f"{retries} allocation aborts; brk heap grown by {HEAP_MIB} MiB before the threads "
         "start. Run in Debian's arm64 kernel under qemu-system TCG (one vCPU), as uid 65534.",
         "",
+        "- link: `default` (GNU ld's defaults), or the flags added to the link (the top "
+        "recommendation of `layoutkit advise` on the default-linked workload)",
         "- aborts: LJ_TRERR_MCODEAL trace aborts with room left under maxmcode (no area "
         "found in range), per run: mean / min / max",
         "- runs aborting: runs with at least one such abort, of the runs at that N",
@@ -160,20 +172,22 @@ def table(groups: Sequence[Group], runs: int, retries: int, jobs: int) -> list[s
         "",
     ]
     for g in groups:
-        lines.append(f"- {g.point.generation.value}: {g.luajit}, from {g.source}; kernel "
+        lines.append(f"- {g.point.generation.value}, link {g.point.link}: {g.luajit}, from "
+                     f"{g.source}; kernel "
                      f"{g.kernel}; ASLR {g.point.aslr.value}: one mmap at a taken hint "
                      f"{g.cost.mmap_ns / 1000:.0f} us, one munmap "
                      f"{g.cost.munmap_ns / 1000:.0f} us ({g.cost.pairs} pairs, "
                      f"{g.cost.moved} moved); the boot took {g.boot_s:.0f} s")
-    lines += ["", "| N | generation | ASLR | runs | aborts mean | min | max | runs aborting "
+    lines += ["", "| N | generation | ASLR | link | runs | aborts mean | min | max | runs aborting "
               "| states aborted | areas | other aborts | mmap calls | wall s | replay p5..p95 |",
-              "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+              "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     reasons: dict[str, int] = {}
     for g in groups:
         for n, rs in g.runs.items():
             aborts = [r.alloc_aborts for r in rs]
             lines.append(
-                f"| {n} | {g.point.generation.value} | {g.point.aslr.value} | {len(rs)} | "
+                f"| {n} | {g.point.generation.value} | {g.point.aslr.value} | "
+                f"{g.point.link} | {len(rs)} | "
                 f"{_mean(aborts)} | {min(aborts)} | {max(aborts)} | "
                 f"{sum(1 for a in aborts if a)}/{len(rs)} | "
                 f"{_mean([r.states_aborted for r in rs])} | {_mean([r.areas for r in rs])} | "
@@ -184,19 +198,21 @@ def table(groups: Sequence[Group], runs: int, retries: int, jobs: int) -> list[s
                 for state in r.states:
                     for part in filter(None, state.other_reasons.split("; ")):
                         why, _, count = part.rpartition(": ")
-                        key = f"{g.point.generation.value}, N={n}: {why}"
+                        key = f"{g.point.generation.value}, {g.point.link}, N={n}: {why}"
                         reasons[key] = reasons.get(key, 0) + int(count)
     lines += ["", "Other aborts seen (all runs of a point):", ""]
     lines += [f"- {key}: {count}" for key, count in sorted(reasons.items())] or ["- none"]
-    specs = " ".join(f"--point {_spec(g.point)}" for g in groups)
+    specs = " ".join(f"--point '{_spec(g.point)}'" if g.point.ldflags
+                     else f"--point {_spec(g.point)}" for g in groups)
     lines += ["", f"Reproduce: `python3 bench/bench_workload.py --runs {runs} --retries "
               f"{retries} --jobs {jobs} {specs}`", ""]
     return lines
 
 
 def _spec(point: Point) -> str:
+    flags = f":{' '.join(point.ldflags)}" if point.ldflags else ""
     return (f"{point.generation.value}:{point.aslr.value}:"
-            + ",".join(str(n) for n in point.threads))
+            + ",".join(str(n) for n in point.threads) + flags)
 
 
 def main() -> int:
@@ -225,7 +241,7 @@ def main() -> int:
         print(text)
         return 0
     for point in points:  # build (and fetch) once, before any concurrent boot
-        wl.build_workload(point.generation, ARCH)
+        wl.build_workload(point.generation, ARCH, point.ldflags)
 
     def one(point: Point) -> Group | str:
         try:

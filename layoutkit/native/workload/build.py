@@ -77,6 +77,7 @@ class LuajitBuild:
 class Workload:
     executable: Path
     luajit: LuajitBuild
+    ldflags: tuple[str, ...] = ()  # added to the default link
 
 
 # --- fetching --------------------------------------------------------------
@@ -260,9 +261,11 @@ FLAGS = ("-std=gnu11", "-O2", "-Wall", "-Wextra", "-pthread", "-static", "-no-pi
 LINK = ("-Wl,--wrap=mmap", "-Wl,--wrap=mmap64", "-Wl,--wrap=munmap", "-lm", "-ldl")
 
 
-def build_workload(generation: Generation | str, arch: str) -> Workload:
+def build_workload(generation: Generation | str, arch: str,
+                   ldflags: Sequence[str] = ()) -> Workload:
     """The workload linked with ``generation``'s LuaJIT for ``arch`` (once, cached in the
-    build cache, :func:`layoutkit.native.build.cached_build`)."""
+    build cache, :func:`layoutkit.native.build.cached_build`); ``ldflags`` are added to
+    the link (a recommendation of ``layoutkit advise``, for example)."""
     generation = Generation(generation)
     luajit = fetch_luajit(generation, arch)
     compiler = Compiler.for_arch(arches.by_name(machine(arch).name))
@@ -273,10 +276,10 @@ def build_workload(generation: Generation | str, arch: str) -> Workload:
                          + _c_string("vmdef_lua", luajit.vmdef.read_bytes()))
         run_tool([compiler.path, *FLAGS, f"-I{luajit.include}", f"-I{NATIVE_DIR}", "-o",
                   str(folder / "workload"), str(SOURCE), str(embed), str(luajit.library),
-                  *LINK], f"linking the workload for {arch} with {luajit.source}",
+                  *LINK, *ldflags], f"linking the workload for {arch} with {luajit.source}",
                  f" (is {compiler.package} installed?)")
 
-    key = [source_key(SOURCE, LUA), " ".join((*FLAGS, *LINK)).encode(),
+    key = [source_key(SOURCE, LUA), " ".join((*FLAGS, *LINK, *ldflags)).encode(),
            luajit.source.encode(), luajit.library.read_bytes()]
     folder = cached_build("workload", generation.value, compiler, key, build, ["workload"])
-    return Workload(folder / "workload", luajit)
+    return Workload(folder / "workload", luajit, tuple(ldflags))
