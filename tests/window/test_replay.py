@@ -17,7 +17,9 @@ Inputs are the real fixtures ``fixtures/elf/aarch64/nopie`` (GNU ld default base
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,8 @@ from layoutkit.core.scenario import Demand, Sampling
 from layoutkit.core.spans import Span
 from layoutkit.elf import ElfReader
 from layoutkit.errors import UsageError
+from layoutkit.native import workload as wl
+from layoutkit.native.workload.build import SOURCE
 from layoutkit.window.accounting import Occupant, account
 from layoutkit.window.anchor import find_anchor
 from layoutkit.window.kernel import PAGE, KernelConfig
@@ -329,3 +333,17 @@ def test_2017_says_no_binary_checks_it() -> None:
     assert res.prng is PrngModel.LCG_ZERO_SEED
     assert any("no real binary checks this model" in note for note in res.notes)
     assert np.isfinite(res.syscalls_per_area)
+
+
+def test_default_retries_is_the_calibrated_workloads_bound() -> None:
+    """The default bound is the one the replay was checked with against the real LuaJIT
+    (bench/results/calibration-arm64.md): the workload's own default, in workload.c and
+    in the Python that runs it, and the output says so."""
+    assert inspect.signature(wl.workload_args).parameters["retries"].default == 3
+    assert re.search(r"\.retries = 3,", SOURCE.read_text())
+    assert ReplayParams().retries == 3
+    image, kernel, jit, bias = load(NOPIE, "luajit-2.1")
+    res = replay(image, kernel, jit, bias, params(states=2, runs=5), search=False)
+    assert res.retries == 3
+    assert any("asks again after each of its first 3 aborts" in note and
+               "calibration-arm64.md" in note for note in res.notes)
