@@ -45,10 +45,14 @@ from layoutkit.window.replay_model import (
 __all__ = ["EngineKind", "Generation", "HeapTiming", "Outcome", "PrngModel", "ReplayParams",
            "ReplayResult", "Spread", "engine_kind", "replay", "safe_states", "simulate"]
 
-# About 1.2 us per mmap on an uncontended x86-64 host (bench/bench_probe.py scans; the
-# workload measured 2-9 us natively, tests/native/test_workload.py). Under many threads
-# the calls serialise on the mm lock, so the sum over all states is the warm-up cost.
-DEFAULT_SYSCALL_SECONDS = 1.2e-6
+# What one mmap or munmap of a 64 KiB area costs, averaged over the two: the real
+# workload's --mmap-bench (an mmap at a taken hint, which the kernel places elsewhere,
+# and its munmap: a failed probe) natively on a 2-core x86-64 host (Linux 6.18), best of
+# the runs: 1.4 us per mmap, 2.3 us per munmap; a one-state workload run measured
+# 2.2-2.3 us per call, and the same host under load 3-9 us. (bench/bench_probe.py's
+# scans, mmap at free hints, gave 1.2 us.) Under many threads the calls serialise on the
+# mm lock, so the sum over all states is the warm-up cost.
+DEFAULT_SYSCALL_SECONDS = 2.0e-6
 # A state that aborts asks again for its areas after each of its first DEFAULT_RETRIES
 # aborts and stops after one more (Engine.abort: want = aborts <= retries). 3 is the
 # real workload's bound (layoutkit/native/workload/workload.lua: a call of a new
@@ -354,8 +358,13 @@ def replay(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
         notes.append(f"a state asks again after each of its first {DEFAULT_RETRIES} aborts "
                      "(default: the bound of the real-LuaJIT workload the replay was "
                      "checked against, bench/results/calibration-arm64.md)")
-    notes.append(f"syscall cost {params.syscall_seconds * 1e6:.1f} us per mmap/munmap "
-                 "(uncontended x86-64 host measurement)")
+    if params.syscall_seconds == DEFAULT_SYSCALL_SECONDS:
+        notes.append(f"syscall cost {params.syscall_seconds * 1e6:.1f} us per mmap/munmap "
+                     "(default: the real workload's failed-probe mmap/munmap pair natively "
+                     "on an x86-64 host, best of runs)")
+    else:
+        notes.append(f"syscall cost {params.syscall_seconds * 1e6:.1f} us per mmap/munmap "
+                     "(given)")
     return ReplayResult(
         profile=jit.profile.name, kernel=kernel_label(kernel),
         runs=params.runs, seed=params.seed, states=params.states, aslr=params.aslr,
