@@ -159,7 +159,7 @@ def table(groups: Sequence[Group], retries: int, jobs: int) -> list[str]:
         "recommendation of `layoutkit advise` on the default-linked workload)",
         "- aborts: LJ_TRERR_MCODEAL trace aborts with room left under maxmcode (no area "
         "found in range), per run: mean / min / max",
-        "- runs aborting: runs with at least one such abort, of the runs at that N",
+        "- per run: the aborts of each run at that N, in run order",
         "- states aborted: states that saw at least one such abort (mean per run)",
         "- areas: mcode areas held at the end (= anonymous r-x bytes in the workload's own "
         "/proc/self/maps / 64 KiB), mean per run",
@@ -178,7 +178,7 @@ def table(groups: Sequence[Group], retries: int, jobs: int) -> list[str]:
                      f"{g.cost.mmap_ns / 1000:.0f} us, one munmap "
                      f"{g.cost.munmap_ns / 1000:.0f} us ({g.cost.pairs} pairs, "
                      f"{g.cost.moved} moved); the boot took {g.boot_s:.0f} s")
-    lines += ["", "| N | generation | ASLR | link | runs | aborts mean | min | max | runs aborting "
+    lines += ["", "| N | generation | ASLR | link | runs | aborts mean | min | max | per run "
               "| states aborted | areas | other aborts | mmap calls | wall s | replay p5..p95 |",
               "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     reasons: dict[str, int] = {}
@@ -189,7 +189,7 @@ def table(groups: Sequence[Group], retries: int, jobs: int) -> list[str]:
                 f"| {n} | {g.point.generation.value} | {g.point.aslr.value} | "
                 f"{g.point.link} | {len(rs)} | "
                 f"{_mean(aborts)} | {min(aborts)} | {max(aborts)} | "
-                f"{sum(1 for a in aborts if a)}/{len(rs)} | "
+                f"{' '.join(str(a) for a in aborts)} | "
                 f"{_mean([r.states_aborted for r in rs])} | {_mean([r.areas for r in rs])} | "
                 f"{_mean([sum(s.other_aborts for s in r.states) for r in rs])} | "
                 f"{_mean([r.mmap_calls for r in rs])} | "
