@@ -101,6 +101,10 @@ class Arch:
     luajit_jumprange_2025: int | None
     # capstone's (CS_ARCH_*, CS_MODE_* ...) constant names; () where capstone 5 has none.
     capstone: tuple[str, ...]
+    # glibc's guard below a thread stack: max(page size, ARCH_MIN_GUARD_SIZE), 64 KiB on
+    # aarch64 (sysdeps/aarch64/nptl/pthreaddef.h; the arm64 guest's maps show 64 KiB
+    # ---p below every 8 MiB stack), the page elsewhere (64 KiB on ppc64).
+    thread_guard: int = 4 * 1024
 
     def __str__(self) -> str:
         return self.name
@@ -196,18 +200,21 @@ ARCHES: tuple[Arch, ...] = (
          _link(0x08048000, 0x400000, _ALL), None, None, ("CS_ARCH_X86", "CS_MODE_32")),
     Arch("aarch64", ("arm64",), 183, 64, True, Isa.ARM64, 4, 64 * KiB,
          _kernel(48, (39, 42, 47, 48, 52), 0, None, 4096, 18, _GIB, 0x3FFFF),
-         _link(0x400000, 0x200000, _ALL), 27, 27, ("CS_ARCH_ARM64", "CS_MODE_ARM")),
+         _link(0x400000, 0x200000, _ALL), 27, 27, ("CS_ARCH_ARM64", "CS_MODE_ARM"),
+         thread_guard=64 * KiB),
     Arch("arm", ("arm32", "armhf", "armel"), 40, 32, True, Isa.ARM, 2, 64 * KiB,
          _kernel(32, (32,), -(_GIB + 16 * MiB), None, 4096, 8, 32 * MiB, 0x7FF),
          _link(0x10000, 0x10000, _ALL), 25, 25, ("CS_ARCH_ARM", "CS_MODE_ARM")),
     Arch("ppc64le", ("ppc64el", "powerpc64le"), 21, 64, True, Isa.PPC, 4, 64 * KiB,
          _kernel(47, (47, 52), 0, 0x100000000, 65536, 14, _GIB, 0x3FFFF >> 4, page=64 * KiB),
          _link(0x10000000, 0x10000000, _ALL), None, None,
-         ("CS_ARCH_PPC", "CS_MODE_64", "CS_MODE_LITTLE_ENDIAN")),
+         ("CS_ARCH_PPC", "CS_MODE_64", "CS_MODE_LITTLE_ENDIAN"),
+         thread_guard=64 * KiB),
     Arch("ppc64", ("powerpc64",), 21, 64, False, Isa.PPC, 4, 64 * KiB,
          _kernel(47, (47, 52), 0, 0x100000000, 65536, 14, _GIB, 0x3FFFF >> 4, page=64 * KiB),
          _link(0x10000000, 0x10000000, _ALL), None, None,
-         ("CS_ARCH_PPC", "CS_MODE_64", "CS_MODE_BIG_ENDIAN")),
+         ("CS_ARCH_PPC", "CS_MODE_64", "CS_MODE_BIG_ENDIAN"),
+         thread_guard=64 * KiB),
     Arch("riscv64", ("riscv",), 243, 64, True, Isa.RISCV, 2, 4 * KiB,
          _kernel(47, (38, 47, 56), 0, None, 4096, 18, _GIB, 0x3FFFF),
          _link(0x10000, 0x10000, frozenset({"bfd", "lld", "mold"}), low_2g=True), None, None,

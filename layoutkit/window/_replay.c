@@ -40,6 +40,9 @@ typedef struct {
     int gen, heap_timing;
     int64_t states, areas, k, retries, iterations, draw_lo, draw_n, accept_lo, accept_hi;
     int64_t jr, n_w, n_m, m_top, fallback_top; /* fallback_top < 0: none */
+    /* above m_top: m_arenas taken columns, then this run's m_hole free ones, then taken;
+     * mmap(NULL) searches M up to m_span (replay.py arena_hole) */
+    int64_t m_arenas, m_hole, m_span;
     const int64_t *lcg; int64_t lcg_n;          /* lcg_n == 0: per-state streams */
     uint64_t seed;
     /* one run */
@@ -125,7 +128,7 @@ static int64_t topdown(const run_t *r)
         bounds[nb][0] = 0; bounds[nb][1] = r->fallback_top; nb++;
     }
     if (r->n_m) {
-        bounds[nb][0] = r->n_w; bounds[nb][1] = r->n_w + r->m_top; nb++;
+        bounds[nb][0] = r->n_w; bounds[nb][1] = r->n_w + r->m_span; nb++;
     }
     for (int64_t i = 0; i < nb; i++) {
         int64_t base = bounds[i][0], top = bounds[i][1];
@@ -329,7 +332,9 @@ static void run_one(run_t *r, int64_t run, const uint8_t *taken0)
     memset(r->free0, 0, sizeof(uint64_t) * (size_t)r->nwords0);
     memset(r->free1, 0, sizeof(uint64_t) * (size_t)r->nwords1);
     for (int64_t c = 0; c < r->sink; c++) {
-        int t = c < r->n_w ? taken0[c] != 0 : c >= r->n_w + r->m_top;
+        int64_t m = c - r->n_w, hole = r->m_top + r->m_arenas;
+        int t = c < r->n_w ? taken0[c] != 0
+                           : m >= r->m_top && !(m >= hole && m < hole + r->m_hole);
         r->taken[c] = 1; /* set_taken only acts on a change */
         if (!t)
             set_taken(r, c, 0);
@@ -388,24 +393,25 @@ static PyObject *replay_run(PyObject *self, PyObject *args, PyObject *kw)
         "taken", "heap_lo", "heap_hi", "lcg", "aborts", "syscalls", "placed", "far", "held",
         "generation", "heap_timing", "runs", "states", "areas", "k", "retries", "seed",
         "iterations", "draw_lo", "draw_n", "accept_lo", "accept_hi", "jr", "n_w", "m_cols",
-        "m_top", "fallback_top", NULL};
-    Py_buffer b[9];
+        "m_top", "fallback_top", "m_arenas", "m_hole", NULL};
+    Py_buffer b[10];
     int gen, heap_timing;
     long long runs, states, areas, k, retries, iterations, draw_lo, draw_n;
     unsigned long long seed;
-    long long accept_lo, accept_hi, jr, n_w, m_cols, m_top, fallback_top;
+    long long accept_lo, accept_hi, jr, n_w, m_cols, m_top, fallback_top, m_arenas;
     memset(b, 0, sizeof b);
     if (!PyArg_ParseTupleAndKeywords(
-            args, kw, "y*y*y*y*w*w*w*w*w*iiLLLLLKLLLLLLLLLL", names, &b[0], &b[1], &b[2],
+            args, kw, "y*y*y*y*w*w*w*w*w*iiLLLLLKLLLLLLLLLLLy*", names, &b[0], &b[1], &b[2],
             &b[3], &b[4], &b[5], &b[6], &b[7], &b[8], &gen, &heap_timing, &runs, &states,
             &areas, &k, &retries, &seed, &iterations, &draw_lo, &draw_n, &accept_lo,
-            &accept_hi, &jr, &n_w, &m_cols, &m_top, &fallback_top))
+            &accept_hi, &jr, &n_w, &m_cols, &m_top, &fallback_top, &m_arenas, &b[9]))
         return NULL;
     PyObject *result = NULL;
     run_t r;
     memset(&r, 0, sizeof r);
     if (runs < 1 || states < 1 || areas < 1 || k < 1 || n_w < 1 || iterations < 1
         || draw_n < 1 || m_cols < 0 || m_top < 0 || (gen == GEN_2025 && m_top > m_cols)
+        || m_arenas < 0 || (b[9].len && b[9].len != runs * 8)
         || jr < 17 || jr > 40
         || (gen != GEN_CLASSIC && gen != GEN_2025) || n_w + m_cols > INT32_MAX - 2) {
         PyErr_SetString(PyExc_ValueError, "replay parameters out of range");
@@ -425,6 +431,17 @@ static PyObject *replay_run(PyObject *self, PyObject *args, PyObject *kw)
     r.iterations = iterations; r.draw_lo = draw_lo; r.draw_n = draw_n;
     r.accept_lo = accept_lo; r.accept_hi = accept_hi; r.jr = jr; r.n_w = n_w;
     r.n_m = gen == GEN_2025 ? m_cols : 0; r.m_top = r.n_m ? m_top : 0;
+    const int64_t *holes = b[9].len ? (const int64_t *)b[9].buf : NULL;
+    r.m_arenas = holes ? m_arenas : 0;
+    r.m_span = r.m_top;
+    for (int64_t i = 0; holes && i < runs; i++) {
+        if (holes[i] < 0 || r.m_top + r.m_arenas + holes[i] > r.n_m) {
+            PyErr_SetString(PyExc_ValueError, "m_hole: a hole outside M");
+            goto done;
+        }
+        if (r.m_top + r.m_arenas + holes[i] > r.m_span)
+            r.m_span = r.m_top + r.m_arenas + holes[i];
+    }
     r.fallback_top = fallback_top;
     r.lcg = (const int64_t *)b[3].buf; r.lcg_n = b[3].len / 8;
     r.seed = (uint64_t)seed;
@@ -458,6 +475,7 @@ static PyObject *replay_run(PyObject *self, PyObject *args, PyObject *kw)
     for (int64_t run = 0; run < runs; run++) {
         r.heap_lo = hlo[run];
         r.heap_hi = hhi[run];
+        r.m_hole = holes ? holes[run] : 0;
         run_one(&r, run, taken0 + run * n_w);
         int64_t total = 0;
         for (int64_t st = 0; st < states; st++) {
@@ -477,7 +495,7 @@ freeall:
         free(*arrays[i]);
     free(r.want); free(r.is_far); free(r.sw); free(r.gens); free(r.miss15);
 done:
-    for (int i = 0; i < 9; i++)
+    for (int i = 0; i < 10; i++)
         if (b[i].obj)
             PyBuffer_Release(&b[i]);
     return result;

@@ -10,9 +10,12 @@ ASLR-off load bias, the run-time anchor) and a :class:`ReplayParams`. Output: a
 
 The model, rule by rule, with its sources, is in :mod:`layoutkit.window.replay_engine`
 (the allocators and the interleaving) and :mod:`layoutkit.window.aslr` (the layouts).
-What it leaves out: the holes glibc's 64 MiB arena alignment leaves (arenas and stacks are
-packed), shared libraries of a dynamic executable, PRNG draws made by ``penalty_pc``, the
-main stack's guard gap, and hints whose address is 0 (counted as a wasted call pair).
+What it leaves out: for a library anchor, the holes glibc's 64 MiB arena alignment leaves
+(arenas and stacks are packed; far from the mmap area the hole above the first arena is
+modelled, where the 2025 allocator's far ranges start), the program's own mappings made
+before its threads start, shared libraries of a dynamic executable, PRNG draws made by
+``penalty_pc``, the main stack's guard gap, and hints whose address is 0 (counted as a
+wasted call pair).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from layoutkit.core.spans import align_down
 from layoutkit.errors import UsageError
 from layoutkit.window import replay_compiled
 from layoutkit.window.aslr import Layouts, draw
-from layoutkit.window.kernel import PAGE, KernelConfig
+from layoutkit.window.kernel import PAGE, STACK_RLIMIT, KernelConfig
 from layoutkit.window.profiles import JitWindow
 from layoutkit.window.replay_engine import Engine
 from layoutkit.window.replay_model import (
@@ -63,7 +66,6 @@ DEFAULT_SYSCALL_SECONDS = 2.0e-6
 # (a run's first abort comes before any state asks again).
 DEFAULT_RETRIES = 3
 DEFAULT_CORES = 4
-THREAD_STACK = (8 << 20) + PAGE  # glibc allocate_stack: RLIMIT_STACK default + guard page
 ARENA = 64 << 20  # glibc malloc/arena.c HEAP_MAX_SIZE on 64-bit
 ABORT_LIMIT = 0.01
 MEMORY_LIMIT = 4 << 30  # refuse a replay that would need more than this
@@ -206,6 +208,10 @@ def _setup(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
     runs = params.runs
     space = 1 << (jr - 16)
     m_cols = states * areas + 2 * space if gen is Generation.LJ2025 else 0
+    m_arenas, m_hole = 0, None
+    if gen is Generation.LJ2025 and image.load_kind in (LoadKind.EXEC, LoadKind.PIE):
+        m_arenas, m_hole = arena_hole(kernel, lay, states, params.cores)
+        m_cols += m_arenas + int(m_hole.max())
     if engine_kind(params) is EngineKind.COMPILED:
         # One run at a time: every run's window (bytes) in, aborts per run and state out.
         need = runs * (n_w + 5 * 8) + runs * states * 8 + (n_w + m_cols) * 10 + states * (
@@ -239,7 +245,7 @@ def _setup(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
         heap_lo = heap_hi = zero
         start = min(seg.vaddr for seg in image.loads)
         img_lo = align_down(start, PAGE) + run_bias
-        below = img_lo - _thread_bytes(states, params.cores)
+        below = img_lo - _thread_bytes(kernel, states, params.cores)
         _paint(taken, _cols(below, base, False), _cols(img_lo, base, True))
         top = int(np.clip(_cols(below, base, False), 0, n_w)[0])
         fallback_top = top or None  # None: the threads' mappings reach below the window
@@ -259,15 +265,41 @@ def _setup(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
         draw_n=(rng if gen is Generation.LJ2017 else 2 * rng) // SLOT - k,
         accept_lo=1, accept_hi=n_w - 1, lcg_table=table, jr=jr,
         m_cols=m_cols, m_top=states * areas + space,
-        fallback_top=fallback_top)
+        fallback_top=fallback_top, m_arenas=m_arenas, m_hole=m_hole)
 
 
-def _thread_bytes(states: int, cores: int) -> int:
-    """Stacks of ``states`` threads and the arenas they create, packed (glibc arena.c:
-    arena_get2 creates arenas up to NARENAS_FROM_NCORES(cores) = 8 x cores, the main
-    arena among them)."""
-    arenas = min(states, 8 * cores - 1)
-    return states * THREAD_STACK + arenas * ARENA
+def _thread_arenas(states: int, cores: int) -> int:
+    """How many arenas glibc creates for ``states`` threads that malloc (malloc/arena.c
+    arena_get2: no limit until narenas passes arena_test = NARENAS_FROM_NCORES(1) = 8,
+    then NARENAS_FROM_NCORES(cores) = 8 x cores, the main arena among them; the arm64
+    guest with one vCPU maps 8)."""
+    return min(states, max(8, 8 * cores - 1))
+
+
+def _thread_bytes(kernel: KernelConfig, states: int, cores: int) -> int:
+    """Stacks of ``states`` threads and the arenas they create, packed."""
+    stack = STACK_RLIMIT + kernel.arch.thread_guard
+    return states * stack + _thread_arenas(states, cores) * ARENA
+
+
+def arena_hole(kernel: KernelConfig, lay: Layouts, states: int,
+                cores: int) -> tuple[int, Ints]:
+    """Columns of the threads' arenas, and per run of the hole their alignment leaves.
+
+    Top-down from the mmap base (mm/util.c mmap_base, moved by ASLR) come the stacks of
+    ``states`` threads (glibc allocate_stack: RLIMIT_STACK and the arch's guard). The
+    first arena's new_heap (malloc/arena.c) maps 2 x HEAP_MAX_SIZE below them, keeps the
+    64 MiB-aligned 64 MiB inside and unmaps the rest: between its top and the lowest
+    stack ``((bottom - 1) mod 64 MiB) + 1`` bytes stay free; the other arenas pack below
+    it. mmap(NULL) fills that hole first: the 2025 allocator's far ranges start there
+    (the arm64 guest's maps of the workload, 64 threads, ASLR off: a 55.9 MiB hole above
+    8 arenas, filled with mcode areas). Mappings the program makes before its threads
+    (and the vDSO) are not counted: with ASLR off the hole is then up to that much off.
+    """
+    stack = STACK_RLIMIT + kernel.arch.thread_guard
+    bottom = kernel.mmap_base + np.asarray(lay.mmap_shift, dtype=np.int64) - states * stack
+    hole: Ints = ((bottom - 1) % ARENA + 1) // SLOT
+    return _thread_arenas(states, cores) * (ARENA // SLOT), hole
 
 
 def simulate(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,

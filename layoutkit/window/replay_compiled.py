@@ -50,4 +50,5 @@ def run(s: Setup, out: Outcome) -> None:
         iterations=s.iterations, draw_lo=s.draw_lo, draw_n=s.draw_n,
         accept_lo=s.accept_lo, accept_hi=s.accept_hi, jr=s.jr, n_w=s.taken.shape[1],
         m_cols=s.m_cols, m_top=s.m_top,
-        fallback_top=-1 if s.fallback_top is None else s.fallback_top)
+        fallback_top=-1 if s.fallback_top is None else s.fallback_top,
+        m_arenas=s.m_arenas, m_hole=s.m_hole if s.m_hole is not None else s.heap_lo[:0])

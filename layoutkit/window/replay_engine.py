@@ -6,9 +6,11 @@ The algorithm, per generation, with its sources, is docs/allocator-replay.md; th
 Address model. Space is counted in 64 KiB slots (LuaJIT's hint alignment) in one column
 space per run: the JIT window ``W`` (columns ``[0, n_w)``, its first column at a per-run
 address), then for the 2025 allocator the bottom of the top-down mmap area ``M``
-(columns ``[n_w, n_w + n_m)``; everything above its column ``m_top`` is thread stacks and
-malloc arenas, taken), then two sink columns: ``TAKEN`` (always taken: a hint outside the
-modelled space) and ``DUMP`` (where masked writes go). ``taken[run, column]`` says
+(columns ``[n_w, n_w + n_m)``; above its column ``m_top`` the malloc arenas, taken,
+then the hole their 64 MiB alignment leaves below the thread stacks, free, then the
+stacks, taken; see :func:`layoutkit.window.replay.arena_hole`), then two sink columns:
+``TAKEN`` (always taken: a hint outside the modelled space) and ``DUMP`` (where masked
+writes go). ``taken[run, column]`` says
 whether the slot is mapped.
 
 Interleaving. States take turns: round after round, every state that still wants an area
@@ -62,6 +64,11 @@ class Engine:
             self.taken[:, self.n_w: self.sink] = s.m_taken
         elif self.n_m:
             self.taken[:, self.n_w + s.m_top: self.sink] = True
+            if s.m_hole is not None:  # the arena-alignment hole below the stacks
+                cols = np.arange(self.n_m, dtype=np.int64)[None, :]
+                start = s.m_top + s.m_arenas
+                hole = (cols >= start) & (cols < start + s.m_hole[:, None])
+                self.taken[:, self.n_w: self.sink] &= ~hole
         self.taken[:, self.sink] = True
         self.held = np.full((n, r, s.areas), self.dump, dtype=np.int32)
         self.count = np.zeros((n, r), dtype=np.int64)
@@ -92,7 +99,8 @@ class Engine:
         self.spans: list[tuple[int, int, Ints]] = []
         bounds = [(0, s.fallback_top)] if s.fallback_top is not None else []
         if self.n_m:
-            bounds.append((self.n_w, self.n_w + s.m_top))
+            top = s.m_top if s.m_hole is None else s.m_top + s.m_arenas + int(s.m_hole.max())
+            bounds.append((self.n_w, self.n_w + top))
         for base, top in bounds:
             nb = -(-(top - base) // BLOCK)
             free = np.zeros((r, nb * BLOCK), dtype=np.bool_)

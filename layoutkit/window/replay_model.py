@@ -91,6 +91,12 @@ class Setup:
     # it (above m_top too: the gap below the stack is free for hints). None: M is free
     # below m_top and taken from m_top up.
     m_taken: Bools | None = None
+    # luajit-2025, a window far from the mmap area: above M's free columns [0, m_top),
+    # glibc's thread arenas (m_arenas columns, taken), then the hole their 64 MiB
+    # alignment leaves below the thread stacks (m_hole[run] columns, free), then the
+    # stacks (taken). None: no arenas and no hole (everything above m_top taken).
+    m_arenas: int = 0
+    m_hole: Ints | None = None
 
 
 @dataclass(frozen=True, eq=False)

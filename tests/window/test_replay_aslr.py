@@ -14,7 +14,7 @@ from layoutkit.core.arches import by_name
 from layoutkit.elf import ElfReader
 from layoutkit.window.aslr import draw
 from layoutkit.window.kernel import KernelConfig, release_version
-from layoutkit.window.replay import HeapTiming, ReplayParams, replay, simulate
+from layoutkit.window.replay import HeapTiming, ReplayParams, arena_hole, replay, simulate
 from tests.support import ELF_DIR
 from tests.window.test_replay import load
 
@@ -103,3 +103,24 @@ def test_a_library_window_moves_with_the_mmap_base() -> None:
     assert off.pop("aslr") is False
     assert on == off
     assert on["areas_placed"] >= 64 * 8
+
+
+def test_2025_far_ranges_start_in_the_arena_alignment_hole() -> None:
+    """glibc's first arena keeps the 64 MiB-aligned half of a 128 MiB mapping below the
+    thread stacks (malloc/arena.c new_heap); the rest of the 64 MiB above it stays free.
+    By hand, arm64 with ASLR off: mmap_base = 2^48 - 128 MiB (mm/util.c MIN_GAP), 64
+    stacks of 8 MiB + a 64 KiB guard below it end at 0xffffd7c00000, 60 MiB above a
+    64 MiB boundary: 960 free slots, then 8 arenas (one vCPU) of 1024 slots each."""
+    with ElfReader(ELF_DIR / "aarch64" / "nopie") as reader:
+        image = reader.image()
+    kernel = KernelConfig.for_arch(by_name("aarch64"))
+    assert kernel.mmap_base == (1 << 48) - (128 << 20)
+    lay = draw(image, kernel, 0, runs=3, seed=1, randomize=False)
+    arenas, hole = arena_hole(kernel, lay, 64, 1)
+    assert (arenas, hole.tolist()) == (8 * 1024, [960] * 3)
+    assert arena_hole(kernel, lay, 4, 1)[0] == 4 * 1024  # one arena per thread, up to 8
+    assert arena_hole(kernel, lay, 64, 4)[0] == 31 * 1024  # 8 x cores, less the main one
+    # With ASLR the mmap base moves by whole pages over 1 GiB: the hole takes any size.
+    _, holes = arena_hole(kernel, draw(image, kernel, 0, runs=400, seed=1, randomize=True),
+                           64, 1)
+    assert holes.min() < 100 and holes.max() > 900
