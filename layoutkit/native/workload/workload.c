@@ -116,7 +116,12 @@ struct state {
     char other_reasons[256];  /* the other aborts' messages, counted */
 };
 
-static pthread_barrier_t start_line;
+/* Every thread waits at finish_line before it returns: no stack is freed while another
+ * state still compiles. Threads that ended early freed their 8 MiB stacks (glibc keeps
+ * 40 MiB of them cached, nptl-stack.c), and LuaJIT 2025's mmap(NULL) fallback then went
+ * to those holes, far from the other states' ranges (the guest's maps: 64 threads,
+ * areas above the cached stacks); a program's worker threads live on. */
+static pthread_barrier_t start_line, finish_line;
 
 static int l_areas(lua_State *L) {
     lua_pushinteger(L, (lua_Integer)tl.held);
@@ -138,21 +143,21 @@ static void *run_state(void *arg) {
     pthread_barrier_wait(&start_line);
     if (L == NULL) {
         snprintf(s->error, sizeof s->error, "luaL_newstate failed");
-        return NULL;
+        goto done;
     }
     luaL_openlibs(L);
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "preload");
     if (luaL_loadbuffer(L, vmdef_lua, strlen(vmdef_lua), "=jit/vmdef.lua") != 0) {
         snprintf(s->error, sizeof s->error, "%s", lua_tostring(L, -1));
-        return NULL;
+        goto done;
     }
     lua_setfield(L, -2, "jit.vmdef");
     lua_pop(L, 2);
     lua_register(L, "workload_areas", l_areas);
     if (luaL_loadbuffer(L, workload_lua, strlen(workload_lua), "=workload.lua") != 0) {
         snprintf(s->error, sizeof s->error, "%s", lua_tostring(L, -1));
-        return NULL;
+        goto done;
     }
     long args[] = {o->statements, o->retries, o->attempts, o->sizemcode, o->maxmcode};
     for (size_t i = 0; i < sizeof args / sizeof args[0]; i++) lua_pushinteger(L, args[i]);
@@ -172,6 +177,8 @@ static void *run_state(void *arg) {
     }
     lua_settop(L, 0);
     s->counts = tl;  /* the state stays open: its areas stay mapped for the maps read */
+done:
+    pthread_barrier_wait(&finish_line);
     return NULL;
 }
 
@@ -297,7 +304,9 @@ int main(int argc, char **argv) {
     }
     void *brk1 = sbrk(0);
     uint64_t t0 = now_ns();
-    if (pthread_barrier_init(&start_line, NULL, (unsigned)o.threads)) return 1;
+    if (pthread_barrier_init(&start_line, NULL, (unsigned)o.threads) ||
+        pthread_barrier_init(&finish_line, NULL, (unsigned)o.threads))
+        return 1;
     for (long i = 0; i < o.threads; i++) {
         states[i].index = i;
         states[i].opt = &o;

@@ -19,8 +19,9 @@ local allotment = math.floor(maxmcode / sizemcode)
 -- The driver itself is never compiled (PROTO_NOJIT on this chunk and every function in
 -- it, doc/ext_jit.html jit.off(true, true)): only the big traces ask for mcode, one area
 -- each. Compiled, the driver's own small loops took space in the first area and, after
--- a flush, asked again and aborted themselves (more MCODEAL aborts than big-trace
--- requests, measured under qemu-user: 2 of a state's first 3 aborts).
+-- a flush, were recompiled, asked for an area and aborted themselves: MCODEAL aborts
+-- that no big trace caused (seen under qemu-user with jit.attach: a state's second
+-- abort came from the driver's loop, recorded right after the first flush).
 jit.off(true, true)
 
 -- Loop optimisation off keeps one copy of the body per trace; the record limits are
