@@ -20,7 +20,9 @@ the window) carry tens of aborts, and four measured runs rarely contain one.
 
 The scenario is the workload's: brk heap grown 64 MiB before the threads start, each state
 asking again ``--retries`` times after an abort (the workload's default, 3), one vCPU
-(glibc's arena cap), the guest kernel's release (arm64: brk randomised over 1 GiB).
+(glibc's arena cap), what lies between the mmap base and the threads' stacks (the vDSO
+and the workload's 4 MiB buffer), the guest kernel's release (arm64: brk randomised over
+1 GiB).
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ ARCH = "aarch64"
 HEAP = 64 << 20
 RETRIES = 3  # bench_workload.py's default: aborts tolerated per state before it stops
 CORES = 1  # the guest has one vCPU
+# Between the mmap base and the first thread stack in the guest's maps of the workload:
+# [vvar][vdso] (12 KiB) and workload.c's 4 MiB maps buffer, malloc'd before the threads
+# (above glibc's mmap threshold: one mmap of 4 MiB + a page).
+PREMAPPED = (12 << 10) + (4 << 20) + (4 << 10)
 GUEST_MMAP_MIN_ADDR = 4096  # read in the guest (tests/native/test_qemu_system.py)
 ROW = re.compile(r"^\| (?P<n>\d+) \| (?P<gen>luajit-[0-9.]+) \| (?P<aslr>on|off) \| "
                  r"(?:default|`(?P<ldflags>[^`]*)`) \| "
@@ -94,7 +100,8 @@ def predict(row: Row, release: str | None, runs: int, seed: int) -> ReplayResult
                      release=release, source="the arm64 guest's kernel")
     jit = window_for_span(row.profile, image.arch, anchor.span, kernel.user_space)
     params = ReplayParams(states=row.states, heap=HEAP, heap_timing=HeapTiming.BEFORE,
-                          runs=runs, seed=seed, retries=RETRIES, aslr=row.aslr, cores=CORES)
+                          runs=runs, seed=seed, retries=RETRIES, aslr=row.aslr, cores=CORES,
+                          premapped=PREMAPPED)
     return replay(image, kernel, jit, 0, params, search=False)
 
 

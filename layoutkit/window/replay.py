@@ -96,6 +96,10 @@ class ReplayParams:
     aslr: bool = True
     prng: PrngModel | None = None  # None: the generation's own (see _DEFAULT_PRNG)
     cores: int = DEFAULT_CORES  # glibc caps arenas at 8 x cores (malloc/arena.c)
+    # Bytes the program maps top-down before its threads start (buffers above glibc's
+    # mmap threshold, for example): they move the thread stacks, and so the hole above
+    # the first arena (arena_hole), down by as much.
+    premapped: int = 0
     syscall_seconds: float = DEFAULT_SYSCALL_SECONDS
     # numpy engine: with independent hints (per-state streams, one-slot areas) draw the
     # first hit from its geometric law instead of every miss. Same distribution; False
@@ -210,7 +214,7 @@ def _setup(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
     m_cols = states * areas + 2 * space if gen is Generation.LJ2025 else 0
     m_arenas, m_hole = 0, None
     if gen is Generation.LJ2025 and image.load_kind in (LoadKind.EXEC, LoadKind.PIE):
-        m_arenas, m_hole = arena_hole(kernel, lay, states, params.cores)
+        m_arenas, m_hole = arena_hole(kernel, lay, states, params.cores, params.premapped)
         m_cols += m_arenas + int(m_hole.max())
     if engine_kind(params) is EngineKind.COMPILED:
         # One run at a time: every run's window (bytes) in, aborts per run and state out.
@@ -245,7 +249,7 @@ def _setup(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
         heap_lo = heap_hi = zero
         start = min(seg.vaddr for seg in image.loads)
         img_lo = align_down(start, PAGE) + run_bias
-        below = img_lo - _thread_bytes(kernel, states, params.cores)
+        below = img_lo - params.premapped - _thread_bytes(kernel, states, params.cores)
         _paint(taken, _cols(below, base, False), _cols(img_lo, base, True))
         top = int(np.clip(_cols(below, base, False), 0, n_w)[0])
         fallback_top = top or None  # None: the threads' mappings reach below the window
@@ -282,8 +286,8 @@ def _thread_bytes(kernel: KernelConfig, states: int, cores: int) -> int:
     return states * stack + _thread_arenas(states, cores) * ARENA
 
 
-def arena_hole(kernel: KernelConfig, lay: Layouts, states: int,
-                cores: int) -> tuple[int, Ints]:
+def arena_hole(kernel: KernelConfig, lay: Layouts, states: int, cores: int,
+               premapped: int = 0) -> tuple[int, Ints]:
     """Columns of the threads' arenas, and per run of the hole their alignment leaves.
 
     Top-down from the mmap base (mm/util.c mmap_base, moved by ASLR) come the stacks of
@@ -293,11 +297,13 @@ def arena_hole(kernel: KernelConfig, lay: Layouts, states: int,
     stack ``((bottom - 1) mod 64 MiB) + 1`` bytes stay free; the other arenas pack below
     it. mmap(NULL) fills that hole first: the 2025 allocator's far ranges start there
     (the arm64 guest's maps of the workload, 64 threads, ASLR off: a 55.9 MiB hole above
-    8 arenas, filled with mcode areas). Mappings the program makes before its threads
-    (and the vDSO) are not counted: with ASLR off the hole is then up to that much off.
+    8 arenas, filled with mcode areas). ``premapped``: what lies between the mmap base
+    and the first stack (the program's own early mappings, and the vDSO: 12 KiB with
+    its data pages on Debian's arm64 6.1 kernel).
     """
     stack = STACK_RLIMIT + kernel.arch.thread_guard
-    bottom = kernel.mmap_base + np.asarray(lay.mmap_shift, dtype=np.int64) - states * stack
+    shift = np.asarray(lay.mmap_shift, dtype=np.int64)
+    bottom = kernel.mmap_base + shift - premapped - states * stack
     hole: Ints = ((bottom - 1) % ARENA + 1) // SLOT
     return _thread_arenas(states, cores) * (ARENA // SLOT), hole
 

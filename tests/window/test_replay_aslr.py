@@ -118,6 +118,8 @@ def test_2025_far_ranges_start_in_the_arena_alignment_hole() -> None:
     lay = draw(image, kernel, 0, runs=3, seed=1, randomize=False)
     arenas, hole = arena_hole(kernel, lay, 64, 1)
     assert (arenas, hole.tolist()) == (8 * 1024, [960] * 3)
+    # 4 MiB mapped before the threads start move the stacks down: 56 MiB, 896 slots.
+    assert arena_hole(kernel, lay, 64, 1, 4 << 20)[1].tolist() == [896] * 3
     assert arena_hole(kernel, lay, 4, 1)[0] == 4 * 1024  # one arena per thread, up to 8
     assert arena_hole(kernel, lay, 64, 4)[0] == 31 * 1024  # 8 x cores, less the main one
     # With ASLR the mmap base moves by whole pages over 1 GiB: the hole takes any size.
