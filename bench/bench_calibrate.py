@@ -174,7 +174,8 @@ def main() -> int:
         cells[-1] = f" {band}: {hits}/{len(row.per_run)} runs in, mean {'in' if ok else 'out'} "
         lines[row.line] = "|".join(cells) + "|"
     summary = [f"Replay (layoutkit.window.replay, {args.runs} runs, seed {args.seed}, retries "
-               f"{RETRIES}, heap {HEAP >> 20} MiB before the threads, {CORES} vCPU): the "
+               f"{RETRIES}, heap {HEAP >> 20} MiB before the threads, {PREMAPPED >> 10} KiB "
+               f"mapped below the mmap base before them, {CORES} vCPU): the "
                f"aborts of {runs_in} of {runs_all} measured runs ({runs_in / runs_all:.0%}; "
                f"issue 11 asks 80%) inside the predicted p5..p95 band of one run; the mean of "
                f"{inside} of {len(measured)} rows ({inside / len(measured):.0%})."]
