@@ -168,7 +168,8 @@ def table(groups: Sequence[Group], retries: int, jobs: int) -> list[str]:
         "- mmap calls: LuaJIT's mmap calls (mcode and its allocator), mean per run",
         "- wall: seconds from starting the threads to joining them, in the guest (TCG), mean",
         "- replay p5..p95: the model replay's predicted band of aborts per run and its mean "
-        "(bench/bench_calibrate.py), and whether the measured mean is inside",
+        "(bench/bench_calibrate.py), how many measured runs lie inside it, and whether "
+        "their mean does",
         "",
     ]
     for g in groups:
