@@ -188,14 +188,15 @@ def main() -> int:
               and within(model, real))
         agree += ok
         loose += not bracketed
+        verdict = ("within 15%" if ok else "NOT within 15%" if bracketed
+                   else "not bracketed")
         where = (f"between N={real[0] + 1} and N={real[1]}" if bracketed and real
                  else f"at or below N={real[1]}, no N measured below it" if real
                  else "beyond the N measured")
         link = f", linked with {' '.join(ldflags)}" if ldflags else ""
         summary.append(f"- {profile}{link}, ASLR {'on' if aslr else 'off'}: at least half of the "
                        f"runs abort from N={model} replayed; measured {where} "
-                       f"({'within' if ok else 'NOT within' if bracketed else 'not bracketed'}"
-                       " 15%)")
+                       f"({verdict})")
     summary.insert(1, f"Where aborts start agrees within 15% in {agree} of "
                    f"{len(groups) - loose} groups (that the measured N bracket; "
                    f"{loose} not):")
