@@ -80,9 +80,11 @@ def judged(advice: Advice) -> Advice:
     forecasts = [current, *(r.forecast for r in advice.recommendations if r.forecast)]
     if all(f.verdict() is not ReplayVerdict.OK for f in forecasts):
         best = min((f.result for f in forecasts if f.result), key=lambda r: r.p_abort)
+        now = current.result
         raise NoFitError(
             f"{best.states} JIT state(s) ({best.profile}) abort traces in "
-            f"{100 * best.p_abort:.1f}% of {best.runs} replay runs even after the best change "
+            f"{100 * now.p_abort:.1f}% of {best.runs} replay runs now and in "
+            f"{100 * best.p_abort:.1f}% even after the best change "
             f"(seed {best.seed}; up to {best.safe_states} states stay under "
             f"{100 * ABORT_LIMIT:.0f}%)"
             + (f"; by slot arithmetic: {advice.no_fit}" if advice.no_fit else ""))
