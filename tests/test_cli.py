@@ -127,7 +127,7 @@ def test_every_command_has_help_and_is_in_the_readme() -> None:
 
 
 def test_cli_names_match_the_model() -> None:
-    """cli.py lists the profile and linker names without importing the model (lean start):
+    """cli/options.py lists the profile and linker names without importing the model (lean start):
     they must be exactly the model's."""
     from layoutkit import cli
     from layoutkit.advice.linkers import LINKERS

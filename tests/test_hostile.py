@@ -23,7 +23,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from layoutkit.cli import EXIT_CODES, _handled
+from layoutkit.cli.options import EXIT_CODES, handled
 from layoutkit.commands import check
 from layoutkit.core.text import json_safe, shown
 from tests.output.test_schemas import errors as schema_errors
@@ -282,7 +282,7 @@ def _group() -> click.Group:
         """A group with one command that has a bug."""
 
     @group.command()
-    @_handled
+    @handled
     def broken() -> None:
         """Divides by zero."""
         print(1 // 0)  # the bug

@@ -1,176 +1,37 @@
 """The command line: build the scenario, call one use case, hand the result to output/.
 
-The only module that imports click. Heavy modules (pyelftools, capstone, numpy,
+The cli package is the only place that imports click; the shared options live in
+:mod:`layoutkit.cli.options`. Heavy modules (pyelftools, capstone, numpy,
 networkx) are imported inside the command that needs them, so ``layoutkit --help``
 and every command start lean.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from layoutkit.boundary import internal
-from layoutkit.config import KERNEL_KEYS, SAMPLING_KEYS, SCENARIO_KEYS, scenario_from
+from layoutkit.cli.options import (
+    EXIT_CODES,
+    LINKER_NAMES,
+    PROFILE_NAMES,
+    handled,
+    jit_option,
+    output_options,
+    scenario_options,
+    show,
+    svg_option,
+)
+from layoutkit.config import scenario_from
 from layoutkit.core import arches
 from layoutkit.core.units import parse_address, parse_size
-from layoutkit.errors import (
-    EXIT_FINDINGS,
-    EXIT_INPUT,
-    EXIT_INTERNAL,
-    EXIT_PROBE,
-    EXIT_USAGE,
-    LayoutkitError,
-    UsageError,
-)
+from layoutkit.errors import EXIT_FINDINGS, EXIT_INPUT, EXIT_INTERNAL, EXIT_USAGE, UsageError
 from layoutkit.output import console
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-# Kept in step with window/profiles.py PROFILES by tests/test_cli.py (importing the
-# profiles here would load the whole window model for `layoutkit --help`).
-PROFILE_NAMES = ("generic", "luajit-2017", "luajit-2.1", "luajit-2025", "luajit-openresty",
-                 "php-opcache", "v8")
-LINKER_NAMES = ("bfd", "gold", "lld", "mold")
-
-EXIT_CODES = f"""Exit codes: 0 ok; {EXIT_FINDINGS} a check failed or no advice is possible;
-{EXIT_USAGE} usage error; {EXIT_INPUT} an input could not be analysed; {EXIT_PROBE} the
-native probe is unavailable or failed; {EXIT_INTERNAL} internal error (a bug in layoutkit:
-please report it; --debug shows the traceback)."""
-
-
-def output_options(func: F) -> F:
-    """``--format``, shared by every command."""
-    return click.option(
-        "--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-        show_default=True, help="Output format (JSON carries a schema version).",
-    )(func)
-
-
-def svg_option(func: F) -> F:
-    return click.option("--svg", "svg_path", metavar="FILE", default=None,
-                        help="Also draw the address space around the anchor as SVG.")(func)
-
-
-def jit_option(default: str | None = None) -> Callable[[F], F]:
-    """``--jit``: the allocator profile (declared once, here)."""
-    text = ("JIT allocator profile (default: detected from the binary)." if default is None
-            else "JIT allocator profile: its window and, with --threads, its probe sequence.")
-    return click.option("--jit", "jit", type=click.Choice(PROFILE_NAMES), default=default,
-                        show_default=default is not None, help=text)
-
-
-def scenario_options(*, kernel: bool = True) -> Callable[[F], F]:
-    """The options that make a :class:`Scenario`, declared once for every command.
-
-    The command receives them as one dict, ``scenario_args`` (None: not given), and
-    builds the scenario with :func:`layoutkit.config.scenario_from` (``check`` merges its
-    configuration file under them). ``kernel=False`` leaves out the kernel choice and the
-    replay's sampling (``verify`` measures the runner's own kernel, with runs of its own).
-    """
-    options = [
-        jit_option(),
-        click.option("--form", metavar="NAME", default=None,
-                     help="Branch form for --jit generic (default: the direct branch)."),
-        click.option("--heap", metavar="SIZE", default=None,
-                     help="How far the brk heap grows beyond its start (default 64M: "
-                          "one glibc arena, HEAP_MAX_SIZE)."),
-        click.option("--states", type=click.IntRange(min=1), default=None,
-                     help="How many JIT states (threads with their own lua_State) compete "
-                          "(default 1)."),
-        click.option("--mcode", metavar="SIZE", default=None,
-                     help="Code per JIT state (default: the profile's maxmcode, 512K "
-                          "for LuaJIT 2.1)."),
-        click.option("--opcache-size", "opcache_size", metavar="MEM+JIT", default=None,
-                     help="php-opcache: opcache.memory_consumption + jit_buffer_size, "
-                          "e.g. 128M+64M, or one SIZE for the whole segment with the JIT "
-                          "on (default PHP 8.2's: 128M+0, the JIT off)."),
-        click.option("--code-range", "code_range", metavar="SIZE", default=None,
-                     help="V8's code range for --jit v8 (default: the version's own, "
-                          "512M for V8 11.3 on x86-64)."),
-    ]
-    if kernel:
-        options += [
-            click.option("--va-bits", "va_bits", type=int, default=None,
-                         help="User VA size of the kernel (arm64: 39/42/47/48/52; "
-                              "x86-64: 47/57)."),
-            click.option("--mmap-min-addr", "mmap_min_addr", metavar="ADDR", default=None,
-                         help="vm.mmap_min_addr (default: the kernel's, e.g. 0x10000 on "
-                              "Debian's x86-64 kernels)."),
-            click.option("--kernel", "kernel", metavar="RELEASE", default=None,
-                         help="Judge under this kernel release's rules, e.g. 6.1.0-27-arm64 "
-                              "(default: this machine's kernel when the arch matches, else "
-                              "the arch's defaults)."),
-            click.option("--kernel-file", "kernel_file", metavar="FILE", default=None,
-                         help="Judge under a host's kernel as `layoutkit kernel --capture` "
-                              "wrote it."),
-            click.option("--aslr", "aslr", metavar="on|off", default=None,
-                         help="Replay with the layout randomised or fixed (default: as the "
-                              "kernel's randomize_va_space has it)."),
-            click.option("--runs", "runs", type=int, default=None,
-                         help="Replay runs, each with its own layout (default 300)."),
-            click.option("--seed", "seed", type=int, default=None,
-                         help="Seed of the replay (default 1; printed in every report)."),
-            click.option("--retries", "retries", type=int, default=None,
-                         help="Times a state asks again after a trace abort (default: the "
-                              "replay's, stated in the report)."),
-        ]
-    keys = SCENARIO_KEYS + (KERNEL_KEYS + SAMPLING_KEYS if kernel else ())
-
-    def decorate(func: F) -> F:
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            given = {key: kwargs.pop(key, None) for key in keys}
-            return func(*args, scenario_args=given, **kwargs)
-
-        for option in reversed(options):
-            wrapper = option(wrapper)
-        return wrapper  # type: ignore[return-value]
-
-    return decorate
-
-
-def _show(fmt: str, text: Callable[[], Iterable[str]], doc: Callable[[], dict[str, Any]],
-          exit_code: int = 0) -> None:
-    """Print the result in the chosen format, then exit with the result's own code."""
-    if fmt == "json":
-        from layoutkit.output.document import dumps
-
-        click.echo(dumps(doc()))
-    else:
-        click.echo("\n".join(text()))
-    if exit_code:
-        sys.exit(exit_code)
-
-
-def _handled(func: F) -> F:
-    """Turn :class:`LayoutkitError` into one line on stderr and its exit code (with
-    ``--format json`` also an error document on stdout, unless it is a usage error);
-    anything else is a bug in layoutkit (the internal boundary): one line, exit 5."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        ctx = click.get_current_context()
-        try:
-            with internal(f"layoutkit {ctx.info_name}"):
-                return func(*args, **kwargs)
-        except LayoutkitError as err:
-            if ctx.find_root().params.get("debug"):
-                raise
-            if kwargs.get("fmt") == "json" and err.exit_code != EXIT_USAGE:
-                # JSON on every exit but a usage error: the failure is a document too.
-                from layoutkit.output.document import dumps, error_json
-
-                click.echo(dumps(error_json(ctx.info_name or "layoutkit", err)))
-            click.echo(f"layoutkit: {err}", err=True)
-            ctx.exit(err.exit_code)
-
-    return wrapper  # type: ignore[return-value]
+__all__ = ["EXIT_CODES", "LINKER_NAMES", "PROFILE_NAMES", "cli", "main"]
 
 
 @click.group(epilog=EXIT_CODES)
@@ -190,7 +51,7 @@ def cli(debug: bool) -> None:
 @scenario_options()
 @svg_option
 @output_options
-@_handled
+@handled
 def inspect(binary: str | None, anchor: str | None, svg_path: str | None, fmt: str,
             scenario_args: dict[str, Any]) -> None:
     """The ELF's layout, its JIT anchor, the reach window of every branch form, and the
@@ -211,7 +72,7 @@ def inspect(binary: str | None, anchor: str | None, svg_path: str | None, fmt: s
         svg.write_svg(svg_path, result.prediction.worst, result.runtime_anchor,
                           f"{os.path.basename(path)}: {result.profile} window, "
                           "worst case over ASLR")
-    _show(fmt, lambda: text.inspection_lines(result, bundled=bundled),
+    show(fmt, lambda: text.inspection_lines(result, bundled=bundled),
           lambda: document.inspection_json(result, bundled=bundled), result.exit_code)
 
 
@@ -228,7 +89,7 @@ def inspect(binary: str | None, anchor: str | None, svg_path: str | None, fmt: s
 @scenario_options()
 @svg_option
 @output_options
-@_handled
+@handled
 def maps_command(target: str, anchor: str | None, arch_name: str | None,
                  path_map: tuple[str, ...], svg_path: str | None, fmt: str,
                  scenario_args: dict[str, Any]) -> None:
@@ -249,7 +110,7 @@ def maps_command(target: str, anchor: str | None, arch_name: str | None,
         svg.write_svg(svg_path, result.accounting, result.anchor.span,
                           f"{result.maps.source}: {result.profile} window as mapped",
                           tuple(a.span for a in result.jit_areas))
-    _show(fmt, lambda: text.maps_lines(result), lambda: document.maps_json(result),
+    show(fmt, lambda: text.maps_lines(result), lambda: document.maps_json(result),
           result.exit_code)
 
 
@@ -271,7 +132,7 @@ def maps_command(target: str, anchor: str | None, arch_name: str | None,
                    "the protections measured (needs the arch's gcc; exit 4 without).")
 @scenario_options()
 @output_options
-@_handled
+@handled
 def advise(binary: str | None, arch_name: str | None, linker: str | None,
            anchor: str | None, move: str | None, allow_weaker: bool, prove: bool, fmt: str,
            scenario_args: dict[str, Any]) -> None:
@@ -290,11 +151,11 @@ def advise(binary: str | None, arch_name: str | None, linker: str | None,
         if binary is None:
             raise UsageError("--move needs a BINARY: its references decide the range")
         check = use_case.move(binary, move)
-        _show(fmt, lambda: text.move_lines(check), lambda: document.move_json(check))
+        show(fmt, lambda: text.move_lines(check), lambda: document.move_json(check))
         return
     result = use_case.advise(binary, scenario, arch_name=arch_name, linker=linker,
                              anchor=anchor, allow_weaker=allow_weaker, prove=prove)
-    _show(fmt, lambda: text.advice_lines(result), lambda: document.advice_json(result))
+    show(fmt, lambda: text.advice_lines(result), lambda: document.advice_json(result))
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -302,7 +163,7 @@ def advise(binary: str | None, arch_name: str | None, linker: str | None,
               help=f"Only these architectures ({', '.join(arches.arch_names())}; "
                    "aliases such as arm64 work).")
 @output_options
-@_handled
+@handled
 def ranges(arch_names: tuple[str, ...], fmt: str) -> None:
     """The reach table: every PC-relative branch form and its exact reach."""
     from layoutkit.output import document, text
@@ -311,7 +172,7 @@ def ranges(arch_names: tuple[str, ...], fmt: str) -> None:
     rows = REACH
     if arch_names:
         rows = tuple(f for name in arch_names for f in forms(arches.by_name(name)))
-    _show(fmt, lambda: text.forms_lines(rows), lambda: document.ranges_json(rows))
+    show(fmt, lambda: text.forms_lines(rows), lambda: document.ranges_json(rows))
 
 
 @cli.command(name="kernel", epilog=EXIT_CODES)
@@ -319,7 +180,7 @@ def ranges(arch_names: tuple[str, ...], fmt: str) -> None:
               help="Write this machine's kernel facts as a JSON document (layoutkit/kernel/1) "
                    "for --kernel-file on another machine.")
 @output_options
-@_handled
+@handled
 def kernel_command(capture: bool, fmt: str) -> None:
     """This machine's kernel: its release (uname) and the sysctls the layout model reads
     (kernel.randomize_va_space, vm.mmap_min_addr, vm.mmap_rnd_bits, vm.legacy_va_layout),
@@ -329,7 +190,7 @@ def kernel_command(capture: bool, fmt: str) -> None:
     from layoutkit.output import document, text
 
     facts, config = host_kernel()
-    _show("json" if capture else fmt, lambda: text.capture_lines(facts, config),
+    show("json" if capture else fmt, lambda: text.capture_lines(facts, config),
           lambda: document.capture_json(facts))
 
 
@@ -359,7 +220,7 @@ error on some path (a bug in layoutkit: please report it). {EXIT_INTERNAL} outra
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "junit", "sarif"]),
               default="text", show_default=True, help="Report format (one for the run).")
 @scenario_options()
-@_handled
+@handled
 def check(paths: tuple[str, ...], min_window: str | None, min_free_slots: int | None,
           max_abort_probability: float | None, arch_names: tuple[str, ...],
           config_path: str | None, jobs: int | None, fmt: str,
@@ -437,7 +298,7 @@ def check(paths: tuple[str, ...], min_window: str | None, min_free_slots: int | 
               help="With CMD: terminate it once the report is in (default: let it finish).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @output_options
-@_handled
+@handled
 def probe_command(arch_name: str | None, runner: str, jit: str, anchor: str | None,
                   radius: str | None, threads: int, areas: int, seed: int,
                   retries: int | None, when: str,
@@ -488,7 +349,7 @@ def probe_command(arch_name: str | None, runner: str, jit: str, anchor: str | No
                    anchor=anchor if anchor in (None, "stack") else parse_address(anchor or ""),
                    radius=None if radius is None else parse_size(radius),
                    threads=threads, areas=areas, seed=seed, retries=retries)
-    _show(fmt, lambda: probe_lines(report), lambda: probe_json(report), report.exit_code)
+    show(fmt, lambda: probe_lines(report), lambda: probe_json(report), report.exit_code)
 
 
 def _probe_program(command: tuple[str, ...], jit: str, anchor: str | None, when: str,
@@ -499,7 +360,7 @@ def _probe_program(command: tuple[str, ...], jit: str, anchor: str | None, when:
     result = probe_program(command, when=when, jit=jit, anchor=anchor,
                            object_name=object_name, kill_after=kill_after,
                            stdout=2 if fmt == "json" else None)
-    _show(fmt, lambda: program_lines(result), lambda: program_json(result), result.exit_code)
+    show(fmt, lambda: program_lines(result), lambda: program_json(result), result.exit_code)
 
 
 def _probe_guest_program(command: tuple[str, ...], arch_name: str | None, jit: str,
@@ -512,7 +373,7 @@ def _probe_guest_program(command: tuple[str, ...], arch_name: str | None, jit: s
                             object_name=object_name)
     click.echo(result.stdout, nl=False, err=True)
     click.echo(result.stderr, nl=False, err=True)
-    _show(fmt, lambda: program_lines(result), lambda: program_json(result), result.exit_code)
+    show(fmt, lambda: program_lines(result), lambda: program_json(result), result.exit_code)
 
 
 @cli.command(name="verify", epilog=EXIT_CODES)
@@ -544,7 +405,7 @@ def _probe_guest_program(command: tuple[str, ...], arch_name: str | None, jit: s
                    "a stripped binary needs it).")
 @scenario_options(kernel=False)
 @output_options
-@_handled
+@handled
 def verify_command(binary: str | None, workload: str | None, aslr: str, replay_runs: int,
                    seed: int, arch_name: str | None, runner: str, runs: int,
                    advice: str | None, base: str | None, anchor: str | None, fmt: str,
@@ -576,7 +437,7 @@ def verify_command(binary: str | None, workload: str | None, aslr: str, replay_r
     result = verify(binary, scenario_from(scenario_args), arch_name=arch_name, runner=runner,
                     runs=runs, advice=None if advice is None else AdviceKind(advice),
                     base=None if base is None else parse_address(base), anchor_spec=anchor)
-    _show(fmt, lambda: verification_lines(result), lambda: verification_json(result),
+    show(fmt, lambda: verification_lines(result), lambda: verification_json(result),
           result.exit_code)
 
 
@@ -590,7 +451,7 @@ def _verify_workload(binary: str | None, workload: str, aslr: bool, replay_runs:
         raise UsageError(f"--workload {workload} runs its own binary: leave out {binary}")
     result = verify_workload(workload, scenario_from(scenario_args), runner=runner,
                              arch_name=arch_name, aslr=aslr, runs=replay_runs, seed=seed)
-    _show(fmt, lambda: workload_lines(result), lambda: workload_json(result),
+    show(fmt, lambda: workload_lines(result), lambda: workload_json(result),
           result.exit_code)
 
 
