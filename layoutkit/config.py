@@ -142,7 +142,8 @@ def load_config(path: str | Path | None = None, *, cwd: str | Path | None = None
     return Config()
 
 
-# The scenario keys: command-line options (scenario_options in cli/options.py) and config keys alike.
+# The scenario keys: command-line options (scenario_options in cli/options.py) and
+# config keys alike.
 SCENARIO_KEYS = ("jit", "form", "heap", "states", "mcode", "va_bits", "mmap_min_addr",
                  "opcache_size", "code_range")
 KERNEL_KEYS = ("kernel", "kernel_file")  # which kernel's rules (with va_bits, mmap_min_addr)

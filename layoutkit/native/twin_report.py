@@ -21,7 +21,7 @@ from pathlib import Path
 from layoutkit.core.scenario import KernelOverrides, Scenario
 from layoutkit.errors import ProbeError
 from layoutkit.native.guest.boot import GuestResult, GuestRun
-from layoutkit.native.guest.initramfs import GuestProgram
+from layoutkit.native.guest.initramfs import GUEST_TMP, GuestProgram
 from layoutkit.native.preload import load_report, probe_environment, report_result
 from layoutkit.native.protocol import ScanResult
 from layoutkit.native.toolchain import Runner, run_command
@@ -74,7 +74,7 @@ def guest_report_programs(twin: Twin, profile: str, runs: int) -> list[GuestProg
     """``runs`` runs of a static-PIE twin in one boot, each with its own report file."""
     programs = []
     for seed in range(1, runs + 1):
-        out = f"/tmp/layoutkit-twin-{seed}.json"
+        out = f"{GUEST_TMP}/layoutkit-twin-{seed}.json"
         env = _environment(twin, profile, out)
         programs.append(GuestProgram(twin.path, (), tuple(f"{k}={v}" for k, v in env.items()),
                                      report=out))

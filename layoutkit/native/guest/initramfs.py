@@ -14,6 +14,10 @@ from layoutkit.elf import ElfReader
 from layoutkit.errors import LayoutkitError, ProbeError, UsageError
 from layoutkit.native.toolchain import TARGETS
 
+# The guest's scratch folder: /init (native/init.c) creates it, world-writable, in the
+# initramfs; report files of programs run in the guest go there.
+GUEST_TMP = "/tmp"
+
 
 def _newc(name: str, mode: int, data: bytes = b"", ino: int = 0,
           rdev: tuple[int, int] = (0, 0)) -> bytes:

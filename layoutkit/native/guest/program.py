@@ -34,7 +34,7 @@ from layoutkit.errors import LayoutkitError, ProbeError, UsageError
 from layoutkit.native.build import compile_c
 from layoutkit.native.compare import differences
 from layoutkit.native.guest.boot import GuestResult, GuestRun, run_in_guest
-from layoutkit.native.guest.initramfs import GuestProgram, runtime_files
+from layoutkit.native.guest.initramfs import GUEST_TMP, GuestProgram, runtime_files
 from layoutkit.native.guest.kernels import system_for
 from layoutkit.native.guest.probe import (
     handshake_program,
@@ -60,7 +60,7 @@ from layoutkit.window.anchor import Anchor, PlacedAnchor, find_anchor, luajit_ge
 from layoutkit.window.profiles import choose_profile
 
 PRELOAD = "/lib/layoutkit/liblayoutkit-probe.so"  # the library's guest path
-REPORT = "/tmp/layoutkit-probe.json"  # where the forked copy writes its report
+REPORT = f"{GUEST_TMP}/layoutkit-probe.json"  # where the forked copy writes its report
 TIMEOUT = 300.0  # seconds for the whole boot (TCG: minutes on a loaded machine)
 
 
