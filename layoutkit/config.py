@@ -178,7 +178,16 @@ def scenario_from(options: dict[str, Any], config: Config | None = None) -> Scen
         if jit not in PROFILES:
             where = f"{cfg.source}: jit" if options.get("jit") is None else "--jit"
             raise UsageError(f"{where} {jit!r} is not one of {', '.join(sorted(PROFILES))}")
-    heap = config_size(pick("heap"))
+    def size(key: str) -> int | None:
+        """A size option, its fault said under the option's or the key's own name."""
+        try:
+            return config_size(pick(key))
+        except UsageError as e:
+            flag = "--" + key.replace("_", "-")
+            where = flag if options.get(key) is not None else f"{cfg.source}: {key}"
+            raise UsageError(f"{where}: {e.message}") from None
+
+    heap = size("heap")
     states = pick("states")
     kernel_file = pick("kernel_file")
     capture = None
@@ -191,12 +200,12 @@ def scenario_from(options: dict[str, Any], config: Config | None = None) -> Scen
         jit=jit,
         form=pick("form"),
         heap=DEFAULT_HEAP if heap is None else heap,
-        demand=Demand(states=1 if states is None else states, mcode=config_size(pick("mcode"))),
+        demand=Demand(states=1 if states is None else states, mcode=size("mcode")),
         kernel=KernelOverrides(va_bits=pick("va_bits"),
                                mmap_min_addr=_address(pick("mmap_min_addr")),
                                release=pick("kernel"), capture=capture),
         opcache=parse_opcache_size(_text(pick("opcache_size"))),
-        code_range=config_size(pick("code_range")),
+        code_range=size("code_range"),
         sampling=Sampling(runs=DEFAULT_RUNS if runs is None else runs,
                           seed=DEFAULT_SEED if seed is None else seed,
                           retries=pick("retries"), aslr=_aslr(pick("aslr"))),

@@ -127,7 +127,11 @@ def outlook(image: ElfImage, kernel: KernelConfig, bias: int, jit: JitWindow,
         last = h0 + kernel.brk_rnd - PAGE
         far = place_code_range([*taken, Span(last, last + PAGE)], region, size, rule,
                                mmap_min_addr=mmin)
-        if far.gap is not None and far.gap.start < last:
+        # Whether the heap's place decides: the first gap lies below the heap's last
+        # place and the request reaches past the heap's first (a request ending below
+        # the bss, as a small --code-range under the image, is never in the heap's way).
+        heap_decides = far.gap is not None and far.gap.start < last and far.request.end > h0
+        if heap_decides:
             # Heap offsets (page steps) that leave the first gap holding the request.
             need = far.request.end - h0
             share = max(0, kernel.brk_rnd - align_up(need, PAGE)) / kernel.brk_rnd
@@ -140,9 +144,11 @@ def outlook(image: ElfImage, kernel: KernelConfig, bias: int, jit: JitWindow,
                                 rule, mmap_min_addr=mmin)
         rounded = " rounded down to 256 KiB" if rule.hint_align > 1 else ""
         p_far = 0.0
-        if far.gap is not None and far.gap.start < last:
+        if heap_decides:
             p_far = max(0, kernel.brk_rnd - align_up(far.request.end - h0, PAGE)) / \
                 kernel.brk_rnd
+        elif far.gap is not None and far.request.end <= h0:
+            p_far = 1.0  # the first gap lies below the bss: no heap position changes it
         # Heap nearer: honoured when the heap's end is 256 KiB-aligned (page steps).
         p_near = p_far * far.near + (1 - p_far) * (PAGE / rule.hint_align if rule.hint_align
                                                    > 1 else float(near.near))
@@ -155,8 +161,9 @@ def outlook(image: ElfImage, kernel: KernelConfig, bias: int, jit: JitWindow,
             cases.append((near.near and rule.hint_align == 1, notes[-1]))
         notes.append(f"v8: code range within reach in {p_near:.1%} of runs over ASLR "
                      "(heap position and the heap's end at V8's start)")
-        if far.blocker is not None and rule.hint_align > 1 and far.gap is not None:
-            pad_to = align_up(far.gap.start, rule.hint_align)
+        pad_to = align_up(far.gap.start, rule.hint_align) if far.gap is not None else 0
+        # Padding advice only where rounding the gap's start down is what refuses the hint.
+        if far.blocker is not None and far.gap is not None and pad_to != far.gap.start:
             notes.append(f"v8: advice: end the image's last page on a 256 KiB boundary "
                          f"({far.gap.start:#x} -> {pad_to:#x}, "
                          f"{format_size(pad_to - far.gap.start)} of padding after .bss) and "

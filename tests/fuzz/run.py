@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-HARNESSES = ("elf", "maps", "deb", "decode")
+HARNESSES = ("elf", "maps", "deb", "decode", "jit", "options")
 
 
 def main(argv: list[str]) -> None:
