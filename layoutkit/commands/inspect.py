@@ -26,6 +26,7 @@ from layoutkit.window.profiles import (
     wants_generation,
     window_for_span,
 )
+from layoutkit.window.v8 import check_blob_size
 from layoutkit.window.v8_outlook import V8Outlook, choose_v8, outlook
 
 
@@ -118,6 +119,8 @@ def inspect_reader(reader: ElfReader, scenario: Scenario = DEFAULT_SCENARIO, *,
         anchor is None) else None
     if v8 is not None:
         found = v8.build.anchor() or found
+        check_blob_size(image.arch, found.span, f"the code V8 must reach ({found.name})",
+                        reader.path)
         runtime = found.span.shifted(bias)
         windows = tuple(reach_window(f, runtime, kernel.user_space) for f in forms(image.arch))
     profile, note = choose_profile(image.arch, jit, generation)

@@ -56,7 +56,7 @@ from dataclasses import dataclass, replace
 from layoutkit.core.arches import Arch, Isa
 from layoutkit.core.spans import Span, align_down, align_up, normalize
 from layoutkit.elf import ElfReader
-from layoutkit.errors import UsageError
+from layoutkit.errors import ElfError, UsageError
 from layoutkit.ranges import default_form
 from layoutkit.read import bulk
 from layoutkit.window import anchor as anchors
@@ -145,6 +145,17 @@ def radius(arch: Arch) -> int:
     except KeyError:
         raise UsageError(f"V8's short builtin calls are modelled for x86-64 and arm64, "
                          f"not {arch}: use --jit generic") from None
+
+
+def check_blob_size(arch: Arch, blob: Span, what: str, path: str) -> None:
+    """Refuse builtins (or the code standing in for them: ``what``) that span the radius
+    or more: ``GetShortBuiltinsCallRegion`` requires the blob under it (its
+    ``DCHECK_LT(CurrentEmbeddedBlobCodeSize(), radius)``), else the region is empty."""
+    r = _RADIUS.get(arch.isa)
+    if r is not None and blob.size >= r:
+        raise ElfError(f"{what} [{blob.start:#x}, {blob.end:#x}) spans {blob.size:#x} bytes: "
+                       f"V8's short builtin calls need the builtins under {r >> 20} MiB "
+                       f"(kMaxPCRelativeCodeRangeInMB on {arch})", path=path)
 
 
 def short_call_region(arch: Arch, blob: Span) -> Span:
@@ -243,9 +254,14 @@ def detect_v8(reader: ElfReader) -> V8Build | None:
     start = reader.symbol(BLOB_SYMBOL)
     size_sym = reader.symbol(BLOB_SIZE_SYMBOL)
     if start is not None and size_sym is not None:
-        raw = reader.read_vaddr(size_sym.value, 4)
+        try:
+            raw = reader.read_vaddr(size_sym.value, 4)
+        except ElfError as e:
+            raise ElfError(f"{BLOB_SIZE_SYMBOL} at {size_sym.value:#x}: its 4 bytes cannot be "
+                           f"read: {e.message}", path=reader.path) from None
         size = int.from_bytes(raw, "little" if image.little_endian else "big")
-        blob = Span(start.value, start.value + max(1, size))
+        blob = _loaded_blob(reader, start.value, size, f"{BLOB_SYMBOL} at {start.value:#x} "
+                            f"with {BLOB_SIZE_SYMBOL} {size}")
         found.append(f"{BLOB_SYMBOL} at {start.value:#x} ({start.binding} in {start.table}), "
                      f"{size} bytes")
     elif reader.symbol(V8_EXPORT) is not None:
@@ -278,6 +294,18 @@ def detect_v8(reader: ElfReader) -> V8Build | None:
     return V8Build(blob, version, rule, "; ".join(found),
                    hint_function.value if hint_function is not None else None,
                    stripped=start is None and blob is not None)
+
+
+def _loaded_blob(reader: ElfReader, start: int, size: int, said: str) -> Span:
+    """The blob ``[start, start + size)`` (one byte at least), refused unless one PT_LOAD
+    of the image holds it: the builtins are code the binary carries."""
+    blob = Span(start, start + max(1, size))
+    check_blob_size(reader.image().arch, blob, f"{said}: V8's embedded blob", reader.path)
+    if not any(seg.span.start <= blob.start and blob.end <= seg.span.end
+               for seg in reader.image().loads):
+        raise ElfError(f"{said}: V8's embedded blob [{blob.start:#x}, {blob.end:#x}) lies in "
+                       "no PT_LOAD of the image", path=reader.path)
+    return blob
 
 
 def _rip_load(reader: ElfReader, function: int, width: int) -> int | None:
@@ -314,7 +342,8 @@ def _blob_from_accessors(reader: ElfReader) -> Span | None:
     size = _rip_load(reader, size_fn.value, 4)
     if start is None or size is None or not 0 < size < (1 << 30):
         return None
-    return Span(start, start + size)
+    return _loaded_blob(reader, start, size, f"the code of {CODE_ACCESSOR} and "
+                        f"{SIZE_ACCESSOR} ({start:#x}, {size} bytes)")
 
 
 # --- placement ------------------------------------------------------------------------
