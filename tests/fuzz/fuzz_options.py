@@ -33,13 +33,15 @@ def _size(text: str) -> None:
     size = parse_size(text)
     if not 0 <= size < SIZE_LIMIT:
         raise CrashError(f"parse_size({text!r}) = {size}: outside a 64-bit address space")
-    if _PLAIN.fullmatch(text) and size != int(text, 0):
-        raise CrashError(f"parse_size({text!r}) = {size}, not {int(text, 0)}")
+    if _PLAIN.fullmatch(text):
+        exact = int(text, 16) if text.startswith("0x") else int(text, 10)
+        if size != exact:
+            raise CrashError(f"parse_size({text!r}) = {size}, not {exact}")
 
 
 def _opcache(text: str) -> None:
     size = parse_opcache_size(text)
-    if size.memory < 0 or size.jit_buffer < 0 or size.total <= 0:
+    if size.memory < 0 or size.jit_buffer < 0 or not 0 < size.total < SIZE_LIMIT:
         raise CrashError(f"parse_opcache_size({text!r}) = {size!r}")
 
 

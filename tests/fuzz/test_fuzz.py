@@ -17,11 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuzz.harness import REGRESSIONS, regression_inputs
+from tests.fuzz.harness import REGRESSIONS, regression_inputs, write_seeds
 from tests.fuzz.run import HARNESSES
 from tests.support import ROOT, require
 
 SHORT_RUNS = 200
+# libFuzzer's -mutate_depth (its default, passed explicitly): one fuzzing step runs up to
+# this many mutations of one input, each counted, before the -runs limit is looked at.
+MUTATE_DEPTH = 5
+_DONE = re.compile(r"^#(\d+)\s+DONE ", re.MULTILINE)
 
 
 def _cases() -> list[tuple[str, Path]]:
@@ -57,12 +61,25 @@ def test_short_campaign(name: str, tmp_path: Path) -> None:
         require("dpkg-deb")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("LAYOUTKIT_FUZZ_KEEP_GOING", None)
+    corpus = tmp_path / "corpus"
+    write_seeds(corpus, importlib.import_module(f"tests.fuzz.fuzz_{name}").seeds())
+    for path in regression_inputs(name):
+        (corpus / f"regression-{path.name}").write_bytes(path.read_bytes())
+    initial = len(list(corpus.iterdir()))
     done = subprocess.run(
-        [sys.executable, "-m", "tests.fuzz.run", name, str(tmp_path / "corpus"),
-         f"-runs={SHORT_RUNS}", "-seed=1", "-timeout=0",
+        [sys.executable, "-m", "tests.fuzz.run", name, str(corpus),
+         f"-runs={SHORT_RUNS}", "-seed=1", "-timeout=0", f"-mutate_depth={MUTATE_DEPTH}",
          f"-artifact_prefix={tmp_path}/"],
         capture_output=True, text=True, errors="replace", env=env, cwd=tmp_path,
         timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert re.search(rf"^#{SHORT_RUNS}\s+DONE ", done.stderr, re.MULTILINE), done.stderr[-2000:]
     assert not list(tmp_path.glob("crash-*"))
+    # DONE counts every execution: the initial corpus (each seed, and the empty input)
+    # and the fuzzing steps, which stop at the first check after SHORT_RUNS, up to
+    # MUTATE_DEPTH - 1 executions past it ("#202 DONE"); a corpus larger than SHORT_RUNS
+    # is run whole first.
+    found = _DONE.findall(done.stderr)
+    assert len(found) == 1, done.stderr[-2000:]
+    ran = int(found[0])
+    assert SHORT_RUNS <= ran <= max(SHORT_RUNS, initial + 1) + MUTATE_DEPTH - 1, \
+        (ran, initial, done.stderr[-2000:])
