@@ -9,6 +9,7 @@ usage error naming the key and the file: a typo must not silently loosen a gate.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,10 +179,11 @@ def scenario_from(options: dict[str, Any], config: Config | None = None) -> Scen
         if jit not in PROFILES:
             where = f"{cfg.source}: jit" if options.get("jit") is None else "--jit"
             raise UsageError(f"{where} {jit!r} is not one of {', '.join(sorted(PROFILES))}")
-    def size(key: str) -> int | None:
-        """A size option, its fault said under the option's or the key's own name."""
+    def size(key: str, parse: Callable[[object], int | None] = config_size) -> int | None:
+        """A size (or address) option, its fault said under the option's or the key's
+        own name."""
         try:
-            return config_size(pick(key))
+            return parse(pick(key))
         except UsageError as e:
             flag = "--" + key.replace("_", "-")
             where = flag if options.get(key) is not None else f"{cfg.source}: {key}"
@@ -202,7 +204,7 @@ def scenario_from(options: dict[str, Any], config: Config | None = None) -> Scen
         heap=DEFAULT_HEAP if heap is None else heap,
         demand=Demand(states=1 if states is None else states, mcode=size("mcode")),
         kernel=KernelOverrides(va_bits=pick("va_bits"),
-                               mmap_min_addr=_address(pick("mmap_min_addr")),
+                               mmap_min_addr=size("mmap_min_addr", _address),
                                release=pick("kernel"), capture=capture),
         opcache=parse_opcache_size(_text(pick("opcache_size"))),
         code_range=size("code_range"),

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from layoutkit.core.arches import Arch, by_name
-from layoutkit.core.scenario import Scenario
+from layoutkit.core.scenario import Sampling, Scenario
 from layoutkit.elf import ElfReader
 from layoutkit.errors import EXIT_FINDINGS, EXIT_OK, UsageError
 from layoutkit.native import workload as wl
@@ -30,7 +30,7 @@ from layoutkit.native.toolchain import Runner, host_arch
 from layoutkit.window.anchor import find_anchor
 from layoutkit.window.kernel import KernelConfig
 from layoutkit.window.profiles import window_for_span
-from layoutkit.window.replay import ReplayParams, kernel_label, simulate
+from layoutkit.window.replay import ReplayParams, columns, kernel_label, simulate
 from layoutkit.window.replay_model import HeapTiming
 
 WORKLOADS = ("luajit",)
@@ -144,7 +144,18 @@ def verify_workload(workload_name: str, scenario: Scenario, *, runner: Runner | 
     states = scenario.demand.states
     if scenario.demand.mcode is not None:
         raise UsageError("--mcode: the workload asks for the profile's maxmcode")
+    # The replay's parameters are checked before the workload is built and run (minutes):
+    # the seed here, the memory the runs need over the window once its binary is there.
+    Sampling(runs=runs, seed=seed)
     workload = wl.build_workload(generation, arch.name)
+    with ElfReader(workload.executable) as reader:
+        planned = reader.image()
+        anchor = find_anchor(reader)
+    plan_kernel = KernelConfig.for_arch(arch)
+    plan_bias, _ = plan_kernel.nominal_bias(planned)
+    columns(plan_kernel, window_for_span(generation.value, arch, anchor.span.shifted(plan_bias),
+                                         plan_kernel.user_space),
+            ReplayParams(states=states, runs=runs, seed=seed, retries=RETRIES), states)
     args = wl.workload_args(generation, states, arch=arch.name,
                             aslr=wl.Aslr.ON if aslr else wl.Aslr.OFF,
                             heap_mib=scenario.heap // MiB, retries=RETRIES)

@@ -146,6 +146,9 @@ class Sampling:
             raise UsageError(f"--runs {self.runs}: at least 1")
         if self.seed < 0:
             raise UsageError(f"--seed {self.seed}: cannot be negative")
+        if self.seed >= 1 << 64:
+            # The compiled engine takes a uint64_t seed (window/_replay.c).
+            raise UsageError(f"--seed {self.seed}: at most 2^64 - 1")
         if self.retries is not None and self.retries < 0:
             raise UsageError(f"--retries {self.retries}: cannot be negative")
 

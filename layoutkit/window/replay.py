@@ -187,9 +187,12 @@ def _cols(addr: Ints, base: Ints | int, up: bool) -> Ints:
     return -(-rel // SLOT) if up else rel // SLOT
 
 
-def _setup(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
-           params: ReplayParams, states: int, lay: Layouts) -> Setup:
-    """The engine's input: every run's window occupancy in slot columns, and the rules."""
+def columns(kernel: KernelConfig, jit: JitWindow, params: ReplayParams,
+            states: int, extra_m: int = 0) -> tuple[int, int, int, int]:
+    """(k, areas, n_w, m_cols) of a replay: slots per area, areas per state, window
+    columns, far-range columns (``extra_m`` more for the 2025 allocator: the arenas and
+    the hole below them); refused before anything is allocated when the window has no
+    room for one slot or the replay would need more than :data:`MEMORY_LIMIT`."""
     gen = _generation(jit)
     jr = _jumprange(gen, kernel)
     area = jit.profile.sizemcode
@@ -199,23 +202,17 @@ def _setup(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
         raise UsageError(f"--mcode {mcode}: above {jit.profile.name}'s maxmcode "
                          f"({jit.profile.maxmcode} bytes): lj_mcode_limiterr would abort")
     areas = -(-mcode // area)
-    run_bias = np.asarray(lay.bias, dtype=np.int64)
-    delta = run_bias - bias
-    shift = (delta // SLOT) * SLOT  # the window follows the anchor in 64 KiB steps
     if gen is Generation.LJ2025:
-        base = jit.hint_lo + shift
         n_w = (jit.hint_hi - 1 - jit.hint_lo) // SLOT
     else:
-        rng = (1 << (jr - 1)) - (1 << 21)
-        base = jit.target - rng + shift
-        n_w = 2 * rng // SLOT
+        n_w = 2 * ((1 << (jr - 1)) - (1 << 21)) // SLOT
+    if n_w < 1:
+        # A window too small for one 64 KiB slot has no column to replay on (a window of a
+        # few slots is replayed: every request aborts).
+        raise UsageError(f"{jit.profile.name}: the window [{jit.hint_lo:#x}, {jit.hint_hi:#x}) "
+                         "holds no 64 KiB slot: nothing to replay")
     runs = params.runs
-    space = 1 << (jr - 16)
-    m_cols = states * areas + 2 * space if gen is Generation.LJ2025 else 0
-    m_arenas, m_hole = 0, None
-    if gen is Generation.LJ2025 and image.load_kind in (LoadKind.EXEC, LoadKind.PIE):
-        m_arenas, m_hole = arena_hole(kernel, lay, states, params.cores, params.premapped)
-        m_cols += m_arenas + int(m_hole.max())
+    m_cols = states * areas + 2 * (1 << (jr - 16)) + extra_m if gen is Generation.LJ2025 else 0
     if engine_kind(params) is EngineKind.COMPILED:
         # One run at a time: every run's window (bytes) in, aborts per run and state out.
         need = runs * (n_w + 5 * 8) + runs * states * 8 + (n_w + m_cols) * 10 + states * (
@@ -224,8 +221,31 @@ def _setup(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
         # taken + free lists (bool, int32 x 2 per column) and held areas (int32 per area).
         need = runs * (n_w + m_cols) * 9 + states * runs * areas * 4
     if need > MEMORY_LIMIT:
-        raise UsageError(f"--runs {runs} with {states} states needs about {need >> 20} MiB "
-                         f"for this window: use fewer runs")
+        raise UsageError(f"{runs} replay runs with {states} states need about {need >> 20} "
+                         f"MiB for this window, over {MEMORY_LIMIT >> 20} MiB: use fewer runs")
+    return k, areas, n_w, m_cols
+
+
+def _setup(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
+           params: ReplayParams, states: int, lay: Layouts) -> Setup:
+    """The engine's input: every run's window occupancy in slot columns, and the rules."""
+    gen = _generation(jit)
+    jr = _jumprange(gen, kernel)
+    m_arenas, m_hole = 0, None
+    if gen is Generation.LJ2025 and image.load_kind in (LoadKind.EXEC, LoadKind.PIE):
+        m_arenas, m_hole = arena_hole(kernel, lay, states, params.cores, params.premapped)
+    extra_m = m_arenas + int(m_hole.max()) if m_hole is not None else 0
+    k, areas, n_w, m_cols = columns(kernel, jit, params, states, extra_m)
+    run_bias = np.asarray(lay.bias, dtype=np.int64)
+    delta = run_bias - bias
+    shift = (delta // SLOT) * SLOT  # the window follows the anchor in 64 KiB steps
+    if gen is Generation.LJ2025:
+        base = jit.hint_lo + shift
+    else:
+        rng = (1 << (jr - 1)) - (1 << 21)
+        base = jit.target - rng + shift
+    runs = params.runs
+    space = 1 << (jr - 16)
     taken = np.zeros((runs, n_w), dtype=np.bool_)
     zero = np.zeros(runs, dtype=np.int64)
     # Outside user space: the kernel never honours such a hint (mm/mmap.c).
