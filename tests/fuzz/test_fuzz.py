@@ -37,12 +37,18 @@ def test_every_regression_folder_names_a_harness() -> None:
     assert {p.name for p in REGRESSIONS.iterdir() if p.is_dir()} <= set(HARNESSES)
 
 
+# dpkg-deb unpacks the deb harness's input; gcc builds the jit harness's seeds (and the
+# ELF files the maps harness's JIT listings name).
+_TOOLS = {"deb": "dpkg-deb", "jit": "gcc", "maps": "gcc"}
+
+
 def _marks(name: str) -> tuple[pytest.MarkDecorator, ...]:
-    return (pytest.mark.toolchain,) if name == "deb" else ()  # dpkg-deb unpacks it
+    return (pytest.mark.toolchain,) if name in _TOOLS else ()
 
 
 @pytest.mark.parametrize(("name", "path"), [
-    pytest.param(n, p, id=f"{n}/{p.name}", marks=_marks(n)) for n, p in _cases()])
+    pytest.param(n, p, id=f"{n}/{p.name}", marks=_marks(n) if n == "deb" else ())
+    for n, p in _cases()])
 def test_regression_input(name: str, path: Path) -> None:
     if name == "deb":
         require("dpkg-deb")
@@ -57,8 +63,8 @@ def test_short_campaign(name: str, tmp_path: Path) -> None:
     per-input timeout: on a loaded machine one execution can take seconds, and a hang
     is the campaign's to find (it runs with -timeout)."""
     pytest.importorskip("atheris")
-    if name == "deb":
-        require("dpkg-deb")
+    if name in _TOOLS:
+        require(_TOOLS[name])
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("LAYOUTKIT_FUZZ_KEEP_GOING", None)
     corpus = tmp_path / "corpus"
