@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from layoutkit.core.text import shown
 from layoutkit.core.units import parse_address, parse_size
 from layoutkit.errors import UsageError
 from tests.output.test_schemas import errors as schema_errors
-from tests.support import ELF_DIR, require
+from tests.support import ELF_DIR, ROOT, require
 from tests.test_bad_elf import ElfBytes
 from tests.test_hostile import X64_NOPIE, cli, one_error, set_symbol
 
@@ -187,3 +188,23 @@ def test_v8_code_range_below_the_image_is_not_the_heaps_to_decide(tmp_path: Path
     assert notes[2] == ("Note: v8: code range within reach in 0.0% of runs over ASLR (heap "
                         "position and the heap's end at V8's start)")
     assert not any("advice:" in n for n in notes)
+
+
+def test_openresty_version_with_no_date_is_not_taken_for_one() -> None:
+    """Found by the jit harness: 23 digits after "LuaJIT 2.1." made datetime overflow
+    (exit 5); a commit time has 9 or 10 digits until 2286."""
+    from layoutkit.window.openresty import PROFILE, classify_release
+
+    odd = classify_release("LuaJIT 2.1.99999999999999999999999", "exports")
+    assert (odd.profile, odd.confidence) == (PROFILE, "low")
+    assert "no LuaJIT 2.1 version string" in odd.evidence
+    last = classify_release("LuaJIT 2.1.9999999999", "exports")  # 2286-11-20
+    assert "a tree of 2286-11-20" in last.evidence
+
+
+@pytest.mark.parametrize("module", ["openresty", "opcache", "v8", "v8_maps", "anchor"])
+def test_each_profile_module_imports_on_its_own(module: str) -> None:
+    """``import layoutkit.window.openresty`` first was a circular import (anchor.py)."""
+    done = subprocess.run([sys.executable, "-c", f"import layoutkit.window.{module}"],
+                          capture_output=True, text=True, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr

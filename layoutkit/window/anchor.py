@@ -19,8 +19,6 @@ from layoutkit.core.spans import Span
 from layoutkit.core.units import parse_address
 from layoutkit.elf import ElfReader
 from layoutkit.errors import InputError, UsageError
-from layoutkit.window.opcache import php_generation
-from layoutkit.window.openresty import openresty_generation
 from layoutkit.window.profiles import Generation, detect_generation
 
 DEFAULT_ANCHORS = ("lj_vm_exit_handler", "lj_vm_asm_begin")
@@ -146,6 +144,11 @@ def luajit_generation(reader: ElfReader, anchor: Anchor) -> Generation | None:
     (:mod:`layoutkit.window.opcache`), else its version string
     (streamed from the open file), else the evidence of its VM symbols or of DT_NEEDED on
     libluajit; None for no LuaJIT."""
+    # Imported here: both import profiles.py, which registers V8 (v8.py imports this
+    # module), so a top-level import makes `import layoutkit.window.openresty` circular.
+    from layoutkit.window.opcache import php_generation
+    from layoutkit.window.openresty import openresty_generation
+
     image = reader.image()
     fork = openresty_generation(reader) or php_generation(reader)
     if fork is not None:

@@ -31,7 +31,9 @@ EXPORTS = ("lua_setexdata", "lua_getexdata", "lua_setexdata2", "lua_getexdata2")
 # 2026-03-11 00:00 UTC: the first OpenResty release with the 2025 allocator.
 RELEASE_2025 = int(datetime(2026, 3, 11, tzinfo=timezone.utc).timestamp())
 
-_VERSION = re.compile(rb"LuaJIT 2\.1\.(0-beta[0-9]+|[0-9]{9,}|ROLLING)")
+# A commit time is 9 or 10 digits until 2286; a longer run of digits is no date (and
+# datetime could not show it): such a string is not taken for a version.
+_VERSION = re.compile(rb"LuaJIT 2\.1\.(0-beta[0-9]+|[0-9]{9,10}(?![0-9])|ROLLING)")
 
 
 def _day(stamp: int) -> str:
