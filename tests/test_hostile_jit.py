@@ -208,3 +208,25 @@ def test_each_profile_module_imports_on_its_own(module: str) -> None:
     done = subprocess.run([sys.executable, "-c", f"import layoutkit.window.{module}"],
                           capture_output=True, text=True, cwd=ROOT, check=False)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.toolchain
+def test_maps_remapped_builtins_whose_code_range_would_start_below_0(tmp_path: Path) -> None:
+    """Found by the maps harness: an r-x mapping of V8's binary at the blob's file offset,
+    16 MiB up, read as V8's remapped builtins, put a 512 MiB code range at a negative
+    address (ValueError, exit 5)."""
+    path, symbols, (offset, vaddr, _) = _v8(tmp_path)
+    blob_offset = symbols["v8_Default_embedded_blob_code_"] - vaddr + offset
+    listing = tmp_path / "node.maps"
+    listing.write_text(f"00400000-00401000 r-xp 00000000 08:01 1001 {path}\n"
+                       f"01000000-01001000 r-xp {blob_offset:08x} 08:01 1001 {path}\n"
+                       "7ffffffde000-7ffffffff000 rw-p 00000000 00:00 0 [stack]\n")
+    # V8 11.3's 512 MiB range holds the copy 512 MiB - 256 KiB above its start.
+    start = 0x1000000 - (512 * 1024 * 1024 - 256 * 1024)
+    fault = (f"{path} is mapped r-x at 0x1000000 from the builtins' file offset "
+             f"{blob_offset:#x}, as V8 remaps its builtins, but a code range of 512 MiB "
+             f"holding them there would start at {start:#x}: the listing is inconsistent")
+    assert one_error(cli("maps", str(listing))) == f"layoutkit: {listing}: {fault}"
+    done = cli("maps", str(listing), "--format", "json")
+    assert _error_doc(done)["error"] == {"error": "MapsError", "message": fault,
+                                         "path": str(listing), "line": None}

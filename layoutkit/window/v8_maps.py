@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 from layoutkit.core.arches import Arch
 from layoutkit.core.spans import Span, align_up
+from layoutkit.core.text import shown
 from layoutkit.core.units import format_size
+from layoutkit.errors import MapsError
 from layoutkit.read.maps import Mapping, ProcessMaps
 from layoutkit.window.v8 import V8_PAGE, V8Build, radius, short_call_region
 
@@ -66,5 +68,11 @@ def find_v8_regions(maps: ProcessMaps, arch: Arch, holder: str, bias: int, build
     code_range = None
     if copy is not None:
         start = copy.start - (min(radius(arch), size) - align_up(build.blob.size, V8_PAGE))
+        if start < 0:
+            raise MapsError(
+                f"{shown(holder)} is mapped r-x at {copy.start:#x} from the builtins' file "
+                f"offset {copy.offset:#x}, as V8 remaps its builtins, but a code range of "
+                f"{format_size(size)} holding them there would start at {start:#x}: the "
+                "listing is inconsistent", path=maps.source)
         code_range = Span(start, start + size)
     return V8Regions(holder, blob, region, copy, code_range)
