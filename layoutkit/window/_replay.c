@@ -158,11 +158,12 @@ static void mark(run_t *r, int64_t c, int value)
 /* grow_heap: brk towards `fraction` of the reserve, stopping at the first mapping. */
 static void grow_heap(run_t *r, double fraction)
 {
-    int64_t goal = r->heap_lo + (int64_t)ceil((double)(r->heap_hi - r->heap_lo) * fraction);
     if (r->heap_stuck)
         return;
-    if (goal > r->n_w)
-        goal = r->n_w;
+    /* In double: heap_hi - heap_lo overflows int64 for bounds the caller did not clip
+     * (replay.py clips them to [0, n_w], where this is exact). */
+    double want = (double)r->heap_lo + ceil(((double)r->heap_hi - (double)r->heap_lo) * fraction);
+    int64_t goal = want >= (double)r->n_w ? r->n_w : want <= 0.0 ? 0 : (int64_t)want;
     for (int64_t c = r->heap_end < 0 ? 0 : r->heap_end; c < goal; c++) {
         if (c > r->heap_lo && is_taken(r, c)) {
             r->heap_stuck = 1;
