@@ -230,3 +230,22 @@ def test_maps_remapped_builtins_whose_code_range_would_start_below_0(tmp_path: P
     done = cli("maps", str(listing), "--format", "json")
     assert _error_doc(done)["error"] == {"error": "MapsError", "message": fault,
                                          "path": str(listing), "line": None}
+
+
+@pytest.mark.toolchain
+def test_opcache_segment_larger_than_user_space(tmp_path: Path) -> None:
+    """A PHP-shaped ELF (execute_ex, gcc from tests/fuzz/seeds/php.c): an --opcache-size
+    beyond x86-64's 47-bit user space cannot be mapped, yet was judged by its 1-byte JIT
+    buffer alone ("ok")."""
+    require("gcc")
+    from tests.fuzz.fuzz_jit import SOURCES
+
+    php = tmp_path / "php"
+    subprocess.run(["gcc", "-O2", "-nostdlib", "-static", "-no-pie", "-o", str(php),
+                    str(SOURCES / "php.c")], check=True)
+    done = cli("inspect", str(php), "--opcache-size", "8191T+1", "--format", "json")
+    assert one_error(done, 2) == (
+        "layoutkit: --opcache-size 8191 TiB + 1 B JIT buffer = 8191.0 TiB: the segment does "
+        "not fit in the 128.0 TiB of user address space")
+    assert done.stdout == b""
+    assert cli("inspect", str(php), "--opcache-size", "128M+64M").returncode == 0

@@ -17,6 +17,7 @@ from layoutkit.window.forecast import Forecast, forecast
 from layoutkit.window.kernel import KernelConfig
 from layoutkit.window.layout import Prediction, predict
 from layoutkit.window.opcache import Placement
+from layoutkit.window.opcache import check_fits as check_opcache_fits
 from layoutkit.window.opcache import predict as predict_opcache
 from layoutkit.window.opcache import with_demand as opcache_demand
 from layoutkit.window.profiles import (
@@ -124,6 +125,7 @@ def inspect_reader(reader: ElfReader, scenario: Scenario = DEFAULT_SCENARIO, *,
         runtime = found.span.shifted(bias)
         windows = tuple(reach_window(f, runtime, kernel.user_space) for f in forms(image.arch))
     profile, note = choose_profile(image.arch, jit, generation)
+    check_opcache_fits(profile, scenario.opcache, kernel.user_space)
     scenario = opcache_demand(profile, scenario)
     window = window_for_span(v8.profile if v8 is not None else profile, image.arch, runtime,
                              kernel.user_space, form_name=scenario.form)

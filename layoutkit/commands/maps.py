@@ -56,6 +56,7 @@ from layoutkit.window.forecast import Forecast, forecast_fixed
 from layoutkit.window.kernel import KernelConfig
 from layoutkit.window.opcache import PROFILE as OPCACHE
 from layoutkit.window.opcache import Placement
+from layoutkit.window.opcache import check_fits as check_opcache_fits
 from layoutkit.window.opcache import in_process as opcache_in_process
 from layoutkit.window.opcache import with_demand as opcache_demand
 from layoutkit.window.profiles import (
@@ -334,6 +335,8 @@ def analyse_maps(
     areas = tuple(JitArea(s, (s.end - 1 - found.span.start) if s.start >= found.span.start
                           else (s.start - found.span.start)) for s in spans)
     # php-opcache: the JIT buffer as mapped (else --opcache-size) must lie in reach
+    if opcache is None:
+        check_opcache_fits(profile, scenario.opcache, kernel.user_space)
     mapped = replace(scenario, opcache=opcache.size) if opcache is not None else scenario
     demand = opcache_demand(profile, mapped).demand
     acc = account(window, occupants, states=demand.states, mcode=demand.mcode)

@@ -36,7 +36,9 @@ from layoutkit.core.arches import Arch, Isa
 from layoutkit.core.model import Perm
 from layoutkit.core.scenario import OpcacheSize, Scenario
 from layoutkit.core.spans import Span, align_down, align_up, normalize
+from layoutkit.core.units import format_size
 from layoutkit.elf import ElfReader
+from layoutkit.errors import UsageError
 from layoutkit.ranges import default_form
 from layoutkit.read import bulk
 from layoutkit.read.maps import Mapping
@@ -312,6 +314,14 @@ def settings_advice(arch: Arch, profile: str, size: OpcacheSize,
                         f"memory_consumption + jit_buffer_size at most {limit >> 20}M keeps "
                         "the buffer's first byte in reach of the text's last"))
     return out
+
+
+def check_fits(profile: str, size: OpcacheSize, user_space: Span) -> None:
+    """Refuse an ``--opcache-size`` whose segment cannot be mapped at all: opcache maps
+    it in one piece (zend_shared_alloc_startup), so it must fit in user space."""
+    if profile == PROFILE and size.total > user_space.size:
+        raise UsageError(f"--opcache-size {size}: the segment does not fit in the "
+                         f"{format_size(user_space.size)} of user address space")
 
 
 def with_demand(profile: str, scenario: Scenario) -> Scenario:
