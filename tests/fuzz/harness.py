@@ -10,7 +10,7 @@ Run one harness (atheris, coverage-guided libFuzzer; flags are libFuzzer's)::
 
     python -m tests.fuzz.run elf CORPUS_DIR -runs=200000
 
-``python -m tests.fuzz.campaign`` runs all four for the long campaign (README, "Fuzzing").
+``python -m tests.fuzz.campaign`` runs them all for the long campaign (README, "Fuzzing").
 With ``LAYOUTKIT_FUZZ_KEEP_GOING=DIR`` a crash is saved as ``DIR/crash-<harness>-<sha1>``
 with its one-line signature in ``DIR/crashes.txt`` and the run goes on, so one long run
 counts every distinct crash instead of stopping at the first.

@@ -1,6 +1,6 @@
 """Run one fuzz harness: ``python -m tests.fuzz.run NAME [CORPUS_DIR] [libFuzzer flags]``.
 
-NAME is elf, maps, deb or decode. The harness (and with it layoutkit, pyelftools and
+NAME is elf, maps, deb, decode, jit or options. The harness (and with it layoutkit, pyelftools and
 capstone's Python side) is imported under ``atheris.instrument_imports`` so coverage
 guides the mutations.
 """
