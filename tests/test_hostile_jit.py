@@ -249,3 +249,15 @@ def test_opcache_segment_larger_than_user_space(tmp_path: Path) -> None:
         "not fit in the 128.0 TiB of user address space")
     assert done.stdout == b""
     assert cli("inspect", str(php), "--opcache-size", "128M+64M").returncode == 0
+
+
+def test_verify_workload_refuses_more_states_than_the_workload_runs() -> None:
+    """workload.c refused them itself, after the build, as a probe failure (exit 4)."""
+    source = (ROOT / "layoutkit" / "native" / "workload" / "workload.c").read_text()
+    [limit] = re.findall(r"^#define THREADS_MAX (\d+)$", source, re.MULTILINE)
+    over = int(limit) + 1
+    done = cli("verify", "--workload", "luajit", "--jit", "luajit-2.1", "--states", str(over),
+               "--format", "json")
+    assert one_error(done, 2) == (f"layoutkit: --states {over}: the workload runs at most "
+                                  f"{limit} threads, one JIT state each")
+    assert done.stdout == b""

@@ -147,6 +147,9 @@ def verify_workload(workload_name: str, scenario: Scenario, *, runner: Runner | 
     # The replay's parameters are checked before the workload is built and run (minutes):
     # the seed here, the memory the runs need over the window once its binary is there.
     Sampling(runs=runs, seed=seed)
+    if states > wl.THREADS_MAX:
+        raise UsageError(f"--states {states}: the workload runs at most {wl.THREADS_MAX} "
+                         "threads, one JIT state each")
     workload = wl.build_workload(generation, arch.name)
     with ElfReader(workload.executable) as reader:
         planned = reader.image()

@@ -31,6 +31,7 @@ from layoutkit.native.workload.build import (
 )
 from layoutkit.native.workload.run import (
     STATEMENTS,
+    THREADS_MAX,
     Aslr,
     MmapCost,
     StateCounts,
@@ -44,7 +45,8 @@ from layoutkit.native.workload.run import (
 )
 
 __all__ = (
-    "MACHINES", "STATEMENTS", "Aslr", "Generation", "LuajitBuild", "Machine", "MmapCost",
+    "MACHINES", "STATEMENTS", "THREADS_MAX", "Aslr", "Generation", "LuajitBuild", "Machine",
+    "MmapCost",
     "StateCounts", "Workload", "WorkloadRun", "build_workload", "cache_root", "fetch_luajit",
     "host_machine", "parse_mmap_bench", "parse_report", "run_in_guest", "run_in_guest_facts",
     "run_native", "workload_args",

@@ -32,6 +32,7 @@ KiB = 1024
 # --threads 1 --maxmcode 512) two traces per area up to 1700 lines, one from 1900 to
 # 3000 at least.
 STATEMENTS = {"x86_64": 1400, "aarch64": 2400}
+THREADS_MAX = 4096  # workload.c's THREADS_MAX: it refuses --threads above it
 
 
 class Aslr(enum.Enum):
