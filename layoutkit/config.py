@@ -172,22 +172,32 @@ def scenario_from(options: dict[str, Any], config: Config | None = None) -> Scen
         value = options.get(key)
         return value if value is not None else cfg.get(key)
 
+    def where(key: str) -> str:
+        """The option, or the configuration key, a value came from."""
+        return ("--" + key.replace("_", "-") if options.get(key) is not None
+                else f"{cfg.source}: {key}")
+
     jit = pick("jit")
     if jit is not None:
         from layoutkit.window.profiles import PROFILES
 
         if jit not in PROFILES:
-            where = f"{cfg.source}: jit" if options.get("jit") is None else "--jit"
-            raise UsageError(f"{where} {jit!r} is not one of {', '.join(sorted(PROFILES))}")
-    def size(key: str, parse: Callable[[object], int | None] = config_size) -> int | None:
-        """A size (or address) option, its fault said under the option's or the key's
-        own name."""
+            raise UsageError(f"{where('jit')} {jit!r} is not one of "
+                             f"{', '.join(sorted(PROFILES))}")
+
+    def size(key: str, parse: Callable[[object], int | None] = config_size, *,
+             least: int = 0) -> int | None:
+        """A size (or address) option of at least ``least``, its fault said under the
+        option's or the key's own name."""
         try:
-            return parse(pick(key))
+            value = parse(pick(key))
         except UsageError as e:
-            flag = "--" + key.replace("_", "-")
-            where = flag if options.get(key) is not None else f"{cfg.source}: {key}"
-            raise UsageError(f"{where}: {e.message}") from None
+            raise UsageError(f"{where(key)}: {e.message}") from None
+        if value is not None and value < least:
+            raise UsageError(f"{where(key)}: {value} is below {least}")
+        return value
+
+    opcache = parse_opcache_size(_text(pick("opcache_size")), name=where("opcache_size"))
 
     heap = size("heap")
     states = pick("states")
@@ -202,12 +212,12 @@ def scenario_from(options: dict[str, Any], config: Config | None = None) -> Scen
         jit=jit,
         form=pick("form"),
         heap=DEFAULT_HEAP if heap is None else heap,
-        demand=Demand(states=1 if states is None else states, mcode=size("mcode")),
+        demand=Demand(states=1 if states is None else states, mcode=size("mcode", least=1)),
         kernel=KernelOverrides(va_bits=pick("va_bits"),
                                mmap_min_addr=size("mmap_min_addr", _address),
                                release=pick("kernel"), capture=capture),
-        opcache=parse_opcache_size(_text(pick("opcache_size"))),
-        code_range=size("code_range"),
+        opcache=opcache,
+        code_range=size("code_range", least=1),
         sampling=Sampling(runs=DEFAULT_RUNS if runs is None else runs,
                           seed=DEFAULT_SEED if seed is None else seed,
                           retries=pick("retries"), aslr=_aslr(pick("aslr"))),

@@ -261,3 +261,18 @@ def test_verify_workload_refuses_more_states_than_the_workload_runs() -> None:
     assert one_error(done, 2) == (f"layoutkit: --states {over}: the workload runs at most "
                                   f"{limit} threads, one JIT state each")
     assert done.stdout == b""
+
+
+@pytest.mark.parametrize(("setting", "fault"), [
+    ('code_range = "0.5"', "code_range: not a whole number of bytes: '0.5'"),
+    ("code_range = -5", "code_range: -5 is below 1"),
+    ('opcache_size = "0+0"', "opcache_size '0+0': MEM+JIT with MEM + JIT > 0, e.g. 128M+64M"),
+    ("heap = -1", "heap: -1 is below 0"),
+    ("mmap_min_addr = -3", "mmap_min_addr: -3 is below 0"),
+])
+def test_bad_settings_are_named_by_their_key(tmp_path: Path, setting: str, fault: str) -> None:
+    """The same values in [tool.layoutkit] were reported under the option's name."""
+    config = tmp_path / "pyproject.toml"
+    config.write_text(f"[tool.layoutkit]\n{setting}\n")
+    done = cli("check", NOPIE, "--format", "json", cwd=tmp_path)
+    assert one_error(done, 2) == f"layoutkit: {config}: {fault}"

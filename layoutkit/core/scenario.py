@@ -78,10 +78,10 @@ class OpcacheSize:
 PHP82_DEFAULT = OpcacheSize(128 << 20, 0)
 
 
-def parse_opcache_size(text: str | None) -> OpcacheSize:
+def parse_opcache_size(text: str | None, name: str = "--opcache-size") -> OpcacheSize:
     """``MEM+JIT`` (``128M+64M``), or one SIZE: the whole segment with the JIT on (its
     buffer's share unknown: the whole segment is judged as JIT code). None: 8.2's
-    defaults."""
+    defaults. ``name`` is where the text came from (an option, a configuration key)."""
     if text is None:
         return PHP82_DEFAULT
     memory, plus, jit = text.partition("+")
@@ -89,9 +89,9 @@ def parse_opcache_size(text: str | None) -> OpcacheSize:
         size = OpcacheSize(parse_size(memory), parse_size(jit)) if plus else \
             OpcacheSize(0, parse_size(text))
     except UsageError as e:
-        raise UsageError(f"--opcache-size {text!r}: {e}") from None
+        raise UsageError(f"{name} {text!r}: {e}") from None
     if size.memory < 0 or size.jit_buffer < 0 or size.total <= 0:
-        raise UsageError(f"--opcache-size {text!r}: MEM+JIT with MEM + JIT > 0, e.g. "
+        raise UsageError(f"{name} {text!r}: MEM+JIT with MEM + JIT > 0, e.g. "
                          "128M+64M")
     return size
 
