@@ -80,12 +80,14 @@ def test_short_campaign(name: str, tmp_path: Path) -> None:
         timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert not list(tmp_path.glob("crash-*"))
-    # DONE counts every execution: the initial corpus (each seed, and the empty input)
-    # and the fuzzing steps, which stop at the first check after SHORT_RUNS, up to
-    # MUTATE_DEPTH - 1 executions past it ("#202 DONE"); a corpus larger than SHORT_RUNS
-    # is run whole first.
+    # DONE counts every execution: the initial corpus (each seed, and the empty input),
+    # run whole even when larger than SHORT_RUNS, then fuzzing steps of up to
+    # MUTATE_DEPTH executions until SHORT_RUNS; an execution may be run once more to
+    # verify a suspected leak, and that run is counted too (llvm-project issue 66331,
+    # FuzzerLoop.cpp TryDetectingAMemoryLeak): "#202 DONE", "#230 DONE". At most twice
+    # the planned executions, never fewer than SHORT_RUNS.
     found = _DONE.findall(done.stderr)
     assert len(found) == 1, done.stderr[-2000:]
     ran = int(found[0])
-    assert SHORT_RUNS <= ran <= max(SHORT_RUNS, initial + 1) + MUTATE_DEPTH - 1, \
-        (ran, initial, done.stderr[-2000:])
+    planned = max(SHORT_RUNS, initial + 1) + MUTATE_DEPTH - 1
+    assert SHORT_RUNS <= ran <= 2 * planned, (ran, initial, done.stderr[-2000:])
