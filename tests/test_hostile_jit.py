@@ -276,3 +276,17 @@ def test_bad_settings_are_named_by_their_key(tmp_path: Path, setting: str, fault
     config.write_text(f"[tool.layoutkit]\n{setting}\n")
     done = cli("check", NOPIE, "--format", "json", cwd=tmp_path)
     assert one_error(done, 2) == f"layoutkit: {config}: {fault}"
+
+
+def test_v8_code_to_reach_beyond_the_radius() -> None:
+    """Found by the jit harness: --jit v8 on a file with no V8 symbols whose executable
+    segment (the code to reach instead) has p_memsz 0x40000000280 (``readelf -lW``) made
+    GetShortBuiltinsCallRegion's start pass its end (ValueError, exit 5)."""
+    path = ROOT / "tests" / "fuzz" / "regressions" / "jit" / "v8-code-segment-4tib-over-the-radius"
+    done = cli("inspect", str(path), "--jit", "v8", "--format", "json")
+    fault = ("the code V8 must reach (executable segment) [0x400000, 0x40000400280) spans "
+             "0x40000000280 bytes: V8's short builtin calls need the builtins under 2048 MiB "
+             "(kMaxPCRelativeCodeRangeInMB on x86_64)")
+    assert one_error(done) == f"layoutkit: {path}: {fault}"
+    assert _error_doc(done)["error"] == {"error": "ElfError", "message": fault,
+                                         "path": str(path)}
