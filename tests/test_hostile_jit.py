@@ -290,3 +290,20 @@ def test_v8_code_to_reach_beyond_the_radius() -> None:
     assert one_error(done) == f"layoutkit: {path}: {fault}"
     assert _error_doc(done)["error"] == {"error": "ElfError", "message": fault,
                                          "path": str(path)}
+
+
+@pytest.mark.parametrize(("args", "fault"), [
+    # probe.c stores --retries in an unsigned: 2^32 became 0 retries.
+    (("--retries", str(2**32)), f"--retries {2**32}: at most {2**32 - 1}"),
+    # strtoull refused these (the probe exited 2, reported as a probe failure: exit 4)...
+    (("--retries", "99999999999999999999"), "--retries 99999999999999999999: at most "
+     f"{2**32 - 1}"),
+    (("--seed", str(2**64)), f"--seed {2**64}: a seed is in [0, 2^64)"),
+    # ...and read -1 as 2^64 - 1.
+    (("--seed", "-1"), "--seed -1: a seed is in [0, 2^64)"),
+])
+def test_probe_replay_numbers_beyond_what_the_probe_reads(args: tuple[str, ...],
+                                                          fault: str) -> None:
+    done = cli("probe", "--threads", "2", "--areas", "2", *args, "--format", "json")
+    assert one_error(done, 2) == f"layoutkit: {fault}"
+    assert done.stdout == b""

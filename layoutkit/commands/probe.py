@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from layoutkit.errors import UsageError
 from layoutkit.native.compare import Difference, differences
 from layoutkit.native.guest.probe import run_guest_probe
 from layoutkit.native.guest.program import probe_in_guest
@@ -38,6 +39,12 @@ def probe(*, arch_name: str | None = None, runner: Runner | str = Runner.NATIVE,
           retries: int | None = None) -> ProbeReport:
     """Scan ``jit``'s window (or +-``radius``) around ``anchor`` (an address, ``stack``,
     default the probe's own code), or with ``threads`` replay the allocator."""
+    # probe.c reads --seed as a uint64_t and --retries into an unsigned (32 bits): a
+    # larger value was refused by the probe itself (exit 4) or, for --retries, cut.
+    if not 0 <= seed < 1 << 64:
+        raise UsageError(f"--seed {seed}: a seed is in [0, 2^64)")
+    if retries is not None and not 0 <= retries < 1 << 32:
+        raise UsageError(f"--retries {retries}: at most {(1 << 32) - 1}")
     where = Runner.named(runner)
     mode = ProbeMode.REPLAY if threads else ProbeMode.SCAN
     if where is Runner.QEMU_SYSTEM:
