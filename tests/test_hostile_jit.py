@@ -307,3 +307,39 @@ def test_probe_replay_numbers_beyond_what_the_probe_reads(args: tuple[str, ...],
     done = cli("probe", "--threads", "2", "--areas", "2", *args, "--format", "json")
     assert one_error(done, 2) == f"layoutkit: {fault}"
     assert done.stdout == b""
+
+
+@pytest.mark.toolchain
+def test_v8_accessor_at_the_end_of_its_segment(tmp_path: Path) -> None:
+    """A stripped V8-shaped library (tests/fuzz/seeds/v8_stripped.c): the exported code
+    accessor moved to 4 bytes before the end of the file-backed text, where the 16 bytes
+    decoded from it cannot be read: one line naming the accessors."""
+    require("gcc")
+    from tests.fuzz.fuzz_jit import SOURCES
+
+    lib = tmp_path / "libv8.so"
+    subprocess.run(["gcc", "-O2", "-nostdlib", "-shared", "-fPIC", "-s", "-o", str(lib),
+                    str(SOURCES / "v8_stripped.c")], check=True)
+    loads = [line.split() for line in subprocess.run(
+        ["readelf", "-lW", str(lib)], capture_output=True, text=True,
+        check=True).stdout.splitlines() if line.split()[:1] == ["LOAD"]]
+    [text] = [f for f in loads if "E" in f[6:-1]]
+    end = int(text[2], 16) + int(text[4], 16)  # p_vaddr + p_filesz
+    code = "_ZN2v88internal23DefaultEmbeddedBlobCodeEv"
+    size = "_ZN2v88internal27DefaultEmbeddedBlobCodeSizeEv"
+    sizes = {f[7]: int(f[1], 16) for f in (line.split() for line in subprocess.run(
+        ["readelf", "--dyn-syms", "-W", str(lib)], capture_output=True, text=True,
+        check=True).stdout.splitlines()) if len(f) == 8 and f[0] != "Num:"}
+    elf = ElfBytes(lib.read_bytes())
+    table = elf.section(".dynsym")
+    strings = elf.shdr(elf.shdr(table, "sh_link"), "sh_offset")
+    first, total = elf.shdr(table, "sh_offset"), elf.shdr(table, "sh_size")
+    for pos in range(first, first + total, 24):
+        start = strings + int.from_bytes(elf.data[pos:pos + 4], "little")
+        if elf.data[start:elf.data.index(0, start)] == code.encode():
+            elf.data[pos + 8:pos + 16] = (end - 4).to_bytes(8, "little")
+    bad = elf.write(tmp_path / "libv8-accessor-at-end.so")
+    assert one_error(cli("inspect", str(bad))) == (
+        f"layoutkit: {bad}: V8's accessors {code} at {end - 4:#x} and {size} at "
+        f"{sizes[size]:#x} cannot be read: [{end - 4:#x}, {end + 12:#x}) is not file-backed "
+        "in any PT_LOAD")

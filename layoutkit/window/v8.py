@@ -338,8 +338,13 @@ def _blob_from_accessors(reader: ElfReader) -> Span | None:
     code_fn, size_fn = reader.symbol(CODE_ACCESSOR), reader.symbol(SIZE_ACCESSOR)
     if arch.isa is not Isa.X86 or arch.bits != 64 or code_fn is None or size_fn is None:
         return None
-    start = _rip_load(reader, code_fn.value, 8)
-    size = _rip_load(reader, size_fn.value, 4)
+    try:
+        start = _rip_load(reader, code_fn.value, 8)
+        size = _rip_load(reader, size_fn.value, 4)
+    except ElfError as e:
+        raise ElfError(f"V8's accessors {CODE_ACCESSOR} at {code_fn.value:#x} and "
+                       f"{SIZE_ACCESSOR} at {size_fn.value:#x} cannot be read: {e.message}",
+                       path=reader.path) from None
     if start is None or size is None or not 0 < size < (1 << 30):
         return None
     return _loaded_blob(reader, start, size, f"the code of {CODE_ACCESSOR} and "
