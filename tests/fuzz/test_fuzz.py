@@ -22,8 +22,8 @@ from tests.fuzz.run import HARNESSES
 from tests.support import ROOT, require
 
 SHORT_RUNS = 200
-# libFuzzer's -mutate_depth (its default, passed explicitly): one fuzzing step runs up to
-# this many mutations of one input, each counted, before the -runs limit is looked at.
+# libFuzzer's -mutate_depth (its default, passed explicitly): the most executions one
+# fuzzing step makes (mutations of one input, each counted).
 MUTATE_DEPTH = 5
 _DONE = re.compile(r"^#(\d+)\s+DONE ", re.MULTILINE)
 
@@ -58,8 +58,8 @@ def test_regression_input(name: str, path: Path) -> None:
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(n)) for n in HARNESSES])
 def test_short_campaign(name: str, tmp_path: Path) -> None:
-    """A short coverage-guided run from the seeds: libFuzzer ends it with DONE after
-    SHORT_RUNS executions and no crash (a crash ends it early, exit code non-zero). No
+    """A short coverage-guided run from the seeds: libFuzzer ends it with DONE after at
+    least SHORT_RUNS executions (the bound on how many more is below) and no crash (a crash ends it early, exit code non-zero). No
     per-input timeout: on a loaded machine one execution can take seconds, and a hang
     is the campaign's to find (it runs with -timeout)."""
     pytest.importorskip("atheris")
