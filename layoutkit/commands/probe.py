@@ -41,8 +41,10 @@ def probe(*, arch_name: str | None = None, runner: Runner | str = Runner.NATIVE,
     default the probe's own code), or with ``threads`` replay the allocator."""
     # probe.c reads --seed as a uint64_t and --retries into an unsigned (32 bits): a
     # larger value was refused by the probe itself (exit 4) or, for --retries, cut.
-    if not 0 <= seed < 1 << 64:
-        raise UsageError(f"--seed {seed}: a seed is in [0, 2^64)")
+    if seed < 0:
+        raise UsageError(f"--seed {seed}: cannot be negative")
+    if seed >= 1 << 64:
+        raise UsageError(f"--seed {seed}: at most 2^64 - 1")
     if retries is not None and not 0 <= retries < 1 << 32:
         raise UsageError(f"--retries {retries}: at most {(1 << 32) - 1}")
     where = Runner.named(runner)

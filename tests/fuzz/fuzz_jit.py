@@ -15,6 +15,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from layoutkit.elf import ElfReader
 from layoutkit.output import document
 from layoutkit.output.text import inspection_lines
 from layoutkit.window import opcache, openresty, v8
-from tests.fuzz.harness import check, scratch_file
+from tests.fuzz.harness import FEW_RUNS, check, scratch_file
 
 NAME = "jit"
 SOURCES = Path(__file__).resolve().parent / "seeds"
@@ -33,13 +34,14 @@ _EXE = ("-nostdlib", "-static", "-no-pie")
 _LIB = ("-nostdlib", "-shared", "-fPIC", "-s")
 RECIPES = {"v8": _EXE, "php": _EXE, "v8_stripped": _LIB, "opcache": _LIB,
            "openresty": _LIB}
-SCENARIOS = (
-    Scenario(),
-    Scenario(jit="v8", code_range=3 << 20),
-    Scenario(jit="php-opcache", opcache=OpcacheSize(128 << 20, 64 << 20)),
-    Scenario(jit="php-opcache", opcache=OpcacheSize(0, 4 << 30)),
-    Scenario(jit="luajit-openresty"),
-)
+# A few replay runs (FEW_RUNS): the replay's figures are not what this harness checks.
+SCENARIOS = tuple(replace(FEW_RUNS, **change) for change in (
+    {},
+    {"jit": "v8", "code_range": 3 << 20},
+    {"jit": "php-opcache", "opcache": OpcacheSize(128 << 20, 64 << 20)},
+    {"jit": "php-opcache", "opcache": OpcacheSize(0, 4 << 30)},
+    {"jit": "luajit-openresty"},
+))
 
 
 @cache

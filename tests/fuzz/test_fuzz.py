@@ -59,9 +59,10 @@ def test_regression_input(name: str, path: Path) -> None:
 @pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(n)) for n in HARNESSES])
 def test_short_campaign(name: str, tmp_path: Path) -> None:
     """A short coverage-guided run from the seeds: libFuzzer ends it with DONE after at
-    least SHORT_RUNS executions (the bound on how many more is below) and no crash (a crash ends it early, exit code non-zero). No
-    per-input timeout: on a loaded machine one execution can take seconds, and a hang
-    is the campaign's to find (it runs with -timeout)."""
+    least SHORT_RUNS executions (the bound on how many more is below) and no crash (a
+    crash ends it early, exit code non-zero). No per-input timeout: on a loaded machine
+    one execution can take seconds, and a hang is the campaign's to find (it runs with
+    -timeout)."""
     pytest.importorskip("atheris")
     if name in _TOOLS:
         require(_TOOLS[name])
