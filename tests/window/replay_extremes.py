@@ -22,7 +22,8 @@ import numpy as np
 
 def run(engine: object, *, gen: int, n_w: int, k: int, states: int, areas: int,
         retries: int, m_cols: int, fill: int, fallback_top: int, jr: int, timing: int,
-        heap: tuple[int, int], lcg: list[int] | None, runs: int = 2) -> tuple[np.ndarray, ...]:
+        heap: tuple[int, int], lcg: list[int] | None, runs: int = 2, m_top: int | None = None,
+        m_arenas: int = 0, m_hole: list[int] | None = None) -> tuple[np.ndarray, ...]:
     aborts = np.zeros((runs, states), dtype=np.int64)
     outs = [np.zeros(runs, dtype=np.int64) for _ in range(4)]
     engine.run(  # type: ignore[attr-defined]
@@ -33,7 +34,9 @@ def run(engine: object, *, gen: int, n_w: int, k: int, states: int, areas: int,
         placed=outs[1], far=outs[2], held=outs[3], generation=gen, heap_timing=timing,
         runs=runs, states=states, areas=areas, k=k, retries=retries, seed=7,
         iterations=3, draw_lo=0, draw_n=max(1, n_w), accept_lo=1, accept_hi=n_w - 1, jr=jr,
-        n_w=n_w, m_cols=m_cols, m_top=m_cols, fallback_top=fallback_top)
+        n_w=n_w, m_cols=m_cols, m_top=m_cols if m_top is None else m_top,
+        fallback_top=fallback_top, m_arenas=m_arenas,
+        m_hole=np.asarray(m_hole or [], dtype=np.int64))
     return (aborts, *outs)
 
 
@@ -62,6 +65,12 @@ def main(path: str) -> int:
                 failed += 1
                 print(f"gen {gen} n_w {n_w} k {k}: held {held.tolist()} > placed "
                       f"{placed.tolist()} or > {states * areas}")
+    # The 2025 allocator's arenas and the hole above them (a hole per run), at the edges
+    # of the far columns: none, and filling them up to m_cols.
+    for arenas, holes in ((0, [0, 0]), (4, [5, 0]), (4, [28, 28]), (32, [0, 0])):
+        run(engine, gen=1, n_w=8, k=3, states=3, areas=4, retries=1, m_cols=64, fill=0,
+            fallback_top=-1, jr=17, timing=0, heap=(0, 4), lcg=None, m_top=32,
+            m_arenas=arenas, m_hole=holes)
     return 1 if failed else 0
 
 
