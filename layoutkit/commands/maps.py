@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 from layoutkit.core import arches
 from layoutkit.core.arches import Arch
-from layoutkit.core.kinds import OccupantKind, ReplayVerdict, Verdict
+from layoutkit.core.kinds import CodeRangeVerdict, OccupantKind, ReplayVerdict, Verdict
 from layoutkit.core.model import Perm
 from layoutkit.core.scenario import DEFAULT_SCENARIO, Scenario
 from layoutkit.core.spans import Span, normalize
@@ -101,10 +101,11 @@ class MapsAnalysis:
 
     @property
     def exit_code(self) -> int:
-        """1 when V8's code range lies out of reach (its builtins were remapped); else when
+        """1 when V8's code range lies out of reach (its builtins remapped, or called
+        through a register); else when
         the requested new JIT states abort traces in 1% of the replay's runs or more on the
         layout as mapped (without a replay: when they do not fit the window as mapped)."""
-        if self.v8 is not None and self.v8.code_range is not None:
+        if self.v8 is not None and self.v8.verdict is CodeRangeVerdict.FAR:
             return EXIT_FINDINGS
         verdict = self.forecast.verdict()
         if verdict is not None:

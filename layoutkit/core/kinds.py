@@ -46,6 +46,27 @@ class ReplayVerdict(enum.Enum):
         return self.value
 
 
+class CodeRangeVerdict(enum.Enum):
+    """Whether V8's code range lies within reach of its embedded builtins."""
+
+    NEAR = "near"  # generated code calls the builtins where they are
+    FAR = "far"  # out of reach: builtins remapped into it, or called through a register
+    UNKNOWN = "unknown"  # maps: no code range found (not yet reserved, or not V8's)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class CodeRangeSource(enum.Enum):
+    """How ``maps`` found V8's code range in a process."""
+
+    REMAPPED = "remapped builtins"  # given back by the builtins' copy at its end
+    RESERVED = "reservation"  # its reserved anonymous mappings
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class AdviceKind(enum.Enum):
     """What a recommendation changes."""
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from layoutkit.advice import linkers
-from layoutkit.core.kinds import Verdict
+from layoutkit.core.kinds import CodeRangeVerdict, Verdict
 from layoutkit.core.text import escaped, shown
 from layoutkit.core.units import format_size
 from layoutkit.output.document import flags_text
@@ -273,9 +273,12 @@ def maps_lines(result: MapsAnalysis) -> Iterator[str]:
     yield from replay_lines(result.forecast)
     yield ""
     yield worst_line(acc).replace("Worst case over ASLR", "Slot arithmetic, as mapped")
-    if result.v8 is not None and result.v8.code_range is not None:
-        yield (f"Verdict: far: V8's code range [{result.v8.code_range.start:#x}, "
-               f"{result.v8.code_range.end:#x}) is out of reach of its builtins (remapped)")
+    v8 = result.v8
+    if v8 is not None and v8.code_range is not None:
+        reach = "within" if v8.verdict is CodeRangeVerdict.NEAR else "out of"
+        yield (f"Verdict: {v8.verdict}: V8's code range [{v8.code_range.start:#x}, "
+               f"{v8.code_range.end:#x}) ({v8.how}) is {reach} reach of its builtins: "
+               f"{v8.cost}")
     else:
         yield replay_verdict(result.forecast) if result.forecast.result else accounting_verdict(acc)
 

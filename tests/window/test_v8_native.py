@@ -15,7 +15,7 @@ from layoutkit.commands.check import Settings, check_paths
 from layoutkit.commands.inspect import inspect_binary
 from layoutkit.commands.maps import analyse_target
 from layoutkit.core.arches import by_name
-from layoutkit.core.kinds import Status
+from layoutkit.core.kinds import CodeRangeVerdict, Status
 from layoutkit.core.scenario import Scenario
 from layoutkit.core.spans import Span
 from layoutkit.elf import ElfReader
@@ -192,8 +192,11 @@ def test_maps_finds_the_code_range_of_a_live_node() -> None:
     assert result.profile == "v8"
     assert result.v8 is not None
     if int(found.group(2), 16) == _address(found.group(1)):
-        # The rare honoured hint (a heap whose end was 256 KiB-aligned): no remap.
-        assert result.v8.code_range is None
+        # The rare honoured hint (a heap whose end was 256 KiB-aligned): no remap; the
+        # range is found as reserved, within the window.
+        assert result.v8.copy is None
+        assert result.v8.code_range == Span(int(found.group(2), 16), int(found.group(3), 16))
+        assert result.v8.verdict is CodeRangeVerdict.NEAR
     else:
         assert result.v8.code_range == Span(int(found.group(2), 16), int(found.group(3), 16))
         assert any(f"code range [{found.group(2)}, {found.group(3)})" in note
