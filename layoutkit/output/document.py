@@ -15,6 +15,7 @@ from layoutkit.errors import LayoutkitError
 from layoutkit.output.opcache import opcache_json
 from layoutkit.output.replay import replay_json
 from layoutkit.output.safety import safety_json
+from layoutkit.output.v8 import v8_inspect_json, v8_maps_json
 
 if TYPE_CHECKING:  # annotations only: writing a document loads no analysis module
     from layoutkit.advice.candidates import Advice, Recommendation
@@ -193,6 +194,7 @@ def inspection_json(result: Inspection, *, bundled: bool = False) -> dict[str, A
         "reach": [reach_json(r) for r in result.reach],
         **prediction_json(result),
         "opcache": opcache_json(result.opcache),
+        "v8": v8_inspect_json(result.v8),
         **replay_json(result.forecast),
     })
     doc["bundled_default"] = bundled
@@ -301,6 +303,7 @@ def maps_json(result: MapsAnalysis) -> dict[str, Any]:
         "capacity": capacity_json(acc),
         "generation": generation_json(result.profile, result.generation),
         "opcache": opcache_json(result.opcache),
+        "v8": v8_maps_json(result.v8),
         "notes": list(result.notes),
         **replay_json(result.forecast),
     })

@@ -29,10 +29,21 @@ from layoutkit.window.v8 import (
     MiB,
     V8Build,
     V8Profile,
+    V8Rule,
     detect_v8,
     place_code_range,
     short_call_region,
 )
+
+
+@dataclass(frozen=True)
+class V8Case:
+    """One case over ASLR: the hint V8 computes and what the kernel gives it."""
+
+    label: str  # the case, in words
+    source: str  # where the hint comes from
+    placement: CodeRangePlacement | None  # None: the hint's address is unknown (stripped)
+    near: bool  # counted as within reach for the verdict (a 1-in-64 honour is not)
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,14 @@ class V8Outlook:
     notes: tuple[str, ...]
     worst_near: bool  # the code range within reach of the builtins in the worst case
     worst: str  # the worst case, in words
+    build: V8Build | None = None
+    rule: V8Rule = NEWEST
+    blob: Span | None = None  # run-time embedded builtins
+    region: Span | None = None  # GetShortBuiltinsCallRegion, run-time
+    size: int = 0  # the code range's size
+    cases: tuple[V8Case, ...] = ()
+    near_probability: float | None = None  # over ASLR (None: not modelled)
+    cost: str = ""  # what a code range out of reach costs
 
     @property
     def verdict(self) -> str:
@@ -117,11 +136,17 @@ def outlook(image: ElfImage, kernel: KernelConfig, bias: int, jit: JitWindow,
              f"code range {format_size(size)}, short-call window {region.start:#x}-"
              f"{region.end:#x}"]
     mmin = kernel.mmap_min_addr
+
+    def done(worst: str, cases: tuple[V8Case, ...], p_near: float) -> V8Outlook:
+        return V8Outlook(tuple(notes), all(case.near for case in cases), worst,
+                         choice.build, rule, blob, region, size, cases, p_near,
+                         _cost(image, rule))
+
     if image.arch.isa not in rule.near_isas:
-        lines, near_any = _no_scan(image, kernel, bias, region, size, choice, taken)
+        lines, scan_case = _no_scan(image, kernel, bias, region, size, choice, taken)
         notes.extend(lines)
-        return V8Outlook(tuple(notes), near_any, lines[-1])
-    cases: list[tuple[bool, str]] = []
+        return done(lines[-1], (scan_case,), float(scan_case.near))
+    cases: list[tuple[V8Case, str]] = []
     if image.load_kind is LoadKind.EXEC:
         h0 = align_up(max(seg.vaddr + seg.memsz for seg in image.loads) + bias, PAGE)
         last = h0 + kernel.brk_rnd - PAGE
@@ -131,24 +156,21 @@ def outlook(image: ElfImage, kernel: KernelConfig, bias: int, jit: JitWindow,
         # place and the request reaches past the heap's first (a request ending below
         # the bss, as a small --code-range under the image, is never in the heap's way).
         heap_decides = far.gap is not None and far.gap.start < last and far.request.end > h0
+        p_far = 0.0
         if heap_decides:
             # Heap offsets (page steps) that leave the first gap holding the request.
             need = far.request.end - h0
-            share = max(0, kernel.brk_rnd - align_up(need, PAGE)) / kernel.brk_rnd
-            notes.append(_describe(f"brk heap {format_size(need)} or more above the bss "
-                                   f"(p={share:.2f} over ASLR)", far))
+            p_far = max(0, kernel.brk_rnd - align_up(need, PAGE)) / kernel.brk_rnd
+            label = f"brk heap {format_size(need)} or more above the bss (p={p_far:.2f} over ASLR)"
         else:
-            notes.append(_describe("brk heap anywhere", far))
-        cases.append((far.near, notes[-1]))
+            if far.gap is not None and far.request.end <= h0:
+                p_far = 1.0  # the first gap lies below the bss: no heap position changes it
+            label = "brk heap anywhere"
+        notes.append(_describe(label, far))
+        cases.append((V8Case(label, _source(label, far), far, far.near), notes[-1]))
         near = place_code_range([*taken, Span(h0, h0 + 2 * 1024 * 1024)], region, size,
                                 rule, mmap_min_addr=mmin)
         rounded = " rounded down to 256 KiB" if rule.hint_align > 1 else ""
-        p_far = 0.0
-        if heap_decides:
-            p_far = max(0, kernel.brk_rnd - align_up(far.request.end - h0, PAGE)) / \
-                kernel.brk_rnd
-        elif far.gap is not None and far.request.end <= h0:
-            p_far = 1.0  # the first gap lies below the bss: no heap position changes it
         # Heap nearer: honoured when the heap's end is 256 KiB-aligned (page steps).
         p_near = p_far * far.near + (1 - p_far) * (PAGE / rule.hint_align if rule.hint_align
                                                    > 1 else float(near.near))
@@ -158,7 +180,8 @@ def outlook(image: ElfImage, kernel: KernelConfig, bias: int, jit: JitWindow,
                     else "honoured when the range above it is free")
             notes.append(f"v8: brk heap nearer: the first gap is above the heap, the hint "
                          f"is the heap's end at V8's start{rounded}: {cost}")
-            cases.append((near.near and rule.hint_align == 1, notes[-1]))
+            cases.append((V8Case("brk heap nearer", f"the heap's end at V8's start{rounded}",
+                                 near, near.near and rule.hint_align == 1), notes[-1]))
         notes.append(f"v8: code range within reach in {p_near:.1%} of runs over ASLR "
                      "(heap position and the heap's end at V8's start)")
         pad_to = align_up(far.gap.start, rule.hint_align) if far.gap is not None else 0
@@ -175,21 +198,35 @@ def outlook(image: ElfImage, kernel: KernelConfig, bias: int, jit: JitWindow,
     else:
         free_below = place_code_range(taken, region, size, rule, mmap_min_addr=mmin)
         share = 1.0 if rule.hint_align == 1 else PAGE / rule.hint_align
-        notes.append(_describe(f"position-independent, nothing mapped below the window "
-                               f"(near for {share:.0%} of load biases)", free_below))
-        cases.append((free_below.near and rule.hint_align == 1, notes[-1]))
+        label = (f"position-independent, nothing mapped below the window "
+                 f"(near for {share:.0%} of load biases)")
+        notes.append(_describe(label, free_below))
+        near_case = free_below.near and rule.hint_align == 1
+        cases.append((V8Case(label, _source(label, free_below), free_below, near_case),
+                      notes[-1]))
+        p_near = share if free_below.near or rule.hint_align > 1 else 0.0
     if pad:
         notes.append(f"v8: the hint asks for {format_size(size + pad)} "
                      f"(OS::Allocate trims to 256 KiB alignment); --max-old-space-size "
                      f"does not move the code range (under {SHORT_CALLS_HEAP // MiB} it "
                      "turns short builtin calls off: no remap, builtins called through a "
                      "register)")
-    worst = next((text for near, text in cases if not near), cases[0][1])
-    return V8Outlook(tuple(notes), all(near for near, _ in cases), worst)
+    worst = next((text for case, text in cases if not case.near), cases[0][1])
+    return done(worst, tuple(case for case, _ in cases), p_near)
+
+
+def _cost(image: ElfImage, rule: V8Rule) -> str:
+    """What a code range out of reach of the builtins costs on ``image``'s arch."""
+    if image.arch.isa in rule.short_calls_isas:
+        return (f"{REMAP} (a copy of the embedded blob at the range's end; with "
+                f"--max-old-space-size under {SHORT_CALLS_HEAP // MiB}: called through a "
+                "register instead)")
+    return (f"builtins are called through a register (no short builtin calls on "
+            f"{image.arch} in Node's build: nothing is remapped)")
 
 
 def _no_scan(image: ElfImage, kernel: KernelConfig, bias: int, region: Span, size: int,
-             choice: V8Choice, taken: list[Span]) -> tuple[list[str], bool]:
+             choice: V8Choice, taken: list[Span]) -> tuple[list[str], V8Case]:
     """Where V8 does not scan the maps (arm64 in Node 20's build): one fixed hint."""
     lines = []
     if size > region.size:
@@ -204,15 +241,17 @@ def _no_scan(image: ElfImage, kernel: KernelConfig, bias: int, region: Span, siz
                  "lies in the image's own code whatever the layout, so no link change "
                  "brings the code range near")
     func = choice.build.hint_function
+    label = f"no maps scan on {image.arch}"
     if func is None:
         lines.append(f"v8: no maps scan on {image.arch}: the hint is V8's own "
                      "FunctionInStaticBinaryForAddressHint (stripped here): inside the "
                      f"image, so the range goes anywhere; {cost}")
-        return lines, False
+        return lines, V8Case(label, "FunctionInStaticBinaryForAddressHint (stripped: "
+                             "inside the image, address unknown)", None, False)
     placed = place_code_range(taken, region, size, choice.profile.rule,
                               mmap_min_addr=kernel.mmap_min_addr, hint_function=func + bias)
-    lines.append(_describe(f"no maps scan on {image.arch}", placed, cost))
-    return lines, placed.near
+    lines.append(_describe(label, placed, cost))
+    return lines, V8Case(label, _source(label, placed), placed, placed.near)
 
 
 def v8_advice(reader: ElfReader, scenario: Scenario, image: ElfImage, kernel: KernelConfig,

@@ -26,10 +26,19 @@ from click.testing import CliRunner
 from layoutkit.advice.safety import Protection, Source
 from layoutkit.cli import cli
 from layoutkit.commands.verify_workload import Figure, WorkloadVerdict
-from layoutkit.core.kinds import AdviceKind, OccupantKind, ReplayVerdict, Status, Verdict
+from layoutkit.core.kinds import (
+    AdviceKind,
+    CodeRangeSource,
+    CodeRangeVerdict,
+    OccupantKind,
+    ReplayVerdict,
+    Status,
+    Verdict,
+)
 from layoutkit.core.model import LoadKind
 from layoutkit.ranges import FormKind
 from layoutkit.window.anchor import HowFound
+from layoutkit.window.v8 import RULES as V8_RULES
 from tests.support import ELF_DIR, MAPS_DIR, ROOT, fixture_binaries, require
 
 SCHEMAS = Path(str(files("layoutkit").joinpath("schemas")))
@@ -147,6 +156,13 @@ def test_vocabularies_are_the_code_enums() -> None:
          Figure),
         (schema_of("verify-workload")["properties"]["verdict"], WorkloadVerdict),
     ]
+    for command in ("inspect", "maps"):
+        v8 = schema_of(command)["$defs"]["v8"]["properties"]
+        pairs.append((v8["verdict"], CodeRangeVerdict))
+        pairs.append(({"enum": [v for v in v8["code_range_how"]["enum"] if v is not None]},
+                      CodeRangeSource))
+        rules = v8["rule"]
+        assert sorted(rules["enum"]) == sorted(r.label for r in V8_RULES), command
     for schema, kind in pairs:
         assert sorted(schema["enum"]) == sorted(k.value for k in kind), kind.__name__
     for command in ("inspect", "maps"):  # null: no replay (a profile it does not model)
