@@ -37,7 +37,7 @@ from layoutkit.commands.inspect import inspect_reader
 from layoutkit.commands.prescan import NO_JIT, prescan
 from layoutkit.config import Config, config_size, scenario_from
 from layoutkit.core import arches
-from layoutkit.core.kinds import Status, Verdict
+from layoutkit.core.kinds import CheckFailure, Status, Verdict
 from layoutkit.core.scenario import ABORT_LIMIT, Scenario
 from layoutkit.core.units import format_size
 from layoutkit.elf import ElfReader
@@ -94,7 +94,7 @@ class CheckResult:
     arch: str | None = None
     profile: str | None = None
     evidence: str | None = None
-    failures: tuple[str, ...] = ()  # which thresholds failed: "min_window", ...
+    failures: tuple[CheckFailure, ...] = ()  # which thresholds failed
     worst: Accounting | None = None  # the worst case over ASLR (--min-window, --min-free-slots)
     forecast: Forecast | None = None  # the allocator replay the capacity verdict rests on
     internal: bool = False  # an error that is a bug in layoutkit, not bad input
@@ -130,7 +130,7 @@ class Summary:
 
 
 def jit_evidence(reader: ElfReader) -> str | None:
-    """Why this binary hosts a JIT layoutkit judges (LuaJIT, PHP's opcache), or None when
+    """Why this binary hosts a JIT layoutkit judges (LuaJIT, PHP's opcache, V8), or None when
     nothing says it does."""
     image = reader.image()
     for name in DEFAULT_ANCHORS:
@@ -199,15 +199,15 @@ def _judge(item: Item, settings: Settings) -> CheckResult:
         return CheckResult(shown, Status.ERROR, "out of memory (worker limit "
                            f"{format_size(WORKER_MEMORY)})")
     worst = result.prediction.worst
-    failures: list[str] = []
+    failures: list[CheckFailure] = []
     figures: list[str] = []
     if worst.free_bytes < settings.min_window:
-        failures.append("min_window")
+        failures.append(CheckFailure.MIN_WINDOW)
         figures.append(f"free window {format_size(worst.free_bytes)} "
                        f"({worst.free_bytes} B) < --min-window "
                        f"{format_size(settings.min_window)} ({settings.min_window} B)")
     if worst.free_slots < settings.min_free_slots:
-        failures.append("min_free_slots")
+        failures.append(CheckFailure.MIN_FREE_SLOTS)
         figures.append(f"free slots {worst.free_slots} of {worst.slots} < "
                        f"--min-free-slots {settings.min_free_slots}")
     limit = settings.max_abort_probability
@@ -217,23 +217,24 @@ def _judge(item: Item, settings: Settings) -> CheckResult:
         # V8's own threshold: its code range within reach of the builtins in the worst
         # case over ASLR (else builtins remapped or called through a register).
         if not result.v8.worst_near:
-            failures.append("capacity")
+            failures.append(CheckFailure.V8_CODE_RANGE)
             figures.append(f"V8's code range out of reach of its builtins: "
                            f"{result.v8.worst.removeprefix('v8: ')}")
     elif replayed is not None:
         if replayed.p_abort >= limit:
-            failures.append("max_abort_probability")
+            failures.append(CheckFailure.MAX_ABORT_PROBABILITY)
             figures.append(f"p(trace abort) {100 * replayed.p_abort:.1f}% >= "
                            f"--max-abort-probability {limit}")
-    elif cap.verdict is not Verdict.OK:
-        failures.append("capacity")
+    elif cap.verdict is not Verdict.OK and result.opcache is None:
+        failures.append(CheckFailure.CAPACITY)
         figures.append(f"{cap.states_fit} of {cap.states_requested} JIT states fit "
                        f"({format_size(cap.mcode_per_state)} each, worst case over ASLR)")
     opcache = result.opcache
-    if opcache is not None and not opcache.direct:
-        # php-opcache: the segment out of direct-call reach is the JIT's capacity lost.
-        if "capacity" not in failures:
-            failures.append("capacity")
+    if opcache is not None and (not opcache.direct or opcache.refused):
+        # php-opcache's own threshold: its JIT buffer as find_prefered_mmap_base places
+        # it, within direct-call reach of PHP's text (it replaces the slot arithmetic,
+        # which counts the same buffer).
+        failures.append(CheckFailure.OPCACHE_DIRECT_CALLS)
         figures.append(f"opcache segment ({opcache.size}): {opcache.how}; {opcache.cost}")
     kernel = f"Linux {result.kernel.release or '(current rules)'} {result.kernel.arch}"
     replay_text = (f"{replayed.states} JIT state(s) abort in {100 * replayed.p_abort:.1f}% of "

@@ -67,6 +67,24 @@ class CodeRangeSource(enum.Enum):
         return self.value
 
 
+class CheckFailure(enum.Enum):
+    """Which of ``check``'s thresholds a binary failed."""
+
+    MIN_WINDOW = "min_window"  # free bytes in the window, worst case (--min-window)
+    MIN_FREE_SLOTS = "min_free_slots"  # --min-free-slots
+    CAPACITY = "capacity"  # the requested JIT states do not fit (no replay)
+    MAX_ABORT_PROBABILITY = "max_abort_probability"  # the replay's p(trace abort)
+    # V8's own threshold: its code range within reach of the embedded builtins in the
+    # worst case over ASLR (else builtins remapped or called through a register).
+    V8_CODE_RANGE = "v8_code_range"
+    # PHP's own: the opcache JIT buffer within direct-call reach of PHP's text (else
+    # calls through a register), and not refused (AArch64: over 128 MiB).
+    OPCACHE_DIRECT_CALLS = "opcache_direct_calls"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class AdviceKind(enum.Enum):
     """What a recommendation changes."""
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 from urllib.parse import quote
 
 from layoutkit.commands.check import CheckResult, Settings, Summary
-from layoutkit.core.kinds import Status
+from layoutkit.core.kinds import CheckFailure, Status
 from layoutkit.core.text import escaped, json_safe, shown
 from layoutkit.output.document import capacity_json, document, window_json
 from layoutkit.output.replay import replay_json
@@ -25,6 +26,48 @@ SARIF_SCHEMA = ("https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/sche
                 "sarif-schema-2.1.0.json")
 RULE_ID = "LK001"
 RULE_NAME = "jit-window-too-small"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One SARIF rule: the failures it reports."""
+
+    id: str
+    name: str
+    title: str  # of a GitHub annotation
+    short: str
+    full: str
+    failures: frozenset[CheckFailure]
+
+
+RULES = (
+    Rule(RULE_ID, RULE_NAME, "JIT window too small", "The JIT window is too small",
+         "Worst case over ASLR, the free bytes, free slots or JIT states that fit in the "
+         "window a JIT can place code in are below the thresholds of layoutkit check, or "
+         "the allocator replay aborts traces in too many runs.",
+         frozenset({CheckFailure.MIN_WINDOW, CheckFailure.MIN_FREE_SLOTS,
+                    CheckFailure.CAPACITY, CheckFailure.MAX_ABORT_PROBABILITY})),
+    Rule("LK002", "v8-code-range-out-of-reach", "V8 code range out of reach",
+         "V8's code range is out of reach of its embedded builtins",
+         "In the worst case over ASLR, V8's one hint for its code range is refused or lies "
+         "outside the short-call window of the embedded builtins: V8 remaps its builtins "
+         "into the code range, or generated code calls them through a register.",
+         frozenset({CheckFailure.V8_CODE_RANGE})),
+    Rule("LK003", "opcache-jit-out-of-direct-call-reach",
+         "opcache JIT out of direct-call reach",
+         "PHP's opcache JIT buffer is out of direct-call reach of PHP's text",
+         "Where find_prefered_mmap_base puts the opcache segment, the JIT buffer cannot "
+         "call PHP's text directly (calls go through a register, 2-3% slower), or the "
+         "buffer is refused (AArch64: over 128 MiB).",
+         frozenset({CheckFailure.OPCACHE_DIRECT_CALLS})),
+)
+
+
+def rule_of(r: CheckResult) -> int:
+    """The index in RULES of the rule a failing result is reported under: a runtime's
+    own rule when one of its failures is there, else the window rule."""
+    return next((i for i, rule in enumerate(RULES)
+                 if i and rule.failures & set(r.failures)), 0)
 
 
 def _version() -> str:
@@ -78,7 +121,7 @@ def result_json(r: CheckResult) -> dict[str, Any]:
         "arch": r.arch,
         "profile": r.profile,
         "evidence": r.evidence,
-        "failures": list(r.failures),
+        "failures": [f.value for f in r.failures],
         "window": window_json(r.worst) if r.worst else None,
         "capacity": capacity_json(r.worst) if r.worst else None,
         **(replay_json(r.forecast) if r.forecast else
@@ -134,7 +177,7 @@ def junit_xml(summary: Summary) -> str:
                              time="0")
         if r.status is Status.FAIL:
             node = ET.SubElement(case, "failure", message=r.reason,
-                                 type=",".join(r.failures))
+                                 type=",".join(f.value for f in r.failures))
             node.text = _figures(r)
         elif r.status is Status.ERROR:
             ET.SubElement(case, "error", message=r.reason, type="not-analysed")
@@ -174,13 +217,14 @@ def sarif(summary: Summary, settings: Settings) -> dict[str, Any]:
             "artifactLocation": {"uri": _uri(r.artifact)}}}
         if r.artifact != r.path:
             location["logicalLocations"] = [{"fullyQualifiedName": r.path, "kind": "member"}]
+        index = rule_of(r)
         results.append({
-            "ruleId": RULE_ID,
-            "ruleIndex": 0,
+            "ruleId": RULES[index].id,
+            "ruleIndex": index,
             "level": "error",
             "message": {"text": f"{r.path}: {_figures(r)}"},
             "locations": [location],
-            "properties": {"failures": list(r.failures),
+            "properties": {"failures": [f.value for f in r.failures],
                            "window": window_json(r.worst) if r.worst else None,
                            "capacity": capacity_json(r.worst) if r.worst else None,
                            "profile": r.profile},
@@ -199,15 +243,12 @@ def sarif(summary: Summary, settings: Settings) -> dict[str, Any]:
                 "version": _version(),
                 "informationUri": "https://pypi.org/project/layoutkit/",
                 "rules": [{
-                    "id": RULE_ID,
-                    "name": RULE_NAME,
-                    "shortDescription": {"text": "The JIT window is too small"},
-                    "fullDescription": {"text": (
-                        "Worst case over ASLR, the free bytes, free slots or JIT states "
-                        "that fit in the window a JIT can place code in are below the "
-                        "thresholds of layoutkit check.")},
+                    "id": rule.id,
+                    "name": rule.name,
+                    "shortDescription": {"text": rule.short},
+                    "fullDescription": {"text": rule.full},
                     "defaultConfiguration": {"level": "error"},
-                }],
+                } for rule in RULES],
             }},
             "invocations": [{
                 "executionSuccessful": summary.count(Status.ERROR) == 0,
@@ -234,7 +275,7 @@ def github_annotations(summary: Summary) -> Iterator[str]:
     """``::error file=...::`` workflow commands, one per failing or unanalysable path."""
     for r in summary.results:
         if r.status in (Status.FAIL, Status.ERROR):
-            title = "JIT window too small" if r.status is Status.FAIL else "not analysed"
+            title = RULES[rule_of(r)].title if r.status is Status.FAIL else "not analysed"
             yield (f"::error file={_escape_property(r.artifact)},"
                    f"title={_escape_property('layoutkit check: ' + title)}::"
                    f"{_escape_data(r.path + ': ' + r.reason)}")

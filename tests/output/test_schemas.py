@@ -28,6 +28,7 @@ from layoutkit.cli import cli
 from layoutkit.commands.verify_workload import Figure, WorkloadVerdict
 from layoutkit.core.kinds import (
     AdviceKind,
+    CheckFailure,
     CodeRangeSource,
     CodeRangeVerdict,
     OccupantKind,
@@ -148,6 +149,8 @@ def test_vocabularies_are_the_code_enums() -> None:
         (advise["properties"]["recommendations"]["items"]["properties"]["safety"]["oneOf"][1]
          ["properties"]["source"], Source),
         (check["properties"]["results"]["items"]["properties"]["status"], Status),
+        (check["properties"]["results"]["items"]["properties"]["failures"]["items"],
+         CheckFailure),
         (inspect["properties"]["anchor"]["properties"]["how_found"], HowFound),
         (schema_of("maps")["properties"]["anchor"]["properties"]["how_found"], HowFound),
         (schema_of("probe")["$defs"]["program"]["properties"]["anchor"]["properties"]["source"],

@@ -4,8 +4,10 @@ objdump, V8's own trace and the process's /proc/PID/maps."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -15,10 +17,11 @@ from layoutkit.commands.check import Settings, check_paths
 from layoutkit.commands.inspect import inspect_binary
 from layoutkit.commands.maps import analyse_target
 from layoutkit.core.arches import by_name
-from layoutkit.core.kinds import CodeRangeVerdict, Status
+from layoutkit.core.kinds import CheckFailure, CodeRangeVerdict, Status
 from layoutkit.core.scenario import Scenario
 from layoutkit.core.spans import Span
 from layoutkit.elf import ElfReader
+from layoutkit.output.checkreport import render
 from layoutkit.window.v8 import (
     RULES,
     CodeRangePlacement,
@@ -206,14 +209,23 @@ def test_maps_finds_the_code_range_of_a_live_node() -> None:
 
 def test_check_fails_node20_by_v8s_rule() -> None:
     """check: the accounting alone finds room (two 512 MiB areas fit), V8's own rule
-    does not (the hint is refused in the worst case): a capacity failure."""
+    does not (the hint is refused in the worst case): V8's own failure kind, reported
+    under V8's SARIF rule and as the JUnit failure's type."""
     node = _node()
     truth = v8truth(node)
     summary = check_paths([node], Settings(), jobs=1)
     (result,) = summary.results
-    assert result.status is Status.FAIL and result.failures == ("capacity",)
+    assert result.status is Status.FAIL and result.failures == (CheckFailure.V8_CODE_RANGE,)
     assert result.profile == "v8" and result.evidence is not None
     assert f"hint {truth.bss_page_end & ~(256 * 1024 - 1):#x}" in result.reason
+    sarif = json.loads(render(summary, Settings(), "sarif"))
+    (found,) = sarif["runs"][0]["results"]
+    rules = sarif["runs"][0]["tool"]["driver"]["rules"]
+    assert rules[found["ruleIndex"]]["id"] == found["ruleId"] == "LK002"
+    assert found["properties"]["failures"] == ["v8_code_range"]
+    junit = ET.fromstring(render(summary, Settings(), "junit"))
+    (failure,) = junit.iter("failure")
+    assert failure.get("type") == "v8_code_range"
 
 
 def test_advise_names_v8s_own_rule() -> None:
