@@ -22,7 +22,10 @@ _IN_DATA: tuple[bytes, ...] = (b"LuaJIT 2.",)
 _NOT_LOADED = {1: "a relocatable object", 4: "a core dump"}  # e_type ET_REL, ET_CORE
 SHT_STRTAB, SHT_NOBITS = 3, 8
 SHF_ALLOC, SHF_EXECINSTR = 0x2, 0x4
-NO_JIT = "no JIT target: no LuaJIT VM symbols, version string or libluajit dependency"
+# Every runtime check knows, with the evidence it looks for.
+NO_JIT = ("no JIT target: no LuaJIT or OpenResty luajit2 (VM symbols, version string, "
+          "libluajit dependency), PHP opcache (execute_ex, zend_extension_entry) or V8 "
+          "(embedded_blob_code symbols)")
 
 
 def _scan_ranges(data: mmap.mmap, size: int) -> list[tuple[int, int, tuple[bytes, ...]]] | None:

@@ -177,6 +177,19 @@ def test_prescan_never_hides_luajit_evidence() -> None:
     assert judged >= 30
 
 
+def test_no_jit_names_every_runtime_check_knows() -> None:
+    """The n/a reason of a file with no JIT names each runtime check judges and the
+    evidence it looks for, not LuaJIT alone."""
+    for runtime in ("LuaJIT", "OpenResty luajit2", "PHP opcache", "V8", "execute_ex",
+                    "embedded_blob_code"):
+        assert runtime in NO_JIT, runtime
+    plain = next(p for p in sorted(ELF_DIR.glob("*/*"))
+                 if p.is_file() and p.suffix != ".txt" and prescan(str(p)) == NO_JIT)
+    code, doc = run_json(str(plain))
+    assert (code, doc["results"][0]["status"], doc["results"][0]["reason"]) == (0, "n/a",
+                                                                              NO_JIT)
+
+
 def test_relocatable_object_is_not_applicable(tmp_path: Path) -> None:
     obj = tmp_path / "crt.o"
     data = bytearray((X86 / "pie").read_bytes()[:64])
