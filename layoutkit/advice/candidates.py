@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 from layoutkit.advice import linkers, relocate, safety_table
 from layoutkit.advice.edits import Edit, MakePie, Rebase, RelocateText
 from layoutkit.advice.safety import Protection, Protections, Safety, Shape, Source
+from layoutkit.advice.v8_pad import Padding
+from layoutkit.advice.v8_pad import padding as v8_padding
 from layoutkit.core.arches import Arch, GiB
 from layoutkit.core.kinds import AdviceKind, Verdict
 from layoutkit.core.model import ElfImage, LoadKind, Perm, Section, Segment
@@ -284,6 +286,27 @@ def candidates(reader: ElfReader | None, scenario: Scenario, *, arch_name: str |
                              -(r.worst.free_slots if r.worst else 0),
                              r.kind is not AdviceKind.RELOCATE_TEXT))
     best = (recs[0].worst if recs else None) or current.worst
+    padded = False
+    if reader is not None and jit is None and generation is None:
+        def v8_rec(keep: tuple[str, ...]) -> Recommendation | str:
+            pad = v8_padding(reader, scenario, image, kernel, anchor, chosen, keep)
+            if not isinstance(pad, Padding):
+                return pad or "V8's rule needs no padding"
+            at = pad.edit.address(image, anchor_link.start)
+            return Recommendation(AdviceKind.RELOCATE_TEXT, chosen, pad.flags, pad.edit,
+                                  evaluate(pad.edit.apply(image),
+                                           Span(at, at + anchor_link.size)), pad.reasons)
+
+        first_v8 = v8_padding(reader, scenario, image, kernel, anchor, chosen)
+        if isinstance(first_v8, str):
+            notes.append(f"v8: {first_v8}")
+        elif first_v8 is not None:
+            made = v8_rec(())
+            assert isinstance(made, Recommendation)
+            # V8 takes its code range by one hint: its own rule's change comes first.
+            kept = _safe([made], image, shape, notes, allow_weaker, v8_rec, relayout)
+            recs = [*kept, *recs]
+            padded = bool(kept)
     runtime = _runtime(best, scenario.demand.states, scenario.demand.mcode)
     found_text = text_of(reader, 0) if reader is not None else None
     extent = found_text[1].end - image_span.start if found_text else None
@@ -302,7 +325,7 @@ def candidates(reader: ElfReader | None, scenario: Scenario, *, arch_name: str |
                   f"({best.capacity.states_fit} fit in {best.free_slots} free slots): "
                   f"runtime alternatives: {alternatives}")
     if reader is not None and jit is None and generation is None:
-        notes.extend(v8_advice(reader, scenario, image, kernel, anchor))
+        notes.extend(v8_advice(reader, scenario, image, kernel, anchor, padded=padded))
     return Advice(arch, image, synthetic, chosen, evidence, profile, kernel, current,
                   tuple(recs), tuple(notes), no_fit)
 

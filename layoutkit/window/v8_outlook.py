@@ -255,9 +255,10 @@ def _no_scan(image: ElfImage, kernel: KernelConfig, bias: int, region: Span, siz
 
 
 def v8_advice(reader: ElfReader, scenario: Scenario, image: ElfImage, kernel: KernelConfig,
-              anchor: str | None) -> list[str]:
+              anchor: str | None, *, padded: bool = False) -> list[str]:
     """For ``advise`` on a V8 binary: the candidates are ranked by room in the generic
-    window, but V8 takes its code range by one hint; what V8's own rule says."""
+    window, but V8 takes its code range by one hint; what V8's own rule says
+    (``padded``: the padding is a recommendation, advice/v8_pad.py, not a note)."""
     choice = choose_v8(reader, scenario, luajit_found=False) if anchor is None else None
     if choice is None or choice.build.blob is None:
         return []
@@ -265,8 +266,11 @@ def v8_advice(reader: ElfReader, scenario: Scenario, image: ElfImage, kernel: Ke
     blob = choice.build.blob.shifted(bias)
     jit = window_for_span(choice.profile, image.arch, blob, kernel.user_space)
     seen = outlook(image, kernel, bias, jit, choice, blob)
-    keep = [n for n in seen.notes if "advice:" in n or "within reach in" in n
-            or "no maps scan (" in n or "max-old-space-size" in n]
-    return ["v8: the changes below are ranked by room in the generic window; V8 takes its "
-            "code range by one hint, so what decides is V8's own rule (inspect shows it):",
-            *keep]
+    keep = [n for n in seen.notes if ("advice:" in n or "within reach in" in n
+            or "no maps scan (" in n or "max-old-space-size" in n)
+            and not (padded and "advice:" in n)]
+    head = ("v8: the first recommendation is V8's own rule's (the padding to 256 KiB); the "
+            "others are ranked by room in the generic window" if padded else
+            "v8: the changes below are ranked by room in the generic window; V8 takes its "
+            "code range by one hint, so what decides is V8's own rule (inspect shows it):")
+    return [head, *keep]

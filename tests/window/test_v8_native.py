@@ -229,11 +229,28 @@ def test_check_fails_node20_by_v8s_rule() -> None:
 
 
 def test_advise_names_v8s_own_rule() -> None:
-    """advise ranks the generic changes but says what V8's rule needs: the image's end
-    padded to the next 256 KiB boundary (from readelf's last PT_LOAD)."""
+    """advise's first recommendation is V8's rule's: -Tbss so that .bss (readelf's size)
+    ends the image on the next 256 KiB boundary after its last page (readelf's last
+    PT_LOAD); the hint it gives is the one test_padding_the_bss_to_256k_gets_the_code_
+    range_near sees honoured by the real node."""
     node = _node()
     truth = v8truth(node)
-    notes = advise(node).notes
+    result = advise(node)
+    notes = result.notes
     padded = page_up(truth.bss_page_end, 256 * 1024)
-    assert any(f"({truth.bss_page_end:#x} -> {padded:#x}," in n for n in notes)
+    first = result.recommendations[0]
+    (flag,) = first.flags
+    assert flag.startswith("-Wl,-Tbss=")
+    sections = subprocess.run(["readelf", "-SW", node], capture_output=True, text=True,
+                              check=True).stdout
+    bss_size = next(int(line.split()[5], 16) for line in sections.splitlines()
+                    if " .bss " in line)
+    at = int(flag.removeprefix("-Wl,-Tbss="), 16)
+    assert page_up(at + bss_size, 4096) == padded
+    refused = truth.bss_page_end & ~(256 * 1024 - 1)
+    assert f"the hint {refused:#x} lands on the image's last page and is refused" in \
+        first.reasons[0]
+    assert f"the hint {padded:#x} is honoured whenever the brk heap is far" in \
+        first.reasons[1]
+    assert not any("v8: advice:" in n for n in notes)  # a recommendation, not a note
     assert any("max-old-space-size does not move the code range" in n for n in notes)
