@@ -72,14 +72,18 @@ int main(void) { return 0; }
 """
 PRELOAD_FLAGS = ("-std=c11", "-O2", "-Wall", "-Wextra", "-fPIE", "-DLK_TWIN")
 STATIC_LINK_FLAGS = ("-fuse-ld=bfd", "-Wl,--build-id=none", "-Wl,-z,norelro",
-                     "-Wl,--hash-style=gnu", "-Wl,--no-eh-frame-hdr")
+                     "-Wl,--hash-style=gnu", "-Wl,--no-eh-frame-hdr",
+                     "-Wl,--spare-dynamic-tags=0")
 
 # The probe as a library: its main renamed, so the twin's own main calls it.
 LIB_FLAGS = ("-fPIC", "-shared", "-Dmain=lk_probe_main")
 # GNU ld only (the script uses its PHDRS); no note, RELRO or eh_frame_hdr segment of the
-# twin's own; liblkprobe.so found beside the twin ($ORIGIN), wherever the cache is.
+# twin's own; no spare DT_NULL entries after .dynamic's own (GNU ld reserves 5 by default:
+# ld/ld.texi, --spare-dynamic-tags), so the twin's .dynamic fits where lld's own did;
+# liblkprobe.so found beside the twin ($ORIGIN), wherever the cache is.
 LINK_FLAGS = ("-fuse-ld=bfd", "-Wl,--build-id=none", "-Wl,-z,norelro",
-              "-Wl,--hash-style=gnu", "-Wl,--no-eh-frame-hdr", "-Wl,-rpath,$ORIGIN")
+              "-Wl,--hash-style=gnu", "-Wl,--no-eh-frame-hdr", "-Wl,--spare-dynamic-tags=0",
+              "-Wl,-rpath,$ORIGIN")
 
 # Input sections by what they are, as GNU ld's default scripts group them.
 _HEAD = (".interp", ".note.gnu.property", ".note.gnu.build-id", ".note.ABI-tag", ".note*",
@@ -175,14 +179,17 @@ def grow(loads: Sequence[Segment]) -> tuple[Segment, ...]:
 
 
 def load_mismatches(want: Sequence[Segment], got: Sequence[Segment], kind: LoadKind) -> list[str]:
-    """Differences in ``PT_LOAD`` vaddr, memsz, flags (and count) between two images."""
+    """Differences in ``PT_LOAD`` vaddr, memsz, flags, align (and count) between two
+    images (the kernel aligns a PIE's load bias to the largest p_align: fs/binfmt_elf.c,
+    maximum_alignment)."""
     got = sorted((s for s in got if s.memsz), key=lambda s: s.vaddr)
     found = []
     if len(want) != len(got):
         found.append(f"{len(got)} PT_LOAD segment(s), the target has {len(want)}")
     for i, (w, g) in enumerate(zip(want, got, strict=False)):
         for what, a, b in (("p_vaddr", w.vaddr, g.vaddr), ("p_memsz", w.memsz, g.memsz),
-                           ("p_flags", w.raw_flags & 7, g.raw_flags & 7)):
+                           ("p_flags", w.raw_flags & 7, g.raw_flags & 7),
+                           ("p_align", w.align, g.align)):
             if a != b:
                 found.append(f"PT_LOAD {i}: {what} {b:#x}, the target's is {a:#x}")
     return found
@@ -198,7 +205,7 @@ def _flags_text(seg: Segment) -> str:
 
 def linker_script(spec: TwinSpec, *, code_after_anchor: bool = False,
                   head_with_rodata: bool = False, dynamic_late: bool = False,
-                  grown: bool = False) -> str:
+                  grown: bool = False, dynamic_apart: bool = False) -> str:
     """A GNU ld script whose PT_LOADs are ``spec.loads`` exactly.
 
     Header material (.interp, dynamic symbols, relocations) goes into the first segment
@@ -209,7 +216,9 @@ def linker_script(spec: TwinSpec, *, code_after_anchor: bool = False,
     after it), read-only data into the first read-only segment after it (else the code
     segment), .dynamic, the init arrays and .data.rel.ro into the first writable segment
     after the code (``dynamic_late``: with the GOT, .data and .bss in the last one with
-    file contents, for lld's and mold's small first writable segment), the GOT, .data
+    file contents, for lld's and mold's small first writable segment; ``dynamic_apart``:
+    .dynamic alone in the first, the init arrays and .data.rel.ro with the GOT, for lld's
+    first writable segment that holds the twin's .dynamic but no more), the GOT, .data
     and .bss into the last writable segment with file contents (``grown``: every
     segment first stretched to its pages, :func:`grow`). Every segment is then padded
     to its end; a writable segment's padding is zero-fill (NOLOAD), so its end is the
@@ -285,7 +294,10 @@ def linker_script(spec: TwinSpec, *, code_after_anchor: bool = False,
         # A writable segment ends in zero-fill (its bss); the others in file-backed
         # bytes, so no read-only segment has memsz > filesz.
         if Perm.W in seg.flags:
-            lines.append(f"  .lk_pad{i} {end - 1:#x} (NOLOAD) : {{ . += 1; }} "
+            # Up to the end, or nothing when the twin's sections fill the segment to it
+            # (inside an output section "." is an offset: the start is a symbol).
+            lines.append(f"  lk_pad{i} = .;")
+            lines.append(f"  .lk_pad{i} (NOLOAD) : {{ . += {end:#x} - lk_pad{i}; }} "
                          f":{_segment_name(i)}")
         else:
             lines.append(f"  .lk_pad{i} {end - 1:#x} : {{ BYTE(0) }} :{_segment_name(i)}")
@@ -342,11 +354,12 @@ def linker_script(spec: TwinSpec, *, code_after_anchor: bool = False,
         if i == rodata:
             for name in _RODATA:
                 out(name, [name], i)
-        if i == data:
+        if i == (rw if dynamic_apart else data):
             out(".tdata", [".tdata"], i, extra=tls)
             out(".tbss", [".tbss"], i, extra=tls)
             init_arrays(i)
             out(".data.rel.ro", [".data.rel.ro"], i)
+        if i == data:
             out(".dynamic", [".dynamic"], i, extra=" :lk_dynamic")
         if i == rw:
             for name in (".got", ".got.plt", ".toc", ".opd", ".branch_lt",
@@ -391,17 +404,29 @@ def build_twin(spec: TwinSpec) -> Twin:
     return _build(spec, linker_script(spec))
 
 
+def page_flags(spec: TwinSpec) -> tuple[str, ...]:
+    """GNU ld gives a PT_LOAD the maximum page size as p_align (``-z max-page-size``):
+    the target's, when its PT_LOADs share one page-sized power of two (GNU ld, gold, lld
+    and mold all make them equal)."""
+    aligns = {s.align for s in spec.loads}
+    align = aligns.pop() if len(aligns) == 1 else 0
+    return (f"-Wl,-z,max-page-size={align:#x}",) if align >= PAGE and not align & (align - 1) \
+        else ()
+
+
 def _build(spec: TwinSpec, script: str) -> Twin:
     compiler = Compiler.for_arch(spec.arch)
     static = spec.kind is LoadKind.STATIC_PIE
     if static:
         key = [source_key(PRELOAD_SOURCE), STATIC_STUB.encode(), script.encode(),
-               " ".join((*PRELOAD_FLAGS, *STUB_FLAGS, *STATIC_LINK_FLAGS)).encode()]
+               " ".join((*PRELOAD_FLAGS, *STUB_FLAGS, *STATIC_LINK_FLAGS,
+                         *page_flags(spec))).encode()]
         outputs = ["twin"]
     else:
         key = [source_key(SOURCE), STUB.encode(), script.encode(),
                *(t.encode() for t in fallback_scripts(spec, script)),  # tried by _link
-               " ".join((*CFLAGS, *LIB_FLAGS, *STUB_FLAGS, *LINK_FLAGS)).encode()]
+               " ".join((*CFLAGS, *LIB_FLAGS, *STUB_FLAGS, *LINK_FLAGS,
+                         *page_flags(spec))).encode()]
         outputs = ["twin", "liblkprobe.so"]
     link = _link_static if static else _link
     folder = cached_build("twin", "twin", compiler, key,
@@ -418,7 +443,8 @@ def _build(spec: TwinSpec, script: str) -> Twin:
 
 
 VARIANTS = ({"head_with_rodata": True}, {"dynamic_late": True},
-            {"head_with_rodata": True, "dynamic_late": True}, {"grown": True},
+            {"head_with_rodata": True, "dynamic_late": True}, {"dynamic_apart": True},
+            {"head_with_rodata": True, "dynamic_apart": True}, {"grown": True},
             {"grown": True, "dynamic_late": True},
             {"grown": True, "head_with_rodata": True, "dynamic_late": True})
 
@@ -466,7 +492,8 @@ def _link_with(spec: TwinSpec, script_text: str, cc: str, work: Path) -> None:
     script.write_text(script_text)
     pie = ["-fPIE", "-pie"] if spec.kind is LoadKind.PIE else ["-fno-pie", "-no-pie"]
     _run([cc, *STUB_FLAGS, *pie, "-o", str(work / "twin"), str(stub), "-Wl,-T," + str(script),
-          *LINK_FLAGS, f"-L{work}", "-llkprobe"], f"linking the twin of {spec.source}")
+          *LINK_FLAGS, *page_flags(spec), f"-L{work}", "-llkprobe"],
+         f"linking the twin of {spec.source}")
 
 
 def _link_static(spec: TwinSpec, script_text: str, cc: str, work: Path) -> None:
@@ -479,9 +506,9 @@ def _link_static(spec: TwinSpec, script_text: str, cc: str, work: Path) -> None:
     script = work / "twin.ld"
     script.write_text(script_text)
     _run([cc, *STUB_FLAGS, "-fPIE", "-static-pie", "-o", str(work / "twin"), str(stub),
-          str(probe), "-Wl,-T," + str(script), *STATIC_LINK_FLAGS],
+          str(probe), "-Wl,-T," + str(script), *STATIC_LINK_FLAGS, *page_flags(spec)],
          f"linking the twin of {spec.source}")
 
 
 __all__: Sequence[str] = ("Twin", "TwinSpec", "build_twin", "linker_script",
-                          "load_mismatches")
+                          "load_mismatches", "page_flags")

@@ -109,4 +109,5 @@ def test_linker_script_places_every_segment() -> None:
     assert "lk_load0 PT_LOAD FILEHDR PHDRS FLAGS(4);" in script
     assert f". = {spec.anchor:#x};" in script
     last = spec.loads[-1]
-    assert f".lk_pad3 {last.vaddr + last.memsz - 1:#x} (NOLOAD)" in script
+    end = last.vaddr + last.memsz
+    assert f".lk_pad3 (NOLOAD) : {{ . += {end:#x} - lk_pad3; }} :lk_load3" in script
