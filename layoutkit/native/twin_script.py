@@ -32,6 +32,11 @@ _WRITABLE_PLT = {"ppc64le": (".plt", ".iplt"), "ppc64": (".plt", ".iplt")}
 # loads gp from __global_pointer$, which GNU ld's default script sets near the small
 # data (binutils ld/emulparams/elf32lriscv-defs.sh, OTHER_END_SYMBOLS / SDATA_START).
 _DATA_SYMBOLS = {"riscv64": "PROVIDE(__global_pointer$ = . + 0x800);"}
+# MIPS code reaches its GOT through $gp, 16-bit offsets from _gp, which GNU ld's default
+# script sets 0x7ff0 past the start of the GOT (mips64el-linux-gnuabi64-ld --verbose:
+# "HIDDEN (_gp = ALIGN (16) + 0x7ff0)" right before .got); without it crtbegin.o's
+# R_MIPS_GOT_DISP relocations do not fit.
+_GOT_SYMBOLS = {"mips64el": "HIDDEN(_gp = ALIGN(16) + 0x7ff0);"}
 _RODATA = (".rodata", ".eh_frame_hdr", ".eh_frame", ".gcc_except_table")
 _BSS = (".sbss", ".bss")
 # Static glibc's own sections (the default script leaves them orphans; GNU ld defines
@@ -267,6 +272,8 @@ def linker_script(spec: TwinSpec, *, code_after_anchor: bool = False,
         if i == data:
             out(".dynamic", [".dynamic"], i, extra=" :lk_dynamic")
         if i == rw:
+            if spec.arch.name in _GOT_SYMBOLS:
+                lines.append(f"  {_GOT_SYMBOLS[spec.arch.name]}")
             for name in (".got", ".got.plt", ".toc", ".opd", ".branch_lt",
                          *_WRITABLE_PLT.get(spec.arch.name, ())):
                 out(name, [name], i)
