@@ -38,6 +38,11 @@ _DATA_SYMBOLS = {"riscv64": "PROVIDE(__global_pointer$ = . + 0x800);"}
 # R_MIPS_GOT_DISP relocations do not fit.
 _GOT_SYMBOLS = {"mips64el": "HIDDEN(_gp = ALIGN(16) + 0x7ff0);"}
 _RODATA = (".rodata", ".eh_frame_hdr", ".eh_frame", ".gcc_except_table")
+# Input sections taken by their name alone: ".got.*" would take .got.plt into the .got
+# output section, and s390x's GNU ld then asserts that the GOT pointer lies at or below
+# .got.plt (binutils bfd/elf-s390-common.c, s390_gotplt_offset); GNU ld's default
+# scripts keep them apart (ld --verbose: ".got : { *(.got) *(.igot) }").
+_WHOLE = ("COMMON", ".got")
 _BSS = (".sbss", ".bss")
 # Static glibc's own sections (the default script leaves them orphans; GNU ld defines
 # __start_/__stop_ symbols for them by name): code, RELRO data, and zero-fill.
@@ -170,7 +175,7 @@ def linker_script(spec: TwinSpec, *, code_after_anchor: bool = False,
                          "must follow the code and read-only data)", path=spec.source)
 
     def collect(names: Sequence[str], keep: bool = False) -> str:
-        parts = [f"*({n})" if n.endswith("*") or n == "COMMON" else f"*({n} {n}.*)"
+        parts = [f"*({n})" if n.endswith("*") or n in _WHOLE else f"*({n} {n}.*)"
                  for n in names]
         return " ".join(f"KEEP({p})" if keep else p for p in parts)
 

@@ -55,11 +55,8 @@ def pages(rows: list[Load]) -> list[tuple[int, int, str, int]]:
 # preload.c (-DLK_TWIN) hold 6.5 KiB more zero-fill (preload.c's wbuf and path buffers,
 # nm -S) than the target's writable segment, whose bss end the twin must keep.
 _STATIC_PIE = "the twin's writable data overruns the target's bss end (preload.c's buffers)"
-# Twins the toolchains cannot build yet, with what stops them (each also fails on main
-# before this test existed); strict, so a fix shows up here.
+# Twins that cannot be built, with what stops them; strict, so a fix shows up here.
 KNOWN = {
-    "s390x/nopie": "GNU ld 2.40: assertion fail bfd/elf-s390-common.c:71",
-    "s390x/pie": "GNU ld 2.40: assertion fail bfd/elf-s390-common.c:71",
     "aarch64/static-pie": _STATIC_PIE,
     "x86_64/static-pie": _STATIC_PIE,
 }
