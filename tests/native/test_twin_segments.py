@@ -283,3 +283,22 @@ def test_twin_of_the_static_advice_is_the_relink(builder: Builder,
     real, got = readelf_loads(binary), readelf_loads(twin.path)
     assert [(f, a) for _, _, f, a in got] == [(f, a) for _, _, f, a in real]
     assert pages(got) == pages(real)
+
+
+@pytest.mark.toolchain
+@pytest.mark.parametrize("align", [0x4000, 0x200000])
+def test_twin_keeps_the_targets_p_align(builder: Builder, align: int) -> None:
+    """An arm64 PIE linked with -z max-page-size (16 KiB pages; 2 MiB, which the kernel
+    also aligns a PIE's load bias to: fs/binfmt_elf.c, maximum_alignment): the twin's
+    PT_LOADs carry the same p_align as readelf shows for the target."""
+    out = builder.root / f"pie-align-{align:#x}"
+    done = subprocess.run([builder.cc("aarch64"), "-pie", f"-Wl,-z,max-page-size={align:#x}",
+                           str(builder.obj("aarch64", "pie")), "-o", str(out)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    want = readelf_loads(out)
+    assert {a for _, _, _, a in want} == {align}
+    with ElfReader(out) as reader:
+        spec = TwinSpec.of(reader.image(), find_anchor(reader).span.start)
+    twin = build_twin(spec)
+    assert readelf_loads(twin.path) == want
