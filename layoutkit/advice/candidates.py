@@ -249,7 +249,7 @@ def candidates(reader: ElfReader | None, scenario: Scenario, *, arch_name: str |
         notes.append(f"{image.load_kind.describe()}: the kernel ignores the link address, so "
                      "no rebase flag would change anything")
     if image.load_kind is not LoadKind.PIE:
-        make_pie = MakePie()
+        make_pie = MakePie(static=shape is Shape.STATIC)
         pie_anchor = Span(anchor_link.start - image_span.start,
                           anchor_link.end - image_span.start)
         pred_p = evaluate(make_pie.apply(image), pie_anchor)

@@ -28,8 +28,9 @@ def shift(image: ElfImage, delta: int, kind: LoadKind | None = None) -> ElfImage
     """Every PT_LOAD moved by ``delta`` (and, with ``kind``, loaded that way)."""
     segments = tuple(replace(seg, vaddr=seg.vaddr + delta) if seg.type == "PT_LOAD" else seg
                      for seg in image.segments)
+    dyn = kind in (LoadKind.PIE, LoadKind.STATIC_PIE)
     return replace(image, segments=segments, load_kind=kind or image.load_kind,
-                   e_type="ET_DYN" if kind is LoadKind.PIE else image.e_type)
+                   e_type="ET_DYN" if dyn else image.e_type)
 
 
 def split_bss(image: ElfImage, bss_at: int) -> ElfImage:
@@ -187,11 +188,17 @@ class RelocateText:
 
 @dataclass(frozen=True)
 class MakePie:
-    """Link as a PIE: the image starts at 0 and the kernel places it (-fPIE -pie)."""
+    """Link as a PIE: the image starts at 0 and the kernel places it (-fPIE -pie). A
+    static program is advised -static-pie (linkers.pie_flags): a static PIE, without
+    an interpreter, which the kernel places in the mmap area, not at ELF_ET_DYN_BASE
+    (fs/binfmt_elf.c, load_elf_binary)."""
 
+    static: bool = False  # a static program: -static-pie
     kind = AdviceKind.PIE
 
     def apply(self, image: ElfImage) -> ElfImage:
+        if self.static:
+            return shift(image, -_first(image), LoadKind.STATIC_PIE)
         pie = shift(image, -_first(image), LoadKind.PIE)
         return replace(pie, interpreter=pie.interpreter or "(interpreter)")
 

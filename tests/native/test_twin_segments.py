@@ -302,3 +302,25 @@ def test_twin_keeps_the_targets_p_align(builder: Builder, align: int) -> None:
         spec = TwinSpec.of(reader.image(), find_anchor(reader).span.start)
     twin = build_twin(spec)
     assert readelf_loads(twin.path) == want
+
+
+@pytest.mark.toolchain
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+def test_the_pie_advice_of_a_static_program_is_a_static_pie(builder: Builder,
+                                                              arch: str) -> None:
+    """advise gives a static program -static-pie: the layout verify --advice pie twins
+    is a static PIE as the relink is (ET_DYN, no PT_INTERP, readelf), with its PT_LOAD
+    count and flags, so the twin is a static PIE placed in the mmap area, not a PIE at
+    ELF_ET_DYN_BASE."""
+    binary, rec = static_relink(builder, arch, "pie")
+    assert rec.edit is not None
+    with ElfReader(ELF_DIR / arch / "static") as reader:
+        laid = rec.edit.apply(reader.image())
+    view = subprocess.run([require("readelf"), "-hlW", str(binary)], capture_output=True,
+                          text=True, check=True, env={"LC_ALL": "C"}).stdout
+    assert re.search(r"Type:\s+DYN ", view) and "INTERP" not in view
+    assert laid.load_kind is LoadKind.STATIC_PIE and laid.interpreter is None
+    assert laid.e_type == "ET_DYN"
+    assert [f for _, _, f, _ in readelf_loads(binary)] == \
+        [("R" if s.raw_flags & 4 else " ") + ("W" if s.raw_flags & 2 else " ")
+         + ("E" if s.raw_flags & 1 else " ") for s in laid.loads]
