@@ -92,6 +92,18 @@ class Advice:
     forecast: Forecast | None = None  # the allocator replay on the current image
 
 
+_PIE_WHY = ("the kernel loads a PIE at ELF_ET_DYN_BASE + ASLR, far from the mmap area and "
+            "the stack; the link address stops mattering",
+            "compile every object with -fPIE as well",
+            "its brk heap still follows the image (the worst case counts it)")
+# fs/binfmt_elf.c, load_elf_binary: an ET_DYN without PT_INTERP is mapped where mmap puts
+# it, and its brk moved to ELF_ET_DYN_BASE, away from the image.
+_STATIC_PIE_WHY = ("the kernel maps a static PIE where mmap puts it (the top of the mmap "
+                   "area, + ASLR); the link address stops mattering",
+                   "compile every object with -fPIE as well",
+                   "its brk heap starts at ELF_ET_DYN_BASE, away from the image")
+
+
 def synthetic_image(arch: Arch, linker: str, *, text: int = 1 << 20,
                     data: int = 256 << 10) -> ElfImage:
     """A default non-PIE link of ``arch``: code then data (half of it bss)."""
@@ -256,11 +268,7 @@ def candidates(reader: ElfReader | None, scenario: Scenario, *, arch_name: str |
         recs.append(Recommendation(
             AdviceKind.PIE, chosen,
             (*linkers.fuse_ld(chosen), *linkers.pie_flags(shape is Shape.STATIC)), make_pie,
-            pred_p,
-            ("the kernel loads a PIE at ELF_ET_DYN_BASE + ASLR, far from the mmap area and "
-             "the stack; the link address stops mattering",
-             "compile every object with -fPIE as well",
-             "its brk heap still follows the image (the worst case counts it)")))
+            pred_p, _STATIC_PIE_WHY if make_pie.static else _PIE_WHY))
     def relayout(rec: Recommendation, edit: Edit) -> Recommendation:
         """``rec`` with ``edit`` and the prediction for the image it lays out."""
         at = edit.address(image, anchor_link.start)

@@ -15,7 +15,9 @@ import pytest
 
 from layoutkit.advice.candidates import Recommendation
 from layoutkit.commands.advise import advise
+from layoutkit.commands.inspect import inspect_binary
 from layoutkit.core.model import LoadKind
+from layoutkit.core.scenario import Scenario
 from layoutkit.elf import ElfReader
 from layoutkit.errors import ProbeError
 from layoutkit.native.toolchain import TARGETS, host_arch
@@ -308,10 +310,10 @@ def test_twin_keeps_the_targets_p_align(builder: Builder, align: int) -> None:
 @pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
 def test_the_pie_advice_of_a_static_program_is_a_static_pie(builder: Builder,
                                                               arch: str) -> None:
-    """advise gives a static program -static-pie: the layout verify --advice pie twins
-    is a static PIE as the relink is (ET_DYN, no PT_INTERP, readelf), with its PT_LOAD
-    count and flags, so the twin is a static PIE placed in the mmap area, not a PIE at
-    ELF_ET_DYN_BASE."""
+    """advise gives a static program -static-pie: the layout it predicts and verify
+    --advice pie twins is a static PIE as the relink is (ET_DYN, no PT_INTERP, readelf),
+    with its PT_LOAD count and flags, placed in the mmap area, not a PIE at
+    ELF_ET_DYN_BASE; its figures are inspect's on the real relink."""
     binary, rec = static_relink(builder, arch, "pie")
     assert rec.edit is not None
     with ElfReader(ELF_DIR / arch / "static") as reader:
@@ -324,3 +326,10 @@ def test_the_pie_advice_of_a_static_program_is_a_static_pie(builder: Builder,
     assert [f for _, _, f, _ in readelf_loads(binary)] == \
         [("R" if s.raw_flags & 4 else " ") + ("W" if s.raw_flags & 2 else " ")
          + ("E" if s.raw_flags & 1 else " ") for s in laid.loads]
+    # What advise predicted for it is what inspect says of the real static PIE (main
+    # modelled a PIE at ELF_ET_DYN_BASE with its heap after it: 31666 slots on x86-64,
+    # where the relink has 32546).
+    built = inspect_binary(binary, Scenario(jit=advise(str(ELF_DIR / arch / "static")).profile))
+    assert rec.worst is not None
+    assert built.prediction.worst.free_slots == rec.worst.free_slots
+    assert built.prediction.worst.jit.window == rec.worst.jit.window
