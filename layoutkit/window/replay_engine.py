@@ -38,6 +38,7 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
+from layoutkit.window.replay_freelist import FreeList
 from layoutkit.window.replay_model import (
     Bools,
     Generation,
@@ -113,9 +114,7 @@ class Engine:
                      and s.lcg_table is None)
         self.elig_lo = max(s.draw_lo, s.accept_lo)
         self.elig_hi = min(s.draw_lo + s.draw_n, s.accept_hi - s.k + 1)
-        self.free_n = np.zeros(r, dtype=np.int64)
-        self.flist = np.zeros((r, max(0, self.elig_hi - self.elig_lo)), dtype=np.int32)
-        self.fpos = np.zeros((r, self.dump + 1), dtype=np.int32)
+        self.free = FreeList(r, self.elig_lo, self.elig_hi, self.dump + 1, self.sink)
         self.inv_draw_n = 1.0 / max(1, s.draw_n)
 
     # --- occupancy ----------------------------------------------------------------------
@@ -156,7 +155,7 @@ class Engine:
     def place(self, rows: Ints, st: int, cols: Ints) -> None:
         if self.fast:  # one slot, always on the free list
             self.taken.reshape(-1)[rows * self.taken.shape[1] + cols] = True
-            self.unlist(rows, cols)
+            self.free.remove(rows, cols)
         else:
             self.mark(rows, cols, True)
             self.far[rows] += self.is_far[st, rows]
@@ -179,7 +178,7 @@ class Engine:
         if self.fast:
             # Areas fill held[] from the left; all of them sit on eligible columns.
             self.taken.reshape(-1)[rows[:, None] * self.taken.shape[1] + held] = False
-            self.relist(rows, held, count)
+            self.free.put_back(rows, held, count)
         else:
             self.mark(np.broadcast_to(rows[:, None], held.shape), held, False)
         self.syscalls[rows] += count  # one munmap per area
@@ -247,47 +246,6 @@ class Engine:
         if (~good).any():
             self.abort(rows[~good], st)
 
-    # --- free list of eligible hint columns (fast path) ----------------------------------
-
-    def rebuild(self) -> None:
-        """Every run's free eligible columns, in a list with O(1) removal and draw."""
-        lo, hi = self.elig_lo, self.elig_hi
-        free = ~self.taken[:, lo:hi]
-        which, col = np.nonzero(free)
-        counts = free.sum(axis=1)
-        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-        at = np.arange(which.size) - starts[which]
-        self.flist[:] = self.sink
-        self.flist[which, at] = col + lo
-        self.fpos[:] = -1
-        self.fpos[which, col + lo] = at
-        self.free_n = counts.astype(np.int64)
-
-    def unlist(self, rows: Ints, cols: Ints) -> None:
-        """Take the listed columns ``cols[i]`` of runs ``rows[i]`` off the free lists."""
-        # Flat indices: a 1-D gather costs numpy less than a 2-D one.
-        fpos, flist = self.fpos.reshape(-1), self.flist.reshape(-1)
-        prow, lrow = rows * self.fpos.shape[1], rows * self.flist.shape[1]
-        at = fpos[prow + cols]
-        end = self.free_n[rows] - 1
-        last = flist[lrow + end]
-        flist[lrow + at] = last
-        fpos[prow + last] = at
-        fpos[prow + cols] = -1
-        self.free_n[rows] = end
-
-    def relist(self, rows: Ints, cols: Ints, count: Ints) -> None:
-        """Put the first ``count[i]`` columns ``cols[i, :]`` of run ``rows[i]`` back on its
-        free list (they are eligible: only listed columns are ever placed)."""
-        keep = np.arange(cols.shape[1])[None, :] < count[:, None]
-        at = (self.free_n[rows][:, None] + np.arange(cols.shape[1])[None, :])[keep]
-        back = cols[keep]
-        lrow = np.repeat(rows * self.flist.shape[1], count)
-        prow = np.repeat(rows * self.fpos.shape[1], count)
-        self.flist.reshape(-1)[lrow + at] = back
-        self.fpos.reshape(-1)[prow + back] = at
-        self.free_n[rows] += count
-
     def step_fast(self, st: int, rows: Ints, log_u: npt.NDArray[np.float64],
                   cand: npt.NDArray[np.float64]) -> None:
         """:meth:`step_21` for independent uniform hints and one-slot areas, in closed form.
@@ -304,7 +262,7 @@ class Engine:
         okc = has & (c0 >= s.accept_lo)
         flat = rows * self.taken.shape[1] + np.where(okc, c0, self.sink)
         ok0 = okc & ~self.taken.reshape(-1)[flat]
-        share = self.free_n[rows] * self.inv_draw_n
+        share = self.free.n[rows] * self.inv_draw_n
         first = np.minimum(np.floor(log_u / np.log1p(-share)), tries)
         rest = ~ok0
         hit = rest & (first < tries)
@@ -313,9 +271,8 @@ class Engine:
         if hit.any():
             hit_idx = np.flatnonzero(hit)
             hit_rows = rows[hit_idx]
-            at = (cand[hit_idx] * self.free_n[hit_rows]).astype(np.int64)
             chosen = c0.copy()
-            chosen[hit_idx] = self.flist.reshape(-1)[hit_rows * self.flist.shape[1] + at]
+            chosen[hit_idx] = self.free.pick(hit_rows, cand[hit_idx])
         good = ok0 | hit
         if s.fallback_top is not None:
             fell = rest & (has | (first > 0))
@@ -486,7 +443,7 @@ class Engine:
         elif s.heap_timing is HeapTiming.DURING and rnd < s.areas:
             grown = self.grow_heap((rnd + 1) / s.areas)
         if self.fast and (grown or rnd == 0):
-            self.rebuild()
+            self.free.rebuild(self.taken)
         if self.fast:
             # One block of uniforms per round, row ``state``: the same numbers for a
             # state whatever the number of states (common random numbers).
