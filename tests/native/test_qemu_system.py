@@ -25,7 +25,12 @@ from layoutkit.native.guest.boot import (
     parse_console,
     run_in_guest,
 )
-from layoutkit.native.guest.initramfs import GuestProgram, initramfs, runtime_files
+from layoutkit.native.guest.initramfs import (
+    GUEST_TMP,
+    GuestProgram,
+    initramfs,
+    runtime_files,
+)
 from layoutkit.native.guest.kernels import fetch_kernel, system_for
 from layoutkit.native.guest.probe import build_guest_probe, probe_scan_args, scan_result
 from layoutkit.native.protocol import Outcome, ScanResult, ScanVerdict
@@ -181,7 +186,7 @@ def test_initramfs_layout(tmp_path: Path) -> None:
     init.write_bytes(b"INIT")
     prog.write_bytes(b"PROGRAM")
     handshake = GuestProgram(prog, ("-v",), ("A=1", "B=x y"), handshake=True,
-                             report="/tmp/r.json")
+                             report=f"{GUEST_TMP}/r.json")
     entries = _cpio_entries(initramfs(init, [(prog, ["a b", "-x"]), (prog, []), handshake]))
     assert entries["init"] == (0o100755, 0, 0, b"INIT")
     assert entries["dev/console"][:3] == (0o020600, 5, 1)
@@ -190,7 +195,8 @@ def test_initramfs_layout(tmp_path: Path) -> None:
         b"layoutkit-guest-2\x00"
         b"0\x00\x000\x003\x00/bin/0-prog\x00a b\x00-x\x00"
         b"0\x00\x000\x001\x00/bin/0-prog\x00"
-        b"1\x00/tmp/r.json\x002\x00A=1\x00B=x y\x002\x00/bin/0-prog\x00-v\x00")
+        b"1\x00" + f"{GUEST_TMP}/r.json".encode()
+        + b"\x002\x00A=1\x00B=x y\x002\x00/bin/0-prog\x00-v\x00")
 
 
 FACTS = {"release": "6.1.0-56-cloud-arm64", "version": "#1 SMP", "machine": "aarch64",
