@@ -15,7 +15,9 @@ p5..p95 band of aborts per run, for the issue 11 comparison.
 ``--jobs 2`` boots two guests at once (each qemu TCG uses one host core). ``--keep DIR``
 saves each boot's measurements (one JSON file per point, without the maps) as soon as
 that boot ends; ``--from DIR`` writes the table from saved boots instead of booting, so
-that a long sweep can be run one point at a time and tabulated once.
+that a long sweep can be run one point at a time and tabulated once; a ``--point`` given
+with ``--from`` may name some of the N of a saved boot (the others then come from another
+boot, for example one with more runs).
 """
 
 from __future__ import annotations
@@ -273,6 +275,21 @@ def table(groups: Sequence[Group], retries: int, jobs: int) -> list[str]:
     return lines
 
 
+def _saved_boot(point: Point, saved: Sequence[Group]) -> Group | None:
+    """The saved boot of ``point``: the one measured with exactly its N, else one of the
+    same generation, ASLR and link that measured them all, restricted to them (so that
+    some N of a boot can be tabulated from it and others from a later boot)."""
+    exact = next((g for g in saved if g.point == point), None)
+    if exact is not None:
+        return exact
+    for g in saved:
+        if (dataclasses.replace(g.point, threads=point.threads) == point
+                and set(point.threads) <= set(g.runs)):
+            return dataclasses.replace(g, point=point,
+                                       runs={n: g.runs[n] for n in point.threads})
+    return None
+
+
 def _spec(point: Point) -> str:
     flags = f":{' '.join(point.ldflags)}" if point.ldflags else ""
     return (f"{point.generation.value}:{point.aslr.value}:"
@@ -292,11 +309,12 @@ def main() -> int:
     options = parser.parse_args()
     points = options.point or [parse_point(p) for p in DEFAULT_POINTS]
     if options.saved:
-        found = {load(f).point: f for f in sorted(options.saved.glob("*.json"))}
+        saved = [load(f) for f in sorted(options.saved.glob("*.json"))]
+        found = {p: g for p in points if (g := _saved_boot(p, saved)) is not None}
         missing = [_spec(p) for p in points if p not in found]
         if missing:
             raise SystemExit(f"--from {options.saved}: no saved boot for {', '.join(missing)}")
-        groups = [load(found[p]) for p in points]
+        groups = [found[p] for p in points]
         text = "\n".join(table(groups, options.retries, options.jobs))
         options.out.write_text(text)
         print(text)
