@@ -208,6 +208,10 @@ def main() -> int:
                  and not (line.startswith("- luajit-") and "replayed; measured" in line)]
         at = next(i for i, line in enumerate(lines) if line.startswith("Other aborts seen"))
         lines[at:at] = [*summary, ""]
+        # The old summary's blank line stays: one blank line between blocks, so that a
+        # second run rewrites the same file.
+        lines = [line for i, line in enumerate(lines)
+                 if line or i == 0 or lines[i - 1]]
         args.table.write_text("\n".join(lines) + "\n")
     return 0
 
