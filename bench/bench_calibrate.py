@@ -12,11 +12,15 @@ mean over their runs lies in the band.
 
 Where aborts start: the smallest N at which a typical run aborts, that is at least half
 of the runs (measured: of the runs at each N of the table, so known between two measured
-N; replayed: p_abort >= 0.5, searched over every N on the same seeded runs). A mean of
+N; replayed: p_abort >= 0.5, searched over every N on the same seeded runs, with
+``--onset-runs`` runs: with 300 runs p_abort's standard error is about 0.03, so an N whose
+p_abort lies within 0.06 of 0.5 would be called either way by the seed; 10000 runs bring
+that to 0.01, and the replayed p_abort on both sides of the onset is printed). A mean of
 at least one abort is no such edge: with ASLR on a few runs in a hundred (brk drawn into
 the window) carry tens of aborts, and four measured runs rarely contain one.
 
-    python3 bench/bench_calibrate.py [--runs 300] [--seed 1] [--table PATH] [--dry-run]
+    python3 bench/bench_calibrate.py [--runs 300] [--onset-runs 10000] [--seed 1]
+        [--table PATH] [--dry-run]
 
 The scenario is the workload's: brk heap grown 64 MiB before the threads start, each state
 asking again ``--retries`` times after an abort (the workload's default, 3), one vCPU
@@ -142,6 +146,8 @@ def within(onset: int, bracket: tuple[int, int], tolerance: float = 0.15) -> boo
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--onset-runs", type=int, default=10000,
+                        help="replay runs per N when searching where aborts start")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--table", type=Path, default=TABLE)
     parser.add_argument("--dry-run", action="store_true", help="print, do not rewrite")
@@ -182,7 +188,12 @@ def main() -> int:
     agree = loose = 0
     for (profile, aslr, ldflags), group in sorted(groups.items()):
         real = measured_onset([(r.states, r.aborting) for r in group])
-        model = replayed_onset(group[0], kernel, args.runs, args.seed)
+        model = replayed_onset(group[0], kernel, args.onset_runs, args.seed)
+        edge = ""
+        if model is not None:
+            ps = [predict(replace(group[0], states=n), kernel, args.onset_runs,
+                          args.seed).p_abort for n in (model - 1, model) if n >= 1]
+            edge = " (p_abort " + " -> ".join(f"{p:.3f}" for p in ps) + ")"
         bracketed = real is not None and real[0] > 0
         ok = (real is not None and real[0] > 0 and model is not None
               and within(model, real))
@@ -195,11 +206,11 @@ def main() -> int:
                  else "beyond the N measured")
         link = f", linked with {' '.join(ldflags)}" if ldflags else ""
         summary.append(f"- {profile}{link}, ASLR {'on' if aslr else 'off'}: at least half of the "
-                       f"runs abort from N={model} replayed; measured {where} "
+                       f"runs abort from N={model} replayed{edge}; measured {where} "
                        f"({verdict})")
     summary.insert(1, f"Where aborts start agrees within 15% in {agree} of "
                    f"{len(groups) - loose} groups (that the measured N bracket; "
-                   f"{loose} not):")
+                   f"{loose} not; replayed with {args.onset_runs} runs per N):")
     print("\n".join(summary))
     if not args.dry_run:
         marker = "Replay (layoutkit.window.replay"
