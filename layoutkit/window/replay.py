@@ -332,6 +332,9 @@ def simulate(image: ElfImage, kernel: KernelConfig, jit: JitWindow, bias: int,
              params: ReplayParams, states: int | None = None) -> Outcome:
     """Run the replay once for ``states`` (default ``params.states``); raw per-run totals."""
     n = params.states if states is None else states
+    # Refuse an oversized replay before its layouts are drawn (they take memory per run
+    # too); _setup checks again with the far range's arenas and hole counted.
+    columns(kernel, jit, params, n)
     lay = draw(image, kernel, bias, runs=params.runs, seed=params.seed,
                randomize=params.aslr)
     setup = _setup(image, kernel, jit, bias, params, n, lay)

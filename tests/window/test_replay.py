@@ -347,3 +347,18 @@ def test_default_retries_is_the_calibrated_workloads_bound() -> None:
     assert res.retries == 3
     assert any("asks again after each of its first 3 aborts" in note and
                "calibration-arm64.md" in note for note in res.notes)
+
+
+def test_an_oversized_replay_is_refused_before_its_layouts_are_drawn(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """10^8 runs: the layouts alone (Python lists per run) would take gigabytes, so the
+    memory bound must hold before they are drawn (``draw`` replaced to fail if reached)."""
+    from layoutkit.window import replay as replay_module
+
+    def no_draw(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("layouts drawn before the memory bound was checked")
+
+    image, kernel, jit, bias = load(NOPIE, "luajit-2.1")
+    monkeypatch.setattr(replay_module, "draw", no_draw)
+    with pytest.raises(UsageError, match="use fewer runs"):
+        simulate(image, kernel, jit, bias, ReplayParams(states=4000, runs=10**8))
